@@ -1,0 +1,389 @@
+/* The settings table and its parser. */
+#include "config.h"
+
+#include "log.h"
+
+#include <errno.h>
+#include <libpq-fe.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+enum setting_type { T_STR, T_INT, T_BOOL, T_DURATION, T_ENUM };
+
+typedef struct setting {
+    const char *name;          /* flag without the leading -- */
+    const char *env;           /* environment variable, or NULL */
+    enum setting_type type;
+    unsigned cmds;             /* commands that take it */
+    const char *def;           /* default, parsed like user input; NULL = unset */
+    long min, max;             /* bounds for T_INT and T_DURATION (ms) */
+    long unit_ms;              /* T_DURATION: unit of a bare number */
+    const char *const *choices; /* T_ENUM: value i is stored as int i */
+    size_t off;
+    const char *help;
+} setting;
+
+static const char *const level_choices[] = {"error", "warn", "info", "debug", NULL};
+static const char *const format_choices[] = {"text", "json", NULL};
+
+#define OFF(f) offsetof(config, f)
+#define DAY_MS (24L * 3600 * 1000)
+
+static const setting settings[] = {
+    {"database-url", "DATABASE_URL", T_STR, CMD_ALL, "postgresql:///outboxd", 0, 0, 0, NULL,
+     OFF(database_url), "PostgreSQL connection URI or conninfo string (libpq)"},
+    {"redis-url", "REDIS_URL", T_STR, CMD_RELAY | CMD_SSE | CMD_STATUS, "redis://127.0.0.1:6379/0", 0,
+     0, 0, NULL, OFF(redis_url), "Redis URL: redis://[:password@]host[:port][/db]"},
+    {"log-level", "OUTBOXD_LOG_LEVEL", T_ENUM, CMD_ALL, "info", 0, 0, 0, level_choices, OFF(log_level),
+     "error, warn, info or debug"},
+    {"log-format", "OUTBOXD_LOG_FORMAT", T_ENUM, CMD_ALL, "text", 0, 0, 0, format_choices,
+     OFF(log_format), "text, or json (one object per line)"},
+
+    {"poll-interval-ms", "OUTBOXD_POLL_INTERVAL_MS", T_INT, CMD_RELAY, "200", 1, 60000, 0, NULL,
+     OFF(poll_interval_ms), "milliseconds between polls when no NOTIFY wakes the relay"},
+    {"batch-size", "OUTBOXD_BATCH_SIZE", T_INT, CMD_RELAY, "100", 1, 100000, 0, NULL,
+     OFF(batch_size), "events fetched per poll when the outbox is quiet"},
+    {"max-batch-size", "OUTBOXD_MAX_BATCH_SIZE", T_INT, CMD_RELAY, "2000", 1, 100000, 0, NULL,
+     OFF(max_batch_size), "largest batch: full batches double the size up to this"},
+    {"max-attempts", "OUTBOXD_MAX_ATTEMPTS", T_INT, CMD_RELAY, "3", 1, 100, 0, NULL,
+     OFF(max_attempts), "publish attempts per event within one batch, with backoff"},
+    {"no-listen", "OUTBOXD_NO_LISTEN", T_BOOL, CMD_RELAY, "false", 0, 0, 0, NULL, OFF(no_listen),
+     "poll only; do not LISTEN (e.g. behind a transaction-pooling proxy)"},
+    {"stats-interval", "OUTBOXD_STATS_INTERVAL", T_DURATION, CMD_RELAY | CMD_SSE, "10s", 0, DAY_MS,
+     1000, NULL, OFF(stats_interval_ms), "period of the stats log line (0 = never; bare number = s)"},
+    {"shutdown-timeout", "OUTBOXD_SHUTDOWN_TIMEOUT", T_DURATION, CMD_RELAY | CMD_SSE, "10s", 100,
+     3600000, 1000, NULL, OFF(shutdown_timeout_ms),
+     "longest wait for the batch in flight after SIGTERM/SIGINT"},
+    {"pg-timeout", "OUTBOXD_PG_TIMEOUT", T_DURATION, CMD_ALL, "5s", 100, 600000, 1000, NULL,
+     OFF(pg_timeout_ms), "timeout of each PostgreSQL connect and statement"},
+    {"redis-timeout", "OUTBOXD_REDIS_TIMEOUT", T_DURATION, CMD_RELAY | CMD_SSE | CMD_STATUS, "1s",
+     10, 600000, 1000, NULL, OFF(redis_timeout_ms), "timeout of each Redis connect and command"},
+    {"mark-ttl", "OUTBOXD_MARK_TTL", T_DURATION, CMD_RELAY, "1d", 1000, 365 * DAY_MS, 1000, NULL,
+     OFF(mark_ttl_ms), "how long Redis keeps a run's de-duplication mark after its last event"},
+
+    {"listen", "OUTBOXD_LISTEN", T_STR, CMD_SSE, "127.0.0.1:8080", 0, 0, 0, NULL, OFF(listen),
+     "HOST:PORT the SSE gateway listens on"},
+    {"heartbeat", "OUTBOXD_HEARTBEAT", T_DURATION, CMD_SSE, "15s", 100, 3600000, 1000, NULL,
+     OFF(heartbeat_ms), "comment line sent on idle streams this often"},
+    {"client-buffer", "OUTBOXD_CLIENT_BUFFER", T_INT, CMD_SSE, "262144", 1024, 1L << 30, 0, NULL,
+     OFF(client_buffer), "bytes one stream may queue before it is caught up from PostgreSQL"},
+    {"cors-origin", "OUTBOXD_CORS_ORIGIN", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(cors_origin),
+     "value of Access-Control-Allow-Origin (unset = no CORS header)"},
+    {"max-clients", "OUTBOXD_MAX_CLIENTS", T_INT, CMD_SSE, "10000", 1, 1000000, 0, NULL,
+     OFF(max_clients), "open streams at most; further requests get 503 with Retry-After"},
+
+    {"json", NULL, T_BOOL, CMD_STATUS, "false", 0, 0, 0, NULL, OFF(json), "print JSON"},
+};
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms)
+{
+    errno = 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || errno || v < 0)
+        return false;
+    double unit = (double)default_unit_ms;
+    if (*end) {
+        static const struct {
+            const char *suffix;
+            double ms;
+        } units[] = {{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}};
+        unit = -1;
+        for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+            if (strcmp(end, units[i].suffix) == 0)
+                unit = units[i].ms;
+        if (unit < 0)
+            return false;
+    }
+    double ms = v * unit;
+    if (ms > (double)LONG_MAX / 2)
+        return false;
+    *out_ms = (long)(ms + 0.5);
+    return true;
+}
+
+bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->port = 6379;
+    const char *p = url;
+    if (strncmp(p, "redis://", 8) != 0) {
+        snprintf(err, errlen, "must start with redis:// (rediss:// TLS is not supported)");
+        return false;
+    }
+    p += 8;
+    const char *at = strrchr(p, '@');
+    const char *slash = strchr(p, '/');
+    if (at && (!slash || at < slash)) {
+        const char *colon = memchr(p, ':', (size_t)(at - p));
+        const char *pw = colon ? colon + 1 : p;
+        size_t n = (size_t)(at - pw);
+        if (n >= sizeof out->password) {
+            snprintf(err, errlen, "password too long");
+            return false;
+        }
+        memcpy(out->password, pw, n);
+        p = at + 1;
+    }
+    size_t hostlen = strcspn(p, ":/");
+    if (hostlen == 0 || hostlen >= sizeof out->host) {
+        snprintf(err, errlen, "missing or too long host");
+        return false;
+    }
+    memcpy(out->host, p, hostlen);
+    p += hostlen;
+    if (*p == ':') {
+        char *end;
+        errno = 0;
+        long port = strtol(p + 1, &end, 10);
+        if (end == p + 1 || errno || port < 1 || port > 65535 || (*end && *end != '/')) {
+            snprintf(err, errlen, "bad port");
+            return false;
+        }
+        out->port = (int)port;
+        p = end;
+    }
+    if (*p == '/' && p[1]) {
+        char *end;
+        errno = 0;
+        long db = strtol(p + 1, &end, 10);
+        if (end == p + 1 || errno || db < 0 || db > 1000000 || *end) {
+            snprintf(err, errlen, "bad database number");
+            return false;
+        }
+        out->db = (int)db;
+    } else if (*p && strcmp(p, "/") != 0) {
+        snprintf(err, errlen, "unexpected text after host");
+        return false;
+    }
+    return true;
+}
+
+static bool parse_bool(const char *v, bool *out)
+{
+    if (!strcasecmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on"))
+        *out = true;
+    else if (!strcasecmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no") ||
+             !strcasecmp(v, "off"))
+        *out = false;
+    else
+        return false;
+    return true;
+}
+
+/* The one setter behind defaults, environment and flags. */
+static bool setting_set(config *cfg, const setting *s, const char *v, const char *origin, char *err,
+                        size_t errlen)
+{
+    char *field = (char *)cfg + s->off;
+    switch (s->type) {
+    case T_STR: {
+        char **dst = (char **)field;
+        free(*dst);
+        *dst = strdup(v);
+        return *dst != NULL;
+    }
+    case T_BOOL:
+        if (parse_bool(v, (bool *)field))
+            return true;
+        snprintf(err, errlen, "%s --%s: '%s' is not a boolean (true/false)", origin, s->name, v);
+        return false;
+    case T_ENUM:
+        for (int i = 0; s->choices[i]; i++)
+            if (!strcmp(v, s->choices[i])) {
+                *(int *)field = i;
+                return true;
+            }
+        snprintf(err, errlen, "%s --%s: '%s' is not one of the allowed values", origin, s->name, v);
+        return false;
+    case T_INT: {
+        char *end;
+        errno = 0;
+        long n = strtol(v, &end, 10);
+        if (end == v || *end || errno) {
+            snprintf(err, errlen, "%s --%s: '%s' is not a whole number", origin, s->name, v);
+            return false;
+        }
+        if (n < s->min || n > s->max) {
+            snprintf(err, errlen, "%s --%s: %ld is out of range [%ld, %ld]", origin, s->name, n, s->min,
+                     s->max);
+            return false;
+        }
+        *(long *)field = n;
+        return true;
+    }
+    case T_DURATION: {
+        long ms;
+        if (!config_parse_duration(v, s->unit_ms, &ms)) {
+            snprintf(err, errlen, "%s --%s: '%s' is not a duration (e.g. 500ms, 10s, 5m, 7d)", origin,
+                     s->name, v);
+            return false;
+        }
+        if (ms < s->min || ms > s->max) {
+            snprintf(err, errlen, "%s --%s: '%s' is out of range [%ldms, %ldms]", origin, s->name, v,
+                     s->min, s->max);
+            return false;
+        }
+        *(long *)field = ms;
+        return true;
+    }
+    }
+    return false;
+}
+
+static const setting *find_setting(const char *name, size_t len, enum command cmd)
+{
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if ((settings[i].cmds & cmd) && strlen(settings[i].name) == len &&
+            !strncmp(settings[i].name, name, len))
+            return &settings[i];
+    return NULL;
+}
+
+bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **pos, int max_pos,
+                 int *npos, bool *help, char *err, size_t errlen)
+{
+    memset(cfg, 0, sizeof *cfg);
+    *npos = 0;
+    *help = false;
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const setting *s = &settings[i];
+        if (!(s->cmds & cmd))
+            continue;
+        if (s->def && !setting_set(cfg, s, s->def, "default", err, errlen))
+            return false;
+        const char *ev = s->env ? getenv(s->env) : NULL;
+        if (ev && *ev) {
+            char origin[64];
+            snprintf(origin, sizeof origin, "environment %s,", s->env);
+            if (!setting_set(cfg, s, ev, origin, err, errlen))
+                return false;
+        }
+    }
+    bool only_positional = false;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (only_positional || a[0] != '-' || a[1] == '\0') {
+            if (*npos >= max_pos) {
+                snprintf(err, errlen, "unexpected argument '%s'", a);
+                return false;
+            }
+            pos[(*npos)++] = argv[i];
+            continue;
+        }
+        if (!strcmp(a, "--")) {
+            only_positional = true;
+            continue;
+        }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            *help = true;
+            return true;
+        }
+        if (strncmp(a, "--", 2) != 0) {
+            snprintf(err, errlen, "unknown option '%s' (see --help)", a);
+            return false;
+        }
+        const char *name = a + 2;
+        const char *eq = strchr(name, '=');
+        size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        const setting *s = find_setting(name, len, cmd);
+        if (!s) {
+            snprintf(err, errlen, "unknown option '--%.*s' (see --help)", (int)len, name);
+            return false;
+        }
+        const char *v;
+        if (eq)
+            v = eq + 1;
+        else if (s->type == T_BOOL)
+            v = "true";
+        else if (i + 1 < argc)
+            v = argv[++i];
+        else {
+            snprintf(err, errlen, "option --%s needs a value", s->name);
+            return false;
+        }
+        if (!setting_set(cfg, s, v, "option", err, errlen))
+            return false;
+    }
+
+    /* Cross-checks and URL syntax, so a bad value fails before anything connects. */
+    if (cmd & (CMD_MIGRATE | CMD_RELAY | CMD_SSE | CMD_EMIT | CMD_STATUS)) {
+        char *perr = NULL;
+        PQconninfoOption *opts = PQconninfoParse(cfg->database_url, &perr);
+        if (!opts) {
+            snprintf(err, errlen, "--database-url (DATABASE_URL): %s",
+                     perr ? strtok(perr, "\n") : "cannot be parsed");
+            PQfreemem(perr);
+            return false;
+        }
+        PQconninfoFree(opts);
+    }
+    if (cmd & (CMD_RELAY | CMD_SSE | CMD_STATUS)) {
+        char why[128];
+        if (!config_parse_redis_url(cfg->redis_url, &cfg->redis, why, sizeof why)) {
+            snprintf(err, errlen, "--redis-url (REDIS_URL): '%s': %s", cfg->redis_url, why);
+            return false;
+        }
+    }
+    if ((cmd & CMD_RELAY) && cfg->max_batch_size < cfg->batch_size) {
+        snprintf(err, errlen, "--max-batch-size (%ld) must be at least --batch-size (%ld)",
+                 cfg->max_batch_size, cfg->batch_size);
+        return false;
+    }
+    return true;
+}
+
+void config_free(config *cfg)
+{
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (settings[i].type == T_STR) {
+            char **p = (char **)((char *)cfg + settings[i].off);
+            free(*p);
+            *p = NULL;
+        }
+}
+
+void config_print_help(enum command cmd, const char *usage, const char *about)
+{
+    printf("usage: %s\n\n%s\n\noptions (flags override environment variables):\n", usage, about);
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const setting *s = &settings[i];
+        if (!(s->cmds & cmd))
+            continue;
+        char flag[64];
+        snprintf(flag, sizeof flag, "--%s%s", s->name, s->type == T_BOOL ? "" : " VALUE");
+        printf("  %-28s %s\n", flag, s->help);
+        printf("  %-28s default: %s%s%s\n", "", s->def ? s->def : "(unset)", s->env ? "; env " : "",
+               s->env ? s->env : "");
+    }
+    printf("  %-28s this help\n", "--help");
+}
+
+void config_log(const config *cfg, enum command cmd)
+{
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const setting *s = &settings[i];
+        if (!(s->cmds & cmd) || !strcmp(s->name, "database-url"))
+            continue;
+        const char *field = (const char *)cfg + s->off;
+        switch (s->type) {
+        case T_STR:
+            if (!strcmp(s->name, "redis-url"))
+                log_info("setting %s = redis://%s:%d/%d%s", s->name, cfg->redis.host, cfg->redis.port,
+                         cfg->redis.db, cfg->redis.password[0] ? " (with password)" : "");
+            else
+                log_info("setting %s = %s", s->name,
+                         *(char *const *)field ? *(char *const *)field : "(unset)");
+            break;
+        case T_BOOL: log_info("setting %s = %s", s->name, *(const bool *)field ? "true" : "false"); break;
+        case T_ENUM: log_info("setting %s = %s", s->name, s->choices[*(const int *)field]); break;
+        case T_INT: log_info("setting %s = %ld", s->name, *(const long *)field); break;
+        case T_DURATION: log_info("setting %s = %ldms", s->name, *(const long *)field); break;
+        }
+    }
+}

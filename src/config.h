@@ -1,0 +1,75 @@
+/* Settings of every command: one table (config.c) gives each setting its name, type,
+ * default, bounds, environment variable and help text. Flags and environment
+ * variables go through the same setter; --help and the start-up log print from it. */
+#ifndef OUTBOXD_CONFIG_H
+#define OUTBOXD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define WUR __attribute__((warn_unused_result))
+
+enum command {
+    CMD_MIGRATE = 1 << 0,
+    CMD_RELAY = 1 << 1,
+    CMD_SSE = 1 << 2,
+    CMD_EMIT = 1 << 3,
+    CMD_STATUS = 1 << 4,
+};
+#define CMD_ALL (CMD_MIGRATE | CMD_RELAY | CMD_SSE | CMD_EMIT | CMD_STATUS)
+
+typedef struct redis_url {
+    char host[256];
+    int port;
+    int db;
+    char password[256];
+} redis_url;
+
+typedef struct config {
+    char *database_url;
+    char *redis_url;
+    int log_level;
+    int log_format;
+
+    long poll_interval_ms;
+    long batch_size;
+    long max_batch_size;
+    long max_attempts;
+    bool no_listen;
+    long stats_interval_ms;
+    long shutdown_timeout_ms;
+    long pg_timeout_ms;
+    long redis_timeout_ms;
+    long mark_ttl_ms;
+
+    char *listen;
+    long heartbeat_ms;
+    long client_buffer;
+    char *cors_origin;
+    long max_clients;
+
+    bool json;
+
+    redis_url redis; /* parsed from redis_url by config_load */
+} config;
+
+/* Fills cfg from defaults, then the environment, then argv (flags of command cmd).
+ * Positional arguments are stored in pos (up to max_pos; *npos gets the count).
+ * On a usage or validation error writes one line naming the setting to err and
+ * returns false. Sets *help when --help was given. Strings in cfg are owned by cfg:
+ * release them with config_free. */
+bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **pos, int max_pos,
+                 int *npos, bool *help, char *err, size_t errlen) WUR;
+void config_free(config *cfg);
+
+/* Prints the options of cmd with defaults and environment variables. */
+void config_print_help(enum command cmd, const char *usage, const char *about);
+/* Logs the effective settings of cmd at info level, hiding passwords. */
+void config_log(const config *cfg, enum command cmd);
+
+/* redis://[[user]:password@]host[:port][/db] -> out. Returns false with a reason. */
+bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t errlen) WUR;
+/* Parses "250ms", "10s", "5m", "2h", "7d" or a bare number of default_unit_ms each. */
+bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms) WUR;
+
+#endif

@@ -1,0 +1,41 @@
+/* An outbox event as the relay and the gateway see it, a batch of them, and the one
+ * function that turns an event into the Redis message of the wire contract. */
+#ifndef OUTBOXD_EVENT_H
+#define OUTBOXD_EVENT_H
+
+#include "buf.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct event {
+    long long id;
+    long long seq;
+    const char *run_id;     /* points into the batch's storage */
+    size_t run_id_len;
+    const char *created_at; /* ISO 8601, UTC */
+    const char *payload;    /* stored JSON text, verbatim */
+    size_t payload_len;
+    double created_epoch;   /* seconds since 1970, for latency */
+} event;
+
+typedef struct batch {
+    event *ev;
+    size_t n;
+    size_t cap;
+    void *owner;            /* storage behind the strings (a PGresult); freed by batch_clear */
+    void (*owner_free)(void *);
+} batch;
+
+void batch_init(batch *b);
+/* Drops the events and the storage behind them; the array is kept for reuse. */
+void batch_clear(batch *b);
+void batch_free(batch *b);
+/* Makes room for n events; returns false when out of memory. */
+bool batch_reserve(batch *b, size_t n) WUR;
+
+/* Appends the wire message
+ *   {"id":N,"run_id":"...","seq":N,"created_at":"...","payload":<stored JSON>}  */
+bool event_format_message(buf *out, const event *e) WUR;
+
+#endif

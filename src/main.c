@@ -1,0 +1,179 @@
+/* outboxd entry point: parses the command and its settings, then hands over to the
+ * module that does the work. Exit codes: 0 success, 1 runtime failure, 2 bad usage,
+ * bad configuration or bad input. */
+#include "config.h"
+#include "log.h"
+#include "relay.h"
+#include "store_pg.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef OUTBOXD_VERSION
+#define OUTBOXD_VERSION "0.1.0"
+#endif
+
+typedef struct command_def {
+    const char *name;
+    enum command cmd;
+    const char *usage;
+    const char *about;
+    int npos; /* positional arguments it takes */
+    int (*run)(const config *cfg, char **pos);
+} command_def;
+
+static int fail_store(store *s, const char *what)
+{
+    log_error("%s: %s", what, store_errstr(s));
+    store_free(s);
+    return 1;
+}
+
+static int cmd_migrate(const config *cfg, char **pos)
+{
+    (void)pos;
+    store *s = store_new(cfg->database_url, "outboxd-migrate", cfg->pg_timeout_ms);
+    if (!s || !store_connect(s))
+        return fail_store(s, "migrate");
+    int from, to;
+    if (!store_migrate(s, &from, &to))
+        return fail_store(s, "migrate");
+    if (from == to)
+        printf("schema is up to date (version %d)\n", to);
+    else
+        printf("schema migrated from version %d to %d\n", from, to);
+    store_free(s);
+    return 0;
+}
+
+static int cmd_emit(const config *cfg, char **pos)
+{
+    const char *run_id = pos[0], *json = pos[1];
+    if (!*run_id) {
+        fprintf(stderr, "outboxd emit: RUN_ID must not be empty\n");
+        return 2;
+    }
+    store *s = store_new(cfg->database_url, "outboxd-emit", cfg->pg_timeout_ms);
+    if (!s || !store_connect(s))
+        return fail_store(s, "emit");
+    long long id, seq;
+    if (!store_emit(s, run_id, json, &id, &seq)) {
+        const char *state = store_sqlstate(s);
+        int code = 1;
+        if (!strcmp(state, "22P02") || !strncmp(state, "22", 2)) {
+            /* Data exceptions: invalid JSON, invalid UTF-8 in the run id. */
+            fprintf(stderr, "outboxd emit: invalid input, nothing written: %s\n", store_errstr(s));
+            code = 2;
+        } else if (!strcmp(state, "42P01")) {
+            fprintf(stderr, "outboxd emit: the outboxd schema is not installed: run 'outboxd migrate'\n");
+        } else {
+            fprintf(stderr, "outboxd emit: %s\n", store_errstr(s));
+        }
+        store_free(s);
+        return code;
+    }
+    printf("{\"id\":%lld,\"seq\":%lld}\n", id, seq);
+    store_free(s);
+    return 0;
+}
+
+static int cmd_status(const config *cfg, char **pos)
+{
+    (void)pos;
+    store *s = store_new(cfg->database_url, "outboxd-status", cfg->pg_timeout_ms);
+    if (!s || !store_connect(s))
+        return fail_store(s, "status");
+    if (!store_print_status(s, cfg->json))
+        return fail_store(s, "status");
+    store_free(s);
+    return 0;
+}
+
+static int cmd_relay(const config *cfg, char **pos)
+{
+    (void)pos;
+    return relay_main(cfg);
+}
+
+static const command_def commands[] = {
+    {"migrate", CMD_MIGRATE, "outboxd migrate [options]",
+     "Creates or upgrades the outboxd schema (run_outbox and its triggers). Idempotent.", 0,
+     cmd_migrate},
+    {"relay", CMD_RELAY, "outboxd relay [options]",
+     "Publishes every committed run_outbox event to Redis channel run:{run_id}, in order per run,\n"
+     "once, then marks it published. Several relays may run: one leads, the others stand by.\n"
+     "SIGTERM/SIGINT finish the batch in flight and exit 0; a second signal exits at once.",
+     0, cmd_relay},
+    {"emit", CMD_EMIT, "outboxd emit [options] RUN_ID JSON",
+     "Writes one event to run_outbox; the database assigns its seq. Prints {\"id\":N,\"seq\":N}.", 2,
+     cmd_emit},
+    {"status", CMD_STATUS, "outboxd status [options]",
+     "Shows backlog, oldest unpublished age, publish rate, leader, runs with failed attempts\n"
+     "and table size.",
+     0, cmd_status},
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: outboxd COMMAND [options]\n\n"
+               "Relays a transactional outbox (PostgreSQL table run_outbox) to Redis Pub/Sub.\n\n"
+               "commands:\n");
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(f, "  %-9s %s\n", commands[i].name, strchr(commands[i].usage, ' ') + 1);
+    fprintf(f, "\n'outboxd COMMAND --help' lists a command's options. 'outboxd --version' prints the "
+               "version.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("outboxd %s\n", OUTBOXD_VERSION);
+        return 0;
+    }
+    const command_def *c = NULL;
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            c = &commands[i];
+    if (!c) {
+        fprintf(stderr, "outboxd: unknown command '%s'\n\n", argv[1]);
+        usage(stderr);
+        return 2;
+    }
+    config cfg;
+    char *pos[4] = {0};
+    int npos;
+    bool help;
+    char err[512];
+    if (!config_load(&cfg, c->cmd, argc - 2, argv + 2, pos, c->npos, &npos, &help, err, sizeof err)) {
+        fprintf(stderr, "outboxd %s: %s\n", c->name, err);
+        config_free(&cfg);
+        return 2;
+    }
+    if (help) {
+        config_print_help(c->cmd, c->usage, c->about);
+        config_free(&cfg);
+        return 0;
+    }
+    if (npos != c->npos) {
+        fprintf(stderr, "outboxd %s: expected %d argument%s (usage: %s)\n", c->name, c->npos,
+                c->npos == 1 ? "" : "s", c->usage);
+        config_free(&cfg);
+        return 2;
+    }
+    char component[32];
+    snprintf(component, sizeof component, "outboxd-%s", c->name);
+    log_setup(cfg.log_level, cfg.log_format, component);
+    int rc = c->run(&cfg, pos);
+    config_free(&cfg);
+    return rc;
+}

@@ -1,0 +1,40 @@
+/* Publishing to Redis. Each event goes through a Lua script that publishes it only if
+ * its id is above the run's mark (the last published id, kept in Redis) and raises
+ * the mark in the same atomic step. That makes publishing idempotent (a crash between
+ * PUBLISH and the database's UPDATE, or a timed-out PUBLISH that did run, cannot
+ * deliver an event twice) and fences stale relays: a mark only moves forward. */
+#ifndef OUTBOXD_REDIS_SINK_H
+#define OUTBOXD_REDIS_SINK_H
+
+#include "config.h"
+#include "event.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef enum pub_result {
+    PUB_OK,     /* published now */
+    PUB_DUP,    /* published before (mark at or above this id): count as done */
+    PUB_GAP,    /* not published: the event before it in the run was not published */
+    PUB_FAILED, /* Redis answered with an error for this event */
+    PUB_UNSENT, /* no answer: connection lost or timed out; the context is gone */
+} pub_result;
+
+typedef struct sink sink;
+
+/* epoch (copied) keeps marks of different databases apart. Free with sink_free. */
+sink *sink_new(const redis_url *url, long timeout_ms, long mark_ttl_ms, const char *epoch);
+void sink_free(sink *k);
+void sink_set_epoch(sink *k, const char *epoch);
+
+bool sink_connect(sink *k) WUR;
+bool sink_connected(const sink *k);
+void sink_disconnect(sink *k);
+const char *sink_errstr(const sink *k);
+
+/* Publishes evs[0..n) in order, pipelined. chained[i] says that evs[i]'s predecessor
+ * in its run is an earlier entry of this call, so it may go out only if that one did.
+ * Fills out[i]. Returns false if the connection was lost (it is then closed). */
+bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out) WUR;
+
+#endif

@@ -1,0 +1,481 @@
+/* The relay's main loop and batch logic.
+ *
+ * One cycle: fetch the oldest unpublished events (id order), publish them pipelined,
+ * mark those that went out with one UPDATE. Per-run order holds because the database
+ * makes per-run id order equal commit order (see store_pg.c), the fetch is in id
+ * order, and the sink refuses to publish an event whose predecessor in the same
+ * pipeline did not go out. Leadership is a session advisory lock: standbys wait. */
+#include "relay.h"
+
+#include "log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define STANDBY_RETRY_MS 500
+#define RETRY_BASE_MS 50
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Sleeps up to ms, returning early when a signal arrives on the wake pipe. */
+static void nap(int wake_fd, long ms)
+{
+    struct pollfd p = {.fd = wake_fd, .events = POLLIN};
+    if (poll(&p, wake_fd >= 0 ? 1 : 0, (int)ms) < 0 && errno != EINTR)
+        log_warn("poll: %s", strerror(errno));
+}
+
+void relay_ctx_init(relay_ctx *rc, const config *cfg, store *db, sink *out, int wake_fd,
+                    volatile sig_atomic_t *stop)
+{
+    memset(rc, 0, sizeof *rc);
+    rc->cfg = cfg;
+    rc->db = db;
+    rc->out = out;
+    rc->wake_fd = wake_fd;
+    rc->stop = stop;
+}
+
+void relay_ctx_free(relay_ctx *rc)
+{
+    free(rc->send);
+    free(rc->send_idx);
+    free(rc->chained);
+    free(rc->done);
+    free(rc->res);
+    free(rc->ids);
+    free(rc->order);
+    rc->cap = 0;
+}
+
+static bool ctx_reserve(relay_ctx *rc, size_t n)
+{
+    if (n <= rc->cap)
+        return true;
+    relay_ctx grown = *rc;
+    grown.send = realloc(rc->send, n * sizeof *grown.send);
+    if (grown.send)
+        rc->send = grown.send;
+    grown.send_idx = realloc(rc->send_idx, n * sizeof *grown.send_idx);
+    if (grown.send_idx)
+        rc->send_idx = grown.send_idx;
+    grown.chained = realloc(rc->chained, n * sizeof *grown.chained);
+    if (grown.chained)
+        rc->chained = grown.chained;
+    grown.done = realloc(rc->done, n * sizeof *grown.done);
+    if (grown.done)
+        rc->done = grown.done;
+    grown.res = realloc(rc->res, n * sizeof *grown.res);
+    if (grown.res)
+        rc->res = grown.res;
+    grown.ids = realloc(rc->ids, n * sizeof *grown.ids);
+    if (grown.ids)
+        rc->ids = grown.ids;
+    grown.order = realloc(rc->order, n * sizeof *grown.order);
+    if (grown.order)
+        rc->order = grown.order;
+    if (!grown.send || !grown.send_idx || !grown.chained || !grown.done || !grown.res || !grown.ids ||
+        !grown.order)
+        return false;
+    rc->cap = n;
+    return true;
+}
+
+/* qsort context: the events being sent (qsort_r keeps this re-entrant). */
+static int cmp_by_run(const void *a, const void *b, void *arg)
+{
+    const event *const *send = arg;
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    const event *x = send[i], *y = send[j];
+    size_t n = x->run_id_len < y->run_id_len ? x->run_id_len : y->run_id_len;
+    int c = memcmp(x->run_id, y->run_id, n);
+    if (c == 0 && x->run_id_len != y->run_id_len)
+        c = x->run_id_len < y->run_id_len ? -1 : 1;
+    if (c == 0)
+        c = i < j ? -1 : i > j;
+    return c;
+}
+
+/* chained[k] = an earlier entry of send[] belongs to the same run. */
+static void mark_chained(relay_ctx *rc, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        rc->order[k] = k;
+    qsort_r(rc->order, n, sizeof *rc->order, cmp_by_run, (void *)rc->send);
+    for (size_t k = 0; k < n; k++) {
+        size_t cur = rc->order[k];
+        rc->chained[cur] = false;
+        if (k > 0) {
+            const event *p = rc->send[rc->order[k - 1]], *e = rc->send[cur];
+            rc->chained[cur] = p->run_id_len == e->run_id_len &&
+                               memcmp(p->run_id, e->run_id, e->run_id_len) == 0;
+        }
+    }
+}
+
+batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
+{
+    batch_outcome o = {0};
+    if (!ctx_reserve(rc, b->n)) {
+        log_error("out of memory for a batch of %zu events", b->n);
+        o.pending = b->n;
+        return o;
+    }
+    for (size_t i = 0; i < b->n; i++)
+        rc->done[i] = false;
+
+    char last_error[512] = "";
+    int attempt;
+    size_t left = b->n;
+    for (attempt = 1; left > 0 && attempt <= rc->cfg->max_attempts; attempt++) {
+        if (attempt > 1) {
+            if (*rc->stop)
+                break; /* shutting down: no retries, the rows stay for the next start */
+            rc->stats.retries++;
+            nap(rc->wake_fd, RETRY_BASE_MS << (attempt - 2));
+        }
+        if (!sink_connected(rc->out) && !sink_connect(rc->out)) {
+            snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
+            o.redis_lost = true;
+            continue;
+        }
+        size_t n = 0;
+        for (size_t i = 0; i < b->n; i++)
+            if (!rc->done[i]) {
+                rc->send[n] = &b->ev[i];
+                rc->send_idx[n++] = i;
+            }
+        mark_chained(rc, n);
+        if (!sink_publish(rc->out, rc->send, rc->chained, n, rc->res))
+            o.redis_lost = true;
+        double acked = now_s();
+        for (size_t k = 0; k < n; k++) {
+            switch (rc->res[k]) {
+            case PUB_OK:
+                hist_record(&rc->stats.latency, (acked - rc->send[k]->created_epoch) * 1e6);
+                /* fall through */
+            case PUB_DUP:
+                if (rc->res[k] == PUB_DUP)
+                    rc->stats.duplicates++;
+                rc->done[rc->send_idx[k]] = true;
+                left--;
+                break;
+            case PUB_FAILED:
+            case PUB_UNSENT:
+                rc->stats.failures++;
+                snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
+                break;
+            case PUB_GAP:
+                break;
+            }
+        }
+    }
+
+    /* Mark what went out, in one statement. */
+    size_t nd = 0, nf = 0;
+    for (size_t i = 0; i < b->n; i++)
+        if (rc->done[i])
+            rc->ids[nd++] = b->ev[i].id;
+    if (nd && !store_mark_published(rc->db, rc->ids, nd)) {
+        /* Published but not marked: the next fetch returns them and the sink's marks
+         * turn them into duplicates that are not delivered again. */
+        log_warn("%s (%zu published events will be re-checked)", store_errstr(rc->db), nd);
+        o.db_lost = true;
+        o.pending = b->n;
+        return o;
+    }
+    o.published = nd;
+    o.pending = b->n - nd;
+    rc->stats.published += nd;
+
+    /* Record the failure on the first unpublished event of each run: the later ones
+     * only wait behind it. */
+    if (o.pending) {
+        for (size_t i = 0; i < b->n; i++) {
+            if (rc->done[i])
+                continue;
+            bool first = true;
+            for (size_t j = 0; j < nf && first; j++) {
+                const event *p = &b->ev[rc->order[j]];
+                first = !(p->run_id_len == b->ev[i].run_id_len &&
+                          memcmp(p->run_id, b->ev[i].run_id, p->run_id_len) == 0);
+            }
+            if (first)
+                rc->order[nf++] = i;
+            if (nf >= 64)
+                break; /* bounded: the rest are recorded when they are retried */
+        }
+        for (size_t j = 0; j < nf; j++)
+            rc->ids[j] = b->ev[rc->order[j]].id;
+        log_warn("%zu of %zu events not published after %d attempts (%zu runs held back): %s",
+                 o.pending, b->n, attempt - 1, nf, last_error[0] ? last_error : "unknown");
+        if (!store_record_failure(rc->db, rc->ids, nf, attempt - 1, last_error))
+            log_warn("%s", store_errstr(rc->db));
+    }
+    return o;
+}
+
+/* ---- process: signals, connections, loop ----------------------------------------- */
+
+static volatile sig_atomic_t stop_requested;
+static int wake_pipe[2] = {-1, -1};
+static long shutdown_timeout_s = 10;
+
+static void on_stop_signal(int sig)
+{
+    (void)sig;
+    if (stop_requested) {
+        static const char msg[] = "outboxd: second signal, exiting at once\n";
+        if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
+        }
+        _exit(1);
+    }
+    stop_requested = 1;
+    alarm((unsigned)shutdown_timeout_s);
+    if (write(wake_pipe[1], "x", 1) < 0) {
+        /* The pipe is non-blocking; a full pipe already wakes the loop. */
+    }
+}
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "outboxd: shutdown timeout passed, exiting\n";
+    if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
+    }
+    _exit(1);
+}
+
+static bool install_signals(long timeout_ms)
+{
+    shutdown_timeout_s = (timeout_ms + 999) / 1000;
+    if (pipe(wake_pipe) != 0)
+        return false;
+    for (int i = 0; i < 2; i++) {
+        fcntl(wake_pipe[i], F_SETFL, fcntl(wake_pipe[i], F_GETFL) | O_NONBLOCK);
+        fcntl(wake_pipe[i], F_SETFD, FD_CLOEXEC);
+    }
+    struct sigaction sa = {0};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGTERM, &sa, NULL) || sigaction(SIGINT, &sa, NULL))
+        return false;
+    sa.sa_handler = on_alarm;
+    if (sigaction(SIGALRM, &sa, NULL))
+        return false;
+    sa.sa_handler = SIG_IGN;
+    return sigaction(SIGPIPE, &sa, NULL) == 0;
+}
+
+typedef struct relay_state {
+    relay_ctx rc;
+    const config *cfg;
+    bool leader;
+    bool said_standby;
+    long backoff_ms;
+    double next_stats;
+    double last_stats;
+    uint64_t published_at_last_stats;
+} relay_state;
+
+static void backoff(relay_state *r)
+{
+    r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : BACKOFF_MIN_MS;
+    if (r->backoff_ms > BACKOFF_MAX_MS)
+        r->backoff_ms = BACKOFF_MAX_MS;
+    nap(wake_pipe[0], r->backoff_ms);
+}
+
+static void drain_wake_pipe(void)
+{
+    char tmp[64];
+    while (read(wake_pipe[0], tmp, sizeof tmp) > 0) {
+    }
+}
+
+/* Connects, checks the schema, LISTENs. A full poll follows, as after any re-LISTEN. */
+static bool connect_db(relay_state *r)
+{
+    store *db = r->rc.db;
+    char epoch[64];
+    if (!store_connect(db) || !store_check_schema(db, epoch, sizeof epoch) ||
+        (!r->cfg->no_listen && !store_listen(db))) {
+        log_warn("postgresql: %s", store_errstr(db));
+        store_disconnect(db);
+        return false;
+    }
+    sink_set_epoch(r->rc.out, epoch);
+    r->leader = false;
+    r->said_standby = false;
+    log_info("postgresql: connected (%s)", r->cfg->no_listen ? "poll only" : "listening");
+    return true;
+}
+
+static void log_stats(relay_state *r, bool final)
+{
+    relay_stats *st = &r->rc.stats;
+    double now = mono_s();
+    double span = now - r->last_stats;
+    long long backlog = -1;
+    double oldest = 0;
+    if (r->leader && store_connected(r->rc.db) && !store_backlog(r->rc.db, &backlog, &oldest))
+        log_warn("%s", store_errstr(r->rc.db));
+    double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
+    log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu failures=%llu "
+             "retries=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
+             "backlog=%lld oldest_unpublished_s=%.3f",
+             final ? " (final)" : "", r->leader ? "leader" : "standby",
+             (unsigned long long)st->published, rate, (unsigned long long)st->duplicates,
+             (unsigned long long)st->failures, (unsigned long long)st->retries,
+             hist_quantile(&st->latency, 0.5) / 1e3, hist_quantile(&st->latency, 0.99) / 1e3,
+             st->latency.max_us / 1e3, (unsigned long long)st->batches,
+             st->batch_time.count ? st->batch_time.sum_us / (double)st->batch_time.count / 1e3 : 0,
+             st->batch_time.max_us / 1e3, backlog, oldest);
+    hist_reset(&st->latency);
+    hist_reset(&st->batch_time);
+    r->last_stats = now;
+    r->published_at_last_stats = st->published;
+}
+
+/* One pass of the loop; returns how long to wait for a NOTIFY before the next (ms),
+ * 0 for "at once", or -1 when it already waited (backoff, standby). */
+static long relay_step(relay_state *r, batch *b, long *limit)
+{
+    relay_ctx *rc = &r->rc;
+    if (!store_connected(rc->db) && !connect_db(r)) {
+        backoff(r);
+        return -1;
+    }
+    if (!r->leader) {
+        if (!store_try_lead(rc->db, &r->leader)) {
+            log_warn("postgresql: %s", store_errstr(rc->db));
+            store_disconnect(rc->db);
+            backoff(r);
+            return -1;
+        }
+        if (!r->leader) {
+            if (!r->said_standby)
+                log_info("standby: another relay holds the leader lock; retrying every %d ms",
+                         STANDBY_RETRY_MS);
+            r->said_standby = true;
+            nap(wake_pipe[0], STANDBY_RETRY_MS);
+            return -1;
+        }
+        log_info("leader: this relay publishes");
+    }
+    if (!sink_connected(rc->out) && !sink_connect(rc->out)) {
+        log_warn("redis: %s", sink_errstr(rc->out));
+        backoff(r);
+        return -1;
+    }
+
+    double t0 = mono_s();
+    if (!store_fetch(rc->db, *limit, b)) {
+        log_warn("postgresql: %s", store_errstr(rc->db));
+        store_disconnect(rc->db);
+        r->leader = false;
+        backoff(r);
+        return -1;
+    }
+    if (b->n == 0) {
+        r->backoff_ms = 0;
+        *limit = r->cfg->batch_size;
+        return r->cfg->poll_interval_ms;
+    }
+    batch_outcome o = relay_process_batch(rc, b);
+    rc->stats.batches++;
+    hist_record(&rc->stats.batch_time, (mono_s() - t0) * 1e6);
+    bool full = b->n == (size_t)*limit;
+    batch_clear(b);
+    if (o.db_lost) {
+        store_disconnect(rc->db);
+        r->leader = false;
+    }
+    if (o.pending || o.db_lost) {
+        if (o.redis_lost)
+            log_warn("redis: %s", sink_errstr(rc->out));
+        backoff(r);
+        return -1;
+    }
+    r->backoff_ms = 0;
+    if (full) {
+        /* A backlog: bigger batches amortize the round trips. */
+        *limit = *limit * 2 > r->cfg->max_batch_size ? r->cfg->max_batch_size : *limit * 2;
+        return 0;
+    }
+    *limit = r->cfg->batch_size;
+    return r->cfg->poll_interval_ms;
+}
+
+int relay_main(const config *cfg)
+{
+    if (!install_signals(cfg->shutdown_timeout_ms)) {
+        log_error("cannot install signal handlers: %s", strerror(errno));
+        return 1;
+    }
+    relay_state r = {.cfg = cfg};
+    store *db = store_new(cfg->database_url, "outboxd-relay", cfg->pg_timeout_ms);
+    sink *out = sink_new(&cfg->redis, cfg->redis_timeout_ms, cfg->mark_ttl_ms, "");
+    if (!db || !out) {
+        log_error("out of memory");
+        store_free(db);
+        sink_free(out);
+        return 1;
+    }
+    relay_ctx_init(&r.rc, cfg, db, out, wake_pipe[0], &stop_requested);
+    batch b;
+    batch_init(&b);
+    long limit = cfg->batch_size;
+    r.last_stats = mono_s();
+    r.next_stats = r.last_stats + cfg->stats_interval_ms / 1e3;
+    log_info("relay starting (pid %d)", (int)getpid());
+    config_log(cfg, CMD_RELAY);
+
+    while (!stop_requested) {
+        long wait_ms = relay_step(&r, &b, &limit);
+        if (cfg->stats_interval_ms > 0 && mono_s() >= r.next_stats) {
+            log_stats(&r, false);
+            r.next_stats = mono_s() + cfg->stats_interval_ms / 1e3;
+        }
+        if (wait_ms > 0 && !stop_requested) {
+            bool notified;
+            if (!store_wait(db, wake_pipe[0], wait_ms, &notified)) {
+                log_warn("postgresql: %s", store_errstr(db));
+                store_disconnect(db);
+                r.leader = false;
+            }
+            drain_wake_pipe();
+        }
+    }
+    log_info("shutting down: the batch in flight is finished");
+    log_stats(&r, true);
+    batch_free(&b);
+    relay_ctx_free(&r.rc);
+    store_free(db);
+    sink_free(out);
+    close(wake_pipe[0]);
+    close(wake_pipe[1]);
+    log_info("relay stopped");
+    return 0;
+}

@@ -1,0 +1,61 @@
+/* Everything outboxd says to PostgreSQL: schema migrations, the relay's fetch and
+ * mark statements, leader election, LISTEN, emit and status queries. Every call is
+ * bounded by the store's timeout: a stalled server makes a call fail, never hang. */
+#ifndef OUTBOXD_STORE_PG_H
+#define OUTBOXD_STORE_PG_H
+
+#include "event.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define STORE_SCHEMA_VERSION 1
+#define STORE_NOTIFY_CHANNEL "outboxd"
+
+typedef struct store store;
+
+/* Creates an unconnected store. url is copied. Free with store_free. */
+store *store_new(const char *url, const char *application_name, long timeout_ms);
+void store_free(store *s);
+
+bool store_connect(store *s) WUR;
+void store_disconnect(store *s);
+bool store_connected(const store *s);
+/* The reason of the last failure, valid until the next call. */
+const char *store_errstr(const store *s);
+/* SQLSTATE of the last failed statement ("" if none or the connection failed). */
+const char *store_sqlstate(const store *s);
+
+/* Applies missing migrations (serialized by an advisory lock). *from and *to get the
+ * versions before and after. Fails on a schema newer than this binary. */
+bool store_migrate(store *s, int *from, int *to) WUR;
+/* Checks that the schema is installed and at the version this binary speaks, and
+ * reads the database's epoch (a random id made by migrate) into epoch. */
+bool store_check_schema(store *s, char *epoch, size_t epoch_len) WUR;
+
+bool store_listen(store *s) WUR;
+/* Waits until a notification arrives, extra_fd is readable, or timeout_ms passes.
+ * Returns false if the connection failed. *notified says whether a NOTIFY came
+ * (also one that arrived during an earlier statement). */
+bool store_wait(store *s, int extra_fd, long timeout_ms, bool *notified) WUR;
+/* Whether a NOTIFY arrived since the last store_wait or store_take_notified. */
+bool store_take_notified(store *s);
+
+/* Tries to take the relay leader lock (a session advisory lock); *leader says if held. */
+bool store_try_lead(store *s, bool *leader) WUR;
+
+/* Fetches up to limit unpublished events in id order into b (cleared first). */
+bool store_fetch(store *s, long limit, batch *b) WUR;
+/* Marks the given events published, in one statement. */
+bool store_mark_published(store *s, const long long *ids, size_t n) WUR;
+/* Adds attempts to the given events and records the error, in one statement. */
+bool store_record_failure(store *s, const long long *ids, size_t n, int attempts, const char *error) WUR;
+/* Unpublished count and the age in seconds of the oldest unpublished event. */
+bool store_backlog(store *s, long long *count, double *oldest_age_s) WUR;
+
+/* Inserts one event; the database assigns id and seq. */
+bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq) WUR;
+/* Writes a human-readable (or JSON) status report to stdout. */
+bool store_print_status(store *s, bool json) WUR;
+
+#endif
