@@ -321,7 +321,23 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
             PQfreemem(perr);
             return false;
         }
+        /* libpq parses the port as text and only fails at connect time. */
+        bool port_ok = true;
+        for (PQconninfoOption *o = opts; o->keyword; o++) {
+            if (strcmp(o->keyword, "port") || !o->val || !*o->val)
+                continue;
+            for (const char *p = o->val; *p && port_ok; p += strcspn(p, ",") + (p[strcspn(p, ",")] != 0)) {
+                char *end;
+                errno = 0;
+                long port = strtol(p, &end, 10);
+                port_ok = end != p && !errno && port >= 1 && port <= 65535 && (*end == ',' || !*end);
+            }
+        }
         PQconninfoFree(opts);
+        if (!port_ok) {
+            snprintf(err, errlen, "--database-url (DATABASE_URL): bad port number");
+            return false;
+        }
     }
     if (cmd & (CMD_RELAY | CMD_SSE | CMD_STATUS)) {
         char why[128];

@@ -120,8 +120,10 @@ static void usage(FILE *f)
     fprintf(f, "usage: outboxd COMMAND [options]\n\n"
                "Relays a transactional outbox (PostgreSQL table run_outbox) to Redis Pub/Sub.\n\n"
                "commands:\n");
-    for (size_t i = 0; i < NCOMMANDS; i++)
-        fprintf(f, "  %-9s %s\n", commands[i].name, strchr(commands[i].usage, ' ') + 1);
+    for (size_t i = 0; i < NCOMMANDS; i++) {
+        const char *about = commands[i].about;
+        fprintf(f, "  %-9s %.*s\n", commands[i].name, (int)strcspn(about, "\n"), about);
+    }
     fprintf(f, "\n'outboxd COMMAND --help' lists a command's options. 'outboxd --version' prints the "
                "version.\n");
 }
@@ -145,8 +147,7 @@ int main(int argc, char **argv)
         if (!strcmp(argv[1], commands[i].name))
             c = &commands[i];
     if (!c) {
-        fprintf(stderr, "outboxd: unknown command '%s'\n\n", argv[1]);
-        usage(stderr);
+        fprintf(stderr, "outboxd: unknown command '%s' (see outboxd --help)\n", argv[1]);
         return 2;
     }
     config cfg;

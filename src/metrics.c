@@ -47,7 +47,8 @@ double hist_quantile(const histogram *h, double q)
     for (int i = 0; i < HIST_BUCKETS; i++) {
         seen += h->bucket[i];
         if (seen >= rank) {
-            double up = bucket_upper(i);
+            /* The last bucket also holds everything beyond it: its edge means nothing. */
+            double up = i == HIST_BUCKETS - 1 ? h->max_us : bucket_upper(i);
             return up < h->max_us ? up : h->max_us;
         }
     }

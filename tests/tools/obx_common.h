@@ -83,6 +83,7 @@ static inline bool obx_parse(const char *m, obx_msg *out)
     out->run_id = obx_json_string(&p, &out->run_id_len);
     if (strncmp(p, ",\"seq\":", 7)) {
         free(out->run_id);
+        out->run_id = NULL;
         return false;
     }
     out->seq = strtoll(p + 7, NULL, 10);

@@ -117,8 +117,11 @@ int main(int argc, char **argv)
             continue;
         }
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 && !strcmp(r->element[0]->str, "pmessage")) {
-            obx_msg m;
-            if (obx_parse(r->element[3]->str, &m)) {
+            obx_msg m = {0};
+            if (obx_parse(r->element[3]->str, &m) &&
+                (m.run_id_len < strlen(prefix) || memcmp(m.run_id, prefix, strlen(prefix)))) {
+                free(m.run_id); /* another test's run */
+            } else if (m.run_id) {
                 if (nrec == caprec) {
                     caprec = caprec ? caprec * 2 : 4096;
                     recs = realloc(recs, caprec * sizeof *recs);

@@ -1,0 +1,115 @@
+# Shared helpers for integration tests. run.sh starts one PostgreSQL and one Redis for
+# the suite (scripts/stack.sh); each test gets a database of its own, drives the real
+# binary, and stops everything it started when it exits, whatever happens.
+set -euo pipefail
+
+: "${STACK_DIR:?run tests through tests/integration/run.sh}"
+. "$STACK_DIR/env"
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${BUILD:-build}
+[[ "$BUILD" = /* ]] || BUILD="$ROOT/$BUILD"
+OUTBOXD="$BUILD/outboxd"
+T=$(basename "$0" .sh)
+WORK=$(mktemp -d "$STACK_DIR/$T.XXXX")
+BASE_URL="postgresql://postgres@127.0.0.1:$PGPORT"
+PIDS=()
+
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -CONT "$p" 2>/dev/null || true; kill -9 "$p" 2>/dev/null || true; done
+  # A test that stopped Redis must not leave it stopped for the next one.
+  kill -CONT "$(cat "$STACK_DIR/redis.pid" 2>/dev/null)" 2>/dev/null || true
+  redis_ensure_up
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL [$T]: $*" >&2; exit 1; }
+info() { echo "  [$T] $*" >&2; }
+q() { psql -X -qtA "$DATABASE_URL" -c "$1"; }
+
+# A fresh database for this test, migrated.
+new_db() {
+  local db="t_${T//[^a-z0-9]/_}_$RANDOM"
+  psql -X -q "$BASE_URL/postgres" -c "CREATE DATABASE $db" >/dev/null
+  export DATABASE_URL="$BASE_URL/$db"
+  "$OUTBOXD" migrate >/dev/null 2>"$WORK/migrate.log" || fail "migrate: $(cat "$WORK/migrate.log")"
+}
+
+# start_relay NAME [flags...]: relay in the background; its pid in $RELAY_PID.
+start_relay() {
+  local name=$1; shift
+  "$OUTBOXD" relay --stats-interval 1s "$@" >"$WORK/$name.log" 2>&1 &
+  RELAY_PID=$!
+  PIDS+=("$RELAY_PID")
+}
+
+# start_sub NAME [obx_sub flags...]: checking subscriber, waits until it is subscribed.
+start_sub() {
+  local name=$1; shift
+  rm -f "$WORK/$name.ready"
+  "$BUILD/obx_sub" --port "$REDIS_PORT" --ready-file "$WORK/$name.ready" "$@" \
+    >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  SUB_PID=$!
+  PIDS+=("$SUB_PID")
+  for _ in $(seq 1 200); do [[ -f "$WORK/$name.ready" ]] && return 0; sleep 0.05; done
+  fail "subscriber $name did not subscribe"
+}
+
+# wait_sub NAME PID: waits for the subscriber to finish; its verdict must be clean.
+wait_sub() {
+  local name=$1 pid=$2 rc=0
+  wait "$pid" || rc=$?
+  info "$name: $(cat "$WORK/$name.out")"
+  [[ $rc -eq 0 ]] || fail "subscriber $name found a problem: $(cat "$WORK/$name.out") $(head -5 "$WORK/$name.err")"
+}
+
+# field NAME FILE: value of name=value in a tool's output line.
+field() { grep -o "$1=[0-9.]*" "$2" | head -1 | cut -d= -f2; }
+
+# wait_drained SECONDS: until no row is unpublished.
+wait_drained() {
+  local deadline=$((SECONDS + $1))
+  while ((SECONDS < deadline)); do
+    [[ $(q "SELECT count(*) FROM run_outbox WHERE published_at IS NULL") == 0 ]] && return 0
+    sleep 0.1
+  done
+  fail "backlog not drained in $1 s: $(q "SELECT count(*) FROM run_outbox WHERE published_at IS NULL") left"
+}
+
+# stop_relay PID SECONDS: SIGTERM, expect exit 0 within SECONDS.
+stop_relay() {
+  local pid=$1 limit=$2 rc=0 t0=$SECONDS
+  kill -TERM "$pid"
+  local deadline=$((SECONDS + limit))
+  while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.05; done
+  kill -0 "$pid" 2>/dev/null && fail "relay $pid still running $limit s after SIGTERM"
+  wait "$pid" || rc=$?
+  [[ $rc -eq 0 ]] || fail "relay exited $rc after SIGTERM (want 0)"
+  info "relay stopped with exit 0 after $((SECONDS - t0)) s"
+}
+
+prefill() { # prefill COUNT RUNS PREFIX: inserts quickly in one statement per 1000
+  q "INSERT INTO run_outbox (run_id, payload) SELECT '$3-' || (g % $2), jsonb_build_object('t', 0, 'g', g) FROM generate_series(1, $1) g"
+}
+
+redis_start() {
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+    --dir "$STACK_DIR" --pidfile "$STACK_DIR/redis.pid" --logfile "$STACK_DIR/redis.log" "$@"
+  for _ in $(seq 1 100); do
+    redis-cli -p "$REDIS_PORT" ${REDIS_PASS:+-a "$REDIS_PASS" --no-auth-warning} ping 2>/dev/null | grep -q PONG && return 0
+    sleep 0.05
+  done
+  fail "redis did not come back"
+}
+redis_kill() {
+  local pid
+  pid=$(cat "$STACK_DIR/redis.pid")
+  kill -9 "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.02; done
+  rm -f "$STACK_DIR/redis.pid"
+}
+redis_ensure_up() {
+  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return 0
+  redis-cli -p "$REDIS_PORT" ping 2>&1 | grep -q NOAUTH && return 0
+  REDIS_PASS= redis_start >/dev/null 2>&1 || true
+}

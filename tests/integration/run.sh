@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every tests/integration/t_*.sh against one PostgreSQL and Redis started here
+# (and always stopped), each test under a time limit. Ends with "N passed, N failed".
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+export BUILD=${BUILD:-build}
+export STACK_DIR
+STACK_DIR=$(mktemp -d /tmp/outboxd-it.XXXXXX)
+chmod 755 "$STACK_DIR"
+trap 'bash "$root/scripts/stack.sh" stop "$STACK_DIR"; rm -rf "$STACK_DIR"' EXIT
+bash "$root/scripts/stack.sh" start "$STACK_DIR" || { echo "could not start the test servers"; exit 1; }
+
+pass=0 failed=0 failures=()
+for t in "$here"/t_*.sh; do
+  [[ -n "${ONLY:-}" && "$t" != *"$ONLY"* ]] && continue
+  name=$(basename "$t" .sh)
+  start=$SECONDS
+  if timeout -k 5 240 bash "$t"; then
+    echo "ok   $name ($((SECONDS - start)) s)"
+    pass=$((pass + 1))
+  else
+    echo "FAIL $name ($((SECONDS - start)) s)"
+    failed=$((failed + 1))
+    failures+=("$name")
+  fi
+done
+echo
+[[ $failed -gt 0 ]] && echo "failed: ${failures[*]}"
+echo "integration: $pass passed, $failed failed"
+[[ $failed -eq 0 ]]

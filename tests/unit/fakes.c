@@ -1,0 +1,132 @@
+/* Fake store and sink: just enough behaviour for relay.c. */
+#include "fakes.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+fake_world fw;
+
+struct store {
+    int unused;
+};
+struct sink {
+    bool connected;
+};
+
+typedef struct mark {
+    char run[64];
+    long long id, seq;
+} mark;
+static mark marks[FAKE_MAX];
+static int nmarks;
+
+void fake_reset(void)
+{
+    memset(&fw, 0, sizeof fw);
+    fw.cut_after = -1;
+    nmarks = 0;
+}
+
+static mark *find_mark(const event *e)
+{
+    for (int i = 0; i < nmarks; i++)
+        if (strlen(marks[i].run) == e->run_id_len && !memcmp(marks[i].run, e->run_id, e->run_id_len))
+            return &marks[i];
+    return NULL;
+}
+
+/* ---- sink ---- */
+sink *sink_new(const redis_url *url, long timeout_ms, long ttl, const char *epoch)
+{
+    (void)url, (void)timeout_ms, (void)ttl, (void)epoch;
+    return calloc(1, sizeof(sink));
+}
+void sink_free(sink *k) { free(k); }
+void sink_set_epoch(sink *k, const char *epoch) { (void)k, (void)epoch; }
+bool sink_connected(const sink *k) { return k->connected; }
+void sink_disconnect(sink *k) { k->connected = false; }
+const char *sink_errstr(const sink *k) { (void)k; return "fake error"; }
+bool sink_connect(sink *k)
+{
+    if (fw.refuse_connect)
+        return false;
+    fw.connects++;
+    k->connected = true;
+    return true;
+}
+
+bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = PUB_UNSENT;
+    for (size_t i = 0; i < n; i++) {
+        const event *e = evs[i];
+        if (fw.cut_after == 0) {
+            fw.cut_after = -1;
+            k->connected = false;
+            return false;
+        }
+        if (fw.cut_after > 0)
+            fw.cut_after--;
+        bool lose_reply = fw.cut_after == 0 && fw.cut_loses_reply;
+        pub_result r;
+        mark *m = find_mark(e);
+        if (e->id == fw.fail_id && fw.fail_times != 0) {
+            if (fw.fail_times > 0)
+                fw.fail_times--;
+            r = PUB_FAILED;
+        } else if (m && e->id <= m->id) {
+            r = PUB_DUP;
+        } else if (chained[i] && (!m || m->seq != e->seq - 1)) {
+            r = PUB_GAP;
+        } else {
+            if (!m) {
+                m = &marks[nmarks++];
+                memcpy(m->run, e->run_id, e->run_id_len);
+                m->run[e->run_id_len] = '\0';
+            }
+            m->id = e->id;
+            m->seq = e->seq;
+            fw.delivered[fw.ndelivered++] = e->id;
+            r = PUB_OK;
+        }
+        if (lose_reply) {
+            fw.cut_after = -1;
+            k->connected = false;
+            return false;
+        }
+        out[i] = r;
+    }
+    return true;
+}
+
+/* ---- store ---- */
+store *store_new(const char *url, const char *app, long t) { (void)url, (void)app, (void)t; return calloc(1, sizeof(store)); }
+void store_free(store *s) { free(s); }
+bool store_connect(store *s) { (void)s; return true; }
+void store_disconnect(store *s) { (void)s; }
+bool store_connected(const store *s) { (void)s; return true; }
+const char *store_errstr(const store *s) { (void)s; return "fake store error"; }
+bool store_check_schema(store *s, char *epoch, size_t len) { (void)s; strncpy(epoch, "e", len); return true; }
+bool store_listen(store *s) { (void)s; return true; }
+bool store_wait(store *s, int fd, long ms, bool *n) { (void)s, (void)fd, (void)ms; *n = false; return true; }
+bool store_try_lead(store *s, bool *leader) { (void)s; *leader = true; return true; }
+bool store_fetch(store *s, long limit, batch *b) { (void)s, (void)limit; batch_clear(b); return true; }
+bool store_backlog(store *s, long long *c, double *a) { (void)s; *c = 0; *a = 0; return true; }
+bool store_mark_published(store *s, const long long *ids, size_t n)
+{
+    (void)s;
+    if (fw.fail_mark)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        fw.marked[fw.nmarked++] = ids[i];
+    return true;
+}
+bool store_record_failure(store *s, const long long *ids, size_t n, int attempts, const char *error)
+{
+    (void)s, (void)error;
+    for (size_t i = 0; i < n; i++)
+        fw.failed_ids[fw.nfailed++] = ids[i];
+    fw.failed_attempts = attempts;
+    return true;
+}

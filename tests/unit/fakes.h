@@ -1,0 +1,34 @@
+/* Fakes of the relay's neighbours (store_pg, redis_sink) for unit tests. The fake
+ * sink applies the publish script's rules (mark = last published id per run, chained
+ * events need their predecessor) and can be told to fail. */
+#ifndef FAKES_H
+#define FAKES_H
+
+#include "redis_sink.h"
+#include "store_pg.h"
+
+#define FAKE_MAX 256
+
+typedef struct fake_world {
+    /* sink */
+    long long delivered[FAKE_MAX]; /* ids, in delivery order */
+    int ndelivered;
+    long long fail_id;             /* answer PUB_FAILED for this id ... */
+    int fail_times;                /* ... this many times (-1 = always) */
+    int cut_after;                 /* drop the connection after this many commands (-1 = never) */
+    bool cut_loses_reply;          /* the command at the cut runs, but its reply is lost */
+    int connects;
+    bool refuse_connect;
+    /* store */
+    long long marked[FAKE_MAX];
+    int nmarked;
+    bool fail_mark;
+    long long failed_ids[FAKE_MAX];
+    int nfailed;
+    int failed_attempts;
+} fake_world;
+
+extern fake_world fw;
+void fake_reset(void);
+
+#endif

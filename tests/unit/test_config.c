@@ -1,0 +1,150 @@
+/* The settings table: defaults, environment, flags, and one-line errors for bad values. */
+#include "config.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+static config cfg;
+static char err[512];
+static char *pos[4];
+static int npos;
+static bool help;
+
+static bool load(enum command cmd, int argc, char **argv)
+{
+    config_free(&cfg);
+    err[0] = '\0';
+    return config_load(&cfg, cmd, argc, argv, pos, 2, &npos, &help, err, sizeof err);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    unsetenv("DATABASE_URL");
+    unsetenv("REDIS_URL");
+    unsetenv("OUTBOXD_BATCH_SIZE");
+    memset(&cfg, 0, sizeof cfg);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    config_free(&cfg);
+    return 0;
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    assert_true(load(CMD_RELAY, 0, NULL));
+    assert_int_equal(cfg.poll_interval_ms, 200);
+    assert_int_equal(cfg.batch_size, 100);
+    assert_int_equal(cfg.max_attempts, 3);
+    assert_int_equal(cfg.stats_interval_ms, 10000);
+    assert_false(cfg.no_listen);
+    assert_string_equal(cfg.redis.host, "127.0.0.1");
+    assert_int_equal(cfg.redis.port, 6379);
+}
+
+static void test_flag_overrides_environment(void **state)
+{
+    (void)state;
+    setenv("OUTBOXD_BATCH_SIZE", "50", 1);
+    assert_true(load(CMD_RELAY, 0, NULL));
+    assert_int_equal(cfg.batch_size, 50);
+    char *argv[] = {"--batch-size", "70", "--no-listen", "--stats-interval=2s"};
+    assert_true(load(CMD_RELAY, 4, argv));
+    assert_int_equal(cfg.batch_size, 70);
+    assert_true(cfg.no_listen);
+    assert_int_equal(cfg.stats_interval_ms, 2000);
+}
+
+static void test_bad_values_name_the_setting(void **state)
+{
+    (void)state;
+    char *zero[] = {"--batch-size", "0"};
+    assert_false(load(CMD_RELAY, 2, zero));
+    assert_non_null(strstr(err, "--batch-size"));
+    char *junk[] = {"--batch-size", "12x"};
+    assert_false(load(CMD_RELAY, 2, junk));
+    assert_non_null(strstr(err, "--batch-size"));
+    char *neg[] = {"--poll-interval-ms", "-5"};
+    assert_false(load(CMD_RELAY, 2, neg));
+    assert_non_null(strstr(err, "--poll-interval-ms"));
+    char *dur[] = {"--stats-interval", "-1s"};
+    assert_false(load(CMD_RELAY, 2, dur));
+    assert_non_null(strstr(err, "--stats-interval"));
+    char *unknown[] = {"--bogus"};
+    assert_false(load(CMD_RELAY, 1, unknown));
+    assert_non_null(strstr(err, "--bogus"));
+    char *wrongcmd[] = {"--listen", "x:1"};
+    assert_false(load(CMD_RELAY, 2, wrongcmd));
+    char *missing[] = {"--batch-size"};
+    assert_false(load(CMD_RELAY, 1, missing));
+}
+
+static void test_urls_are_checked_before_connecting(void **state)
+{
+    (void)state;
+    setenv("REDIS_URL", "http://x", 1);
+    assert_false(load(CMD_RELAY, 0, NULL));
+    assert_non_null(strstr(err, "REDIS_URL"));
+    setenv("REDIS_URL", "redis://:pw@h:7000/3", 1);
+    assert_true(load(CMD_RELAY, 0, NULL));
+    assert_string_equal(cfg.redis.host, "h");
+    assert_int_equal(cfg.redis.port, 7000);
+    assert_int_equal(cfg.redis.db, 3);
+    assert_string_equal(cfg.redis.password, "pw");
+    setenv("REDIS_URL", "redis://h:99999", 1);
+    assert_false(load(CMD_RELAY, 0, NULL));
+    unsetenv("REDIS_URL");
+    setenv("DATABASE_URL", "postgresql://host:notaport:/x?bad", 1);
+    assert_false(load(CMD_RELAY, 0, NULL));
+    assert_non_null(strstr(err, "DATABASE_URL"));
+}
+
+static void test_durations(void **state)
+{
+    (void)state;
+    long ms;
+    assert_true(config_parse_duration("250ms", 1000, &ms));
+    assert_int_equal(ms, 250);
+    assert_true(config_parse_duration("7d", 1000, &ms));
+    assert_int_equal(ms, 7L * 86400 * 1000);
+    assert_true(config_parse_duration("3", 1000, &ms));
+    assert_int_equal(ms, 3000);
+    assert_false(config_parse_duration("3 weeks", 1000, &ms));
+    assert_false(config_parse_duration("", 1000, &ms));
+}
+
+static void test_positionals_and_help(void **state)
+{
+    (void)state;
+    char *argv[] = {"run-1", "--", "-{}"};
+    assert_true(load(CMD_EMIT, 3, argv));
+    assert_int_equal(npos, 2);
+    assert_string_equal(pos[1], "-{}");
+    char *h[] = {"--help"};
+    assert_true(load(CMD_EMIT, 1, h));
+    assert_true(help);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_defaults, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flag_overrides_environment, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_values_name_the_setting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_urls_are_checked_before_connecting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_durations, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_positionals_and_help, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("config", tests, NULL, NULL);
+}
