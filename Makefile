@@ -20,7 +20,7 @@ CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub
 UNIT = test_buf test_config test_relay test_metrics
 
-.PHONY: all deps test unit integration run bench clean format
+.PHONY: all deps test test-sanitize unit integration run bench clean format
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
 
 deps:
@@ -56,6 +56,11 @@ integration: all
 test: deps
 	@$(MAKE) --no-print-directory all unit
 	@$(MAKE) --no-print-directory integration
+
+# The same suite under AddressSanitizer and UndefinedBehaviorSanitizer (build/asan).
+test-sanitize: deps
+	@$(MAKE) --no-print-directory SANITIZE=1 all unit
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 $(MAKE) --no-print-directory SANITIZE=1 integration
 
 run: deps
 	@$(MAKE) --no-print-directory all

@@ -24,6 +24,8 @@ typedef struct relay_ctx {
     relay_stats stats;
     int wake_fd;                 /* readable when a signal arrived; -1 for none */
     volatile sig_atomic_t *stop; /* set when shutdown was asked for */
+    bool crash_before_mark;      /* test-only failpoint (OUTBOXD_FAILPOINT) */
+    int batches_until_crash;
     /* scratch, sized to the largest batch seen */
     size_t cap;
     const event **send;

@@ -113,3 +113,15 @@ redis_ensure_up() {
   redis-cli -p "$REDIS_PORT" ping 2>&1 | grep -q NOAUTH && return 0
   REDIS_PASS= redis_start >/dev/null 2>&1 || true
 }
+
+as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pg_restart() { as_pg "$PGBIN/pg_ctl" -D "$PGDATA" restart -m fast -w -t 30 >/dev/null; }
+# wait_log FILE PATTERN SECONDS [COUNT]: until PATTERN occurs COUNT (default 1) times.
+wait_log() {
+  local deadline=$((SECONDS + $3)) want=${4:-1}
+  while ((SECONDS < deadline)); do
+    (( $(grep -c -- "$2" "$1" 2>/dev/null || true) >= want )) && return 0
+    sleep 0.05
+  done
+  fail "'$2' did not appear in $(basename "$1") within $3 s"
+}

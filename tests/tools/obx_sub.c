@@ -40,10 +40,10 @@ static redisContext *subscribe(const char *host, int port, const char *pw, const
     }
     redisReply *r;
     if (pw && *pw) {
+        /* A server without a password refuses AUTH: carry on, PSUBSCRIBE tells. */
         r = redisCommand(c, "AUTH %s", pw);
-        bool ok = r && r->type == REDIS_REPLY_STATUS;
         if (r) freeReplyObject(r);
-        if (!ok) { redisFree(c); return NULL; }
+        if (c->err) { redisFree(c); return NULL; }
     }
     r = redisCommand(c, "PSUBSCRIBE %s", pattern);
     bool ok = r && r->type == REDIS_REPLY_ARRAY;

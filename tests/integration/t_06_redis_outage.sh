@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Redis killed under load and started again: the relay retries (recording attempts
+# and the error on the rows), keeps running, and once Redis is back every event
+# arrives once, in order. The new Redis starts with a password that the subscriber
+# knows and the relay does not, so the subscriber is surely re-subscribed before the
+# relay can publish again; then the password is lifted.
+. "$(dirname "$0")/lib.sh"
+new_db
+start_relay relay --redis-timeout 300ms
+start_sub sub --prefix out --password secret --idle-ms 4000 --max-seconds 90 --check
+"$BUILD/obx_load" --rate 300 --runs 20 --conns 4 --seconds 8 --prefix out >"$WORK/load.out" &
+LOAD=$!; PIDS+=("$LOAD")
+sleep 2
+redis_kill
+info "redis killed"
+sleep 2
+REDIS_PASS=secret redis_start --requirepass secret
+for _ in $(seq 1 100); do
+  [[ $(redis-cli -p "$REDIS_PORT" -a secret --no-auth-warning pubsub numpat) -ge 1 ]] && break
+  sleep 0.05
+done
+[[ $(q "SELECT count(*) FROM run_outbox WHERE attempts > 0 AND last_error IS NOT NULL AND published_at IS NULL") -gt 0 ]] ||
+  fail "no failed attempt recorded on the waiting rows during the outage"
+kill -0 "$RELAY_PID" || fail "relay died during the Redis outage"
+redis-cli -p "$REDIS_PORT" -a secret --no-auth-warning config set requirepass "" >/dev/null
+info "redis back"
+wait "$LOAD"
+info "$(cat "$WORK/load.out")"
+wait_sub sub "$SUB_PID"
+wait_drained 10
+stop_relay "$RELAY_PID" 5
