@@ -20,7 +20,7 @@
 #include <unistd.h>
 
 #define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 5000
+#define BACKOFF_MAX_MS 2000
 #define STANDBY_RETRY_MS 500
 #define RETRY_BASE_MS 50
 

@@ -86,6 +86,14 @@ stop_relay() {
   wait "$pid" || rc=$?
   [[ $rc -eq 0 ]] || fail "relay exited $rc after SIGTERM (want 0)"
   info "relay stopped with exit 0 after $((SECONDS - t0)) s"
+  no_sanitizer_reports
+}
+
+# Under `make test-sanitize` a leak or undefined behaviour lands in a process's log.
+no_sanitizer_reports() {
+  if grep -l -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$WORK"/*.log 2>/dev/null; then
+    fail "sanitizer report: $(grep -h -A12 -E "ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:" "$WORK"/*.log | head -30)"
+  fi
 }
 
 prefill() { # prefill COUNT RUNS PREFIX: inserts quickly in one statement per 1000

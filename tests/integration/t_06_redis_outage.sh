@@ -7,7 +7,7 @@
 . "$(dirname "$0")/lib.sh"
 new_db
 start_relay relay --redis-timeout 300ms
-start_sub sub --prefix out --password secret --idle-ms 4000 --max-seconds 90 --check
+start_sub sub --prefix out --password secret --idle-ms 8000 --max-seconds 90 --check
 "$BUILD/obx_load" --rate 300 --runs 20 --conns 4 --seconds 8 --prefix out >"$WORK/load.out" &
 LOAD=$!; PIDS+=("$LOAD")
 sleep 2

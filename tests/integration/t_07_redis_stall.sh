@@ -6,7 +6,7 @@
 new_db
 rpid=$(cat "$STACK_DIR/redis.pid")
 start_relay relay --redis-timeout 500ms
-start_sub sub --prefix stall --idle-ms 4000 --max-seconds 90 --check
+start_sub sub --prefix stall --idle-ms 8000 --max-seconds 90 --check
 "$BUILD/obx_load" --rate 300 --runs 20 --conns 4 --seconds 7 --prefix stall >"$WORK/load.out" &
 LOAD=$!; PIDS+=("$LOAD")
 sleep 2
