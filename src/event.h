@@ -38,4 +38,13 @@ bool batch_reserve(batch *b, size_t n) WUR;
  *   {"id":N,"run_id":"...","seq":N,"created_at":"...","payload":<stored JSON>}  */
 bool event_format_message(buf *out, const event *e) WUR;
 
+/* Reads back a wire message made by event_format_message: *seq and the payload
+ * (pointing into m). Returns false for anything else. */
+bool event_parse_message(const char *m, size_t len, long long *seq, const char **payload,
+                         size_t *payload_len) WUR;
+
+/* Appends the Server-Sent Events frame "id: SEQ\ndata: LINE\n...\n" for a payload,
+ * one data: line per line of it (CR, LF and CRLF all end a line in SSE). */
+bool event_format_sse(buf *out, long long seq, const char *payload, size_t len) WUR;
+
 #endif

@@ -4,6 +4,7 @@
 #include "config.h"
 #include "log.h"
 #include "relay.h"
+#include "sse.h"
 #include "store_pg.h"
 
 #include <stdio.h>
@@ -96,6 +97,12 @@ static int cmd_relay(const config *cfg, char **pos)
     return relay_main(cfg);
 }
 
+static int cmd_sse(const config *cfg, char **pos)
+{
+    (void)pos;
+    return sse_main(cfg);
+}
+
 static const command_def commands[] = {
     {"migrate", CMD_MIGRATE, "outboxd migrate [options]",
      "Creates or upgrades the outboxd schema (run_outbox and its triggers). Idempotent.", 0,
@@ -105,6 +112,11 @@ static const command_def commands[] = {
      "once, then marks it published. Several relays may run: one leads, the others stand by.\n"
      "SIGTERM/SIGINT finish the batch in flight and exit 0; a second signal exits at once.",
      0, cmd_relay},
+    {"sse", CMD_SSE, "outboxd sse [options]",
+     "Serves each run's events as Server-Sent Events at GET /runs/{run_id}/events (resume with\n"
+     "the Last-Event-ID header or ?last_event_id=N), a viewer page at GET /runs/{run_id}, and\n"
+     "GET /healthz. Live from Redis, replayed from PostgreSQL: every event once, in order.",
+     0, cmd_sse},
     {"emit", CMD_EMIT, "outboxd emit [options] RUN_ID JSON",
      "Writes one event to run_outbox; the database assigns its seq. Prints {\"id\":N,\"seq\":N}.", 2,
      cmd_emit},

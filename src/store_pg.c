@@ -110,17 +110,38 @@ static int wait_fd(int fd, short events, long long deadline)
     }
 }
 
+void store_conn_params(const char *url, const char *application_name, long timeout_ms,
+                       const char *keys[8], const char *vals[8], char timeout_s[24])
+{
+    snprintf(timeout_s, 24, "%ld", (timeout_ms + 999) / 1000);
+    /* Defaults first: values that the URL carries override them. Keepalives make a
+     * vanished host show up as an error rather than an endless wait. */
+    static const char *const k[] = {"connect_timeout", "application_name", "keepalives", "keepalives_idle",
+                                    "keepalives_interval", "keepalives_count", "dbname", NULL};
+    const char *v[] = {timeout_s, application_name, "1", "10", "5", "3", url, NULL};
+    for (int i = 0; i < 8; i++) {
+        keys[i] = k[i];
+        vals[i] = v[i];
+    }
+}
+
+/* Replay for the gateway, bounded in rows and (roughly, by stored size) in bytes so
+ * that a run of huge payloads cannot make one result enormous; the first row always
+ * comes through. */
+const char store_replay_sql[] =
+    "SELECT seq, payload::text, n FROM ("
+    " SELECT seq, payload, sum(pg_column_size(payload)) OVER (ORDER BY seq) AS upto, count(*) OVER () AS n"
+    " FROM (SELECT seq, payload FROM run_outbox WHERE run_id = $1 AND seq > $2::bigint"
+    "       ORDER BY seq LIMIT 200) l) r"
+    " WHERE upto - pg_column_size(payload) < 4194304 ORDER BY seq";
+
 bool store_connect(store *s)
 {
     store_disconnect(s);
     s->sqlstate[0] = '\0';
+    const char *keys[8], *vals[8];
     char timeout_s[24];
-    snprintf(timeout_s, sizeof timeout_s, "%ld", (s->timeout_ms + 999) / 1000);
-    /* Defaults first: values that the URL carries override them. Keepalives make a
-     * vanished host show up as an error rather than an endless wait. */
-    const char *keys[] = {"connect_timeout", "application_name", "keepalives", "keepalives_idle",
-                          "keepalives_interval", "keepalives_count", "dbname", NULL};
-    const char *vals[] = {timeout_s, s->appname, "1", "10", "5", "3", s->url, NULL};
+    store_conn_params(s->url, s->appname, s->timeout_ms, keys, vals, timeout_s);
     PGconn *c = PQconnectStartParams(keys, vals, 1);
     if (!c) {
         set_err(s, "connect", "out of memory");

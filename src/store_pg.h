@@ -53,6 +53,15 @@ bool store_record_failure(store *s, const long long *ids, size_t n, int attempts
 /* Unpublished count and the age in seconds of the oldest unpublished event. */
 bool store_backlog(store *s, long long *count, double *oldest_age_s) WUR;
 
+/* The gateway's replay statement ($1 run_id, $2 after this seq; returns seq, payload
+ * text and n in seq order: at most 200 rows and about 4 MB, n being how many rows the
+ * 200-row window held before the byte bound cut it), for its own
+ * asynchronous connection; and the connection parameters every store uses. */
+extern const char store_replay_sql[];
+#define STORE_REPLAY_ROWS 200
+void store_conn_params(const char *url, const char *application_name, long timeout_ms,
+                       const char *keys[8], const char *vals[8], char timeout_s[24]);
+
 /* Inserts one event; the database assigns id and seq. */
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq) WUR;
 /* Writes a human-readable (or JSON) status report to stdout. */
