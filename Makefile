@@ -17,7 +17,7 @@ override CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
 
 CORE = buf log config event metrics store_pg redis_sink relay sse sse_page
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
-TOOLS = obx_load obx_sub
+TOOLS = obx_load obx_sub obx_sse
 UNIT = test_buf test_config test_relay test_metrics test_sse
 
 .PHONY: all deps test test-sanitize unit integration run bench clean format

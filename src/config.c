@@ -4,6 +4,7 @@
 #include "log.h"
 
 #include <errno.h>
+#include <math.h>
 #include <libpq-fe.h>
 #include <limits.h>
 #include <stddef.h>
@@ -36,7 +37,7 @@ static const char *const format_choices[] = {"text", "json", NULL};
 static const setting settings[] = {
     {"database-url", "DATABASE_URL", T_STR, CMD_ALL, "postgresql:///outboxd", 0, 0, 0, NULL,
      OFF(database_url), "PostgreSQL connection URI or conninfo string (libpq)"},
-    {"redis-url", "REDIS_URL", T_STR, CMD_RELAY | CMD_SSE | CMD_STATUS, "redis://127.0.0.1:6379/0", 0,
+    {"redis-url", "REDIS_URL", T_STR, CMD_RELAY | CMD_SSE, "redis://127.0.0.1:6379/0", 0,
      0, 0, NULL, OFF(redis_url), "Redis URL: redis://[:password@]host[:port][/db]"},
     {"log-level", "OUTBOXD_LOG_LEVEL", T_ENUM, CMD_ALL, "info", 0, 0, 0, level_choices, OFF(log_level),
      "error, warn, info or debug"},
@@ -60,7 +61,7 @@ static const setting settings[] = {
      "longest wait for the batch in flight after SIGTERM/SIGINT"},
     {"pg-timeout", "OUTBOXD_PG_TIMEOUT", T_DURATION, CMD_ALL, "5s", 100, 600000, 1000, NULL,
      OFF(pg_timeout_ms), "timeout of each PostgreSQL connect and statement"},
-    {"redis-timeout", "OUTBOXD_REDIS_TIMEOUT", T_DURATION, CMD_RELAY | CMD_SSE | CMD_STATUS, "1s",
+    {"redis-timeout", "OUTBOXD_REDIS_TIMEOUT", T_DURATION, CMD_RELAY | CMD_SSE, "1s",
      10, 600000, 1000, NULL, OFF(redis_timeout_ms), "timeout of each Redis connect and command"},
     {"mark-ttl", "OUTBOXD_MARK_TTL", T_DURATION, CMD_RELAY, "1d", 1000, 365 * DAY_MS, 1000, NULL,
      OFF(mark_ttl_ms), "how long Redis keeps a run's de-duplication mark after its last event"},
@@ -84,8 +85,10 @@ bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms)
 {
     errno = 0;
     char *end;
+    if (!((*s >= '0' && *s <= '9') || *s == '.'))
+        return false; /* no sign, no space, no "nan" or "inf" */
     double v = strtod(s, &end);
-    if (end == s || errno || v < 0)
+    if (end == s || errno || !isfinite(v) || v < 0)
         return false;
     double unit = (double)default_unit_ms;
     if (*end) {
@@ -107,6 +110,34 @@ bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms)
     return true;
 }
 
+static int hexdigit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Percent-decodes s[0..n) into out (NUL-terminated); false if malformed or too long. */
+static bool percent_decode(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '%') {
+            if (i + 2 >= n)
+                return false;
+            int hi = hexdigit(s[i + 1]), lo = hexdigit(s[i + 2]);
+            if (hi < 0 || lo < 0)
+                return false;
+            c = (char)(hi * 16 + lo);
+            i += 2;
+        }
+        if (o + 1 >= cap)
+            return false;
+        out[o++] = c;
+    }
+    out[o] = '\0';
+    return true;
+}
+
 bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
@@ -118,16 +149,17 @@ bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t e
     }
     p += 8;
     const char *at = strrchr(p, '@');
-    const char *slash = strchr(p, '/');
-    if (at && (!slash || at < slash)) {
+    if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
         const char *pw = colon ? colon + 1 : p;
-        size_t n = (size_t)(at - pw);
-        if (n >= sizeof out->password) {
-            snprintf(err, errlen, "password too long");
+        if (colon && !percent_decode(p, (size_t)(colon - p), out->user, sizeof out->user)) {
+            snprintf(err, errlen, "bad or too long user name");
             return false;
         }
-        memcpy(out->password, pw, n);
+        if (!percent_decode(pw, (size_t)(at - pw), out->password, sizeof out->password)) {
+            snprintf(err, errlen, "bad or too long password");
+            return false;
+        }
         p = at + 1;
     }
     size_t hostlen = strcspn(p, ":/");
@@ -339,10 +371,10 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
             return false;
         }
     }
-    if (cmd & (CMD_RELAY | CMD_SSE | CMD_STATUS)) {
+    if (cmd & (CMD_RELAY | CMD_SSE)) {
         char why[128];
         if (!config_parse_redis_url(cfg->redis_url, &cfg->redis, why, sizeof why)) {
-            snprintf(err, errlen, "--redis-url (REDIS_URL): '%s': %s", cfg->redis_url, why);
+            snprintf(err, errlen, "--redis-url (REDIS_URL): %s", why); /* the URL may hold a password */
             return false;
         }
     }

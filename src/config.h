@@ -22,6 +22,7 @@ typedef struct redis_url {
     char host[256];
     int port;
     int db;
+    char user[128];     /* empty: AUTH with the password alone */
     char password[256];
 } redis_url;
 
@@ -67,7 +68,8 @@ void config_print_help(enum command cmd, const char *usage, const char *about);
 /* Logs the effective settings of cmd at info level, hiding passwords. */
 void config_log(const config *cfg, enum command cmd);
 
-/* redis://[[user]:password@]host[:port][/db] -> out. Returns false with a reason. */
+/* redis://[[user]:password@]host[:port][/db] -> out (user and password
+ * percent-decoded). Returns false with a reason that never repeats the password. */
 bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t errlen) WUR;
 /* Parses "250ms", "10s", "5m", "2h", "7d" or a bare number of default_unit_ms each. */
 bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms) WUR;

@@ -41,7 +41,7 @@ void log_write(int level, const char *fmt, ...)
     snprintf(ts + n, sizeof ts - n, ".%03ldZ", (long)(tv.tv_usec / 1000));
 
     buf line;
-    buf_init(&line, 8192);
+    buf_init(&line, 16384); /* a 2 KB message escapes to at most 12 KB */
     bool ok;
     if (log_format_current == LOG_JSON) {
         ok = buf_printf(&line, "{\"ts\":\"%s\",\"level\":\"%s\",\"component\":\"%s\",\"msg\":", ts,

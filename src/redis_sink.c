@@ -11,8 +11,11 @@
 #include <sys/time.h>
 
 /* KEYS[1] = the run's mark key. ARGV = channel, id, seq, message, ttl ms, chained.
- * The mark is "id:seq" of the last event published for the run. Ids only grow within
- * a run in commit order, so id <= mark means "already published". A chained event
+ * The mark is "id:seq" of the last event published for the run. Ids and seqs only
+ * grow within a run in commit order, so an event at or below the mark in both was
+ * published already. One above it in either is new: if the database numbering went
+ * back (a restore, a re-created table), that costs at most a duplicate, never a
+ * silently dropped event. A chained event
  * needs the mark to be its direct predecessor (seq - 1), or a failed predecessor in
  * the same pipeline would be overtaken. Returns 1 published, 0 duplicate, -1 gap. */
 static const char publish_script[] =
@@ -20,7 +23,7 @@ static const char publish_script[] =
     "local id = tonumber(ARGV[2])\n"
     "if m then\n"
     "  local mid, mseq = string.match(m, '^(%d+):(%d+)$')\n"
-    "  if mid and id <= tonumber(mid) then return 0 end\n"
+    "  if mid and id <= tonumber(mid) and tonumber(ARGV[3]) <= tonumber(mseq) then return 0 end\n"
     "  if ARGV[6] == '1' and (not mseq or tonumber(mseq) ~= tonumber(ARGV[3]) - 1) then return -1 end\n"
     "elseif ARGV[6] == '1' then\n"
     "  return -1\n"
@@ -123,8 +126,10 @@ bool sink_connect(sink *k)
         goto fail;
     }
     if (k->url.password[0]) {
-        const char *argv[] = {"AUTH", k->url.password};
-        if (!setup_cmd(k, REDIS_REPLY_STATUS, NULL, "AUTH", 2, argv))
+        const char *argv[] = {"AUTH", k->url.user, k->url.password};
+        bool with_user = k->url.user[0] != '\0';
+        if (!setup_cmd(k, REDIS_REPLY_STATUS, NULL, "AUTH", with_user ? 3 : 2,
+                       with_user ? argv : (const char *[]){"AUTH", k->url.password}))
             goto fail;
     }
     if (k->url.db) {

@@ -23,6 +23,8 @@
 #define BACKOFF_MAX_MS 2000
 #define STANDBY_RETRY_MS 500
 #define RETRY_BASE_MS 50
+#define RETRY_MAX_MS 1000
+#define HOLD_MAX_S 60.0
 
 static double now_s(void)
 {
@@ -59,6 +61,10 @@ void relay_ctx_init(relay_ctx *rc, const config *cfg, store *db, sink *out, int 
 
 void relay_ctx_free(relay_ctx *rc)
 {
+    for (int i = 0; i < rc->nheld; i++)
+        free(rc->held[i].run_id);
+    rc->nheld = 0;
+    free(rc->last_res);
     free(rc->send);
     free(rc->send_idx);
     free(rc->chained);
@@ -95,8 +101,11 @@ static bool ctx_reserve(relay_ctx *rc, size_t n)
     grown.order = realloc(rc->order, n * sizeof *grown.order);
     if (grown.order)
         rc->order = grown.order;
+    grown.last_res = realloc(rc->last_res, n * sizeof *grown.last_res);
+    if (grown.last_res)
+        rc->last_res = grown.last_res;
     if (!grown.send || !grown.send_idx || !grown.chained || !grown.done || !grown.res || !grown.ids ||
-        !grown.order)
+        !grown.order || !grown.last_res)
         return false;
     rc->cap = n;
     return true;
@@ -134,6 +143,59 @@ static void mark_chained(relay_ctx *rc, size_t n)
     }
 }
 
+static int held_find(const relay_ctx *rc, const event *e)
+{
+    for (int i = 0; i < rc->nheld; i++)
+        if (rc->held[i].len == e->run_id_len && memcmp(rc->held[i].run_id, e->run_id, e->run_id_len) == 0)
+            return i;
+    return -1;
+}
+
+static void held_remove(relay_ctx *rc, int i)
+{
+    free(rc->held[i].run_id);
+    rc->held[i] = rc->held[--rc->nheld];
+}
+
+/* Holds back e's run after Redis refused its event: 1 s, doubling to HOLD_MAX_S. */
+static void held_add(relay_ctx *rc, const event *e, const char *why)
+{
+    int i = held_find(rc, e);
+    if (i < 0) {
+        if (rc->nheld == RELAY_HELD_MAX)
+            return; /* full: this run is simply retried with the next batch */
+        char *id = malloc(e->run_id_len + 1);
+        if (!id)
+            return;
+        memcpy(id, e->run_id, e->run_id_len);
+        id[e->run_id_len] = '\0';
+        i = rc->nheld++;
+        rc->held[i] = (held_run){.run_id = id, .len = e->run_id_len};
+    }
+    held_run *h = &rc->held[i];
+    double wait = 1.0;
+    for (int k = 0; k < h->strikes && wait < HOLD_MAX_S; k++)
+        wait *= 2;
+    if (wait > HOLD_MAX_S)
+        wait = HOLD_MAX_S;
+    h->strikes++;
+    h->until = mono_s() + wait;
+    log_warn("run %.*s held back for %.0f s (event id %lld failed: %s); other runs go on", (int)h->len,
+             h->run_id, wait, e->id, why);
+}
+
+int relay_held_now(relay_ctx *rc, const char **ids, size_t *lens)
+{
+    double now = mono_s();
+    int n = 0;
+    for (int i = 0; i < rc->nheld; i++)
+        if (rc->held[i].until > now) {
+            ids[n] = rc->held[i].run_id;
+            lens[n++] = rc->held[i].len;
+        }
+    return n;
+}
+
 batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
 {
     batch_outcome o = {0};
@@ -142,8 +204,10 @@ batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
         o.pending = b->n;
         return o;
     }
-    for (size_t i = 0; i < b->n; i++)
+    for (size_t i = 0; i < b->n; i++) {
         rc->done[i] = false;
+        rc->last_res[i] = PUB_UNSENT;
+    }
 
     char last_error[512] = "";
     int attempt;
@@ -153,7 +217,8 @@ batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
             if (*rc->stop)
                 break; /* shutting down: no retries, the rows stay for the next start */
             rc->stats.retries++;
-            nap(rc->wake_fd, RETRY_BASE_MS << (attempt - 2));
+            long wait = RETRY_BASE_MS << (attempt - 2 < 5 ? attempt - 2 : 5);
+            nap(rc->wake_fd, wait < RETRY_MAX_MS ? wait : RETRY_MAX_MS);
         }
         if (!sink_connected(rc->out) && !sink_connect(rc->out)) {
             snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
@@ -171,6 +236,7 @@ batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
             o.redis_lost = true;
         double acked = now_s();
         for (size_t k = 0; k < n; k++) {
+            rc->last_res[rc->send_idx[k]] = rc->res[k];
             switch (rc->res[k]) {
             case PUB_OK:
                 hist_record(&rc->stats.latency, (acked - rc->send[k]->created_epoch) * 1e6);
@@ -213,6 +279,11 @@ batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
     o.published = nd;
     o.pending = b->n - nd;
     rc->stats.published += nd;
+    for (size_t i = 0; rc->nheld && i < b->n; i++) {
+        int h;
+        if (rc->done[i] && (h = held_find(rc, &b->ev[i])) >= 0)
+            held_remove(rc, h);
+    }
 
     /* Record the failure on the first unpublished event of each run: the later ones
      * only wait behind it. */
@@ -231,8 +302,14 @@ batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
             if (nf >= 64)
                 break; /* bounded: the rest are recorded when they are retried */
         }
-        for (size_t j = 0; j < nf; j++)
+        for (size_t j = 0; j < nf; j++) {
             rc->ids[j] = b->ev[rc->order[j]].id;
+            /* An error reply is about this event: hold its run back, let the others go. */
+            if (rc->last_res[rc->order[j]] == PUB_FAILED) {
+                o.event_failures++;
+                held_add(rc, &b->ev[rc->order[j]], last_error);
+            }
+        }
         log_warn("%zu of %zu events not published after %d attempts (%zu runs held back): %s",
                  o.pending, b->n, attempt - 1, nf, last_error[0] ? last_error : "unknown");
         if (!store_record_failure(rc->db, rc->ids, nf, attempt - 1, last_error))
@@ -392,7 +469,10 @@ static long relay_step(relay_state *r, batch *b, long *limit)
     /* Redis being down is no reason to skip the fetch: the batch's attempts (each
      * one a reconnect) are recorded on its rows, where `outboxd status` shows them. */
     double t0 = mono_s();
-    if (!store_fetch(rc->db, *limit, b)) {
+    const char *held_ids[RELAY_HELD_MAX];
+    size_t held_lens[RELAY_HELD_MAX];
+    int nheld = relay_held_now(rc, held_ids, held_lens);
+    if (!store_fetch(rc->db, *limit, held_ids, held_lens, (size_t)nheld, b)) {
         log_warn("postgresql: %s", store_errstr(rc->db));
         store_disconnect(rc->db);
         r->leader = false;
@@ -413,7 +493,9 @@ static long relay_step(relay_state *r, batch *b, long *limit)
         store_disconnect(rc->db);
         r->leader = false;
     }
-    if (o.pending || o.db_lost) {
+    if (o.db_lost || (o.pending && o.published == 0 && o.event_failures == 0)) {
+        /* An outage (nothing went out, no event-specific error): back off. Runs held
+         * back for their own errors do not slow the others down. */
         if (o.redis_lost)
             log_warn("redis: %s", sink_errstr(rc->out));
         backoff(r);

@@ -16,6 +16,16 @@
 /* Runs until SIGTERM or SIGINT; returns the process exit code. */
 int relay_main(const config *cfg);
 
+/* A run whose event Redis refused (an error reply for that command): its events are
+ * left out of fetches until `until`, so that it holds back only itself. */
+#define RELAY_HELD_MAX 64
+typedef struct held_run {
+    char *run_id;
+    size_t len;
+    double until;   /* monotonic seconds */
+    int strikes;    /* consecutive failed batches: the hold doubles each time */
+} held_run;
+
 /* The state one batch needs; exposed so that unit tests can drive it with fakes. */
 typedef struct relay_ctx {
     const config *cfg;
@@ -24,6 +34,8 @@ typedef struct relay_ctx {
     relay_stats stats;
     int wake_fd;                 /* readable when a signal arrived; -1 for none */
     volatile sig_atomic_t *stop; /* set when shutdown was asked for */
+    held_run held[RELAY_HELD_MAX];
+    int nheld;
     bool crash_before_mark;      /* test-only failpoint (OUTBOXD_FAILPOINT) */
     int batches_until_crash;
     /* scratch, sized to the largest batch seen */
@@ -33,6 +45,7 @@ typedef struct relay_ctx {
     bool *chained;
     bool *done;
     pub_result *res;
+    pub_result *last_res;        /* per batch index: the result of its last attempt */
     long long *ids;
     size_t *order;
 } relay_ctx;
@@ -42,11 +55,14 @@ typedef struct batch_outcome {
     size_t pending;     /* left unpublished for a later batch */
     bool redis_lost;    /* the Redis connection failed during the batch */
     bool db_lost;       /* marking failed: the rows will be fetched (and de-duplicated) again */
+    size_t event_failures; /* runs held back because Redis refused one of their events */
 } batch_outcome;
 
 void relay_ctx_init(relay_ctx *rc, const config *cfg, store *db, sink *out, int wake_fd,
                     volatile sig_atomic_t *stop);
 void relay_ctx_free(relay_ctx *rc);
+/* The runs held back right now (until > now): fills ids/lens, returns how many. */
+int relay_held_now(relay_ctx *rc, const char **ids, size_t *lens);
 
 /* Publishes b with up to cfg->max_attempts attempts and backoff between them, marks
  * the events that went out (one statement), records attempts and the error on the

@@ -835,7 +835,9 @@ static void on_redis_connect(const redisAsyncContext *ac, int status)
     gw.redis_state = REDIS_UP;
     gw.redis_backoff_ms = 0;
     log_info("redis (gateway): connected");
-    if (gw.cfg->redis.password[0])
+    if (gw.cfg->redis.password[0] && gw.cfg->redis.user[0])
+        redisAsyncCommand(gw.ac, on_auth, NULL, "AUTH %s %s", gw.cfg->redis.user, gw.cfg->redis.password);
+    else if (gw.cfg->redis.password[0])
         redisAsyncCommand(gw.ac, on_auth, NULL, "AUTH %s", gw.cfg->redis.password);
     redisAsyncCommand(gw.ac, on_sub_message, NULL, "SUBSCRIBE " PING_CHANNEL);
     gw.ping_outstanding = true;

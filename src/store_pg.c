@@ -135,6 +135,15 @@ const char store_replay_sql[] =
     "       ORDER BY seq LIMIT 200) l) r"
     " WHERE upto - pg_column_size(payload) < 4194304 ORDER BY seq";
 
+/* Server notices (and libpq's own, such as a terminated backend) go to our log
+ * rather than straight to stderr. */
+static void log_notice(void *arg, const char *message)
+{
+    (void)arg;
+    int n = (int)strcspn(message, "\n");
+    log_warn("postgresql says: %.*s", n, message);
+}
+
 bool store_connect(store *s)
 {
     store_disconnect(s);
@@ -163,6 +172,7 @@ bool store_connect(store *s)
         PQfinish(c);
         return false;
     }
+    PQsetNoticeProcessor(c, log_notice, NULL);
     if (PQsetnonblocking(c, 1) != 0) {
         set_err(s, "connect", PQerrorMessage(c));
         PQfinish(c);
@@ -304,7 +314,10 @@ static const char migration_1[] =
     "  autovacuum_vacuum_insert_scale_factor = 0.05);"
     "ALTER TABLE run_outbox_seq SET (autovacuum_vacuum_scale_factor = 0.01,"
     "  autovacuum_vacuum_threshold = 1000);"
-    "CREATE FUNCTION outboxd_assign_seq() RETURNS trigger LANGUAGE plpgsql AS $f$"
+    /* Pinned search_path: the trigger must find its counter table and sequence
+     * whatever search_path the inserting session has. */
+    "CREATE FUNCTION outboxd_assign_seq() RETURNS trigger LANGUAGE plpgsql"
+    " SET search_path FROM CURRENT AS $f$"
     " BEGIN"
     "  INSERT INTO run_outbox_seq AS s (run_id, last_seq) VALUES (NEW.run_id, 1)"
     "  ON CONFLICT (run_id) DO UPDATE SET last_seq = s.last_seq + 1"
@@ -314,7 +327,7 @@ static const char migration_1[] =
     " END $f$;"
     "CREATE TRIGGER run_outbox_assign_seq BEFORE INSERT ON run_outbox"
     "  FOR EACH ROW EXECUTE FUNCTION outboxd_assign_seq();"
-    "CREATE FUNCTION outboxd_notify() RETURNS trigger LANGUAGE plpgsql AS $f$"
+    "CREATE FUNCTION outboxd_notify() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $f$"
     " BEGIN PERFORM pg_notify('" STORE_NOTIFY_CHANNEL "', ''); RETURN NULL; END $f$;"
     "CREATE TRIGGER run_outbox_notify AFTER INSERT ON run_outbox"
     "  FOR EACH STATEMENT EXECUTE FUNCTION outboxd_notify();";
@@ -418,7 +431,12 @@ bool store_check_schema(store *s, char *epoch, size_t epoch_len)
                  v, STORE_SCHEMA_VERSION);
         return false;
     }
-    PGresult *r = run(s, "read epoch", "SELECT epoch FROM outboxd_meta", 0, NULL);
+    /* The timeline joins the epoch: after a promotion or a point-in-time restore the
+     * sequences may be behind marks already in Redis, so marks start afresh. */
+    PGresult *r = run(s, "read epoch",
+                      "SELECT epoch || '.' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+                      " FROM outboxd_meta",
+                      0, NULL);
     if (!r)
         return false;
     bool ok = PQntuples(r) == 1;
@@ -488,19 +506,47 @@ static void clear_result(void *p)
     PQclear(p);
 }
 
-bool store_fetch(store *s, long limit, batch *b)
+/* Builds the text form of a text[] parameter: every element quoted, with " and \
+ * escaped. */
+static bool text_array(buf *a, const char *const *v, const size_t *len, size_t n)
+{
+    if (!buf_puts(a, "{"))
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!buf_puts(a, i ? ",\"" : "\""))
+            return false;
+        for (size_t j = 0; j < len[i]; j++)
+            if (((v[i][j] == '"' || v[i][j] == '\\') && !buf_puts(a, "\\")) || !buf_append(a, &v[i][j], 1))
+                return false;
+        if (!buf_puts(a, "\""))
+            return false;
+    }
+    return buf_puts(a, "}");
+}
+
+bool store_fetch(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
+                 batch *b)
 {
     batch_clear(b);
     char lim[24];
     snprintf(lim, sizeof lim, "%ld", limit);
-    const char *params[] = {lim};
+    buf held;
+    buf_init(&held, 0);
+    if (!text_array(&held, skip, skip_len, nskip)) {
+        buf_free(&held);
+        set_err(s, "fetch batch", "out of memory");
+        return false;
+    }
+    const char *params[] = {lim, held.data};
     /* Served by the partial index run_outbox_unpublished: reads only unpublished rows. */
     PGresult *r = run(s, "fetch batch",
                       "SELECT id, run_id, seq,"
                       " to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
                       " payload::text, extract(epoch FROM created_at)::float8"
-                      " FROM run_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1::int",
-                      1, params);
+                      " FROM run_outbox WHERE published_at IS NULL AND run_id <> ALL($2::text[])"
+                      " ORDER BY id LIMIT $1::int",
+                      2, params);
+    buf_free(&held);
     if (!r)
         return false;
     size_t n = (size_t)PQntuples(r);
@@ -581,9 +627,13 @@ bool store_record_failure(store *s, const long long *ids, size_t n, int attempts
 
 bool store_backlog(store *s, long long *count, double *oldest_age_s)
 {
+    /* Bounded work on the leader's connection: count at most a million rows, and take
+     * the oldest from the lowest unpublished id (ids follow commit time closely). */
     PGresult *r = run(s, "read backlog",
-                      "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8"
-                      " FROM run_outbox WHERE published_at IS NULL",
+                      "SELECT (SELECT count(*) FROM (SELECT 1 FROM run_outbox WHERE published_at IS NULL"
+                      "         LIMIT 1000000) c),"
+                      " coalesce((SELECT extract(epoch FROM now() - created_at) FROM run_outbox"
+                      "           WHERE published_at IS NULL ORDER BY id LIMIT 1), 0)::float8",
                       0, NULL);
     if (!r)
         return false;

@@ -44,8 +44,10 @@ bool store_take_notified(store *s);
 /* Tries to take the relay leader lock (a session advisory lock); *leader says if held. */
 bool store_try_lead(store *s, bool *leader) WUR;
 
-/* Fetches up to limit unpublished events in id order into b (cleared first). */
-bool store_fetch(store *s, long limit, batch *b) WUR;
+/* Fetches up to limit unpublished events in id order into b (cleared first), leaving
+ * out the runs named in skip[0..nskip) (lengths in skip_len). */
+bool store_fetch(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
+                 batch *b) WUR;
 /* Marks the given events published, in one statement. */
 bool store_mark_published(store *s, const long long *ids, size_t n) WUR;
 /* Adds attempts to the given events and records the error, in one statement. */

@@ -133,3 +133,25 @@ wait_log() {
   done
   fail "'$2' did not appear in $(basename "$1") within $3 s"
 }
+
+# The relay's mark key for a run (the epoch includes the database timeline).
+mark_key() {
+  echo "outboxd:$(q "SELECT epoch || '.' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) FROM outboxd_meta"):mark:$1"
+}
+
+# start_sse NAME [flags...]: the gateway on a free port ($SSE_PORT), waits until it answers.
+start_sse() {
+  local name=$1; shift
+  SSE_PORT=$((20000 + RANDOM % 30000))
+  while ! port_is_free "$SSE_PORT"; do SSE_PORT=$((20000 + RANDOM % 30000)); done
+  "$OUTBOXD" sse --listen "127.0.0.1:$SSE_PORT" --stats-interval 1s "$@" >"$WORK/$name.log" 2>&1 &
+  SSE_PID=$!
+  PIDS+=("$SSE_PID")
+  for _ in $(seq 1 100); do
+    curl -s -o /dev/null "http://127.0.0.1:$SSE_PORT/healthz" && return 0
+    sleep 0.05
+  done
+  fail "gateway did not start: $(cat "$WORK/$name.log")"
+}
+port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }

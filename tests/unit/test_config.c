@@ -102,6 +102,14 @@ static void test_urls_are_checked_before_connecting(void **state)
     assert_int_equal(cfg.redis.port, 7000);
     assert_int_equal(cfg.redis.db, 3);
     assert_string_equal(cfg.redis.password, "pw");
+    setenv("REDIS_URL", "redis://app:s3%2Fcr%40t@h/1", 1);
+    assert_true(load(CMD_RELAY, 0, NULL));
+    assert_string_equal(cfg.redis.user, "app");
+    assert_string_equal(cfg.redis.password, "s3/cr@t");
+    assert_int_equal(cfg.redis.db, 1);
+    setenv("REDIS_URL", "redis://:s3cret@/0", 1);
+    assert_false(load(CMD_RELAY, 0, NULL));
+    assert_null(strstr(err, "s3cret")); /* errors never repeat the password */
     setenv("REDIS_URL", "redis://h:99999", 1);
     assert_false(load(CMD_RELAY, 0, NULL));
     unsetenv("REDIS_URL");
@@ -122,6 +130,9 @@ static void test_durations(void **state)
     assert_int_equal(ms, 3000);
     assert_false(config_parse_duration("3 weeks", 1000, &ms));
     assert_false(config_parse_duration("", 1000, &ms));
+    assert_false(config_parse_duration("nan", 1000, &ms));
+    assert_false(config_parse_duration("inf", 1000, &ms));
+    assert_false(config_parse_duration(" 5", 1000, &ms));
 }
 
 static void test_positionals_and_help(void **state)

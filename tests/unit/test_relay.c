@@ -33,6 +33,10 @@ static void make_batch(const char *const *runs, size_t n)
     b.cap = n;
 }
 
+static const char *held_ids[RELAY_HELD_MAX];
+static size_t held_lens[RELAY_HELD_MAX];
+static int nheld;
+
 static batch_outcome process(void)
 {
     relay_ctx rc;
@@ -40,6 +44,9 @@ static batch_outcome process(void)
     sink *k = sink_new(NULL, 0, 0, "");
     relay_ctx_init(&rc, &cfg, s, k, -1, &no_stop);
     batch_outcome o = relay_process_batch(&rc, &b);
+    nheld = relay_held_now(&rc, held_ids, held_lens);
+    if (nheld)
+        held_ids[0] = strcmp(held_ids[0], "a") == 0 ? "a" : "other"; /* freed with rc */
     relay_ctx_free(&rc);
     store_free(s);
     sink_free(k);
@@ -115,6 +122,10 @@ static void test_persistent_failure_holds_back_only_its_run(void **state)
     assert_int_equal(fw.nfailed, 1);
     assert_int_equal(fw.failed_ids[0], 3);
     assert_int_equal(fw.failed_attempts, 3);
+    /* Its run is held back from the next fetches; no other run is. */
+    assert_int_equal(o.event_failures, 1);
+    assert_int_equal(nheld, 1);
+    assert_string_equal(held_ids[0], "a");
 }
 
 static void test_lost_reply_is_not_delivered_twice(void **state)
@@ -142,8 +153,10 @@ static void test_redis_down_marks_nothing_and_records_attempts(void **state)
     assert_int_equal(o.pending, 6);
     assert_true(o.redis_lost);
     assert_int_equal(fw.nmarked, 0);
-    /* One failure record per run: its first event. */
+    /* One failure record per run: its first event. An outage holds back no run. */
     assert_int_equal(fw.nfailed, 3);
+    assert_int_equal(o.event_failures, 0);
+    assert_int_equal(nheld, 0);
 }
 
 static void test_failed_mark_reports_db_lost_and_redelivery_is_suppressed(void **state)

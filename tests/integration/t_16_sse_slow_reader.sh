@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# A reader that drains at 50 KB/s while 0.8 MB of events arrive: the gateway holds at
+# most --client-buffer for it (its memory stays flat), pauses it, and feeds it from
+# PostgreSQL when it drains; the reader still gets every event once, in order.
+. "$(dirname "$0")/lib.sh"
+new_db
+start_relay relay
+start_sse sse --client-buffer 65536
+rss0=$(rss_kb "$SSE_PID")
+curl -s -N --limit-rate 50k --max-time 40 "http://127.0.0.1:$SSE_PORT/runs/slow-0/events" >"$WORK/slow" &
+cpid=$!; PIDS+=("$cpid")
+sleep 0.5
+pad=$(head -c 500 /dev/zero | tr '\0' p)
+q "INSERT INTO run_outbox (run_id, payload) SELECT 'slow-0', jsonb_build_object('g', g, 'pad', '$pad') FROM generate_series(1, 1500) g"
+peak=0
+for _ in $(seq 1 40); do
+  r=$(rss_kb "$SSE_PID"); ((r > peak)) && peak=$r
+  (( $(grep -c '^id: ' "$WORK/slow") >= 1500 )) && break
+  sleep 1
+done
+kill "$cpid" 2>/dev/null || true
+info "gateway RSS: start ${rss0} KB, peak ${peak} KB; reader got $(grep -c '^id: ' "$WORK/slow") events"
+((peak - rss0 < 20000)) || fail "gateway grew by $((peak - rss0)) KB for one slow reader (cap 64 KB)"
+got=$(grep '^id: ' "$WORK/slow" | cut -d' ' -f2)
+[[ "$got" == "$(seq 1 1500)" ]] || fail "slow reader did not get 1..1500 exactly once in order ($(echo "$got" | wc -l) events)"
+grep -q "slow_client_pauses=[1-9]" "$WORK/sse.log" || fail "the slow reader was never paused"
+kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"
+no_sanitizer_reports
+stop_relay "$RELAY_PID" 5
