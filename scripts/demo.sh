@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make run`: a local PostgreSQL and Redis (in .run/), the schema, the relay, and a
-# producer writing events to three demo runs; a subscriber prints what Redis carries.
+# `make run`: a local PostgreSQL and Redis (in .run/), the schema, the relay, the SSE
+# gateway with its viewer page, and a producer writing events to three demo runs; a
+# subscriber prints what Redis carries.
 # Runs until Ctrl-C (or for DEMO_SECONDS), then stops everything it started.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +29,11 @@ bash "$root/scripts/stack.sh" start "$dir"
 "$bin/outboxd" relay --stats-interval 10s 2>"$dir/relay.log" &
 pids+=($!)
 
+port=${DEMO_PORT:-8080}
+while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
+"$bin/outboxd" sse --listen "127.0.0.1:$port" --stats-interval 60s 2>"$dir/sse.log" &
+pids+=($!)
+
 # A producer: a few events per second across three runs, like a job orchestrator.
 ( i=0
   while true; do
@@ -40,10 +46,14 @@ pids+=($!)
 
 cat <<EOT
 
-outboxd demo is running.
+outboxd demo is running. Watch a run in your browser:
+
+    http://127.0.0.1:$port/runs/demo-1
+
+  raw stream: curl -N http://127.0.0.1:$port/runs/demo-1/events
   DATABASE_URL=$DATABASE_URL
   REDIS_URL=$REDIS_URL
-  relay log: $dir/relay.log
+  logs:      $dir/relay.log $dir/sse.log
   try:       $bin/outboxd status      (with the two variables above exported: . $dir/env)
 Events published to Redis (run:*) follow; Ctrl-C stops the demo.
 

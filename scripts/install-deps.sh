@@ -8,6 +8,7 @@ packages=(
   libpq-dev libhiredis-dev libevent-dev libcmocka-dev
   postgresql redis-server redis-tools # servers for tests and the demo
   procps iproute2 curl                # pkill/ps, ss, and an HTTP client for tests
+  chromium                            # headless browser test of the viewer page
 )
 
 missing=()

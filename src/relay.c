@@ -373,6 +373,7 @@ static bool install_signals(long timeout_ms)
 typedef struct relay_state {
     relay_ctx rc;
     const config *cfg;
+    bool fatal; /* a condition no retry can mend: stop with exit code 1 */
     bool leader;
     bool said_standby;
     long backoff_ms;
@@ -404,6 +405,21 @@ static bool connect_db(relay_state *r)
     if (!store_connect(db) || !store_check_schema(db, epoch, sizeof epoch) ||
         (!r->cfg->no_listen && !store_listen(db))) {
         log_warn("postgresql: %s", store_errstr(db));
+        store_disconnect(db);
+        return false;
+    }
+    bool session;
+    if (!store_check_session(db, &session)) {
+        log_warn("postgresql: %s", store_errstr(db));
+        store_disconnect(db);
+        return false;
+    }
+    if (!session) {
+        log_error("postgresql: consecutive statements reach different server sessions: this is a "
+                  "transaction-pooling proxy (e.g. PgBouncer pool_mode=transaction). Leader election "
+                  "(a session advisory lock) and LISTEN need a session: connect the relay directly or "
+                  "through a session-pooled port");
+        r->fatal = true;
         store_disconnect(db);
         return false;
     }
@@ -446,7 +462,8 @@ static long relay_step(relay_state *r, batch *b, long *limit)
 {
     relay_ctx *rc = &r->rc;
     if (!store_connected(rc->db) && !connect_db(r)) {
-        backoff(r);
+        if (!r->fatal)
+            backoff(r);
         return -1;
     }
     if (!r->leader) {
@@ -537,7 +554,7 @@ int relay_main(const config *cfg)
     log_info("relay starting (pid %d)", (int)getpid());
     config_log(cfg, CMD_RELAY);
 
-    while (!stop_requested) {
+    while (!stop_requested && !r.fatal) {
         long wait_ms = relay_step(&r, &b, &limit);
         if (cfg->stats_interval_ms > 0 && mono_s() >= r.next_stats) {
             log_stats(&r, false);
@@ -553,7 +570,8 @@ int relay_main(const config *cfg)
             drain_wake_pipe();
         }
     }
-    log_info("shutting down: the batch in flight is finished");
+    if (!r.fatal)
+        log_info("shutting down: the batch in flight is finished");
     log_stats(&r, true);
     batch_free(&b);
     relay_ctx_free(&r.rc);
@@ -562,5 +580,5 @@ int relay_main(const config *cfg)
     close(wake_pipe[0]);
     close(wake_pipe[1]);
     log_info("relay stopped");
-    return 0;
+    return r.fatal ? 1 : 0;
 }

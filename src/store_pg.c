@@ -455,6 +455,23 @@ bool store_listen(store *s)
     return run_cmd(s, "listen", "LISTEN " STORE_NOTIFY_CHANNEL, 0, NULL);
 }
 
+bool store_check_session(store *s, bool *session)
+{
+    char first[32] = "";
+    *session = true;
+    for (int i = 0; i < 3; i++) {
+        PGresult *r = run(s, "check session", "SELECT pg_backend_pid()", 0, NULL);
+        if (!r)
+            return false;
+        if (i == 0)
+            snprintf(first, sizeof first, "%s", PQgetvalue(r, 0, 0));
+        else if (strcmp(first, PQgetvalue(r, 0, 0)) != 0)
+            *session = false;
+        PQclear(r);
+    }
+    return true;
+}
+
 bool store_take_notified(store *s)
 {
     if (s->conn)

@@ -34,6 +34,10 @@ bool store_migrate(store *s, int *from, int *to) WUR;
 bool store_check_schema(store *s, char *epoch, size_t epoch_len) WUR;
 
 bool store_listen(store *s) WUR;
+/* Whether consecutive statements reach the same server session. A transaction-
+ * pooling proxy (PgBouncer pool_mode=transaction) hands them to different backends,
+ * which breaks session advisory locks and LISTEN. *session is false then. */
+bool store_check_session(store *s, bool *session) WUR;
 /* Waits until a notification arrives, extra_fd is readable, or timeout_ms passes.
  * Returns false if the connection failed. *notified says whether a NOTIFY came
  * (also one that arrived during an earlier statement). */
