@@ -535,7 +535,11 @@ int relay_main(const config *cfg)
         return 1;
     }
     relay_state r = {.cfg = cfg};
-    store *db = store_new(cfg->database_url, "outboxd-relay", cfg->pg_timeout_ms);
+    /* The pid in application_name tells `outboxd status` (and pg_stat_activity)
+     * which relay process holds the leader lock. */
+    char appname[64];
+    snprintf(appname, sizeof appname, "outboxd-relay-%d", (int)getpid());
+    store *db = store_new(cfg->database_url, appname, cfg->pg_timeout_ms);
     sink *out = sink_new(&cfg->redis, cfg->redis_timeout_ms, cfg->mark_ttl_ms, "");
     if (!db || !out) {
         log_error("out of memory");

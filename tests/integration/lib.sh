@@ -155,3 +155,10 @@ start_sse() {
 }
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# The pid of the relay process that holds the leader lock ("" if none).
+leader_pid() {
+  q "SELECT substr(a.application_name, 15) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+     WHERE l.locktype = 'advisory' AND l.classid = 1868724324 AND l.objid = 2 AND l.granted
+       AND a.application_name LIKE 'outboxd-relay-%'"
+}

@@ -9,7 +9,7 @@ start_relay relay --max-batch-size 500
 wait_log "$WORK/relay.log" "leader:" 10
 for i in 1 2; do
   sleep 0.2
-  n=$(q "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'outboxd-relay'")
+  n=$(q "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'outboxd-relay-%'")
   info "terminated $n relay backend(s)"
 done
 sleep 0.3
