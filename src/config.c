@@ -78,6 +78,7 @@ static const setting settings[] = {
      OFF(max_clients), "open streams at most; further requests get 503 with Retry-After"},
 
     {"json", NULL, T_BOOL, CMD_STATUS, "false", 0, 0, 0, NULL, OFF(json), "print JSON"},
+    {"reason", NULL, T_STR, CMD_SKIP, NULL, 0, 0, 0, NULL, OFF(reason), "why the event is skipped (logged)"},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -344,7 +345,7 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
     }
 
     /* Cross-checks and URL syntax, so a bad value fails before anything connects. */
-    if (cmd & (CMD_MIGRATE | CMD_RELAY | CMD_SSE | CMD_EMIT | CMD_STATUS)) {
+    {
         char *perr = NULL;
         PQconninfoOption *opts = PQconninfoParse(cfg->database_url, &perr);
         if (!opts) {

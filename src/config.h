@@ -15,8 +15,10 @@ enum command {
     CMD_SSE = 1 << 2,
     CMD_EMIT = 1 << 3,
     CMD_STATUS = 1 << 4,
+    CMD_RETRY = 1 << 5,
+    CMD_SKIP = 1 << 6,
 };
-#define CMD_ALL (CMD_MIGRATE | CMD_RELAY | CMD_SSE | CMD_EMIT | CMD_STATUS)
+#define CMD_ALL (CMD_MIGRATE | CMD_RELAY | CMD_SSE | CMD_EMIT | CMD_STATUS | CMD_RETRY | CMD_SKIP)
 
 typedef struct redis_url {
     char host[256];
@@ -50,6 +52,7 @@ typedef struct config {
     long max_clients;
 
     bool json;
+    char *reason;
 
     redis_url redis; /* parsed from redis_url by config_load */
 } config;

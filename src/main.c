@@ -7,6 +7,7 @@
 #include "sse.h"
 #include "store_pg.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,6 +92,41 @@ static int cmd_status(const config *cfg, char **pos)
     return 0;
 }
 
+static int cmd_retry(const config *cfg, char **pos)
+{
+    store *s = store_new(cfg->database_url, "outboxd-retry", cfg->pg_timeout_ms);
+    long long n;
+    if (!s || !store_connect(s) || !store_retry(s, pos[0], &n))
+        return fail_store(s, "retry");
+    printf("run %s: %lld event(s) with failed attempts reset; relays asked to retry now\n", pos[0], n);
+    store_free(s);
+    return 0;
+}
+
+static int cmd_skip(const config *cfg, char **pos)
+{
+    char *end;
+    errno = 0;
+    long long seq = strtoll(pos[1], &end, 10);
+    if (errno || end == pos[1] || *end || seq < 1) {
+        fprintf(stderr, "outboxd skip: SEQ must be a positive whole number, not '%s'\n", pos[1]);
+        return 2;
+    }
+    store *s = store_new(cfg->database_url, "outboxd-skip", cfg->pg_timeout_ms);
+    long long n;
+    if (!s || !store_connect(s) || !store_skip(s, pos[0], seq, cfg->reason ? cfg->reason : "no reason given", &n))
+        return fail_store(s, "skip");
+    store_free(s);
+    if (n == 0) {
+        fprintf(stderr, "outboxd skip: run %s has no unpublished event %lld that is its oldest; nothing skipped\n",
+                pos[0], seq);
+        return 1;
+    }
+    log_warn("skipped event seq %lld of run %s: marked published without publishing it (reason: %s)", seq,
+             pos[0], cfg->reason ? cfg->reason : "no reason given");
+    return 0;
+}
+
 static int cmd_relay(const config *cfg, char **pos)
 {
     (void)pos;
@@ -120,6 +156,15 @@ static const command_def commands[] = {
     {"emit", CMD_EMIT, "outboxd emit [options] RUN_ID JSON",
      "Writes one event to run_outbox; the database assigns its seq. Prints {\"id\":N,\"seq\":N}.", 2,
      cmd_emit},
+    {"retry", CMD_RETRY, "outboxd retry [options] RUN_ID",
+     "Resets the failed attempts of a run's unpublished events and makes running relays retry\n"
+     "held-back runs at once (after fixing what made Redis refuse them).",
+     1, cmd_retry},
+    {"skip", CMD_SKIP, "outboxd skip [options] RUN_ID SEQ",
+     "Gives up on one event: marks the run's oldest unpublished event (which must be SEQ)\n"
+     "published without publishing it, so that the events after it can flow. Logged, and\n"
+     "recorded in its last_error. SSE replays from the table still include it.",
+     2, cmd_skip},
     {"status", CMD_STATUS, "outboxd status [options]",
      "Shows backlog, oldest unpublished age, publish rate, leader, runs with failed attempts\n"
      "and table size.",

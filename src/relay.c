@@ -485,6 +485,11 @@ static long relay_step(relay_state *r, batch *b, long *limit)
     }
     /* Redis being down is no reason to skip the fetch: the batch's attempts (each
      * one a reconnect) are recorded on its rows, where `outboxd status` shows them. */
+    if (store_take_retry(rc->db) && rc->nheld) {
+        log_info("retry asked for (outboxd retry): releasing %d held run(s)", rc->nheld);
+        while (rc->nheld)
+            held_remove(rc, 0);
+    }
     double t0 = mono_s();
     const char *held_ids[RELAY_HELD_MAX];
     size_t held_lens[RELAY_HELD_MAX];

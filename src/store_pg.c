@@ -25,6 +25,7 @@ struct store {
     long timeout_ms;
     PGconn *conn;
     bool notified;
+    bool retry_asked;
     char err[512];
     char sqlstate[6];
 };
@@ -187,6 +188,8 @@ static void collect_notifies(store *s)
     PGnotify *n;
     while ((n = PQnotifies(s->conn)) != NULL) {
         s->notified = true;
+        if (!strcmp(n->extra, "retry"))
+            s->retry_asked = true;
         PQfreemem(n);
     }
 }
@@ -658,6 +661,52 @@ bool store_backlog(store *s, long long *count, double *oldest_age_s)
     *oldest_age_s = strtod(PQgetvalue(r, 0, 1), NULL);
     PQclear(r);
     return true;
+}
+
+/* ---- operator commands ------------------------------------------------------------ */
+
+bool store_take_retry(store *s)
+{
+    bool r = s->retry_asked;
+    s->retry_asked = false;
+    return r;
+}
+
+static bool count_cmd(store *s, const char *what, const char *sql, int n, const char *const *params,
+                      long long *count)
+{
+    PGresult *r = run(s, what, sql, n, params);
+    if (!r)
+        return false;
+    *count = strtoll(PQcmdTuples(r), NULL, 10);
+    PQclear(r);
+    return true;
+}
+
+bool store_retry(store *s, const char *run_id, long long *n)
+{
+    const char *params[] = {run_id};
+    return count_cmd(s, "retry",
+                     "UPDATE run_outbox SET attempts = 0, last_error = NULL"
+                     " WHERE run_id = $1 AND published_at IS NULL AND attempts > 0",
+                     1, params, n) &&
+           run_cmd(s, "retry: wake the relays", "SELECT pg_notify('" STORE_NOTIFY_CHANNEL "', 'retry')", 0,
+                   NULL);
+}
+
+bool store_skip(store *s, const char *run_id, long long seq, const char *reason, long long *n)
+{
+    char seqs[24];
+    snprintf(seqs, sizeof seqs, "%lld", seq);
+    const char *params[] = {run_id, seqs, reason};
+    /* Only the oldest unpublished event of the run: skipping one in the middle would
+     * leave the operator guessing what went out around it. */
+    return count_cmd(s, "skip",
+                     "UPDATE run_outbox SET published_at = now(),"
+                     "  last_error = 'skipped by operator: ' || $3"
+                     " WHERE run_id = $1 AND seq = $2::bigint AND published_at IS NULL"
+                     "   AND seq = (SELECT min(seq) FROM run_outbox WHERE run_id = $1 AND published_at IS NULL)",
+                     3, params, n);
 }
 
 /* ---- producer side and status ---------------------------------------------------- */

@@ -68,6 +68,16 @@ extern const char store_replay_sql[];
 void store_conn_params(const char *url, const char *application_name, long timeout_ms,
                        const char *keys[8], const char *vals[8], char timeout_s[24]);
 
+/* Operator commands. store_retry clears the failures of run_id's unpublished events
+ * and wakes the relays with NOTIFY payload "retry" (they drop their holds at once);
+ * *n gets how many rows it touched. store_skip marks the run's event seq published
+ * without publishing it, only if it is the run's oldest unpublished event (else *n
+ * is 0), recording why in last_error. */
+bool store_retry(store *s, const char *run_id, long long *n) WUR;
+bool store_skip(store *s, const char *run_id, long long seq, const char *reason, long long *n) WUR;
+/* Whether a "retry" wake-up arrived since the last call. */
+bool store_take_retry(store *s);
+
 /* Inserts one event; the database assigns id and seq. */
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq) WUR;
 /* Writes a human-readable (or JSON) status report to stdout. */

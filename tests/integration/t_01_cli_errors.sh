@@ -35,7 +35,7 @@ expect_2 "expected 2 arguments" "$OUTBOXD" emit run-1
 [[ $(q "SELECT count(*) FROM run_outbox") == "$before" ]] || fail "a refused emit wrote a row"
 
 # --help tells the truth for every command and exits 0.
-for c in migrate relay emit status; do
+for c in migrate relay sse emit status retry skip; do
   "$OUTBOXD" "$c" --help >"$WORK/help" || fail "$c --help exited non-zero"
   grep -q "usage: outboxd $c" "$WORK/help" || fail "$c --help has no usage line"
 done

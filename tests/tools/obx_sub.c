@@ -146,7 +146,9 @@ int main(int argc, char **argv)
     if (check) {
         PGconn *pg = PQconnectdb(getenv("DATABASE_URL") ? getenv("DATABASE_URL") : "");
         const char *params[] = {prefix};
-        PGresult *res = PQexecParams(pg, "SELECT id, seq FROM run_outbox WHERE starts_with(run_id, $1) ORDER BY id",
+        /* Events an operator skipped (outboxd skip) were never meant to arrive. */
+        PGresult *res = PQexecParams(pg, "SELECT id, seq FROM run_outbox WHERE starts_with(run_id, $1)"
+                                         " AND coalesce(last_error, '') NOT LIKE 'skipped by operator:%' ORDER BY id",
                                      1, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK) {
             fprintf(stderr, "obx_sub: check query: %s", PQerrorMessage(pg));
