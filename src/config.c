@@ -77,10 +77,38 @@ static const setting settings[] = {
     {"max-clients", "OUTBOXD_MAX_CLIENTS", T_INT, CMD_SSE, "10000", 1, 1000000, 0, NULL,
      OFF(max_clients), "open streams at most; further requests get 503 with Retry-After"},
 
+    {"http-listen", "OUTBOXD_HTTP_LISTEN", T_STR, CMD_RELAY, NULL, 0, 0, 0, NULL, OFF(http_listen),
+     "HOST:PORT for /metrics, /healthz and /readyz (unset = no HTTP endpoint)"},
+    {"retention", "OUTBOXD_RETENTION", T_DURATION, CMD_RELAY, "7d", 0, 3650 * DAY_MS, 1000, NULL,
+     OFF(retention_ms), "the leader deletes published events older than this (0 = keep forever)"},
+    {"older-than", NULL, T_DURATION, CMD_PRUNE, NULL, 0, 3650 * DAY_MS, 1000, NULL, OFF(older_than_ms),
+     "delete published events older than this (required; e.g. 7d)"},
     {"json", NULL, T_BOOL, CMD_STATUS, "false", 0, 0, 0, NULL, OFF(json), "print JSON"},
     {"reason", NULL, T_STR, CMD_SKIP, NULL, 0, 0, 0, NULL, OFF(reason), "why the event is skipped (logged)"},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
+
+bool config_parse_listen(const char *s, char *host, size_t cap, int *port)
+{
+    const char *colon = strrchr(s, ':');
+    if (!colon || colon == s || (size_t)(colon - s) >= cap)
+        return false;
+    size_t n = (size_t)(colon - s);
+    if (s[0] == '[' && n >= 2 && s[n - 1] == ']') {
+        memcpy(host, s + 1, n - 2);
+        host[n - 2] = '\0';
+    } else {
+        memcpy(host, s, n);
+        host[n] = '\0';
+    }
+    char *end;
+    errno = 0;
+    long p = strtol(colon + 1, &end, 10);
+    if (errno || *end || end == colon + 1 || p < 0 || p > 65535)
+        return false;
+    *port = (int)p;
+    return true;
+}
 
 bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms)
 {
@@ -378,6 +406,20 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
             snprintf(err, errlen, "--redis-url (REDIS_URL): %s", why); /* the URL may hold a password */
             return false;
         }
+    }
+    char host[256];
+    int port;
+    if ((cmd & CMD_SSE) && !config_parse_listen(cfg->listen, host, sizeof host, &port)) {
+        snprintf(err, errlen, "--listen: '%s' is not HOST:PORT", cfg->listen);
+        return false;
+    }
+    if ((cmd & CMD_RELAY) && cfg->http_listen && !config_parse_listen(cfg->http_listen, host, sizeof host, &port)) {
+        snprintf(err, errlen, "--http-listen: '%s' is not HOST:PORT", cfg->http_listen);
+        return false;
+    }
+    if ((cmd & CMD_PRUNE) && cfg->older_than_ms <= 0) {
+        snprintf(err, errlen, "--older-than is required and must be more than 0 (e.g. 7d)");
+        return false;
     }
     if ((cmd & CMD_RELAY) && cfg->max_batch_size < cfg->batch_size) {
         snprintf(err, errlen, "--max-batch-size (%ld) must be at least --batch-size (%ld)",

@@ -17,8 +17,9 @@ enum command {
     CMD_STATUS = 1 << 4,
     CMD_RETRY = 1 << 5,
     CMD_SKIP = 1 << 6,
+    CMD_PRUNE = 1 << 7,
 };
-#define CMD_ALL (CMD_MIGRATE | CMD_RELAY | CMD_SSE | CMD_EMIT | CMD_STATUS | CMD_RETRY | CMD_SKIP)
+#define CMD_ALL (CMD_MIGRATE | CMD_RELAY | CMD_SSE | CMD_EMIT | CMD_STATUS | CMD_RETRY | CMD_SKIP | CMD_PRUNE)
 
 typedef struct redis_url {
     char host[256];
@@ -53,6 +54,9 @@ typedef struct config {
 
     bool json;
     char *reason;
+    char *http_listen;
+    long retention_ms;
+    long older_than_ms;
 
     redis_url redis; /* parsed from redis_url by config_load */
 } config;
@@ -74,6 +78,8 @@ void config_log(const config *cfg, enum command cmd);
 /* redis://[[user]:password@]host[:port][/db] -> out (user and password
  * percent-decoded). Returns false with a reason that never repeats the password. */
 bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t errlen) WUR;
+/* Splits HOST:PORT (or [IPv6]:PORT) into host and port. */
+bool config_parse_listen(const char *s, char *host, size_t cap, int *port) WUR;
 /* Parses "250ms", "10s", "5m", "2h", "7d" or a bare number of default_unit_ms each. */
 bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms) WUR;
 

@@ -127,6 +127,23 @@ static int cmd_skip(const config *cfg, char **pos)
     return 0;
 }
 
+static int cmd_prune(const config *cfg, char **pos)
+{
+    (void)pos;
+    store *s = store_new(cfg->database_url, "outboxd-prune", cfg->pg_timeout_ms);
+    if (!s || !store_connect(s))
+        return fail_store(s, "prune");
+    long long total = 0, n;
+    do {
+        if (!store_prune(s, cfg->older_than_ms, 5000, &n))
+            return fail_store(s, "prune");
+        total += n;
+    } while (n == 5000);
+    printf("deleted %lld published events older than %ld ms\n", total, cfg->older_than_ms);
+    store_free(s);
+    return 0;
+}
+
 static int cmd_relay(const config *cfg, char **pos)
 {
     (void)pos;
@@ -165,6 +182,10 @@ static const command_def commands[] = {
      "published without publishing it, so that the events after it can flow. Logged, and\n"
      "recorded in its last_error. SSE replays from the table still include it.",
      2, cmd_skip},
+    {"prune", CMD_PRUNE, "outboxd prune --older-than DURATION [options]",
+     "Deletes published events older than DURATION now, in batches of 5,000 (the relay's\n"
+     "--retention does the same continuously). Unpublished events are never deleted.",
+     0, cmd_prune},
     {"status", CMD_STATUS, "outboxd status [options]",
      "Shows backlog, oldest unpublished age, publish rate, leader, runs with failed attempts\n"
      "and table size.",

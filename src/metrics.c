@@ -1,6 +1,8 @@
 /* Log-linear latency histogram. */
 #include "metrics.h"
 
+#include "buf.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -53,4 +55,47 @@ double hist_quantile(const histogram *h, double q)
         }
     }
     return h->max_us;
+}
+
+const double prom_bucket_le[PROM_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                             0.1,    0.25,  0.5,    1,     2.5,  5,    10};
+
+void prom_hist_record(prom_hist *h, double seconds)
+{
+    int i = 0;
+    while (i < PROM_BUCKETS && seconds > prom_bucket_le[i])
+        i++;
+    if (i < PROM_BUCKETS)
+        h->bucket[i]++;
+    h->count++;
+    h->sum += seconds;
+}
+
+static bool prom_head(struct buf *b, const char *name, const char *help, const char *type)
+{
+    return buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+bool prom_counter(struct buf *b, const char *name, const char *help, double v)
+{
+    return prom_head(b, name, help, "counter") && buf_printf(b, "%s %.17g\n", name, v);
+}
+
+bool prom_gauge(struct buf *b, const char *name, const char *help, double v)
+{
+    return prom_head(b, name, help, "gauge") && buf_printf(b, "%s %.17g\n", name, v);
+}
+
+bool prom_histogram(struct buf *b, const char *name, const char *help, const prom_hist *h)
+{
+    if (!prom_head(b, name, help, "histogram"))
+        return false;
+    uint64_t cum = 0;
+    for (int i = 0; i < PROM_BUCKETS; i++) {
+        cum += h->bucket[i];
+        if (!buf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, prom_bucket_le[i], (unsigned long long)cum))
+            return false;
+    }
+    return buf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.9f\n%s_count %llu\n", name,
+                      (unsigned long long)h->count, name, h->sum, name, (unsigned long long)h->count);
 }

@@ -4,7 +4,10 @@
 #ifndef OUTBOXD_METRICS_H
 #define OUTBOXD_METRICS_H
 
+#include <stdbool.h>
 #include <stdint.h>
+
+#define WUR_M __attribute__((warn_unused_result))
 
 #define HIST_SUB 8
 #define HIST_BUCKETS (40 * HIST_SUB)
@@ -21,6 +24,22 @@ void hist_record(histogram *h, double us);
 /* The q-quantile (0..1) in microseconds: the upper edge of its bucket, capped at max. */
 double hist_quantile(const histogram *h, double q);
 
+/* A Prometheus histogram over seconds with fixed buckets (cumulative on output). */
+#define PROM_BUCKETS 14
+extern const double prom_bucket_le[PROM_BUCKETS];
+typedef struct prom_hist {
+    uint64_t bucket[PROM_BUCKETS]; /* not cumulative: bucket i counts values in (le[i-1], le[i]] */
+    uint64_t count;
+    double sum;
+} prom_hist;
+void prom_hist_record(prom_hist *h, double seconds);
+
+struct buf;
+/* Prometheus text exposition (version 0.0.4): each writes HELP, TYPE and samples. */
+bool prom_counter(struct buf *b, const char *name, const char *help, double v) WUR_M;
+bool prom_gauge(struct buf *b, const char *name, const char *help, double v) WUR_M;
+bool prom_histogram(struct buf *b, const char *name, const char *help, const prom_hist *h) WUR_M;
+
 typedef struct relay_stats {
     uint64_t published;     /* events delivered (or found already delivered) and marked */
     uint64_t duplicates;    /* of those, found already published by the mark in Redis */
@@ -29,6 +48,8 @@ typedef struct relay_stats {
     uint64_t batches;
     histogram latency;      /* created_at -> PUBLISH acknowledged, per event */
     histogram batch_time;   /* fetch -> marked, per non-empty batch */
+    prom_hist latency_total;    /* the same, never reset: for /metrics */
+    prom_hist batch_time_total;
 } relay_stats;
 
 #endif

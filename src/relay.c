@@ -7,7 +7,10 @@
  * pipeline did not go out. Leadership is a session advisory lock: standbys wait. */
 #include "relay.h"
 
+#include "admin_http.h"
 #include "log.h"
+
+#include <pthread.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -240,6 +243,7 @@ batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
             switch (rc->res[k]) {
             case PUB_OK:
                 hist_record(&rc->stats.latency, (acked - rc->send[k]->created_epoch) * 1e6);
+                prom_hist_record(&rc->stats.latency_total, acked - rc->send[k]->created_epoch);
                 /* fall through */
             case PUB_DUP:
                 if (rc->res[k] == PUB_DUP)
@@ -370,6 +374,19 @@ static bool install_signals(long timeout_ms)
     return sigaction(SIGPIPE, &sa, NULL) == 0;
 }
 
+/* What the admin thread may read, copied from the loop under `mu` after each step. */
+typedef struct relay_public {
+    pthread_mutex_t mu;
+    relay_stats stats;
+    long long backlog;
+    double oldest_age_s;
+    bool leader, db_up;
+    int held;
+    const config *cfg;
+} relay_public;
+
+static relay_public pub = {.mu = PTHREAD_MUTEX_INITIALIZER, .backlog = -1};
+
 typedef struct relay_state {
     relay_ctx rc;
     const config *cfg;
@@ -379,6 +396,10 @@ typedef struct relay_state {
     long backoff_ms;
     double next_stats;
     double last_stats;
+    double next_backlog;
+    double next_prune;
+    long long backlog;
+    double oldest_age_s;
     uint64_t published_at_last_stats;
 } relay_state;
 
@@ -435,10 +456,8 @@ static void log_stats(relay_state *r, bool final)
     relay_stats *st = &r->rc.stats;
     double now = mono_s();
     double span = now - r->last_stats;
-    long long backlog = -1;
-    double oldest = 0;
-    if (r->leader && store_connected(r->rc.db) && !store_backlog(r->rc.db, &backlog, &oldest))
-        log_warn("%s", store_errstr(r->rc.db));
+    long long backlog = r->leader ? r->backlog : -1;
+    double oldest = r->leader ? r->oldest_age_s : 0;
     double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
     log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu failures=%llu "
              "retries=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
@@ -454,6 +473,103 @@ static void log_stats(relay_state *r, bool final)
     hist_reset(&st->batch_time);
     r->last_stats = now;
     r->published_at_last_stats = st->published;
+}
+
+/* The leader's backlog, refreshed every 2 s for the stats line and /metrics. */
+static void refresh_backlog(relay_state *r)
+{
+    if (!r->leader || !store_connected(r->rc.db) || mono_s() < r->next_backlog)
+        return;
+    r->next_backlog = mono_s() + 2;
+    if (!store_backlog(r->rc.db, &r->backlog, &r->oldest_age_s))
+        log_warn("postgresql: %s", store_errstr(r->rc.db));
+}
+
+/* Retention: the leader deletes old published rows a few thousand at a time. */
+static void prune_old(relay_state *r)
+{
+    long keep = r->cfg->retention_ms;
+    if (keep <= 0 || !r->leader || !store_connected(r->rc.db) || mono_s() < r->next_prune)
+        return;
+    double every = keep / 2000.0;
+    r->next_prune = mono_s() + (every < 1 ? 1 : every > 10 ? 10 : every);
+    long long total = 0, n = 0;
+    for (int i = 0; i < 10; i++) {
+        if (!store_prune(r->rc.db, keep, 1000, &n)) {
+            log_warn("retention: %s", store_errstr(r->rc.db));
+            return;
+        }
+        total += n;
+        if (n < 1000)
+            break;
+    }
+    if (total)
+        log_info("retention: deleted %lld published events older than %ld ms", total, keep);
+}
+
+static void publish_state(relay_state *r)
+{
+    pthread_mutex_lock(&pub.mu);
+    pub.stats = r->rc.stats;
+    pub.backlog = r->leader ? r->backlog : -1;
+    pub.oldest_age_s = r->oldest_age_s;
+    pub.leader = r->leader;
+    pub.db_up = store_connected(r->rc.db);
+    pub.held = r->rc.nheld;
+    pthread_mutex_unlock(&pub.mu);
+}
+
+static bool render_metrics(buf *b, void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&pub.mu);
+    relay_public p = pub;
+    pthread_mutex_unlock(&pub.mu);
+    relay_stats *st = &p.stats;
+    return prom_counter(b, "outboxd_events_published_total",
+                        "Events delivered to Redis (or found delivered already) and marked published.",
+                        (double)st->published) &&
+           prom_counter(b, "outboxd_duplicates_suppressed_total",
+                        "Events the Redis marks recognised as published already (after a crash or timeout).",
+                        (double)st->duplicates) &&
+           prom_counter(b, "outboxd_publish_failures_total", "Publish attempts of an event that failed.",
+                        (double)st->failures) &&
+           prom_counter(b, "outboxd_publish_retries_total", "Extra publish attempts made within batches.",
+                        (double)st->retries) &&
+           prom_counter(b, "outboxd_batches_total", "Non-empty batches processed.", (double)st->batches) &&
+           prom_gauge(b, "outboxd_backlog_events",
+                      "Unpublished events (counted up to 1e6; -1 when not the leader).", (double)p.backlog) &&
+           prom_gauge(b, "outboxd_oldest_unpublished_age_seconds",
+                      "Age of the oldest unpublished event (0 when none).", p.oldest_age_s) &&
+           prom_gauge(b, "outboxd_leader", "1 when this relay holds the leader lock and publishes.",
+                      p.leader ? 1 : 0) &&
+           prom_gauge(b, "outboxd_held_runs", "Runs held back because Redis refused one of their events.",
+                      p.held) &&
+           prom_gauge(b, "outboxd_database_up", "1 while the relay's PostgreSQL connection is up.",
+                      p.db_up ? 1 : 0) &&
+           prom_histogram(b, "outboxd_publish_latency_seconds",
+                          "From created_at to Redis acknowledging the publish.", &st->latency_total) &&
+           prom_histogram(b, "outboxd_batch_duration_seconds", "From fetch to marked, per non-empty batch.",
+                          &st->batch_time_total);
+}
+
+/* Ready = the database connection is up and Redis answers PING now. */
+static bool check_ready(buf *body, void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&pub.mu);
+    bool db = pub.db_up, leader = pub.leader;
+    const config *cfg = pub.cfg;
+    pthread_mutex_unlock(&pub.mu);
+    sink *probe = sink_new(&cfg->redis, cfg->redis_timeout_ms, cfg->mark_ttl_ms, "");
+    bool redis = probe && sink_connect(probe);
+    bool ok = db && redis;
+    if (!buf_printf(body, "%s role=%s database=%s redis=%s%s%s\n", ok ? "ready" : "not ready",
+                    leader ? "leader" : "standby", db ? "up" : "down", redis ? "up" : "down",
+                    redis || !probe ? "" : ": ", redis || !probe ? "" : sink_errstr(probe)))
+        ok = false;
+    sink_free(probe);
+    return ok;
 }
 
 /* One pass of the loop; returns how long to wait for a NOTIFY before the next (ms),
@@ -509,6 +625,7 @@ static long relay_step(relay_state *r, batch *b, long *limit)
     batch_outcome o = relay_process_batch(rc, b);
     rc->stats.batches++;
     hist_record(&rc->stats.batch_time, (mono_s() - t0) * 1e6);
+    prom_hist_record(&rc->stats.batch_time_total, mono_s() - t0);
     bool full = b->n == (size_t)*limit;
     batch_clear(b);
     if (o.db_lost) {
@@ -562,9 +679,32 @@ int relay_main(const config *cfg)
     r.next_stats = r.last_stats + cfg->stats_interval_ms / 1e3;
     log_info("relay starting (pid %d)", (int)getpid());
     config_log(cfg, CMD_RELAY);
+    pub.cfg = cfg;
+    admin *http = NULL;
+    if (cfg->http_listen) {
+        char err[256];
+        admin_handlers h = {.metrics = render_metrics, .ready = check_ready};
+        if (!(http = admin_start(cfg->http_listen, &h, err, sizeof err))) {
+            log_error("%s", err);
+            batch_free(&b);
+            relay_ctx_free(&r.rc);
+            store_free(db);
+            sink_free(out);
+            return 1;
+        }
+        log_info("serving /metrics, /healthz, /readyz on http://%s/", cfg->http_listen);
+    }
+    bool said_ready = false;
 
     while (!stop_requested && !r.fatal) {
         long wait_ms = relay_step(&r, &b, &limit);
+        if (!said_ready && store_connected(db)) {
+            admin_sd_notify("READY=1");
+            said_ready = true;
+        }
+        refresh_backlog(&r);
+        prune_old(&r);
+        publish_state(&r);
         if (cfg->stats_interval_ms > 0 && mono_s() >= r.next_stats) {
             log_stats(&r, false);
             r.next_stats = mono_s() + cfg->stats_interval_ms / 1e3;
@@ -579,9 +719,11 @@ int relay_main(const config *cfg)
             drain_wake_pipe();
         }
     }
+    admin_sd_notify("STOPPING=1");
     if (!r.fatal)
         log_info("shutting down: the batch in flight is finished");
     log_stats(&r, true);
+    admin_stop(http);
     batch_free(&b);
     relay_ctx_free(&r.rc);
     store_free(db);

@@ -17,9 +17,11 @@
  * most RUN_PENDING_MAX per run (overflow only forces a re-read). */
 #include "sse.h"
 
+#include "admin_http.h"
 #include "buf.h"
 #include "event.h"
 #include "log.h"
+#include "metrics.h"
 #include "store_pg.h"
 
 #include <errno.h>
@@ -1036,6 +1038,8 @@ sse_route sse_parse_path(const char *path, char *run_id, size_t cap, size_t *len
     *len = 0;
     if (!strcmp(path, "/healthz"))
         return ROUTE_HEALTH;
+    if (!strcmp(path, "/metrics"))
+        return ROUTE_METRICS;
     if (strncmp(path, "/runs/", 6) != 0)
         return ROUTE_NOT_FOUND;
     const char *p = path + 6;
@@ -1230,6 +1234,31 @@ static void on_request(struct evhttp_request *req, void *arg)
                  gw.nclients, gw.redis_state == REDIS_UP ? "up" : "down",
                  gw.pg_state == PG_IDLE || gw.pg_state == PG_BUSY ? "up" : "down");
         reply_text(req, 200, "OK", "application/json", body);
+    } else if (route == ROUTE_METRICS) {
+        buf m;
+        buf_init(&m, 0);
+        bool ok = prom_gauge(&m, "outboxd_sse_streams", "Open event streams.", gw.nclients) &&
+                  prom_gauge(&m, "outboxd_sse_runs", "Runs with open streams (or leaving).", gw.nruns) &&
+                  prom_counter(&m, "outboxd_sse_streams_opened_total", "Streams opened.", (double)gw.streams_total) &&
+                  prom_counter(&m, "outboxd_sse_events_sent_total", "Events written to streams.",
+                               (double)gw.events_sent) &&
+                  prom_counter(&m, "outboxd_sse_live_messages_total", "Messages received from Redis.",
+                               (double)gw.live_msgs) &&
+                  prom_counter(&m, "outboxd_sse_replays_total", "Reads of a run's events from PostgreSQL.",
+                               (double)gw.replays) &&
+                  prom_counter(&m, "outboxd_sse_gaps_filled_total",
+                               "Gaps in the live feed filled from PostgreSQL.", (double)gw.gaps) &&
+                  prom_counter(&m, "outboxd_sse_slow_client_pauses_total",
+                               "Times a stream passed its buffer cap and was paused.", (double)gw.pauses) &&
+                  prom_gauge(&m, "outboxd_sse_redis_up", "1 while the Redis subscription is healthy.",
+                             gw.redis_state == REDIS_UP && !gw.ping_outstanding) &&
+                  prom_gauge(&m, "outboxd_sse_database_up", "1 while the PostgreSQL connection is up.",
+                             gw.pg_state == PG_IDLE || gw.pg_state == PG_BUSY);
+        if (ok)
+            reply_text(req, 200, "OK", "text/plain; version=0.0.4", m.data);
+        else
+            reply_text(req, 500, "Internal Server Error", "text/plain", "out of memory\n");
+        buf_free(&m);
     } else if (bad) {
         char body[128];
         snprintf(body, sizeof body, "bad run id: %s (at most %d bytes of UTF-8)\n", bad, SSE_MAX_RUN_ID);
@@ -1266,6 +1295,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         _exit(1);
     }
     log_info("signal %d: closing streams (browsers resume with Last-Event-ID elsewhere)", (int)sig);
+    admin_sd_notify("STOPPING=1");
     gw.stopping = true;
     struct timeval tv = tv_ms(gw.cfg->shutdown_timeout_ms);
     evtimer_add(gw.stop_timer, &tv);
@@ -1282,35 +1312,13 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopexit(gw.base, &flush);
 }
 
-static bool parse_listen(const char *s, char *host, size_t cap, int *port)
-{
-    const char *colon = strrchr(s, ':');
-    if (!colon || colon == s || (size_t)(colon - s) >= cap)
-        return false;
-    size_t n = (size_t)(colon - s);
-    if (s[0] == '[' && n >= 2 && s[n - 1] == ']') {
-        memcpy(host, s + 1, n - 2);
-        host[n - 2] = '\0';
-    } else {
-        memcpy(host, s, n);
-        host[n] = '\0';
-    }
-    char *end;
-    errno = 0;
-    long p = strtol(colon + 1, &end, 10);
-    if (errno || *end || end == colon + 1 || p < 0 || p > 65535)
-        return false;
-    *port = (int)p;
-    return true;
-}
-
 int sse_main(const config *cfg)
 {
     memset(&gw, 0, sizeof gw);
     gw.cfg = cfg;
     char host[256];
     int port;
-    if (!parse_listen(cfg->listen, host, sizeof host, &port)) {
+    if (!config_parse_listen(cfg->listen, host, sizeof host, &port)) {
         fprintf(stderr, "outboxd sse: --listen: '%s' is not HOST:PORT\n", cfg->listen);
         return 2;
     }
@@ -1355,6 +1363,7 @@ int sse_main(const config *cfg)
     config_log(cfg, CMD_SSE);
     pg_connect();
     redis_connect();
+    admin_sd_notify("READY=1");
     event_base_dispatch(gw.base);
 
     on_stats(-1, 0, NULL);

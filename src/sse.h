@@ -16,8 +16,8 @@
 int sse_main(const config *cfg);
 
 /* Request parsing, exposed for unit tests. */
-typedef enum sse_route { ROUTE_NOT_FOUND, ROUTE_EVENTS, ROUTE_VIEWER, ROUTE_HEALTH } sse_route;
-/* Decodes the path: /runs/{run_id}/events, /runs/{run_id}, /healthz. The run id is
+typedef enum sse_route { ROUTE_NOT_FOUND, ROUTE_EVENTS, ROUTE_VIEWER, ROUTE_HEALTH, ROUTE_METRICS } sse_route;
+/* Decodes the path: /runs/{run_id}/events, /runs/{run_id}, /healthz, /metrics. The run id is
  * percent-decoded into run_id (NUL-terminated; *len its length). Returns
  * ROUTE_NOT_FOUND for other paths; sets *bad (with a reason) for a run id that is
  * empty, too long, or not valid UTF-8. */

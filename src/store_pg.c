@@ -709,6 +709,21 @@ bool store_skip(store *s, const char *run_id, long long seq, const char *reason,
                      3, params, n);
 }
 
+bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
+{
+    char age[32], lim[24];
+    snprintf(age, sizeof age, "%ld milliseconds", older_than_ms);
+    snprintf(lim, sizeof lim, "%ld", limit);
+    const char *params[] = {age, lim};
+    /* Oldest first by primary key, a bounded number per statement: short locks, short
+     * statements, and the partial index of unpublished rows is never touched. */
+    return count_cmd(s, "prune",
+                     "DELETE FROM run_outbox WHERE id IN ("
+                     " SELECT id FROM run_outbox WHERE published_at < now() - $1::interval"
+                     " ORDER BY id LIMIT $2::int)",
+                     2, params, deleted);
+}
+
 /* ---- producer side and status ---------------------------------------------------- */
 
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq)

@@ -78,6 +78,11 @@ bool store_skip(store *s, const char *run_id, long long seq, const char *reason,
 /* Whether a "retry" wake-up arrived since the last call. */
 bool store_take_retry(store *s);
 
+/* Deletes up to `limit` published events older than older_than_ms, oldest first, in
+ * one statement; *deleted gets how many. Unpublished events are never deleted, nor
+ * the per-run counters (a run's seq must not start again at 1). */
+bool store_prune(store *s, long older_than_ms, long limit, long long *deleted) WUR;
+
 /* Inserts one event; the database assigns id and seq. */
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq) WUR;
 /* Writes a human-readable (or JSON) status report to stdout. */

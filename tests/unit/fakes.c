@@ -109,6 +109,7 @@ bool store_connected(const store *s) { (void)s; return true; }
 const char *store_errstr(const store *s) { (void)s; return "fake store error"; }
 bool store_check_schema(store *s, char *epoch, size_t len) { (void)s; strncpy(epoch, "e", len); return true; }
 bool store_listen(store *s) { (void)s; return true; }
+bool store_prune(store *s, long older, long limit, long long *n) { (void)s, (void)older, (void)limit; *n = 0; return true; }
 bool store_take_retry(store *s) { (void)s; return false; }
 bool store_check_session(store *s, bool *session) { (void)s; *session = true; return true; }
 bool store_wait(store *s, int fd, long ms, bool *n) { (void)s, (void)fd, (void)ms; *n = false; return true; }
