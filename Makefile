@@ -20,7 +20,7 @@ CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse
 UNIT = test_buf test_config test_relay test_metrics test_sse
 
-.PHONY: all deps test test-sanitize unit integration run bench clean format
+.PHONY: all deps test test-sanitize unit integration run bench clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
 
 deps:
@@ -71,6 +71,10 @@ run: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
+
+# Regenerates docs/CONFIGURATION.md from the settings table.
+docs: $(BUILD)/outboxd
+	$(BUILD)/outboxd settings > docs/CONFIGURATION.md
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c tests/tools/*.c tests/tools/*.h

@@ -72,6 +72,8 @@ void config_free(config *cfg);
 
 /* Prints the options of cmd with defaults and environment variables. */
 void config_print_help(enum command cmd, const char *usage, const char *about);
+/* Prints every setting as Markdown (docs/CONFIGURATION.md is this output). */
+void config_print_markdown(void);
 /* Logs the effective settings of cmd at info level, hiding passwords. */
 void config_log(const config *cfg, enum command cmd);
 

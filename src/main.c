@@ -202,8 +202,8 @@ static void usage(FILE *f)
         const char *about = commands[i].about;
         fprintf(f, "  %-9s %.*s\n", commands[i].name, (int)strcspn(about, "\n"), about);
     }
-    fprintf(f, "\n'outboxd COMMAND --help' lists a command's options. 'outboxd --version' prints the "
-               "version.\n");
+    fprintf(f, "\n'outboxd COMMAND --help' lists a command's options; 'outboxd settings' prints all of\n"
+               "them as Markdown; 'outboxd --version' prints the version.\n");
 }
 
 int main(int argc, char **argv)
@@ -214,6 +214,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "settings")) {
+        config_print_markdown();
         return 0;
     }
     if (!strcmp(argv[1], "--version")) {

@@ -45,3 +45,7 @@ grep -q "DATABASE_URL" <("$OUTBOXD" relay --help) || fail "relay --help does not
 # A good emit prints the id and seq the database assigned.
 out=$("$OUTBOXD" emit run-1 '{"a":1}')
 [[ "$out" =~ ^\{\"id\":[0-9]+,\"seq\":1\}$ ]] || fail "emit printed '$out'"
+
+# docs/CONFIGURATION.md is generated from the settings table and must not drift.
+diff <("$OUTBOXD" settings) "$ROOT/docs/CONFIGURATION.md" >"$WORK/drift" ||
+  fail "docs/CONFIGURATION.md differs from 'outboxd settings' (run make docs): $(head -5 "$WORK/drift")"
