@@ -105,6 +105,7 @@ struct client {
     long long last;  /* last seq sent */
     bool need_fetch; /* waits for a PostgreSQL read */
     bool paused;     /* over its buffer cap; resumes when the socket drains */
+    bool ended;      /* evhttp_send_reply_end was called (shutdown) */
     client *prev, *next;
 };
 
@@ -424,7 +425,13 @@ static void client_close(client *c)
 static void on_client_closed(struct evhttp_connection *conn, void *arg)
 {
     (void)conn;
-    client_close(arg);
+    client *c = arg;
+    /* When the peer hangs up mid-stream, libevent detaches the request it was still
+     * sending from the failed connection and leaves freeing it to us: ending the
+     * reply of a request without a connection frees it. */
+    if (!c->ended && evhttp_request_get_connection(c->req) == NULL)
+        evhttp_send_reply_end(c->req);
+    client_close(c);
 }
 
 /* ---- PostgreSQL reads ------------------------------------------------------------ */
@@ -1306,8 +1313,10 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     /* End every stream cleanly; what is queued still goes out before the loop ends. */
     for (int b = 0; b < RUN_BUCKETS; b++)
         for (run *r = gw.buckets[b]; r; r = r->hnext)
-            for (client *c = r->clients; c; c = c->next)
+            for (client *c = r->clients; c; c = c->next) {
                 evhttp_send_reply_end(c->req);
+                c->ended = true;
+            }
     struct timeval flush = {0, 200000};
     event_base_loopexit(gw.base, &flush);
 }

@@ -141,17 +141,26 @@ mark_key() {
 
 # start_sse NAME [flags...]: the gateway on a free port ($SSE_PORT), waits until it answers.
 start_sse() {
-  local name=$1; shift
-  SSE_PORT=$((20000 + RANDOM % 30000))
-  while ! port_is_free "$SSE_PORT"; do SSE_PORT=$((20000 + RANDOM % 30000)); done
-  "$OUTBOXD" sse --listen "127.0.0.1:$SSE_PORT" --stats-interval 1s "$@" >"$WORK/$name.log" 2>&1 &
-  SSE_PID=$!
-  PIDS+=("$SSE_PID")
-  for _ in $(seq 1 100); do
-    curl -s -o /dev/null "http://127.0.0.1:$SSE_PORT/healthz" && return 0
-    sleep 0.05
+  local name=$1 try; shift
+  for try in 1 2 3 4 5; do
+    SSE_PORT=$(pick_port)
+    "$OUTBOXD" sse --listen "127.0.0.1:$SSE_PORT" --stats-interval 1s "$@" >"$WORK/$name.log" 2>&1 &
+    SSE_PID=$!
+    PIDS+=("$SSE_PID")
+    for _ in $(seq 1 100); do
+      curl -s -o /dev/null "http://127.0.0.1:$SSE_PORT/healthz" && return 0
+      kill -0 "$SSE_PID" 2>/dev/null || break
+      sleep 0.05
+    done
+    grep -q "Address already in use" "$WORK/$name.log" || break
   done
   fail "gateway did not start: $(cat "$WORK/$name.log")"
+}
+# A free port below the ephemeral range (see scripts/stack.sh).
+pick_port() {
+  local p=$((10000 + RANDOM % 22000))
+  while ! port_is_free "$p"; do p=$((10000 + RANDOM % 22000)); done
+  echo "$p"
 }
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }

@@ -8,7 +8,8 @@ export BUILD=${BUILD:-build}
 export STACK_DIR
 STACK_DIR=$(mktemp -d /tmp/outboxd-it.XXXXXX)
 chmod 755 "$STACK_DIR"
-trap 'bash "$root/scripts/stack.sh" stop "$STACK_DIR"; rm -rf "$STACK_DIR"' EXIT
+# KEEP=1 keeps the servers' and processes' logs for a look after a failure.
+trap 'bash "$root/scripts/stack.sh" stop "$STACK_DIR"; [[ -n "${KEEP:-}" ]] && echo "kept $STACK_DIR" || rm -rf "$STACK_DIR"' EXIT
 bash "$root/scripts/stack.sh" start "$STACK_DIR" || { echo "could not start the test servers"; exit 1; }
 
 pass=0 failed=0 failures=()

@@ -20,7 +20,10 @@ for _ in $(seq 1 40); do
 done
 kill "$cpid" 2>/dev/null || true
 info "gateway RSS: start ${rss0} KB, peak ${peak} KB; reader got $(grep -c '^id: ' "$WORK/slow") events"
-((peak - rss0 < 20000)) || fail "gateway grew by $((peak - rss0)) KB for one slow reader (cap 64 KB)"
+# (Under AddressSanitizer the quarantine and shadow memory make RSS meaningless.)
+if [[ "$BUILD" != */asan ]]; then
+  ((peak - rss0 < 20000)) || fail "gateway grew by $((peak - rss0)) KB for one slow reader (cap 64 KB)"
+fi
 got=$(grep '^id: ' "$WORK/slow" | cut -d' ' -f2)
 [[ "$got" == "$(seq 1 1500)" ]] || fail "slow reader did not get 1..1500 exactly once in order ($(echo "$got" | wc -l) events)"
 grep -q "slow_client_pauses=[1-9]" "$WORK/sse.log" || fail "the slow reader was never paused"

@@ -9,8 +9,7 @@ start_relay relay
 start_sse sse
 "$OUTBOXD" emit view-1 '{"before":"the page"}' >/dev/null
 "$OUTBOXD" emit view-1 '{"also":"before"}' >/dev/null
-dport=$((20000 + RANDOM % 30000))
-while ! port_is_free "$dport"; do dport=$((20000 + RANDOM % 30000)); done
+dport=$(pick_port)
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
   --disable-component-update --disable-sync --user-data-dir="$WORK/chromium" --remote-debugging-port="$dport" \
   "http://127.0.0.1:$SSE_PORT/runs/view-1" >"$WORK/chromium.log" 2>&1 &

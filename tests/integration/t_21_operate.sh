@@ -5,8 +5,7 @@
 # and `outboxd status --json` reports backlog 0 after a drain.
 . "$(dirname "$0")/lib.sh"
 new_db
-hport=$((20000 + RANDOM % 30000))
-while ! port_is_free "$hport"; do hport=$((20000 + RANDOM % 30000)); done
+hport=$(pick_port)
 h="http://127.0.0.1:$hport"
 # A run whose events stay unpublished (Redis refuses them), to prove retention spares them.
 redis-cli -p "$REDIS_PORT" rpush "$(mark_key keep-1)" poison >/dev/null
