@@ -11,9 +11,10 @@
  *       (CTE + UPDATE ... RETURNING the columns a relay needs), until none is left.
  *       No Redis. Prints "ceiling rows=N seconds=S rate=R/s".
  *   bench_tool sql-only [--batch N] [--timeout S]
- *       outboxd's two statements per batch, exactly as store_pg.c sends them (the
- *       fetch with to_char/extract, then UPDATE ... WHERE id = ANY($1)), with no
- *       Redis in between: what the relay's SQL alone costs.
+ *       outboxd's two statements per batch, as store_pg.c sends them (store_fetch:
+ *       the fetch with to_char/extract and no held-back runs, then
+ *       store_mark_published: UPDATE ... WHERE id = ANY($1)), with no Redis in
+ *       between: what the relay's SQL alone costs. Keep in step with store_pg.c.
  *       Prints "sql-only rows=N seconds=S rate=R/s".
  * DATABASE_URL names the database. */
 #include <libpq-fe.h>
@@ -104,7 +105,7 @@ static int sql_only(PGconn *c, long batch, double timeout)
 {
     char b[24];
     snprintf(b, sizeof b, "%ld", batch);
-    const char *params[] = {b};
+    const char *params[] = {b, "{}"}; /* $2: runs held back after failures: none here */
     long rows = 0;
     size_t cap = 1024;
     char *arr = malloc(cap);
@@ -114,8 +115,9 @@ static int sql_only(PGconn *c, long batch, double timeout)
                         "SELECT id, run_id, seq,"
                         " to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
                         " payload::text, extract(epoch FROM created_at)::float8"
-                        " FROM run_outbox WHERE published_at IS NULL ORDER BY id LIMIT $1::int",
-                        1, params, PGRES_TUPLES_OK);
+                        " FROM run_outbox WHERE published_at IS NULL AND run_id <> ALL($2::text[])"
+                        " ORDER BY id LIMIT $1::int",
+                        2, params, PGRES_TUPLES_OK);
         int n = PQntuples(r);
         if (n == 0) {
             PQclear(r);

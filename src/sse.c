@@ -452,6 +452,8 @@ static long long run_fetch_from(run *r)
 
 static void run_request_fetch(run *r)
 {
+    log_debug("run %s: read wanted (valid=%d synced=%d tail_gap=%d head=%lld fetching=%d queued=%d)", r->id,
+              r->valid, r->synced, r->tail_gap, r->head, r->fetching, r->queued);
     r->want_fetch = true;
     if (r->fetching || r->queued)
         return;
@@ -471,7 +473,8 @@ static void run_request_fetch(run *r)
 static void run_fetched(run *r, long long from, PGresult *res)
 {
     r->fetching = false;
-    int n = PQntuples(res);
+    long long newest = PQntuples(res) ? strtoll(PQgetvalue(res, 0, 3), NULL, 10) : 0;
+    int n = PQntuples(res) && !PQgetisnull(res, 0, 0) ? PQntuples(res) : 0;
     long long window = n ? strtoll(PQgetvalue(res, 0, 2), NULL, 10) : 0;
     bool end = n == 0 || (n == window && n < STORE_REPLAY_ROWS);
     frame **frames = calloc((size_t)(n ? n : 1), sizeof *frames);
@@ -486,8 +489,16 @@ static void run_fetched(run *r, long long from, PGresult *res)
         if (!r->valid || frames[i]->seq > r->head)
             cache_put(r, frames[i]);
     if (end && nf == n) {
-        r->synced = true;
-        r->tail_gap = false;
+        /* Nothing after these rows was committed: `newest` is the run's head. An
+         * empty cache is placed there (a run without events, or a stream that asked
+         * for a point past the end), and the cache is in sync only if it reaches it. */
+        if (!r->valid) {
+            r->valid = true;
+            r->lo = newest + 1;
+            r->head = newest;
+        }
+        r->synced = r->head >= newest;
+        r->tail_gap = !r->synced;
     }
     /* Streams waiting at or after `from` take the rows directly (a resume from long
      * ago never goes through the cache). */
@@ -936,13 +947,21 @@ static void redis_schedule_reconnect(void)
 
 /* ---- timers ---------------------------------------------------------------------- */
 
+/* Redis delivers: connected, and no liveness ping waiting longer than a poll period
+ * (a ping sent a moment ago is not a sign of trouble). */
+static bool redis_healthy(void)
+{
+    return gw.redis_state == REDIS_UP &&
+           !(gw.ping_outstanding && (mono_s() - gw.ping_sent) * 1000 > DEGRADED_POLL_MS);
+}
+
 /* While Redis is not delivering, every run with streams is read from PostgreSQL. */
 static void on_poll_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     (void)arg;
-    if (gw.redis_state == REDIS_UP && !gw.ping_outstanding)
+    if (redis_healthy())
         return;
     for (int b = 0; b < RUN_BUCKETS; b++)
         for (run *r = gw.buckets[b]; r; r = r->hnext)
@@ -988,7 +1007,7 @@ static void on_stats(evutil_socket_t fd, short what, void *arg)
     log_info("stats: streams=%d runs=%d streams_opened=%llu events_sent=%llu live_messages=%llu "
              "replays=%llu gaps_filled=%llu slow_client_pauses=%llu redis=%s postgresql=%s",
              gw.nclients, gw.nruns, gw.streams_total, gw.events_sent, gw.live_msgs, gw.replays, gw.gaps,
-             gw.pauses, gw.redis_state == REDIS_UP ? "up" : "down",
+             gw.pauses, redis_healthy() ? "up" : "down",
              gw.pg_state == PG_IDLE || gw.pg_state == PG_BUSY ? "up" : "down");
 }
 
@@ -1238,7 +1257,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     } else if (route == ROUTE_HEALTH) {
         char body[256];
         snprintf(body, sizeof body, "{\"status\":\"ok\",\"streams\":%d,\"redis\":\"%s\",\"postgresql\":\"%s\"}\n",
-                 gw.nclients, gw.redis_state == REDIS_UP ? "up" : "down",
+                 gw.nclients, redis_healthy() ? "up" : "down",
                  gw.pg_state == PG_IDLE || gw.pg_state == PG_BUSY ? "up" : "down");
         reply_text(req, 200, "OK", "application/json", body);
     } else if (route == ROUTE_METRICS) {
@@ -1258,7 +1277,7 @@ static void on_request(struct evhttp_request *req, void *arg)
                   prom_counter(&m, "outboxd_sse_slow_client_pauses_total",
                                "Times a stream passed its buffer cap and was paused.", (double)gw.pauses) &&
                   prom_gauge(&m, "outboxd_sse_redis_up", "1 while the Redis subscription is healthy.",
-                             gw.redis_state == REDIS_UP && !gw.ping_outstanding) &&
+                             redis_healthy()) &&
                   prom_gauge(&m, "outboxd_sse_database_up", "1 while the PostgreSQL connection is up.",
                              gw.pg_state == PG_IDLE || gw.pg_state == PG_BUSY);
         if (ok)

@@ -130,11 +130,13 @@ void store_conn_params(const char *url, const char *application_name, long timeo
  * that a run of huge payloads cannot make one result enormous; the first row always
  * comes through. */
 const char store_replay_sql[] =
-    "SELECT seq, payload::text, n FROM ("
-    " SELECT seq, payload, sum(pg_column_size(payload)) OVER (ORDER BY seq) AS upto, count(*) OVER () AS n"
-    " FROM (SELECT seq, payload FROM run_outbox WHERE run_id = $1 AND seq > $2::bigint"
-    "       ORDER BY seq LIMIT 200) l) r"
-    " WHERE upto - pg_column_size(payload) < 4194304 ORDER BY seq";
+    "SELECT r.seq, r.payload::text, r.n, m.newest FROM"
+    " (SELECT coalesce(max(seq), 0) AS newest FROM run_outbox WHERE run_id = $1) m"
+    " LEFT JOIN ("
+    "  SELECT seq, payload, sum(pg_column_size(payload)) OVER (ORDER BY seq) AS upto, count(*) OVER () AS n"
+    "  FROM (SELECT seq, payload FROM run_outbox WHERE run_id = $1 AND seq > $2::bigint"
+    "        ORDER BY seq LIMIT 200) l) r"
+    " ON r.upto - pg_column_size(r.payload) < 4194304 ORDER BY r.seq";
 
 /* Server notices (and libpq's own, such as a terminated backend) go to our log
  * rather than straight to stderr. */

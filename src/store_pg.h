@@ -60,8 +60,9 @@ bool store_record_failure(store *s, const long long *ids, size_t n, int attempts
 bool store_backlog(store *s, long long *count, double *oldest_age_s) WUR;
 
 /* The gateway's replay statement ($1 run_id, $2 after this seq; returns seq, payload
- * text and n in seq order: at most 200 rows and about 4 MB, n being how many rows the
- * 200-row window held before the byte bound cut it), for its own
+ * text, n and newest in seq order: at most 200 rows and about 4 MB, n being how many
+ * rows the 200-row window held before the byte bound cut it, newest the run's highest
+ * committed seq; with no rows, one row of NULLs but newest), for its own
  * asynchronous connection; and the connection parameters every store uses. */
 extern const char store_replay_sql[];
 #define STORE_REPLAY_ROWS 200

@@ -21,9 +21,9 @@ rc=0; wait "$cpid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
 kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"
-# Ten streams of a run share its reads: far fewer PostgreSQL reads than streams.
+# Ten streams of a run share its reads: a few reads per run, not one per stream.
 replays=$(grep 'stats:' "$WORK/sse.log" | tail -1 | grep -o 'replays=[0-9]*' | cut -d= -f2)
 info "PostgreSQL reads for 1,000 streams: $replays"
-((replays < 1000)) || fail "$replays reads for 1,000 streams: reads are not shared per run"
+((replays <= 300)) || fail "$replays reads for 1,000 streams over 100 runs: reads are not shared per run"
 no_sanitizer_reports
 stop_relay "$RELAY_PID" 5

@@ -263,11 +263,16 @@ int main(int argc, char **argv)
         if (!check)
             continue;
         const char *params[] = {s->run};
-        PGresult *r = PQexecParams(pg, "SELECT coalesce(max(seq), 0), count(*) FROM run_outbox WHERE run_id = $1",
-                                   1, NULL, params, NULL, NULL, 0);
+        char fromstr[32];
+        snprintf(fromstr, sizeof fromstr, "%lld", s->from);
+        const char *params2[] = {s->run, fromstr};
+        (void)params;
+        PGresult *r = PQexecParams(pg, "SELECT coalesce(max(seq), 0), count(*) FILTER (WHERE seq > $2::bigint)"
+                                       " FROM run_outbox WHERE run_id = $1",
+                                   2, NULL, params2, NULL, NULL, 0);
         long long max = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+        long long want = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
         PQclear(r);
-        long long want = max > s->from ? max - s->from : 0;
         long long uniq = 0, prev = -1;
         for (size_t j = 0; j < s->n; j++) {
             if (s->seqs[j] <= s->from || s->seqs[j] > max)
