@@ -46,6 +46,8 @@ static const setting settings[] = {
 
     {"poll-interval-ms", "OUTBOXD_POLL_INTERVAL_MS", T_INT, CMD_RELAY, "200", 1, 60000, 0, NULL,
      OFF(poll_interval_ms), "milliseconds between polls when no NOTIFY wakes the relay"},
+    {"notify-coalesce-ms", "OUTBOXD_NOTIFY_COALESCE_MS", T_INT, CMD_RELAY, "2", 0, 1000, 0, NULL,
+     OFF(notify_coalesce_ms), "after a NOTIFY, wait this long so that commits arriving together share a batch"},
     {"batch-size", "OUTBOXD_BATCH_SIZE", T_INT, CMD_RELAY, "100", 1, 100000, 0, NULL,
      OFF(batch_size), "events fetched per poll when the outbox is quiet"},
     {"max-batch-size", "OUTBOXD_MAX_BATCH_SIZE", T_INT, CMD_RELAY, "2000", 1, 100000, 0, NULL,

@@ -36,6 +36,7 @@ typedef struct config {
     int log_format;
 
     long poll_interval_ms;
+    long notify_coalesce_ms;
     long batch_size;
     long max_batch_size;
     long max_attempts;

@@ -715,6 +715,11 @@ int relay_main(const config *cfg)
                 log_warn("postgresql: %s", store_errstr(db));
                 store_disconnect(db);
                 r.leader = false;
+            } else if (notified && cfg->notify_coalesce_ms > 0) {
+                /* Under a steady trickle every commit would be a batch of one: a short
+                 * wait lets the commits arriving together share one (less CPU, a
+                 * millisecond or two more latency). */
+                nap(wake_pipe[0], cfg->notify_coalesce_ms);
             }
             drain_wake_pipe();
         }
