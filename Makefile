@@ -20,7 +20,7 @@ CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse
 UNIT = test_buf test_config test_relay test_metrics test_sse
 
-.PHONY: all deps test test-sanitize unit integration run bench clean format docs
+.PHONY: all deps test test-sanitize unit integration run bench soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
 
 deps:
@@ -71,6 +71,11 @@ run: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
+
+# Retention soak: a million events through a relay with --retention on (bench/soak.sh).
+soak: deps
+	@$(MAKE) --no-print-directory all
+	@bash bench/soak.sh
 
 # Regenerates docs/CONFIGURATION.md from the settings table.
 docs: $(BUILD)/outboxd

@@ -138,7 +138,7 @@ static int cmd_prune(const config *cfg, char **pos)
         if (!store_prune(s, cfg->older_than_ms, 5000, &n))
             return fail_store(s, "prune");
         total += n;
-    } while (n == 5000);
+    } while (n > 0);
     printf("deleted %lld published events older than %ld ms\n", total, cfg->older_than_ms);
     store_free(s);
     return 0;

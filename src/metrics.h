@@ -46,6 +46,7 @@ typedef struct relay_stats {
     uint64_t failures;      /* publish attempts of an event that failed */
     uint64_t retries;       /* extra attempts made within batches */
     uint64_t batches;
+    uint64_t pruned;        /* published events deleted by retention */
     histogram latency;      /* created_at -> PUBLISH acknowledged, per event */
     histogram batch_time;   /* fetch -> marked, per non-empty batch */
     prom_hist latency_total;    /* the same, never reset: for /metrics */

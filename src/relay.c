@@ -460,12 +460,12 @@ static void log_stats(relay_state *r, bool final)
     double oldest = r->leader ? r->oldest_age_s : 0;
     double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
     log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu failures=%llu "
-             "retries=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
+             "retries=%llu pruned=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
              "backlog=%lld oldest_unpublished_s=%.3f",
              final ? " (final)" : "", r->leader ? "leader" : "standby",
              (unsigned long long)st->published, rate, (unsigned long long)st->duplicates,
              (unsigned long long)st->failures, (unsigned long long)st->retries,
-             hist_quantile(&st->latency, 0.5) / 1e3, hist_quantile(&st->latency, 0.99) / 1e3,
+             (unsigned long long)st->pruned, hist_quantile(&st->latency, 0.5) / 1e3, hist_quantile(&st->latency, 0.99) / 1e3,
              st->latency.max_us / 1e3, (unsigned long long)st->batches,
              st->batch_time.count ? st->batch_time.sum_us / (double)st->batch_time.count / 1e3 : 0,
              st->batch_time.max_us / 1e3, backlog, oldest);
@@ -485,26 +485,26 @@ static void refresh_backlog(relay_state *r)
         log_warn("postgresql: %s", store_errstr(r->rc.db));
 }
 
-/* Retention: the leader deletes old published rows a few thousand at a time. */
+/* Retention: once a second the leader deletes published rows past the window, a
+ * thousand per statement, for at most 250 ms, so that publishing never waits long. */
 static void prune_old(relay_state *r)
 {
     long keep = r->cfg->retention_ms;
     if (keep <= 0 || !r->leader || !store_connected(r->rc.db) || mono_s() < r->next_prune)
         return;
-    double every = keep / 2000.0;
-    r->next_prune = mono_s() + (every < 1 ? 1 : every > 10 ? 10 : every);
+    double start = mono_s();
+    r->next_prune = start + 1;
     long long total = 0, n = 0;
-    for (int i = 0; i < 10; i++) {
+    do {
         if (!store_prune(r->rc.db, keep, 1000, &n)) {
             log_warn("retention: %s", store_errstr(r->rc.db));
             return;
         }
         total += n;
-        if (n < 1000)
-            break;
-    }
+    } while (n == 1000 && mono_s() - start < 0.25);
     if (total)
-        log_info("retention: deleted %lld published events older than %ld ms", total, keep);
+        log_debug("retention: deleted %lld published events older than %ld ms", total, keep);
+    r->rc.stats.pruned += (uint64_t)total;
 }
 
 static void publish_state(relay_state *r)
@@ -537,6 +537,8 @@ static bool render_metrics(buf *b, void *arg)
            prom_counter(b, "outboxd_publish_retries_total", "Extra publish attempts made within batches.",
                         (double)st->retries) &&
            prom_counter(b, "outboxd_batches_total", "Non-empty batches processed.", (double)st->batches) &&
+           prom_counter(b, "outboxd_events_pruned_total", "Published events deleted by --retention.",
+                        (double)st->pruned) &&
            prom_gauge(b, "outboxd_backlog_events",
                       "Unpublished events (counted up to 1e6; -1 when not the leader).", (double)p.backlog) &&
            prom_gauge(b, "outboxd_oldest_unpublished_age_seconds",

@@ -717,12 +717,14 @@ bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
     snprintf(age, sizeof age, "%ld milliseconds", older_than_ms);
     snprintf(lim, sizeof lim, "%ld", limit);
     const char *params[] = {age, lim};
-    /* Oldest first by primary key, a bounded number per statement: short locks, short
-     * statements, and the partial index of unpublished rows is never touched. */
+    /* Looks only at the `limit` oldest published rows (primary-key order, which follows
+     * publish order closely) and deletes those past the window: bounded work whether
+     * or not anything qualifies, short locks, and unpublished rows are never touched. */
     return count_cmd(s, "prune",
                      "DELETE FROM run_outbox WHERE id IN ("
-                     " SELECT id FROM run_outbox WHERE published_at < now() - $1::interval"
-                     " ORDER BY id LIMIT $2::int)",
+                     " SELECT id FROM (SELECT id, published_at FROM run_outbox"
+                     "                 WHERE published_at IS NOT NULL ORDER BY id LIMIT $2::int) o"
+                     " WHERE published_at < now() - $1::interval)",
                      2, params, deleted);
 }
 

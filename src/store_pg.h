@@ -79,9 +79,10 @@ bool store_skip(store *s, const char *run_id, long long seq, const char *reason,
 /* Whether a "retry" wake-up arrived since the last call. */
 bool store_take_retry(store *s);
 
-/* Deletes up to `limit` published events older than older_than_ms, oldest first, in
- * one statement; *deleted gets how many. Unpublished events are never deleted, nor
- * the per-run counters (a run's seq must not start again at 1). */
+/* Deletes, among the `limit` oldest published events, those published more than
+ * older_than_ms ago, in one statement; *deleted gets how many (fewer than limit:
+ * nothing more is due). Unpublished events are never deleted, nor the per-run
+ * counters (a run's seq must not start again at 1). */
 bool store_prune(store *s, long older_than_ms, long limit, long long *deleted) WUR;
 
 /* Inserts one event; the database assigns id and seq. */

@@ -43,7 +43,8 @@ old=$(q "SELECT count(*) FROM run_outbox WHERE published_at < now() - interval '
 [[ $(q "SELECT count(*) FROM run_outbox WHERE run_id = 'keep-1' AND published_at IS NULL") == 2 ]] ||
   fail "retention deleted unpublished rows"
 [[ $(q "SELECT count(*) FROM run_outbox_seq WHERE run_id LIKE 'op-%'") == 10 ]] || fail "per-run counters were deleted"
-grep -q "retention: deleted" "$WORK/relay.log" || fail "no retention log line"
+grep -q "pruned=[1-9]" "$WORK/relay.log" || fail "the stats line does not count pruned events"
+[[ $(metric outboxd_events_pruned_total) -gt 0 ]] || fail "outboxd_events_pruned_total did not move"
 stop_relay "$RELAY_PID" 5
 
 redis-cli -p "$REDIS_PORT" del "$(mark_key keep-1)" >/dev/null
