@@ -11,12 +11,13 @@
  *       (CTE + UPDATE ... RETURNING the columns a relay needs), until none is left.
  *       No Redis. Prints "ceiling rows=N seconds=S rate=R/s".
  *   bench_tool sql-only [--batch N] [--timeout S]
- *       outboxd's two statements per batch, as store_pg.c sends them (store_fetch:
- *       the fetch with to_char/extract and no held-back runs, then
- *       store_mark_published: UPDATE ... WHERE id = ANY($1)), with no Redis in
- *       between: what the relay's SQL alone costs. Keep in step with store_pg.c.
+ *       outboxd's two statements per batch, through the relay's own store_fetch and
+ *       store_mark_published (linked from store_pg.o), with no Redis in between:
+ *       what the relay's SQL alone costs.
  *       Prints "sql-only rows=N seconds=S rate=R/s".
  * DATABASE_URL names the database. */
+#include "store_pg.h"
+
 #include <libpq-fe.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -101,52 +102,48 @@ static int ceiling(PGconn *c, long batch, double timeout)
     return 0;
 }
 
-static int sql_only(PGconn *c, long batch, double timeout)
+static int sql_only(const char *url, long batch_size, double timeout)
 {
-    char b[24];
-    snprintf(b, sizeof b, "%ld", batch);
-    const char *params[] = {b, "{}"}; /* $2: runs held back after failures: none here */
+    /* The relay's own statements: store_fetch and store_mark_published (src/store_pg.c,
+     * linked in by bench/run.sh), with no Redis in between. */
+    store *s = store_new(url, "bench-sql-only", 60000);
+    if (!s || !store_connect(s)) {
+        fprintf(stderr, "bench_tool: %s\n", s ? store_errstr(s) : "out of memory");
+        store_free(s);
+        return 1;
+    }
+    batch b;
+    batch_init(&b);
+    long long *ids = malloc((size_t)batch_size * sizeof *ids);
     long rows = 0;
-    size_t cap = 1024;
-    char *arr = malloc(cap);
+    int rc = 0;
     double t0 = wall();
     for (;;) {
-        PGresult *r = q(c,
-                        "SELECT id, run_id, seq,"
-                        " to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
-                        " payload::text, extract(epoch FROM created_at)::float8"
-                        " FROM run_outbox WHERE published_at IS NULL AND run_id <> ALL($2::text[])"
-                        " ORDER BY id LIMIT $1::int",
-                        2, params, PGRES_TUPLES_OK);
-        int n = PQntuples(r);
-        if (n == 0) {
-            PQclear(r);
+        if (!store_fetch(s, batch_size, NULL, NULL, 0, &b)) {
+            fprintf(stderr, "bench_tool: %s\n", store_errstr(s));
+            rc = 1;
             break;
         }
-        size_t len = 0;
-        arr[len++] = '{';
-        for (int i = 0; i < n; i++) {
-            if (len + 32 > cap) {
-                cap *= 2;
-                arr = realloc(arr, cap);
-            }
-            len += (size_t)sprintf(arr + len, i ? ",%s" : "%s", PQgetvalue(r, i, 0));
+        if (b.n == 0)
+            break;
+        for (size_t i = 0; i < b.n; i++)
+            ids[i] = b.ev[i].id;
+        if (!store_mark_published(s, ids, b.n)) {
+            fprintf(stderr, "bench_tool: %s\n", store_errstr(s));
+            rc = 1;
+            break;
         }
-        arr[len++] = '}';
-        arr[len] = '\0';
-        PQclear(r);
-        const char *up[] = {arr};
-        r = q(c, "UPDATE run_outbox SET published_at = now() WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
-              1, up, PGRES_COMMAND_OK);
-        PQclear(r);
-        rows += n;
+        rows += (long)b.n;
         if (wall() - t0 > timeout)
             break;
     }
     double took = wall() - t0;
-    printf("sql-only rows=%ld seconds=%.3f rate=%.0f/s\n", rows, took, rows / took);
-    free(arr);
-    return 0;
+    if (rc == 0)
+        printf("sql-only rows=%ld seconds=%.3f rate=%.0f/s\n", rows, took, rows / took);
+    batch_free(&b);
+    free(ids);
+    store_free(s);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -177,7 +174,7 @@ int main(int argc, char **argv)
     int rc;
     if (!strcmp(cmd, "wait-drained")) rc = wait_drained(c, since, timeout);
     else if (!strcmp(cmd, "ceiling")) rc = ceiling(c, batch, timeout);
-    else if (!strcmp(cmd, "sql-only")) rc = sql_only(c, batch, timeout);
+    else if (!strcmp(cmd, "sql-only")) rc = sql_only(url ? url : "", batch, timeout);
     else {
         fprintf(stderr, "bench_tool: unknown command %s\n", cmd);
         rc = 2;

@@ -18,19 +18,9 @@
 #include <string.h>
 #include <sys/time.h>
 
-static const char script[] =
-    "local m = redis.call('GET', KEYS[1])\n"
-    "local id = tonumber(ARGV[2])\n"
-    "if m then\n"
-    "  local mid, mseq = string.match(m, '^(%d+):(%d+)$')\n"
-    "  if mid and id <= tonumber(mid) and tonumber(ARGV[3]) <= tonumber(mseq) then return 0 end\n"
-    "  if ARGV[6] == '1' and (not mseq or tonumber(mseq) ~= tonumber(ARGV[3]) - 1) then return -1 end\n"
-    "elseif ARGV[6] == '1' then\n"
-    "  return -1\n"
-    "end\n"
-    "redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[3], 'PX', ARGV[5])\n"
-    "redis.call('PUBLISH', ARGV[1], ARGV[4])\n"
-    "return 1\n";
+/* outboxd's own publish script (src/redis_sink.c, linked in by bench/run.sh). */
+extern const char redis_sink_publish_script[];
+#define script redis_sink_publish_script
 
 #define FETCH                                                                                  \
     "SELECT id, run_id, seq,"                                                                  \

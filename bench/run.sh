@@ -73,14 +73,16 @@ die() { say "FAILED: $*"; exit 1; }
 # ---- helpers -----------------------------------------------------------------------
 
 say "compiling bench helpers"
-CFL="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra $(pkg-config --cflags libpq hiredis)"
+CFL="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I$ROOT/src $(pkg-config --cflags libpq hiredis)"
 LIBS="$(pkg-config --libs libpq hiredis)"
+# The helpers that measure outboxd's own SQL and script link the relay's objects.
+OBJS="$BUILD/store_pg.o $BUILD/redis_sink.o $BUILD/event.o $BUILD/buf.o $BUILD/log.o"
 # shellcheck disable=SC2086
 cc $CFL bench/naive_relay.c -o "$WORK/naive_relay" $LIBS
 # shellcheck disable=SC2086
-cc $CFL bench/bench_tool.c -o "$WORK/bench_tool" $LIBS
+cc $CFL bench/bench_tool.c $OBJS -o "$WORK/bench_tool" $LIBS
 # shellcheck disable=SC2086
-cc $CFL bench/overlap_sketch.c -o "$WORK/overlap_sketch" $LIBS
+cc $CFL bench/overlap_sketch.c $OBJS -o "$WORK/overlap_sketch" $LIBS
 
 say "starting PostgreSQL and Redis"
 bash scripts/stack.sh start "$STACK" >"$WORK/stack.log" 2>&1 || die "stack: $(tail -5 "$WORK/stack.log")"

@@ -77,7 +77,7 @@ static const setting settings[] = {
     {"cors-origin", "OUTBOXD_CORS_ORIGIN", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(cors_origin),
      "value of Access-Control-Allow-Origin (unset = no CORS header)"},
     {"max-clients", "OUTBOXD_MAX_CLIENTS", T_INT, CMD_SSE, "10000", 1, 1000000, 0, NULL,
-     OFF(max_clients), "open streams at most; further requests get 503 with Retry-After"},
+     OFF(max_clients), "open streams at most; further streams end at once with retry: 5000 (browsers come back)"},
 
     {"http-listen", "OUTBOXD_HTTP_LISTEN", T_STR, CMD_RELAY, NULL, 0, 0, 0, NULL, OFF(http_listen),
      "HOST:PORT for /metrics, /healthz and /readyz (unset = no HTTP endpoint)"},

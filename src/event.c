@@ -74,7 +74,7 @@ static const char *skip_int(const char *p, const char *end, long long *out)
         return NULL;
     long long v = 0;
     const char *start = p;
-    while (p < end && *p >= '0' && *p <= '9' && p - start < 19)
+    while (p < end && *p >= '0' && *p <= '9' && p - start < 18)
         v = v * 10 + (*p++ - '0');
     if (p == start)
         return NULL;

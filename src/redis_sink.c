@@ -18,7 +18,7 @@
  * silently dropped event. A chained event
  * needs the mark to be its direct predecessor (seq - 1), or a failed predecessor in
  * the same pipeline would be overtaken. Returns 1 published, 0 duplicate, -1 gap. */
-static const char publish_script[] =
+const char redis_sink_publish_script[] =
     "local m = redis.call('GET', KEYS[1])\n"
     "local id = tonumber(ARGV[2])\n"
     "if m then\n"
@@ -140,7 +140,7 @@ bool sink_connect(sink *k)
             goto fail;
     }
     redisReply *r;
-    const char *argv[] = {"SCRIPT", "LOAD", publish_script};
+    const char *argv[] = {"SCRIPT", "LOAD", redis_sink_publish_script};
     if (!setup_cmd(k, REDIS_REPLY_STRING, &r, "SCRIPT LOAD", 3, argv))
         goto fail;
     snprintf(k->sha, sizeof k->sha, "%s", r->str);

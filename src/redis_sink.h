@@ -20,6 +20,9 @@ typedef enum pub_result {
     PUB_UNSENT, /* no answer: connection lost or timed out; the context is gone */
 } pub_result;
 
+/* The Lua source of the publish script (see redis_sink.c); exported for benchmarks. */
+extern const char redis_sink_publish_script[];
+
 typedef struct sink sink;
 
 /* epoch (copied) keeps marks of different databases apart. Free with sink_free. */

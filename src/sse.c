@@ -127,6 +127,10 @@ struct run {
     int npending;
     bool fetching, queued, want_fetch;
     long long fetch_from;
+    /* Bumped by every reason to read the tail again; a read only clears tail_gap if
+     * none came up while it was in flight. */
+    unsigned gen, fetch_gen;
+    size_t pending_bytes;
     run *qnext;
     enum sub_state sub;
     bool resubscribe; /* a client came back while UNSUBSCRIBE was in flight */
@@ -148,6 +152,7 @@ typedef struct gateway {
     struct event *pg_ev;
     struct event *pg_timer;
     run *pg_current;
+    PGresult *pg_result; /* the statement's last result while more may come */
     run *q_head, *q_tail;
     long pg_backoff_ms;
 
@@ -293,15 +298,24 @@ static void run_maybe_release(run *r)
     run_free(r);
 }
 
+/* Something may be missing after the cache's head: read the tail again. */
+static void run_invalidate(run *r)
+{
+    r->tail_gap = true;
+    r->synced = false;
+    r->gen++;
+}
+
 static void pending_add(run *r, frame *f)
 {
-    if (r->npending == RUN_PENDING_MAX) {
+    if (r->npending == RUN_PENDING_MAX || r->pending_bytes + f->len > RUN_CACHE_BYTES) {
         /* Too much held: drop it; the read that follows covers it. */
-        r->tail_gap = true;
+        run_invalidate(r);
         return;
     }
     f->refs++;
     r->pending[r->npending++] = f;
+    r->pending_bytes += f->len;
 }
 
 static void pump_all(run *r)
@@ -331,8 +345,7 @@ static void run_live(run *r, frame *f)
         gw.gaps++;
         log_debug("run %s: gap after seq %lld (live seq %lld): reading it from postgresql", r->id,
                   r->head, f->seq);
-        r->tail_gap = true;
-        r->synced = false;
+        run_invalidate(r);
         pending_add(r, f);
         run_request_fetch(r);
     }
@@ -359,8 +372,8 @@ static void on_client_drained(struct evhttp_connection *conn, void *arg)
 
 static void client_send(client *c, struct evbuffer *out)
 {
-    if (evbuffer_get_length(out) == 0)
-        return;
+    if (c->ended || evbuffer_get_length(out) == 0)
+        return; /* nothing may follow the end of a reply */
     evhttp_send_reply_chunk_with_cb(c->req, out, on_client_drained, c);
 }
 
@@ -386,8 +399,9 @@ static bool client_offer(client *c, struct evbuffer *out, const frame *f)
 static void client_pump(client *c)
 {
     run *r = c->r;
-    if (c->paused || gw.stopping)
+    if (c->paused || c->ended || gw.stopping)
         return;
+    c->need_fetch = false; /* recomputed below */
     struct evbuffer *out = evbuffer_new();
     if (!out)
         return;
@@ -443,8 +457,8 @@ static long long run_fetch_from(run *r)
     if (r->tail_gap && r->valid)
         from = r->head;
     for (client *c = r->clients; c; c = c->next)
-        if (c->need_fetch && c->last < from)
-            from = c->last;
+        if (c->need_fetch && !c->paused && !c->ended && c->last < from)
+            from = c->last; /* a paused stream asks again when it drains */
     if (from == LLONG_MAX && (!r->valid || r->tail_gap) && r->nclients > 0)
         from = r->valid ? r->head : 0;
     return from;
@@ -497,14 +511,18 @@ static void run_fetched(run *r, long long from, PGresult *res)
             r->lo = newest + 1;
             r->head = newest;
         }
-        r->synced = r->head >= newest;
-        r->tail_gap = !r->synced;
+        if (r->gen == r->fetch_gen) {
+            r->synced = r->head >= newest;
+            r->tail_gap = !r->synced;
+        } else {
+            r->tail_gap = true; /* invalidated while the read ran: read again */
+        }
     }
     /* Streams waiting at or after `from` take the rows directly (a resume from long
      * ago never goes through the cache). */
     for (client *c = r->clients, *next; c; c = next) {
         next = c->next;
-        if (!c->need_fetch || c->last < from || c->paused)
+        if (!c->need_fetch || c->last < from || c->paused || c->ended)
             continue;
         c->need_fetch = false;
         struct evbuffer *out = evbuffer_new();
@@ -526,17 +544,39 @@ static void run_fetched(run *r, long long from, PGresult *res)
         frame *f = r->pending[i];
         if (r->valid && f->seq == r->head + 1)
             cache_put(r, f);
-        else if (r->valid && f->seq > r->head + 1) {
-            r->tail_gap = true;
-            r->synced = false;
-        }
+        else if (r->valid && f->seq > r->head + 1)
+            run_invalidate(r);
         frame_unref(f);
     }
+    r->pending_bytes = 0;
     r->want_fetch = false;
     pump_all(r);
     if (r->tail_gap && r->nclients > 0)
         run_request_fetch(r);
     run_maybe_release(r);
+}
+
+static void on_fetch_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    char *id = arg;
+    run *r = run_find(id, strlen(id));
+    if (r && r->nclients > 0) {
+        run_invalidate(r);
+        run_request_fetch(r);
+    }
+    free(id);
+}
+
+/* A read that failed (an error, not a lost connection) is tried again shortly. The
+ * run is named by id: it may be gone by then. */
+static void run_retry_later(run *r)
+{
+    char *id = strdup(r->id);
+    struct timeval tv = tv_ms(FETCH_RETRY_MS);
+    if (!id || event_base_once(gw.base, -1, EV_TIMEOUT, on_fetch_retry, id, &tv) != 0)
+        free(id);
 }
 
 static void pg_schedule_reconnect(void);
@@ -564,6 +604,8 @@ static void pg_fail(const char *what)
         event_free(gw.pg_ev);
         gw.pg_ev = NULL;
     }
+    PQclear(gw.pg_result);
+    gw.pg_result = NULL;
     if (gw.pg)
         PQfinish(gw.pg);
     gw.pg = NULL;
@@ -616,13 +658,20 @@ static void on_pg_io(evutil_socket_t fd, short what, void *arg)
     PGnotify *nt;
     while ((nt = PQnotifies(gw.pg)) != NULL)
         PQfreemem(nt);
-    if (gw.pg_state != PG_BUSY || PQisBusy(gw.pg))
+    if (gw.pg_state != PG_BUSY)
         return;
-    PGresult *res, *last = NULL;
-    while ((res = PQgetResult(gw.pg)) != NULL) {
-        PQclear(last);
-        last = res;
+    /* Collect results without ever blocking: PQgetResult only when not busy. */
+    PGresult *res;
+    for (;;) {
+        if (PQisBusy(gw.pg))
+            return;
+        if (!(res = PQgetResult(gw.pg)))
+            break;
+        PQclear(gw.pg_result);
+        gw.pg_result = res;
     }
+    PGresult *last = gw.pg_result;
+    gw.pg_result = NULL;
     evtimer_del(gw.pg_timer);
     run *r = gw.pg_current;
     gw.pg_current = NULL;
@@ -633,6 +682,8 @@ static void on_pg_io(evutil_socket_t fd, short what, void *arg)
         PQclear(last);
         if (r) {
             r->fetching = false;
+            if (r->nclients > 0)
+                run_retry_later(r);
             run_maybe_release(r);
         }
         if (PQstatus(gw.pg) != CONNECTION_OK)
@@ -717,6 +768,7 @@ static void pg_kick(void)
         }
         r->fetching = true;
         r->fetch_from = from;
+        r->fetch_gen = r->gen;
         gw.pg_current = r;
         gw.pg_state = PG_BUSY;
         gw.replays++;
@@ -746,8 +798,7 @@ static void redis_went_down(const char *why)
         for (run *r = gw.buckets[b], *next; r; r = next) {
             next = r->hnext;
             r->sub = SUB_NONE;
-            r->synced = false;
-            r->tail_gap = true;
+            run_invalidate(r);
             if (r->nclients > 0)
                 run_request_fetch(r);
             else
@@ -779,8 +830,7 @@ static void on_sub_message(redisAsyncContext *ac, void *reply, void *priv)
     if (!strcmp(kind, "subscribe")) {
         r->sub = SUB_OK;
         /* Anything published before the subscription took effect is read now. */
-        r->tail_gap = true;
-        r->synced = false;
+        run_invalidate(r);
         if (r->nclients > 0)
             run_request_fetch(r);
         else
@@ -966,8 +1016,7 @@ static void on_poll_timer(evutil_socket_t fd, short what, void *arg)
     for (int b = 0; b < RUN_BUCKETS; b++)
         for (run *r = gw.buckets[b]; r; r = r->hnext)
             if (r->nclients > 0 && !r->fetching && !r->queued) {
-                r->tail_gap = true;
-                r->synced = false;
+                run_invalidate(r);
                 run_request_fetch(r);
             }
 }
@@ -983,7 +1032,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     for (int b = 0; b < RUN_BUCKETS; b++)
         for (run *r = gw.buckets[b]; r; r = r->hnext) {
             for (client *c = r->clients; c; c = c->next) {
-                if (c->paused)
+                if (c->paused || c->ended)
                     continue;
                 struct evbuffer *out = evbuffer_new();
                 if (out) {
@@ -994,6 +1043,7 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
             }
             if (r->nclients > 0 && r->valid && !r->fetching) {
                 r->tail_gap = true;
+                r->gen++;
                 run_request_fetch(r);
             }
         }
@@ -1184,9 +1234,10 @@ static void open_stream(struct evhttp_request *req, const char *run_id, size_t l
         }
     }
     if (gw.nclients >= gw.cfg->max_clients) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "5");
-        reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8",
-                   "too many open streams on this gateway; retry later\n");
+        /* Not 503: any non-200 answer stops an EventSource for good. A stream that
+         * ends at once with a retry hint makes the browser come back in 5 s. */
+        reply_text(req, 200, "OK", "text/event-stream; charset=utf-8",
+                   "retry: 5000\n: this gateway is full; reconnect later\n\n");
         return;
     }
     run *r = run_get(run_id, len);
@@ -1216,6 +1267,12 @@ static void open_stream(struct evhttp_request *req, const char *run_id, size_t l
     evhttp_add_header(h, "X-Accel-Buffering", "no");
     evhttp_send_reply_start(req, 200, "OK");
     evhttp_connection_set_closecb(c->conn, on_client_closed, c);
+    /* A stream's client has nothing more to say: stop reading once 4 KB pile up
+     * (nothing consumes them), and let the idle timeout outlast the heartbeat. */
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn);
+    if (bev)
+        bufferevent_setwatermark(bev, EV_READ, 0, 4096);
+    evhttp_connection_set_timeout(c->conn, (int)(gw.cfg->heartbeat_ms / 1000) * 2 + 30);
     struct evbuffer *out = evbuffer_new();
     if (out) {
         evbuffer_add_printf(out, "retry: 1000\n: stream of run events after seq %lld\n\n", last);
@@ -1329,13 +1386,20 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         evhttp_del_accept_socket(gw.http, gw.sock);
         gw.sock = NULL;
     }
-    /* End every stream cleanly; what is queued still goes out before the loop ends. */
-    for (int b = 0; b < RUN_BUCKETS; b++)
+    /* End every stream cleanly; what is queued still goes out before the loop ends.
+     * Ending a reply can close its connection at once (HTTP/1.0), which frees the
+     * client and maybe its run: collect the requests before ending any. */
+    struct evhttp_request **reqs = calloc((size_t)gw.nclients + 1, sizeof *reqs);
+    int nreq = 0;
+    for (int b = 0; reqs && b < RUN_BUCKETS; b++)
         for (run *r = gw.buckets[b]; r; r = r->hnext)
             for (client *c = r->clients; c; c = c->next) {
-                evhttp_send_reply_end(c->req);
                 c->ended = true;
+                reqs[nreq++] = c->req;
             }
+    for (int i = 0; i < nreq; i++)
+        evhttp_send_reply_end(reqs[i]);
+    free(reqs);
     struct timeval flush = {0, 200000};
     event_base_loopexit(gw.base, &flush);
 }
@@ -1362,7 +1426,8 @@ int sse_main(const config *cfg)
     evhttp_set_max_body_size(gw.http, 4096);
     evhttp_set_timeout(gw.http, 60);
     evhttp_set_allowed_methods(gw.http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS |
-                                            EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE);
+                                            EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                            EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     gw.sock = evhttp_bind_socket_with_handle(gw.http, host, (ev_uint16_t)port);
     if (!gw.sock) {
         log_error("cannot listen on %s: %s", cfg->listen, strerror(errno));

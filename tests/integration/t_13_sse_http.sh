@@ -42,6 +42,7 @@ grep -q "Last-Event-ID" "$WORK/body" || fail "400 body does not say what is wron
 [[ $(code "$base/nope") == 404 ]] || fail "unknown path not 404"
 [[ $(code "$base/runs/h-1/events/x") == 404 ]] || fail "unknown sub-path not 404"
 [[ $(code -X POST "$base/runs/h-1/events") == 405 ]] || fail "POST not 405"
+[[ $(code -X PATCH "$base/runs/h-1/events") == 405 ]] || fail "PATCH not 405 (a client's mistake is never 5xx)"
 [[ $(code "$base/healthz") == 200 ]] || fail "healthz not 200"
 [[ $(code "$base/runs/h-1") == 200 ]] && grep -q EventSource "$WORK/body" || fail "viewer page missing"
 # A long (1 KB) run id with characters that mean something to Redis patterns.
@@ -50,6 +51,19 @@ rid="weird {}*:?[] é $(head -c 900 /dev/zero | tr '\0' y)"
 enc=$(printf '%s' "$rid" | od -An -tx1 -v | tr -s ' \n' ' ' | sed 's/ $//; s/^ //; s/ /%/g; s/^/%/')
 curl -s -N --max-time 1 "$base/runs/$enc/events" >"$WORK/weird" || true
 grep -q '^data: {"w": 1}' "$WORK/weird" || fail "odd run id did not stream: $(head -c 300 "$WORK/weird")"
+# SIGTERM with an HTTP/1.0 stream open (as nginx speaks upstream): clean exit 0.
+curl -s -N --http1.0 --max-time 5 "$base/runs/h-1/events" >"$WORK/h10" &
+sleep 0.5
+kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway did not exit 0 on SIGTERM"
+grep -q '^id: 4' "$WORK/h10" || fail "HTTP/1.0 stream got: $(head -c 200 "$WORK/h10")"
+
+# A full gateway ends extra streams at once with a retry hint (200: a browser retries).
+start_sse full --max-clients 1
+curl -s -N --max-time 3 "http://127.0.0.1:$SSE_PORT/runs/h-1/events" >/dev/null &
+sleep 0.3
+[[ $(curl -s -o "$WORK/full" -w '%{http_code}' --max-time 2 "http://127.0.0.1:$SSE_PORT/runs/h-1/events") == 200 ]] ||
+  fail "full gateway did not answer 200"
+grep -q '^retry: 5000' "$WORK/full" || fail "full gateway gave no retry hint: $(cat "$WORK/full")"
 kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway did not exit 0 on SIGTERM"
 no_sanitizer_reports
 stop_relay "$RELAY_PID" 5
