@@ -68,6 +68,7 @@ void relay_ctx_free(relay_ctx *rc)
         free(rc->held[i].run_id);
     rc->nheld = 0;
     free(rc->last_res);
+    free(rc->done_ids);
     free(rc->send);
     free(rc->send_idx);
     free(rc->chained);
@@ -107,8 +108,11 @@ static bool ctx_reserve(relay_ctx *rc, size_t n)
     grown.last_res = realloc(rc->last_res, n * sizeof *grown.last_res);
     if (grown.last_res)
         rc->last_res = grown.last_res;
+    grown.done_ids = realloc(rc->done_ids, n * sizeof *grown.done_ids);
+    if (grown.done_ids)
+        rc->done_ids = grown.done_ids;
     if (!grown.send || !grown.send_idx || !grown.chained || !grown.done || !grown.res || !grown.ids ||
-        !grown.order || !grown.last_res)
+        !grown.order || !grown.last_res || !grown.done_ids)
         return false;
     rc->cap = n;
     return true;
@@ -199,12 +203,13 @@ int relay_held_now(relay_ctx *rc, const char **ids, size_t *lens)
     return n;
 }
 
-batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
+batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
 {
     batch_outcome o = {0};
     if (!ctx_reserve(rc, b->n)) {
         log_error("out of memory for a batch of %zu events", b->n);
         o.pending = b->n;
+        rc->nwaiting = RELAY_WAITING_MAX;
         return o;
     }
     for (size_t i = 0; i < b->n; i++) {
@@ -267,22 +272,12 @@ batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
     if (rc->crash_before_mark && left < b->n && ++rc->batches_until_crash >= 3)
         raise(SIGKILL);
 
-    /* Mark what went out, in one statement. */
     size_t nd = 0, nf = 0;
     for (size_t i = 0; i < b->n; i++)
         if (rc->done[i])
-            rc->ids[nd++] = b->ev[i].id;
-    if (nd && !store_mark_published(rc->db, rc->ids, nd)) {
-        /* Published but not marked: the next fetch returns them and the sink's marks
-         * turn them into duplicates that are not delivered again. */
-        log_warn("%s (%zu published events will be re-checked)", store_errstr(rc->db), nd);
-        o.db_lost = true;
-        o.pending = b->n;
-        return o;
-    }
+            rc->done_ids[nd++] = b->ev[i].id;
     o.published = nd;
     o.pending = b->n - nd;
-    rc->stats.published += nd;
     for (size_t i = 0; rc->nheld && i < b->n; i++) {
         int h;
         if (rc->done[i] && (h = held_find(rc, &b->ev[i])) >= 0)
@@ -303,9 +298,10 @@ batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
             }
             if (first)
                 rc->order[nf++] = i;
-            if (nf >= 64)
+            if (nf >= RELAY_WAITING_MAX)
                 break; /* bounded: the rest are recorded when they are retried */
         }
+        rc->nwaiting = nf;
         for (size_t j = 0; j < nf; j++) {
             rc->ids[j] = b->ev[rc->order[j]].id;
             /* An error reply is about this event: hold its run back, let the others go. */
@@ -314,12 +310,67 @@ batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
                 held_add(rc, &b->ev[rc->order[j]], last_error);
             }
         }
-        log_warn("%zu of %zu events not published after %d attempts (%zu runs held back): %s",
-                 o.pending, b->n, attempt - 1, nf, last_error[0] ? last_error : "unknown");
-        if (!store_record_failure(rc->db, rc->ids, nf, attempt - 1, last_error))
-            log_warn("%s", store_errstr(rc->db));
+        log_warn("%zu of %zu events not published after %d attempts (%zu runs wait): %s", o.pending, b->n,
+                 attempt - 1, nf, last_error[0] ? last_error : "unknown");
+        /* Written by relay_record_failures, once the connection is free (in the
+         * overlapped drain a statement is in flight while we publish). */
+        rc->nfailed = nf;
+        rc->failed_attempts = attempt - 1;
+        snprintf(rc->failed_error, sizeof rc->failed_error, "%s", last_error);
+    } else {
+        rc->nwaiting = 0;
+        rc->nfailed = 0;
     }
     return o;
+}
+
+void relay_record_failures(relay_ctx *rc)
+{
+    if (rc->nfailed && !store_record_failure(rc->db, rc->ids, rc->nfailed, rc->failed_attempts, rc->failed_error))
+        log_warn("%s", store_errstr(rc->db));
+    rc->nfailed = 0;
+}
+
+batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
+{
+    batch_outcome o = relay_publish_batch(rc, b);
+    relay_record_failures(rc);
+    if (o.published && !store_mark_published(rc->db, rc->done_ids, o.published)) {
+        /* Published but not marked: the next fetch returns them and the sink's marks
+         * turn them into duplicates that are not delivered again. */
+        log_warn("%s (%zu published events will be re-checked)", store_errstr(rc->db), o.published);
+        o.db_lost = true;
+        o.pending = b->n;
+        o.published = 0;
+        return o;
+    }
+    rc->stats.published += o.published;
+    return o;
+}
+
+/* Removes from `next` the events of runs that still wait in `cur` (the batch just
+ * published): they were fetched before cur's outcome was known, and must not
+ * overtake the event that failed. They come back with a later fetch. */
+void relay_drop_waiting_runs(relay_ctx *rc, const batch *cur, batch *next)
+{
+    if (cur->n == 0 || rc->nwaiting == 0)
+        return;
+    if (rc->nwaiting >= RELAY_WAITING_MAX) {
+        batch_clear(next); /* too many to tell apart: fetch again */
+        return;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < next->n; i++) {
+        const event *e = &next->ev[i];
+        bool waits = false;
+        for (size_t j = 0; j < rc->nwaiting && !waits; j++) {
+            const event *w = &cur->ev[rc->order[j]];
+            waits = w->run_id_len == e->run_id_len && memcmp(w->run_id, e->run_id, e->run_id_len) == 0;
+        }
+        if (!waits)
+            next->ev[kept++] = *e;
+    }
+    next->n = kept;
 }
 
 /* ---- process: signals, connections, loop ----------------------------------------- */
@@ -398,6 +449,7 @@ typedef struct relay_state {
     double last_stats;
     double next_backlog;
     double next_prune;
+    batch spare; /* the batch being fetched while another is published */
     long long backlog;
     double oldest_age_s;
     uint64_t published_at_last_stats;
@@ -574,6 +626,140 @@ static bool check_ready(buf *body, void *arg)
     return ok;
 }
 
+/* Time-driven chores between batches: backlog, retention, /metrics, the stats line. */
+static void periodic(relay_state *r)
+{
+    refresh_backlog(r);
+    prune_old(r);
+    publish_state(r);
+    if (r->cfg->stats_interval_ms > 0 && mono_s() >= r->next_stats) {
+        log_stats(r, false);
+        r->next_stats = mono_s() + r->cfg->stats_interval_ms / 1e3;
+    }
+}
+
+static void lose_db(relay_state *r)
+{
+    log_warn("postgresql: %s", store_errstr(r->rc.db));
+    store_disconnect(r->rc.db);
+    r->leader = false;
+}
+
+static void count_batch(relay_ctx *rc, double t0)
+{
+    rc->stats.batches++;
+    hist_record(&rc->stats.batch_time, (mono_s() - t0) * 1e6);
+    prom_hist_record(&rc->stats.batch_time_total, mono_s() - t0);
+}
+
+/* Drains a backlog with PostgreSQL and Redis working at the same time: while Redis
+ * takes batch k, PostgreSQL marks batch k-1 and fetches batch k+1 in one statement
+ * (store_fetch_begin). cur holds a full batch, fetched and not yet published; spare is
+ * an empty batch to fetch into. Marks lag one batch: a crash re-sends at most two
+ * batches, which the marks in Redis turn into suppressed duplicates. Returns what
+ * relay_step returns. */
+static long drain_overlapped(relay_state *r, batch *cur, batch *spare, long *limit)
+{
+    relay_ctx *rc = &r->rc;
+    size_t cap = (size_t)r->cfg->max_batch_size;
+    long long *done = malloc(cap * sizeof *done), *exclude = malloc(2 * cap * sizeof *exclude);
+    batch *next = spare;
+    size_t ndone = 0;
+    long wait = -1;
+    if (!done || !exclude) {
+        log_error("out of memory: publishing the batch without overlap");
+        relay_process_batch(rc, cur);
+        batch_clear(cur);
+        goto out;
+    }
+    for (;;) {
+        double t0 = mono_s();
+        size_t nex = 0;
+        for (size_t i = 0; i < cur->n; i++)
+            exclude[nex++] = cur->ev[i].id;
+        for (size_t i = 0; i < ndone; i++)
+            exclude[nex++] = done[i];
+        const char *held_ids[RELAY_HELD_MAX];
+        size_t held_lens[RELAY_HELD_MAX];
+        int nheld = relay_held_now(rc, held_ids, held_lens);
+        if (!store_fetch_begin(rc->db, *limit, held_ids, held_lens, (size_t)nheld, done, ndone, exclude, nex)) {
+            lose_db(r); /* done's marks are lost: re-checked (and suppressed) later */
+            ndone = 0;
+            batch_clear(cur);
+            backoff(r);
+            goto out;
+        }
+        size_t marking = ndone;
+        batch_outcome o = relay_publish_batch(rc, cur);
+        ndone = o.published;
+        memcpy(done, rc->done_ids, ndone * sizeof *done);
+        bool fetched = store_fetch_end(rc->db, next);
+        count_batch(rc, t0);
+        if (!fetched) {
+            rc->nfailed = 0; /* recorded when the events fail again */
+            lose_db(r);
+            ndone = 0;
+            batch_clear(cur);
+            backoff(r);
+            goto out;
+        }
+        rc->stats.published += marking;
+        relay_record_failures(rc);
+        bool full = next->n == (size_t)*limit;
+        relay_drop_waiting_runs(rc, cur, next);
+        batch_clear(cur);
+        if (o.pending && o.published == 0 && o.event_failures == 0) {
+            if (o.redis_lost)
+                log_warn("redis: %s", sink_errstr(rc->out));
+            batch_clear(next);
+            backoff(r);
+            goto out;
+        }
+        r->backoff_ms = 0;
+        batch *t = cur;
+        cur = next;
+        next = t;
+        if (stop_requested || !full) {
+            /* The backlog is drained (or we are stopping): mark, then publish the last
+             * batch the plain way (a stopping relay leaves it for the next start). */
+            if (ndone && !store_mark_published(rc->db, done, ndone)) {
+                lose_db(r);
+                batch_clear(cur);
+                ndone = 0;
+                goto out;
+            }
+            rc->stats.published += ndone;
+            ndone = 0;
+            if (cur->n && !stop_requested) {
+                t0 = mono_s();
+                batch_outcome last = relay_process_batch(rc, cur);
+                count_batch(rc, t0);
+                if (last.db_lost)
+                    lose_db(r);
+            }
+            batch_clear(cur);
+            *limit = r->cfg->batch_size;
+            wait = r->cfg->poll_interval_ms;
+            goto out;
+        }
+        if (*limit < r->cfg->max_batch_size)
+            *limit = *limit * 2 > r->cfg->max_batch_size ? r->cfg->max_batch_size : *limit * 2;
+        periodic(r);
+    }
+out:
+    if (ndone && store_connected(rc->db)) {
+        if (store_mark_published(rc->db, done, ndone))
+            rc->stats.published += ndone;
+        else
+            lose_db(r);
+    }
+    batch_clear(cur);
+    batch_clear(next);
+    free(done);
+    free(exclude);
+    return wait;
+}
+
 /* One pass of the loop; returns how long to wait for a NOTIFY before the next (ms),
  * 0 for "at once", or -1 when it already waited (backoff, standby). */
 static long relay_step(relay_state *r, batch *b, long *limit)
@@ -624,10 +810,15 @@ static long relay_step(relay_state *r, batch *b, long *limit)
         *limit = r->cfg->batch_size;
         return r->cfg->poll_interval_ms;
     }
+    if (b->n == (size_t)*limit && r->cfg->max_batch_size > 1) {
+        /* A full batch means a backlog: drain it with the database and Redis busy at
+         * the same time. */
+        if (*limit < r->cfg->max_batch_size)
+            *limit = *limit * 2 > r->cfg->max_batch_size ? r->cfg->max_batch_size : *limit * 2;
+        return drain_overlapped(r, b, &r->spare, limit);
+    }
     batch_outcome o = relay_process_batch(rc, b);
-    rc->stats.batches++;
-    hist_record(&rc->stats.batch_time, (mono_s() - t0) * 1e6);
-    prom_hist_record(&rc->stats.batch_time_total, mono_s() - t0);
+    count_batch(rc, t0);
     bool full = b->n == (size_t)*limit;
     batch_clear(b);
     if (o.db_lost) {
@@ -676,6 +867,7 @@ int relay_main(const config *cfg)
     r.rc.crash_before_mark = fp && !strcmp(fp, "crash-before-mark");
     batch b;
     batch_init(&b);
+    batch_init(&r.spare);
     long limit = cfg->batch_size;
     r.last_stats = mono_s();
     r.next_stats = r.last_stats + cfg->stats_interval_ms / 1e3;
@@ -704,13 +896,7 @@ int relay_main(const config *cfg)
             admin_sd_notify("READY=1");
             said_ready = true;
         }
-        refresh_backlog(&r);
-        prune_old(&r);
-        publish_state(&r);
-        if (cfg->stats_interval_ms > 0 && mono_s() >= r.next_stats) {
-            log_stats(&r, false);
-            r.next_stats = mono_s() + cfg->stats_interval_ms / 1e3;
-        }
+        periodic(&r);
         if (wait_ms > 0 && !stop_requested) {
             bool notified;
             if (!store_wait(db, wake_pipe[0], wait_ms, &notified)) {
@@ -732,6 +918,7 @@ int relay_main(const config *cfg)
     log_stats(&r, true);
     admin_stop(http);
     batch_free(&b);
+    batch_free(&r.spare);
     relay_ctx_free(&r.rc);
     store_free(db);
     sink_free(out);

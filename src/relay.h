@@ -19,6 +19,7 @@ int relay_main(const config *cfg);
 /* A run whose event Redis refused (an error reply for that command): its events are
  * left out of fetches until `until`, so that it holds back only itself. */
 #define RELAY_HELD_MAX 64
+#define RELAY_WAITING_MAX 64
 typedef struct held_run {
     char *run_id;
     size_t len;
@@ -47,7 +48,12 @@ typedef struct relay_ctx {
     pub_result *res;
     pub_result *last_res;        /* per batch index: the result of its last attempt */
     long long *ids;
-    size_t *order;
+    long long *done_ids;         /* relay_publish_batch: the ids that went out */
+    size_t *order;               /* ... and order[0..nwaiting): the first waiting event of each run */
+    size_t nwaiting;
+    size_t nfailed;              /* failures to record: ids[0..nfailed) */
+    int failed_attempts;
+    char failed_error[512];
 } relay_ctx;
 
 typedef struct batch_outcome {
@@ -64,9 +70,18 @@ void relay_ctx_free(relay_ctx *rc);
 /* The runs held back right now (until > now): fills ids/lens, returns how many. */
 int relay_held_now(relay_ctx *rc, const char **ids, size_t *lens);
 
-/* Publishes b with up to cfg->max_attempts attempts and backoff between them, marks
- * the events that went out (one statement), records attempts and the error on the
- * events that did not. Events of a run go out strictly in order. */
+/* Publishes b with up to cfg->max_attempts attempts and backoff between them, holding
+ * back runs that Redis refused. Events of a run go out strictly in order. Touches no
+ * database: rc->done_ids[0..published) are the ids to mark, and the failures wait for
+ * relay_record_failures. */
+batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b);
+/* After relay_publish_batch(rc, cur): removes from next (fetched before cur's outcome
+ * was known) the events of runs that still wait in cur, so none overtakes the event
+ * that did not go out. */
+void relay_drop_waiting_runs(relay_ctx *rc, const batch *cur, batch *next);
+/* Writes the attempts and error of the last relay_publish_batch's failed events. */
+void relay_record_failures(relay_ctx *rc);
+/* relay_publish_batch, then records failures and marks what went out. */
 batch_outcome relay_process_batch(relay_ctx *rc, const batch *b);
 
 #endif

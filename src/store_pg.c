@@ -196,21 +196,30 @@ static void collect_notifies(store *s)
     }
 }
 
+/* Pushes what libpq has buffered to the server: 1 done, 0 timed out, -1 broken. */
+static int flush_all(store *s, long long deadline)
+{
+    int r;
+    while ((r = PQflush(s->conn)) == 1) {
+        int w = wait_fd(PQsocket(s->conn), POLLOUT | POLLIN, deadline);
+        if (w <= 0)
+            return 0;
+        if (!PQconsumeInput(s->conn))
+            return -1;
+    }
+    return r < 0 ? -1 : 1;
+}
+
 /* Sends nothing: waits for the result of the statement already sent, within the
  * store's timeout. Returns the last result (caller frees) or NULL on failure, in
  * which case a broken or timed-out connection has been closed. */
 static PGresult *await_result(store *s, const char *what)
 {
     long long deadline = now_ms() + s->timeout_ms;
-    int r;
-    while ((r = PQflush(s->conn)) == 1) {
-        int w = wait_fd(PQsocket(s->conn), POLLOUT | POLLIN, deadline);
-        if (w <= 0)
-            goto timeout;
-        if (!PQconsumeInput(s->conn))
-            goto broken;
-    }
-    if (r < 0)
+    int f = flush_all(s, deadline);
+    if (f == 0)
+        goto timeout;
+    if (f < 0)
         goto broken;
     PGresult *last = NULL;
     for (;;) {
@@ -546,31 +555,15 @@ static bool text_array(buf *a, const char *const *v, const size_t *len, size_t n
     return buf_puts(a, "}");
 }
 
-bool store_fetch(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
-                 batch *b)
+/* The fetch's select list, shared by both forms of the fetch; fill_batch reads it. */
+#define FETCH_COLUMNS                                                                            \
+    "SELECT id, run_id, seq,"                                                                    \
+    " to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"                \
+    " payload::text, extract(epoch FROM created_at)::float8"
+
+/* Takes r (owned by b from now on) into b's events. */
+static bool fill_batch(store *s, PGresult *r, batch *b)
 {
-    batch_clear(b);
-    char lim[24];
-    snprintf(lim, sizeof lim, "%ld", limit);
-    buf held;
-    buf_init(&held, 0);
-    if (!text_array(&held, skip, skip_len, nskip)) {
-        buf_free(&held);
-        set_err(s, "fetch batch", "out of memory");
-        return false;
-    }
-    const char *params[] = {lim, held.data};
-    /* Served by the partial index run_outbox_unpublished: reads only unpublished rows. */
-    PGresult *r = run(s, "fetch batch",
-                      "SELECT id, run_id, seq,"
-                      " to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
-                      " payload::text, extract(epoch FROM created_at)::float8"
-                      " FROM run_outbox WHERE published_at IS NULL AND run_id <> ALL($2::text[])"
-                      " ORDER BY id LIMIT $1::int",
-                      2, params);
-    buf_free(&held);
-    if (!r)
-        return false;
     size_t n = (size_t)PQntuples(r);
     if (!batch_reserve(b, n)) {
         PQclear(r);
@@ -594,6 +587,29 @@ bool store_fetch(store *s, long limit, const char *const *skip, const size_t *sk
     return true;
 }
 
+bool store_fetch(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
+                 batch *b)
+{
+    batch_clear(b);
+    char lim[24];
+    snprintf(lim, sizeof lim, "%ld", limit);
+    buf held;
+    buf_init(&held, 0);
+    if (!text_array(&held, skip, skip_len, nskip)) {
+        buf_free(&held);
+        set_err(s, "fetch batch", "out of memory");
+        return false;
+    }
+    const char *params[] = {lim, held.data};
+    /* Served by the partial index run_outbox_unpublished: reads only unpublished rows. */
+    PGresult *r = run(s, "fetch batch",
+                      FETCH_COLUMNS " FROM run_outbox WHERE published_at IS NULL AND run_id <> ALL($2::text[])"
+                                    " ORDER BY id LIMIT $1::int",
+                      2, params);
+    buf_free(&held);
+    return r && fill_batch(s, r, b);
+}
+
 /* Builds the text form of a bigint[] parameter. */
 static bool id_array(buf *a, const long long *ids, size_t n)
 {
@@ -603,6 +619,62 @@ static bool id_array(buf *a, const long long *ids, size_t n)
         if (!buf_printf(a, i ? ",%lld" : "%lld", ids[i]))
             return false;
     return buf_puts(a, "}");
+}
+
+bool store_fetch_begin(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
+                       const long long *done, size_t ndone, const long long *exclude, size_t nexclude)
+{
+    s->sqlstate[0] = '\0';
+    if (!s->conn) {
+        set_err(s, "fetch batch", "not connected");
+        return false;
+    }
+    char lim[24];
+    snprintf(lim, sizeof lim, "%ld", limit);
+    buf held, dn, ex;
+    buf_init(&held, 0);
+    buf_init(&dn, 0);
+    buf_init(&ex, 0);
+    bool ok = text_array(&held, skip, skip_len, nskip) && id_array(&dn, done, ndone) &&
+              id_array(&ex, exclude, nexclude);
+    if (ok) {
+        const char *params[] = {lim, held.data, dn.data, ex.data};
+        /* The UPDATE and the SELECT share one snapshot: the rows just marked still
+         * look unpublished to the SELECT, hence they are in $4 too. NOT IN over a
+         * subquery is hashed: cheap however long the list. */
+        ok = PQsendQueryParams(s->conn,
+                               "WITH marked AS (UPDATE run_outbox SET published_at = now()"
+                               "  WHERE id = ANY($3::bigint[]) AND published_at IS NULL) " FETCH_COLUMNS
+                               " FROM run_outbox WHERE published_at IS NULL AND run_id <> ALL($2::text[])"
+                               "  AND id NOT IN (SELECT unnest($4::bigint[]))"
+                               " ORDER BY id LIMIT $1::int",
+                               4, NULL, params, NULL, NULL, 0) != 0;
+        if (!ok)
+            set_err(s, "fetch batch", PQerrorMessage(s->conn));
+        else if (flush_all(s, now_ms() + s->timeout_ms) != 1) {
+            set_err(s, "fetch batch", "could not send the statement");
+            ok = false;
+        }
+        if (!ok)
+            store_disconnect(s);
+    } else {
+        set_err(s, "fetch batch", "out of memory");
+    }
+    buf_free(&held);
+    buf_free(&dn);
+    buf_free(&ex);
+    return ok;
+}
+
+bool store_fetch_end(store *s, batch *b)
+{
+    batch_clear(b);
+    if (!s->conn) {
+        set_err(s, "fetch batch", "not connected");
+        return false;
+    }
+    PGresult *r = await_result(s, "fetch batch (and mark)");
+    return r && fill_batch(s, r, b);
 }
 
 bool store_mark_published(store *s, const long long *ids, size_t n)

@@ -52,6 +52,17 @@ bool store_try_lead(store *s, bool *leader) WUR;
  * out the runs named in skip[0..nskip) (lengths in skip_len). */
 bool store_fetch(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
                  batch *b) WUR;
+/* The overlapped form, for draining a backlog: store_fetch_begin sends (and returns
+ * without waiting for the answer) one statement that marks done[0..ndone) published
+ * and fetches the next `limit` unpublished events, leaving out the `skip` runs and the
+ * ids in exclude[0..nexclude) (the batch being published meanwhile, and done, which
+ * the statement's own snapshot still sees unpublished). store_fetch_end waits for the
+ * answer and fills b. Between the two the caller publishes to Redis, so PostgreSQL and
+ * Redis work at the same time. */
+bool store_fetch_begin(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
+                       const long long *done, size_t ndone, const long long *exclude, size_t nexclude) WUR;
+bool store_fetch_end(store *s, batch *b) WUR;
+
 /* Marks the given events published, in one statement. */
 bool store_mark_published(store *s, const long long *ids, size_t n) WUR;
 /* Adds attempts to the given events and records the error, in one statement. */

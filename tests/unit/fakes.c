@@ -109,6 +109,13 @@ bool store_connected(const store *s) { (void)s; return true; }
 const char *store_errstr(const store *s) { (void)s; return "fake store error"; }
 bool store_check_schema(store *s, char *epoch, size_t len) { (void)s; strncpy(epoch, "e", len); return true; }
 bool store_listen(store *s) { (void)s; return true; }
+bool store_fetch_begin(store *s, long limit, const char *const *skip, const size_t *len, size_t n,
+                       const long long *done, size_t ndone, const long long *ex, size_t nex)
+{
+    (void)s, (void)limit, (void)skip, (void)len, (void)n, (void)done, (void)ndone, (void)ex, (void)nex;
+    return true;
+}
+bool store_fetch_end(store *s, batch *b) { (void)s; batch_clear(b); return true; }
 bool store_prune(store *s, long older, long limit, long long *n) { (void)s, (void)older, (void)limit; *n = 0; return true; }
 bool store_take_retry(store *s) { (void)s; return false; }
 bool store_check_session(store *s, bool *session) { (void)s; *session = true; return true; }

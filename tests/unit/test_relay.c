@@ -175,6 +175,33 @@ static void test_failed_mark_reports_db_lost_and_redelivery_is_suppressed(void *
     assert_int_equal(fw.nmarked, 6);
 }
 
+static void test_next_batch_drops_runs_waiting_in_the_current_one(void **state)
+{
+    (void)state;
+    make_batch(three_runs, 6); /* a b a c b a */
+    fw.fail_id = 3;            /* a2 fails: a waits */
+    fw.fail_times = -1;
+    relay_ctx rc;
+    store *s = store_new("", "", 0);
+    sink *k = sink_new(NULL, 0, 0, "");
+    relay_ctx_init(&rc, &cfg, s, k, -1, &no_stop);
+    batch_outcome o = relay_publish_batch(&rc, &b);
+    assert_int_equal(o.published, 4);
+    /* The batch fetched meanwhile holds later events of a, b and c. */
+    static event later[4];
+    static const char *const runs[] = {"c", "a", "b", "a"};
+    for (int i = 0; i < 4; i++)
+        later[i] = (event){.id = 10 + i, .seq = 9, .run_id = runs[i], .run_id_len = 1, .payload = "{}", .payload_len = 2};
+    batch next = {.ev = later, .n = 4, .cap = 4};
+    relay_drop_waiting_runs(&rc, &b, &next);
+    assert_int_equal(next.n, 2);
+    assert_string_equal(next.ev[0].run_id, "c");
+    assert_string_equal(next.ev[1].run_id, "b");
+    relay_ctx_free(&rc);
+    store_free(s);
+    sink_free(k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -184,6 +211,7 @@ int main(void)
         cmocka_unit_test_setup(test_lost_reply_is_not_delivered_twice, setup),
         cmocka_unit_test_setup(test_redis_down_marks_nothing_and_records_attempts, setup),
         cmocka_unit_test_setup(test_failed_mark_reports_db_lost_and_redelivery_is_suppressed, setup),
+        cmocka_unit_test_setup(test_next_batch_drops_runs_waiting_in_the_current_one, setup),
     };
     return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
