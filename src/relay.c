@@ -79,43 +79,29 @@ void relay_ctx_free(relay_ctx *rc)
     rc->cap = 0;
 }
 
+/* Grows one scratch array to n elements of size; leaves it as it was on failure. */
+static bool grow(void *arrayp, size_t n, size_t size)
+{
+    void **p = arrayp;
+    void *q = realloc(*p, n * size);
+    if (!q)
+        return false;
+    *p = q;
+    return true;
+}
+
 static bool ctx_reserve(relay_ctx *rc, size_t n)
 {
     if (n <= rc->cap)
         return true;
-    relay_ctx grown = *rc;
-    grown.send = realloc(rc->send, n * sizeof *grown.send);
-    if (grown.send)
-        rc->send = grown.send;
-    grown.send_idx = realloc(rc->send_idx, n * sizeof *grown.send_idx);
-    if (grown.send_idx)
-        rc->send_idx = grown.send_idx;
-    grown.chained = realloc(rc->chained, n * sizeof *grown.chained);
-    if (grown.chained)
-        rc->chained = grown.chained;
-    grown.done = realloc(rc->done, n * sizeof *grown.done);
-    if (grown.done)
-        rc->done = grown.done;
-    grown.res = realloc(rc->res, n * sizeof *grown.res);
-    if (grown.res)
-        rc->res = grown.res;
-    grown.ids = realloc(rc->ids, n * sizeof *grown.ids);
-    if (grown.ids)
-        rc->ids = grown.ids;
-    grown.order = realloc(rc->order, n * sizeof *grown.order);
-    if (grown.order)
-        rc->order = grown.order;
-    grown.last_res = realloc(rc->last_res, n * sizeof *grown.last_res);
-    if (grown.last_res)
-        rc->last_res = grown.last_res;
-    grown.done_ids = realloc(rc->done_ids, n * sizeof *grown.done_ids);
-    if (grown.done_ids)
-        rc->done_ids = grown.done_ids;
-    if (!grown.send || !grown.send_idx || !grown.chained || !grown.done || !grown.res || !grown.ids ||
-        !grown.order || !grown.last_res || !grown.done_ids)
-        return false;
-    rc->cap = n;
-    return true;
+    bool ok = grow(&rc->send, n, sizeof *rc->send) && grow(&rc->send_idx, n, sizeof *rc->send_idx) &&
+              grow(&rc->chained, n, sizeof *rc->chained) && grow(&rc->done, n, sizeof *rc->done) &&
+              grow(&rc->res, n, sizeof *rc->res) && grow(&rc->last_res, n, sizeof *rc->last_res) &&
+              grow(&rc->ids, n, sizeof *rc->ids) && grow(&rc->done_ids, n, sizeof *rc->done_ids) &&
+              grow(&rc->order, n, sizeof *rc->order);
+    if (ok)
+        rc->cap = n;
+    return ok;
 }
 
 /* qsort context: the events being sent (qsort_r keeps this re-entrant). */

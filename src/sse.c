@@ -733,13 +733,19 @@ static void on_pg_timer(evutil_socket_t fd, short what, void *arg)
         pg_fail("timed out");
 }
 
+/* Arms timer for the next reconnect: 100 ms, doubling to RECONNECT_MAX_MS. */
+static void schedule_reconnect(long *backoff_ms, struct event *timer)
+{
+    *backoff_ms = *backoff_ms ? *backoff_ms * 2 : 100;
+    if (*backoff_ms > RECONNECT_MAX_MS)
+        *backoff_ms = RECONNECT_MAX_MS;
+    struct timeval tv = tv_ms(*backoff_ms);
+    evtimer_add(timer, &tv);
+}
+
 static void pg_schedule_reconnect(void)
 {
-    gw.pg_backoff_ms = gw.pg_backoff_ms ? gw.pg_backoff_ms * 2 : 100;
-    if (gw.pg_backoff_ms > RECONNECT_MAX_MS)
-        gw.pg_backoff_ms = RECONNECT_MAX_MS;
-    struct timeval tv = tv_ms(gw.pg_backoff_ms);
-    evtimer_add(gw.pg_timer, &tv);
+    schedule_reconnect(&gw.pg_backoff_ms, gw.pg_timer);
 }
 
 /* Starts the next queued read if the connection is idle. */
@@ -986,13 +992,8 @@ static void on_redis_timer(evutil_socket_t fd, short what, void *arg)
 
 static void redis_schedule_reconnect(void)
 {
-    if (gw.stopping)
-        return;
-    gw.redis_backoff_ms = gw.redis_backoff_ms ? gw.redis_backoff_ms * 2 : 100;
-    if (gw.redis_backoff_ms > RECONNECT_MAX_MS)
-        gw.redis_backoff_ms = RECONNECT_MAX_MS;
-    struct timeval tv = tv_ms(gw.redis_backoff_ms);
-    evtimer_add(gw.redis_timer, &tv);
+    if (!gw.stopping)
+        schedule_reconnect(&gw.redis_backoff_ms, gw.redis_timer);
 }
 
 /* ---- timers ---------------------------------------------------------------------- */
