@@ -20,6 +20,7 @@ typedef struct command_def {
     const char *name;
     enum command cmd;
     const char *usage;
+    const char *summary; /* one line for the command list */
     const char *about;
     int npos; /* positional arguments it takes */
     int (*run)(const config *cfg, char **pos);
@@ -158,35 +159,43 @@ static int cmd_sse(const config *cfg, char **pos)
 
 static const command_def commands[] = {
     {"migrate", CMD_MIGRATE, "outboxd migrate [options]",
+     "create or upgrade the schema (idempotent)",
      "Creates or upgrades the outboxd schema (run_outbox and its triggers). Idempotent.", 0,
      cmd_migrate},
     {"relay", CMD_RELAY, "outboxd relay [options]",
+     "publish run_outbox to Redis run:{run_id}, in order, once",
      "Publishes every committed run_outbox event to Redis channel run:{run_id}, in order per run,\n"
      "once, then marks it published. Several relays may run: one leads, the others stand by.\n"
      "SIGTERM/SIGINT finish the batch in flight and exit 0; a second signal exits at once.",
      0, cmd_relay},
     {"sse", CMD_SSE, "outboxd sse [options]",
+     "stream runs to browsers as Server-Sent Events (and a viewer page)",
      "Serves each run's events as Server-Sent Events at GET /runs/{run_id}/events (resume with\n"
      "the Last-Event-ID header or ?last_event_id=N), a viewer page at GET /runs/{run_id}, and\n"
      "GET /healthz. Live from Redis, replayed from PostgreSQL: every event once, in order.",
      0, cmd_sse},
     {"emit", CMD_EMIT, "outboxd emit [options] RUN_ID JSON",
+     "write one event (for scripts and tests)",
      "Writes one event to run_outbox; the database assigns its seq. Prints {\"id\":N,\"seq\":N}.", 2,
      cmd_emit},
     {"retry", CMD_RETRY, "outboxd retry [options] RUN_ID",
+     "retry a held-back run now",
      "Resets the failed attempts of a run's unpublished events and makes running relays retry\n"
      "held-back runs at once (after fixing what made Redis refuse them).",
      1, cmd_retry},
     {"skip", CMD_SKIP, "outboxd skip [options] RUN_ID SEQ",
+     "give up on a run's oldest unpublished event",
      "Gives up on one event: marks the run's oldest unpublished event (which must be SEQ)\n"
      "published without publishing it, so that the events after it can flow. Logged, and\n"
      "recorded in its last_error. SSE replays from the table still include it.",
      2, cmd_skip},
     {"prune", CMD_PRUNE, "outboxd prune --older-than DURATION [options]",
+     "delete old published events now",
      "Deletes published events older than DURATION now, in batches of 5,000 (the relay's\n"
      "--retention does the same continuously). Unpublished events are never deleted.",
      0, cmd_prune},
     {"status", CMD_STATUS, "outboxd status [options]",
+     "backlog, rate, leader, blocked runs, table size",
      "Shows backlog, oldest unpublished age, publish rate, leader, runs with failed attempts\n"
      "and table size.",
      0, cmd_status},
@@ -198,10 +207,8 @@ static void usage(FILE *f)
     fprintf(f, "usage: outboxd COMMAND [options]\n\n"
                "Relays a transactional outbox (PostgreSQL table run_outbox) to Redis Pub/Sub.\n\n"
                "commands:\n");
-    for (size_t i = 0; i < NCOMMANDS; i++) {
-        const char *about = commands[i].about;
-        fprintf(f, "  %-9s %.*s\n", commands[i].name, (int)strcspn(about, "\n"), about);
-    }
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n'outboxd COMMAND --help' lists a command's options; 'outboxd settings' prints all of\n"
                "them as Markdown; 'outboxd --version' prints the version.\n");
 }
