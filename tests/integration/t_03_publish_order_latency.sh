@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Publishes in order, marks published only after publishing, message format per the
-# contract, and every event reaches a subscriber well within 500 ms of commit.
+# contract, and every event reaches a subscriber well within 500 ms of commit; also in
+# poll-only mode (--no-listen); and --log-format json logs one JSON object per line.
 . "$(dirname "$0")/lib.sh"
 new_db
 
@@ -31,3 +32,19 @@ msg=$(grep -m1 '^{' "$WORK/raw")
 [[ "$msg" == *'"payload":{"n": [1, 2], "text": "a\nb"}}' ]] || fail "payload not the stored JSON: $msg"
 wait_drained 5
 stop_relay "$RELAY_PID" 5
+
+# Poll-only (--no-listen) still delivers, within about one poll interval; and
+# --log-format json writes one JSON object per line.
+start_relay poll --no-listen --poll-interval-ms 100 --log-format json
+wait_log "$WORK/poll.log" '"msg":"leader: this relay publishes"' 10
+start_sub polled --prefix poll --expect 20 --max-seconds 20 --check
+"$BUILD/obx_load" --rate 20 --runs 2 --conns 1 --count 20 --prefix poll >/dev/null
+wait_sub polled "$SUB_PID"
+max=$(field max "$WORK/polled.out")
+awk -v m="$max" 'BEGIN { exit !(m < 500) }' || fail "poll-only: slowest event took $max ms (poll every 100 ms)"
+if grep -q '(listening)' "$WORK/poll.log"; then fail "--no-listen relay says it is listening"; fi
+stop_relay "$RELAY_PID" 5
+json_line='^\{"ts":"[0-9T:.-]+Z","level":"(error|warn|info|debug)","component":"outboxd-relay","msg":".*"\}$'
+while IFS= read -r line; do
+  [[ "$line" =~ $json_line ]] || fail "not a JSON log line: $line"
+done <"$WORK/poll.log"
