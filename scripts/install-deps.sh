@@ -9,6 +9,7 @@ packages=(
   postgresql redis-server redis-tools # servers for tests and the demo
   procps iproute2 curl                # pkill/ps, ss, and an HTTP client for tests
   chromium                            # headless browser test of the viewer page
+  pgbouncer                           # test: the relay refuses transaction pooling
 )
 
 missing=()

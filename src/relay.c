@@ -474,7 +474,8 @@ static bool connect_db(relay_state *r)
         return false;
     }
     if (!session) {
-        log_error("postgresql: consecutive statements reach different server sessions: this is a "
+        log_error("postgresql: this connection does not own a server session (its statements reach "
+                  "different backends, or another connection gets the same backend): this is a "
                   "transaction-pooling proxy (e.g. PgBouncer pool_mode=transaction). Leader election "
                   "(a session advisory lock) and LISTEN need a session: connect the relay directly or "
                   "through a session-pooled port");

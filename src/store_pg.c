@@ -469,20 +469,35 @@ bool store_listen(store *s)
     return run_cmd(s, "listen", "LISTEN " STORE_NOTIFY_CHANNEL, 0, NULL);
 }
 
+static bool backend_pid(store *s, char *pid, size_t len)
+{
+    PGresult *r = run(s, "check session", "SELECT pg_backend_pid()", 0, NULL);
+    if (!r)
+        return false;
+    snprintf(pid, len, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return true;
+}
+
 bool store_check_session(store *s, bool *session)
 {
-    char first[32] = "";
+    /* Two tells of transaction pooling: our own statements reach different backends,
+     * or a second client connection is handed the very backend we just used (a
+     * direct or session-pooled connection always has a backend of its own). */
+    char first[32], pid[32];
     *session = true;
-    for (int i = 0; i < 3; i++) {
-        PGresult *r = run(s, "check session", "SELECT pg_backend_pid()", 0, NULL);
-        if (!r)
+    if (!backend_pid(s, first, sizeof first))
+        return false;
+    for (int i = 0; i < 2; i++) {
+        if (!backend_pid(s, pid, sizeof pid))
             return false;
-        if (i == 0)
-            snprintf(first, sizeof first, "%s", PQgetvalue(r, 0, 0));
-        else if (strcmp(first, PQgetvalue(r, 0, 0)) != 0)
+        if (strcmp(first, pid) != 0)
             *session = false;
-        PQclear(r);
     }
+    store *probe = store_new(s->url, s->appname, s->timeout_ms);
+    if (probe && store_connect(probe) && backend_pid(probe, pid, sizeof pid) && !strcmp(first, pid))
+        *session = false;
+    store_free(probe);
     return true;
 }
 
