@@ -33,12 +33,30 @@ static int fail_store(store *s, const char *what)
     return 1;
 }
 
+/* Connects for a one-shot command (application_name outboxd-WHAT). NULL, with the
+ * error logged, when it cannot; the caller frees the store. */
+static store *open_store(const config *cfg, const char *what)
+{
+    char app[64];
+    snprintf(app, sizeof app, "outboxd-%s", what);
+    store *s = store_new(cfg->database_url, app, cfg->pg_timeout_ms);
+    if (!s) {
+        log_error("%s: out of memory", what);
+        return NULL;
+    }
+    if (!store_connect(s)) {
+        fail_store(s, what);
+        return NULL;
+    }
+    return s;
+}
+
 static int cmd_migrate(const config *cfg, char **pos)
 {
     (void)pos;
-    store *s = store_new(cfg->database_url, "outboxd-migrate", cfg->pg_timeout_ms);
-    if (!s || !store_connect(s))
-        return fail_store(s, "migrate");
+    store *s = open_store(cfg, "migrate");
+    if (!s)
+        return 1;
     int from, to;
     if (!store_migrate(s, &from, &to))
         return fail_store(s, "migrate");
@@ -57,9 +75,9 @@ static int cmd_emit(const config *cfg, char **pos)
         fprintf(stderr, "outboxd emit: RUN_ID must not be empty\n");
         return 2;
     }
-    store *s = store_new(cfg->database_url, "outboxd-emit", cfg->pg_timeout_ms);
-    if (!s || !store_connect(s))
-        return fail_store(s, "emit");
+    store *s = open_store(cfg, "emit");
+    if (!s)
+        return 1;
     long long id, seq;
     if (!store_emit(s, run_id, json, &id, &seq)) {
         const char *state = store_sqlstate(s);
@@ -84,9 +102,9 @@ static int cmd_emit(const config *cfg, char **pos)
 static int cmd_status(const config *cfg, char **pos)
 {
     (void)pos;
-    store *s = store_new(cfg->database_url, "outboxd-status", cfg->pg_timeout_ms);
-    if (!s || !store_connect(s))
-        return fail_store(s, "status");
+    store *s = open_store(cfg, "status");
+    if (!s)
+        return 1;
     if (!store_print_status(s, cfg->json))
         return fail_store(s, "status");
     store_free(s);
@@ -95,9 +113,11 @@ static int cmd_status(const config *cfg, char **pos)
 
 static int cmd_retry(const config *cfg, char **pos)
 {
-    store *s = store_new(cfg->database_url, "outboxd-retry", cfg->pg_timeout_ms);
+    store *s = open_store(cfg, "retry");
     long long n;
-    if (!s || !store_connect(s) || !store_retry(s, pos[0], &n))
+    if (!s)
+        return 1;
+    if (!store_retry(s, pos[0], &n))
         return fail_store(s, "retry");
     printf("run %s: %lld event(s) with failed attempts reset; relays asked to retry now\n", pos[0], n);
     store_free(s);
@@ -113,9 +133,11 @@ static int cmd_skip(const config *cfg, char **pos)
         fprintf(stderr, "outboxd skip: SEQ must be a positive whole number, not '%s'\n", pos[1]);
         return 2;
     }
-    store *s = store_new(cfg->database_url, "outboxd-skip", cfg->pg_timeout_ms);
+    store *s = open_store(cfg, "skip");
     long long n;
-    if (!s || !store_connect(s) || !store_skip(s, pos[0], seq, cfg->reason ? cfg->reason : "no reason given", &n))
+    if (!s)
+        return 1;
+    if (!store_skip(s, pos[0], seq, cfg->reason ? cfg->reason : "no reason given", &n))
         return fail_store(s, "skip");
     store_free(s);
     if (n == 0) {
@@ -131,9 +153,9 @@ static int cmd_skip(const config *cfg, char **pos)
 static int cmd_prune(const config *cfg, char **pos)
 {
     (void)pos;
-    store *s = store_new(cfg->database_url, "outboxd-prune", cfg->pg_timeout_ms);
-    if (!s || !store_connect(s))
-        return fail_store(s, "prune");
+    store *s = open_store(cfg, "prune");
+    if (!s)
+        return 1;
     long long total = 0, n;
     do {
         if (!store_prune(s, cfg->older_than_ms, 5000, &n))

@@ -43,7 +43,7 @@ static void set_err(store *s, const char *what, const char *why)
     snprintf(tmp, sizeof tmp, "%s", why ? why : "unknown error");
     /* libpq messages end with a newline; keep log lines to one line. */
     for (char *p = tmp; *p; p++)
-        if (*p == '\n')
+        if (*p == '\n' || *p == '\t')
             *p = (p[1] ? ' ' : '\0');
     snprintf(s->err, sizeof s->err, "%s: %s", what, tmp);
 }

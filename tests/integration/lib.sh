@@ -96,6 +96,14 @@ no_sanitizer_reports() {
   fi
 }
 
+# start_load [obx_load flags...]: the load generator in the background; its pid in
+# $LOAD_PID, its summary in $WORK/load.out.
+start_load() {
+  "$BUILD/obx_load" "$@" >"$WORK/load.out" &
+  LOAD_PID=$!
+  PIDS+=("$LOAD_PID")
+}
+
 prefill() { # prefill COUNT RUNS PREFIX: inserts quickly in one statement per 1000
   q "INSERT INTO run_outbox (run_id, payload) SELECT '$3-' || (g % $2), jsonb_build_object('t', 0, 'g', g) FROM generate_series(1, $1) g"
 }

@@ -8,8 +8,7 @@
 new_db
 start_relay relay --redis-timeout 300ms
 start_sub sub --prefix out --password secret --idle-ms 8000 --max-seconds 90 --check
-"$BUILD/obx_load" --rate 300 --runs 20 --conns 4 --seconds 8 --prefix out >"$WORK/load.out" &
-LOAD=$!; PIDS+=("$LOAD")
+start_load --rate 300 --runs 20 --conns 4 --seconds 8 --prefix out
 sleep 2
 redis_kill
 info "redis killed"
@@ -24,7 +23,7 @@ done
 kill -0 "$RELAY_PID" || fail "relay died during the Redis outage"
 redis-cli -p "$REDIS_PORT" -a secret --no-auth-warning config set requirepass "" >/dev/null
 info "redis back"
-wait "$LOAD"
+wait "$LOAD_PID"
 info "$(cat "$WORK/load.out")"
 wait_sub sub "$SUB_PID"
 wait_drained 10

@@ -7,13 +7,12 @@ new_db
 rpid=$(cat "$STACK_DIR/redis.pid")
 start_relay relay --redis-timeout 500ms
 start_sub sub --prefix stall --idle-ms 8000 --max-seconds 90 --check
-"$BUILD/obx_load" --rate 300 --runs 20 --conns 4 --seconds 7 --prefix stall >"$WORK/load.out" &
-LOAD=$!; PIDS+=("$LOAD")
+start_load --rate 300 --runs 20 --conns 4 --seconds 7 --prefix stall
 sleep 2
 kill -STOP "$rpid"; info "redis stopped"
 sleep 3
 kill -CONT "$rpid"; info "redis continued"
-wait "$LOAD"
+wait "$LOAD_PID"
 wait_sub sub "$SUB_PID"
 wait_drained 10
 grep -q "failures=[1-9]" "$WORK/relay.log" || info "note: no publish failure was counted during the stall"

@@ -6,8 +6,7 @@
 new_db
 prefill 30000 50 term
 start_sub sub --prefix term --idle-ms 5000 --max-seconds 120 --check
-"$BUILD/obx_load" --rate 1000 --runs 50 --conns 4 --seconds 12 --prefix term >"$WORK/load.out" &
-load=$!; PIDS+=("$load")
+start_load --rate 1000 --runs 50 --conns 4 --seconds 12 --prefix term
 for i in $(seq 1 20); do
   start_relay "relay$i"
   wait_log "$WORK/relay$i.log" "leader:" 10
@@ -16,7 +15,7 @@ for i in $(seq 1 20); do
 done
 info "after 20 stops: $(q "SELECT count(*) FROM run_outbox WHERE published_at IS NOT NULL") of $(q "SELECT count(*) FROM run_outbox") published"
 start_relay final
-wait "$load"
+wait "$LOAD_PID"
 wait_drained 60
 wait_sub sub "$SUB_PID"
 stop_relay "$RELAY_PID" 5

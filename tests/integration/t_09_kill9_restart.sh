@@ -7,8 +7,7 @@
 new_db
 prefill 10000 50 kill
 start_sub sub --prefix kill --idle-ms 5000 --max-seconds 120 --check
-"$BUILD/obx_load" --rate 1000 --runs 50 --conns 4 --seconds 12 --prefix kill >"$WORK/load.out" &
-load=$!; PIDS+=("$load")
+start_load --rate 1000 --runs 50 --conns 4 --seconds 12 --prefix kill
 for i in $(seq 1 17); do
   start_relay "relay$i" --max-batch-size 200
   wait_log "$WORK/relay$i.log" "leader:" 10
@@ -22,7 +21,7 @@ for i in 1 2 3; do
 done
 info "after 20 crashes: $(q "SELECT count(*) FROM run_outbox WHERE published_at IS NOT NULL") of $(q "SELECT count(*) FROM run_outbox") marked"
 start_relay final
-wait "$load"
+wait "$LOAD_PID"
 wait_drained 60
 wait_sub sub "$SUB_PID"
 stop_relay "$RELAY_PID" 5

@@ -8,8 +8,7 @@ wait_log "$WORK/a.log" "leader:" 10
 start_relay b; B=$RELAY_PID
 wait_log "$WORK/b.log" "standby:" 10
 start_sub sub --prefix ha --idle-ms 4000 --max-seconds 90 --check
-"$BUILD/obx_load" --rate 500 --runs 20 --conns 4 --seconds 9 --prefix ha >"$WORK/load.out" &
-LOAD=$!; PIDS+=("$LOAD")
+start_load --rate 500 --runs 20 --conns 4 --seconds 9 --prefix ha
 
 failover() { # failover VICTIM_PID HEIR_LOG
   sleep 2
@@ -26,7 +25,7 @@ failover "$A" "$WORK/b.log"
 start_relay a2
 wait_log "$WORK/a2.log" "standby:" 10
 failover "$B" "$WORK/a2.log"
-wait "$LOAD"
+wait "$LOAD_PID"
 wait_sub sub "$SUB_PID"
 wait_drained 10
 stop_relay "$RELAY_PID" 5

@@ -10,8 +10,7 @@ start_sse sse --redis-timeout 500ms
   --ready-file "$WORK/sse.ready" --check >"$WORK/sse.out" 2>"$WORK/sse.err" &
 cpid=$!; PIDS+=("$cpid")
 for _ in $(seq 1 100); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
-"$BUILD/obx_load" --rate 200 --runs 10 --conns 4 --seconds 12 --prefix rf >"$WORK/load.out" &
-load=$!; PIDS+=("$load")
+start_load --rate 200 --runs 10 --conns 4 --seconds 12 --prefix rf
 sleep 2
 rpid=$(cat "$STACK_DIR/redis.pid")
 kill -STOP "$rpid"; info "redis stopped"
@@ -22,7 +21,7 @@ sleep 2
 redis_kill; info "redis killed"
 sleep 2
 redis_start; info "redis restarted"
-wait "$load"
+wait "$LOAD_PID"
 rc=0; wait "$cpid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

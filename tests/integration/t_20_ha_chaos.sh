@@ -12,8 +12,7 @@ relay; relay; relay
 for _ in $(seq 1 100); do [[ -n "$(leader_pid)" ]] && break; sleep 0.05; done
 [[ -n "$(leader_pid)" ]] || fail "no relay became leader"
 start_sub sub --prefix ha --idle-ms 5000 --max-seconds 120 --check
-"$BUILD/obx_load" --rate 1000 --runs 50 --conns 8 --seconds 16 --prefix ha >"$WORK/load.out" &
-load=$!; PIDS+=("$load")
+start_load --rate 1000 --runs 50 --conns 8 --seconds 16 --prefix ha
 
 wait_new_leader() { # wait_new_leader OLD: prints the failover time in ms
   local t0 l
@@ -45,7 +44,7 @@ kill -CONT "$old"; info "old leader $old thawed"
 sleep 1
 rpid=$(cat "$STACK_DIR/redis.pid")
 kill -STOP "$rpid"; sleep 3; kill -CONT "$rpid"; info "redis stalled for 3 s"
-wait "$load"
+wait "$LOAD_PID"
 info "$(cat "$WORK/load.out")"
 wait_sub sub "$SUB_PID"
 wait_drained 20
