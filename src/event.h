@@ -7,6 +7,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <string.h>
 
 typedef struct event {
     long long id;
@@ -33,6 +34,12 @@ void batch_clear(batch *b);
 void batch_free(batch *b);
 /* Makes room for n events; returns false when out of memory. */
 bool batch_reserve(batch *b, size_t n) WUR;
+
+/* Whether e belongs to the run named id[0..len) (run ids are bytes, not C strings). */
+static inline bool event_run_is(const event *e, const char *id, size_t len)
+{
+    return e->run_id_len == len && memcmp(e->run_id, id, len) == 0;
+}
 
 /* Appends the wire message
  *   {"id":N,"run_id":"...","seq":N,"created_at":"...","payload":<stored JSON>}  */

@@ -133,11 +133,12 @@ static int cmd_skip(const config *cfg, char **pos)
         fprintf(stderr, "outboxd skip: SEQ must be a positive whole number, not '%s'\n", pos[1]);
         return 2;
     }
+    const char *reason = cfg->reason ? cfg->reason : "no reason given";
     store *s = open_store(cfg, "skip");
     long long n;
     if (!s)
         return 1;
-    if (!store_skip(s, pos[0], seq, cfg->reason ? cfg->reason : "no reason given", &n))
+    if (!store_skip(s, pos[0], seq, reason, &n))
         return fail_store(s, "skip");
     store_free(s);
     if (n == 0) {
@@ -146,7 +147,7 @@ static int cmd_skip(const config *cfg, char **pos)
         return 1;
     }
     log_warn("skipped event seq %lld of run %s: marked published without publishing it (reason: %s)", seq,
-             pos[0], cfg->reason ? cfg->reason : "no reason given");
+             pos[0], reason);
     return 0;
 }
 

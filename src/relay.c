@@ -130,8 +130,7 @@ static void mark_chained(relay_ctx *rc, size_t n)
         rc->chained[cur] = false;
         if (k > 0) {
             const event *p = rc->send[rc->order[k - 1]], *e = rc->send[cur];
-            rc->chained[cur] = p->run_id_len == e->run_id_len &&
-                               memcmp(p->run_id, e->run_id, e->run_id_len) == 0;
+            rc->chained[cur] = event_run_is(e, p->run_id, p->run_id_len);
         }
     }
 }
@@ -139,7 +138,7 @@ static void mark_chained(relay_ctx *rc, size_t n)
 static int held_find(const relay_ctx *rc, const event *e)
 {
     for (int i = 0; i < rc->nheld; i++)
-        if (rc->held[i].len == e->run_id_len && memcmp(rc->held[i].run_id, e->run_id, e->run_id_len) == 0)
+        if (event_run_is(e, rc->held[i].run_id, rc->held[i].len))
             return i;
     return -1;
 }
@@ -279,8 +278,7 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
             bool first = true;
             for (size_t j = 0; j < nf && first; j++) {
                 const event *p = &b->ev[rc->order[j]];
-                first = !(p->run_id_len == b->ev[i].run_id_len &&
-                          memcmp(p->run_id, b->ev[i].run_id, p->run_id_len) == 0);
+                first = !event_run_is(&b->ev[i], p->run_id, p->run_id_len);
             }
             if (first)
                 rc->order[nf++] = i;
@@ -351,7 +349,7 @@ void relay_drop_waiting_runs(relay_ctx *rc, const batch *cur, batch *next)
         bool waits = false;
         for (size_t j = 0; j < rc->nwaiting && !waits; j++) {
             const event *w = &cur->ev[rc->order[j]];
-            waits = w->run_id_len == e->run_id_len && memcmp(w->run_id, e->run_id, e->run_id_len) == 0;
+            waits = event_run_is(e, w->run_id, w->run_id_len);
         }
         if (!waits)
             next->ev[kept++] = *e;

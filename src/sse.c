@@ -306,6 +306,15 @@ static void run_invalidate(run *r)
     r->gen++;
 }
 
+/* After an invalidation: read the run again if it still has streams, else let it go. */
+static void run_reread(run *r)
+{
+    if (r->nclients > 0)
+        run_request_fetch(r);
+    else
+        run_maybe_release(r);
+}
+
 static void pending_add(run *r, frame *f)
 {
     if (r->npending == RUN_PENDING_MAX || r->pending_bytes + f->len > RUN_CACHE_BYTES) {
@@ -805,10 +814,7 @@ static void redis_went_down(const char *why)
             next = r->hnext;
             r->sub = SUB_NONE;
             run_invalidate(r);
-            if (r->nclients > 0)
-                run_request_fetch(r);
-            else
-                run_maybe_release(r);
+            run_reread(r);
         }
     redis_schedule_reconnect();
 }
@@ -837,10 +843,7 @@ static void on_sub_message(redisAsyncContext *ac, void *reply, void *priv)
         r->sub = SUB_OK;
         /* Anything published before the subscription took effect is read now. */
         run_invalidate(r);
-        if (r->nclients > 0)
-            run_request_fetch(r);
-        else
-            run_maybe_release(r);
+        run_reread(r);
     } else if (!strcmp(kind, "unsubscribe")) {
         r->sub = SUB_NONE;
         if (r->resubscribe || r->nclients > 0) {

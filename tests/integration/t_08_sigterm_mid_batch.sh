@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # SIGTERM in the middle of work, 20 times, while a backlog drains and 1,000 events/s
-# keep coming: each relay finishes its batch and exits 0 within 5 s; the next one
-# publishes the rest; no event lost or repeated, order intact.
+# keep coming: each relay finishes its batch (publishes and marks it) and exits 0
+# within 5 s; the next one publishes the rest; no event lost or repeated, order intact.
+# "Marks it" is checked directly: had a stopping relay published without marking, the
+# next relay would have met those events again and suppressed them as duplicates.
 . "$(dirname "$0")/lib.sh"
 new_db
 prefill 30000 50 term
@@ -19,3 +21,6 @@ wait "$LOAD_PID"
 wait_drained 60
 wait_sub sub "$SUB_PID"
 stop_relay "$RELAY_PID" 5
+sup=$(cat "$WORK"/relay*.log "$WORK/final.log" | grep 'stats (final)' | grep -o 'duplicates_suppressed=[0-9]*' |
+      cut -d= -f2 | awk '{ s += $1 } END { print s + 0 }')
+[[ $sup == 0 ]] || fail "$sup events were published but left unmarked by a relay stopped with SIGTERM"
