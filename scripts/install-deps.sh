@@ -14,12 +14,27 @@ packages=(
   pgbouncer                           # test: the relay refuses transaction pooling
 )
 
+# Node.js and npm run an independent JOSE implementation (npm jose, pinned in
+# tests/jose/package-lock.json) that mints the tokens the authorization tests use.
+# Checked by command: a machine may have them from another source than Debian.
+command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
+
 missing=()
 for p in "${packages[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
   [[ "$status" == "install ok installed" ]] || missing+=("$p")
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+install_jose() {
+  local here
+  here=$(cd "$(dirname "$0")/.." && pwd)/tests/jose
+  [[ -d "$here/node_modules/jose" ]] && return 0
+  echo "install-deps: installing npm jose for the authorization tests"
+  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+}
+if [[ ${#missing[@]} -eq 0 ]]; then
+  install_jose
+  exit 0
+fi
 
 echo "install-deps: installing ${missing[*]}"
 sudo=()
@@ -29,3 +44,4 @@ export DEBIAN_FRONTEND=noninteractive
 # Package post-install scripts try to start the servers as system services; the
 # project never uses those (it starts its own in temporary directories).
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+install_jose

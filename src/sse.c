@@ -3,7 +3,9 @@
  * sse_run.c (the run cache), sse_replay.c (PostgreSQL) and sse_redis.c (live). */
 #include "sse.h"
 
+#include "auth.h"
 #include "clock.h"
+#include "sse_replay.h"
 #include "sse_run.h"
 
 #include "admin_http.h"
@@ -32,8 +34,15 @@ static struct {
     bool stopping;
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
-    struct event *poll_timer, *heartbeat_timer, *stats_timer, *sig_term, *sig_int, *stop_timer;
+    struct event *poll_timer, *heartbeat_timer, *stats_timer, *sig_term, *sig_int, *sig_hup, *stop_timer;
+    struct event *auth_timer;
 } hs;
+
+/* How often open streams are checked against their token's exp, revocations and
+ * forward-auth answers (a revocation also checks them at once). */
+#define AUTH_SWEEP_MS 500
+/* What a browser is told when authorization cannot be decided now. */
+#define RETRY_LATER_MS 5000
 
 static void on_poll_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -185,14 +194,45 @@ bool sse_parse_last_id(const char *s, long long *out)
     return true;
 }
 
+/* Whether origin is one of --cors-origin's exact origins. */
+static bool origin_listed(const char *origin)
+{
+    size_t n = strlen(origin);
+    for (const char *p = hs.cfg->cors_origin; *p;) {
+        size_t len = strcspn(p, ",");
+        if (len == n && !memcmp(p, origin, n))
+            return true;
+        p += len + (p[len] == ',');
+    }
+    return false;
+}
+
+/* CORS: a listed origin is echoed back with credentials allowed; "*" allows any
+ * origin without credentials; any other origin gets nothing. With one origin listed
+ * and no Origin header (not a browser's cross-site request) that origin is named. */
 static void add_common_headers(struct evhttp_request *req)
 {
+    const char *allowed = hs.cfg->cors_origin;
+    if (!allowed)
+        return;
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    if (hs.cfg->cors_origin) {
-        evhttp_add_header(h, "Access-Control-Allow-Origin", hs.cfg->cors_origin);
-        evhttp_add_header(h, "Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control");
-        evhttp_add_header(h, "Access-Control-Allow-Methods", "GET, OPTIONS");
+    const char *origin = evhttp_find_header(evhttp_request_get_input_headers(req), "Origin");
+    bool any = !strcmp(allowed, "*");
+    if (!any)
+        evhttp_add_header(h, "Vary", "Origin");
+    if (any) {
+        evhttp_add_header(h, "Access-Control-Allow-Origin", "*");
+    } else if (origin && origin_listed(origin)) {
+        evhttp_add_header(h, "Access-Control-Allow-Origin", origin);
+        evhttp_add_header(h, "Access-Control-Allow-Credentials", "true");
+    } else if (!origin && !strchr(allowed, ',')) {
+        evhttp_add_header(h, "Access-Control-Allow-Origin", allowed);
+    } else {
+        return;
     }
+    evhttp_add_header(h, "Access-Control-Allow-Headers", "Authorization, Last-Event-ID, Cache-Control");
+    evhttp_add_header(h, "Access-Control-Allow-Methods", "GET, OPTIONS");
+    evhttp_add_header(h, "Access-Control-Max-Age", "600");
 }
 
 static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *content_type,
@@ -208,6 +248,155 @@ static void reply_text(struct evhttp_request *req, int code, const char *reason,
     evhttp_send_reply(req, code, reason, b);
     if (b)
         evbuffer_free(b);
+}
+
+/* A 200 stream that carries no event of the run and ends at once, with a reconnect
+ * delay: what a browser gets when it should come back later (any other status would
+ * stop an EventSource for good). */
+static void reply_retry_later(struct evhttp_request *req, const char *event, const char *comment)
+{
+    char body[256];
+    snprintf(body, sizeof body, "retry: %d\n%s%s%s: %s\n\n", RETRY_LATER_MS, event ? "event: " : "",
+             event ? event : "", event ? "\ndata: {}\n" : "", comment);
+    reply_text(req, 200, "OK", "text/event-stream; charset=utf-8", body);
+}
+
+/* ---- authorization of new streams and of open ones -------------------------------- */
+
+/* What a stream waiting for forward-auth needs to open once it is allowed. */
+typedef struct waiting {
+    struct evhttp_request *req;
+    long long last;
+    size_t len;
+    char run_id[];
+} waiting;
+
+static void start_stream(struct evhttp_request *req, const char *run_id, size_t len, long long last,
+                         const auth_grant *g);
+
+static void refuse(struct evhttp_request *req, auth_result r)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    char body[160];
+    switch (r) {
+    case AUTH_UNAUTHENTICATED:
+        evhttp_add_header(h, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
+        snprintf(body, sizeof body, "a valid token is needed to read this run (%s)\n",
+                 *auth_last_reason() ? auth_last_reason() : "refused");
+        reply_text(req, 401, "Unauthorized", "text/plain; charset=utf-8", body);
+        break;
+    case AUTH_FORBIDDEN:
+        evhttp_add_header(h, "WWW-Authenticate", "Bearer error=\"insufficient_scope\"");
+        reply_text(req, 403, "Forbidden", "text/plain; charset=utf-8", "this token does not cover this run\n");
+        break;
+    default:
+        reply_retry_later(req, "auth-unavailable", "authorization is unavailable; retry later");
+        break;
+    }
+}
+
+static void on_auth_done(void *arg, auth_result r, const auth_grant *g)
+{
+    waiting *w = arg;
+    if (!evhttp_request_get_connection(w->req)) {
+        /* The browser left while we asked: answering frees the request. */
+        auth_grant copy = *g;
+        auth_grant_release(&copy);
+        evhttp_send_reply(w->req, 200, "OK", NULL);
+    } else if (r == AUTH_ALLOW && !hs.stopping) {
+        start_stream(w->req, w->run_id, w->len, w->last, g);
+    } else {
+        auth_grant copy = *g;
+        auth_grant_release(&copy);
+        refuse(w->req, r == AUTH_ALLOW ? AUTH_UNAVAILABLE : r);
+    }
+    free(w);
+}
+
+/* What an open stream's grant says now: warn, end, or go on. */
+static void check_stream(client *c, auth_grant *g, long long last, void *arg)
+{
+    long long now = *(const long long *)arg;
+    char data[96];
+    switch (auth_grant_check(g, now)) {
+    case AUTH_KEEP: break;
+    case AUTH_WARN:
+        snprintf(data, sizeof data, "{\"exp\":%lld,\"last_event_id\":%lld}", g->exp, last);
+        stream_notice(c, "auth-expiring", data);
+        break;
+    case AUTH_END_EXPIRED:
+        snprintf(data, sizeof data, "{\"exp\":%lld,\"last_event_id\":%lld}", g->exp, last);
+        stream_finish(c, "auth-expired", data);
+        break;
+    case AUTH_END_REVOKED:
+        snprintf(data, sizeof data, "{\"last_event_id\":%lld}", last);
+        stream_finish(c, "auth-revoked", data);
+        break;
+    case AUTH_END_UNAVAILABLE:
+        snprintf(data, sizeof data, "{\"last_event_id\":%lld}\nretry: %d", last, RETRY_LATER_MS);
+        stream_finish(c, "auth-unavailable", data);
+        break;
+    }
+}
+
+static void check_streams(void)
+{
+    long long now = auth_clock();
+    streams_each(check_stream, &now);
+}
+
+static void on_auth_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    check_streams();
+}
+
+static void on_revocations(const auth_revocation *rows, int n)
+{
+    auth_set_revocations(rows, n);
+    check_streams();
+}
+
+static void start_stream(struct evhttp_request *req, const char *run_id, size_t len, long long last,
+                         const auth_grant *g)
+{
+    auth_grant grant = *g;
+    long long now = auth_clock();
+    if (grant.exp && now >= grant.exp) {
+        /* Accepted within the leeway but already past exp: nothing of the run goes out. */
+        char body[160];
+        snprintf(body, sizeof body, "event: auth-expired\ndata: {\"exp\":%lld,\"last_event_id\":%lld}\n\n",
+                 grant.exp, last);
+        auth_grant_release(&grant);
+        reply_text(req, 200, "OK", "text/event-stream; charset=utf-8", body);
+        return;
+    }
+    runs_stats st;
+    runs_get_stats(&st);
+    if (st.streams >= hs.cfg->max_clients) {
+        /* Not 503: any non-200 answer stops an EventSource for good. A stream that
+         * ends at once with a retry hint makes the browser come back in 5 s. */
+        auth_grant_release(&grant);
+        reply_retry_later(req, NULL, "this gateway is full; reconnect later");
+        return;
+    }
+    client *c = stream_new(req, run_id, len, last, &grant);
+    if (!c) {
+        auth_grant_release(&grant);
+        reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
+        return;
+    }
+    add_common_headers(req);
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
+    evhttp_add_header(h, "Cache-Control", "no-cache");
+    evhttp_add_header(h, "X-Accel-Buffering", "no");
+    evhttp_send_reply_start(req, 200, "OK");
+    stream_start(c);
+    if (hs.cfg->auth != AUTH_NONE)
+        check_stream(c, &grant, last, &now); /* auth-expiring at once for a short-lived token */
 }
 
 static void open_stream(struct evhttp_request *req, const char *run_id, size_t len)
@@ -239,27 +428,32 @@ static void open_stream(struct evhttp_request *req, const char *run_id, size_t l
             return;
         }
     }
-    runs_stats st;
-    runs_get_stats(&st);
-    if (st.streams >= hs.cfg->max_clients) {
-        /* Not 503: any non-200 answer stops an EventSource for good. A stream that
-         * ends at once with a retry hint makes the browser come back in 5 s. */
-        reply_text(req, 200, "OK", "text/event-stream; charset=utf-8",
-                   "retry: 5000\n: this gateway is full; reconnect later\n\n");
-        return;
-    }
-    client *c = stream_new(req, run_id, len, last);
-    if (!c) {
+    /* Authorization before anything of the run: not one event byte goes out first. */
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    auth_request ar = {.run = run_id,
+                       .run_len = len,
+                       .authorization = evhttp_find_header(in, "Authorization"),
+                       .cookie = evhttp_find_header(in, "Cookie"),
+                       .query = evhttp_uri_get_query(uri),
+                       .uri = evhttp_request_get_uri(req)};
+    waiting *w = malloc(sizeof *w + len + 1);
+    if (!w) {
         reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
         return;
     }
-    add_common_headers(req);
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
-    evhttp_add_header(h, "Cache-Control", "no-cache");
-    evhttp_add_header(h, "X-Accel-Buffering", "no");
-    evhttp_send_reply_start(req, 200, "OK");
-    stream_start(c);
+    w->req = req;
+    w->last = last;
+    w->len = len;
+    memcpy(w->run_id, run_id, len + 1);
+    auth_grant g;
+    auth_result r = auth_check(&ar, &g, on_auth_done, w);
+    if (r == AUTH_PENDING)
+        return; /* on_auth_done takes over w */
+    free(w);
+    if (r == AUTH_ALLOW)
+        start_stream(req, run_id, len, last, &g);
+    else
+        refuse(req, r);
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -319,7 +513,8 @@ static void on_request(struct evhttp_request *req, void *arg)
                   prom_gauge(&m, "outboxd_sse_redis_up", "1 while the Redis subscription is healthy.",
                              st.redis_up) &&
                   prom_gauge(&m, "outboxd_sse_database_up", "1 while the PostgreSQL connection is up.",
-                             st.database_up);
+                             st.database_up) &&
+                  auth_metrics(&m);
         if (ok)
             reply_text(req, 200, "OK", "text/plain; version=0.0.4", m.data);
         else
@@ -354,11 +549,16 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     (void)arg;
-    if (hs.stopping) {
+    if (hs.stopping && sig != SIGHUP) {
         static const char msg[] = "outboxd: second signal, exiting at once\n";
         if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
         }
         _exit(1);
+    }
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: reloading the authorization keys");
+        auth_reload();
+        return;
     }
     log_info("signal %d: closing streams (browsers resume with Last-Event-ID elsewhere)", (int)sig);
     admin_sd_notify("STOPPING=1");
@@ -369,7 +569,9 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         evhttp_del_accept_socket(hs.http, hs.sock);
         hs.sock = NULL;
     }
-    /* End every stream cleanly; what is queued still goes out before the loop ends. */
+    /* End every stream cleanly; what is queued still goes out before the loop ends.
+     * Streams still waiting for forward-auth are told to come back. */
+    auth_cancel_pending();
     streams_end_all();
     struct timeval flush = {0, 200000};
     event_base_loopexit(hs.base, &flush);
@@ -377,6 +579,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 
 int sse_main(const config *cfg)
 {
+    memset(&hs, 0, sizeof hs);
     hs.cfg = cfg;
     char host[256];
     int port;
@@ -391,8 +594,18 @@ int sse_main(const config *cfg)
         log_error("cannot create the event loop");
         return 1;
     }
+    char err[512];
+    if (!auth_start(hs.base, cfg, err, sizeof err)) {
+        log_error("authorization: %s", err);
+        auth_stop();
+        evhttp_free(hs.http);
+        event_base_free(hs.base);
+        return 2;
+    }
     evhttp_set_gencb(hs.http, on_request, NULL);
-    evhttp_set_max_headers_size(hs.http, 16384);
+    /* Room for a hostile 100 KB token to reach the verifier and get its 401 (a
+     * request's headers are read whole before we see them: this bounds that). */
+    evhttp_set_max_headers_size(hs.http, 256 * 1024);
     evhttp_set_max_body_size(hs.http, 4096);
     evhttp_set_timeout(hs.http, 60);
     evhttp_set_allowed_methods(hs.http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS |
@@ -401,6 +614,7 @@ int sse_main(const config *cfg)
     hs.sock = evhttp_bind_socket_with_handle(hs.http, host, (ev_uint16_t)port);
     if (!hs.sock) {
         log_error("cannot listen on %s: %s", cfg->listen, strerror(errno));
+        auth_stop();
         evhttp_free(hs.http);
         event_base_free(hs.base);
         return 1;
@@ -411,6 +625,8 @@ int sse_main(const config *cfg)
     hs.stop_timer = evtimer_new(hs.base, on_stop_timeout, NULL);
     hs.sig_term = evsignal_new(hs.base, SIGTERM, on_signal, NULL);
     hs.sig_int = evsignal_new(hs.base, SIGINT, on_signal, NULL);
+    hs.sig_hup = evsignal_new(hs.base, SIGHUP, on_signal, NULL);
+    hs.auth_timer = event_new(hs.base, -1, EV_PERSIST, on_auth_timer, NULL);
     struct timeval poll = clock_tv_ms(DEGRADED_POLL_MS), hb = clock_tv_ms(cfg->heartbeat_ms),
                    st = clock_tv_ms(cfg->stats_interval_ms);
     event_add(hs.poll_timer, &poll);
@@ -419,6 +635,11 @@ int sse_main(const config *cfg)
         event_add(hs.stats_timer, &st);
     event_add(hs.sig_term, NULL);
     event_add(hs.sig_int, NULL);
+    event_add(hs.sig_hup, NULL);
+    if (cfg->auth != AUTH_NONE) {
+        struct timeval sweep = clock_tv_ms(AUTH_SWEEP_MS);
+        event_add(hs.auth_timer, &sweep);
+    }
 
     log_info("sse gateway listening on http://%s/ (pid %d)", cfg->listen, (int)getpid());
     config_log(cfg, CMD_SSE);
@@ -426,18 +647,24 @@ int sse_main(const config *cfg)
         log_error("cannot create the gateway's timers");
         return 1;
     }
+    if (cfg->auth == AUTH_JWT)
+        replay_watch_revocations(on_revocations);
     admin_sd_notify("READY=1");
     event_base_dispatch(hs.base);
 
     on_stats(-1, 0, NULL);
+    auth_cancel_pending();
     evhttp_free(hs.http); /* closes the connections: their close callbacks free the streams */
     runs_stop();
+    auth_stop();
     event_free(hs.poll_timer);
     event_free(hs.heartbeat_timer);
     event_free(hs.stats_timer);
     event_free(hs.stop_timer);
     event_free(hs.sig_term);
     event_free(hs.sig_int);
+    event_free(hs.sig_hup);
+    event_free(hs.auth_timer);
     event_base_free(hs.base);
     log_info("sse gateway stopped");
     return 0;

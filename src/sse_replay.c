@@ -13,6 +13,8 @@
 #include <string.h>
 
 enum pg_state { PG_DOWN, PG_CONNECTING, PG_IDLE, PG_BUSY };
+/* What the statement in flight is: a job's read, or the revocation watch's. */
+enum pg_op { OP_READ, OP_LISTEN, OP_REVOCATIONS };
 
 static struct {
     struct event_base *base;
@@ -27,10 +29,14 @@ static struct {
     replay_job *q_head, *q_tail;
     long backoff_ms;
     unsigned long long reads;
+    enum pg_op op;
+    void (*revocations)(const auth_revocation *rows, int n);
+    bool want_listen, want_revocations;
 } rp;
 
 static void pg_kick(void);
 static void pg_watch(short what);
+static void control_done(PGresult *res);
 
 static void pg_fail(const char *what)
 {
@@ -100,6 +106,8 @@ static void on_pg_io(evutil_socket_t fd, short what, void *arg)
             rp.state = PG_IDLE;
             rp.backoff_ms = 0;
             log_info("postgresql (gateway): connected");
+            /* Notifications sent while we were away are lost: read the list again. */
+            rp.want_listen = rp.want_revocations = rp.revocations != NULL;
             pg_watch(EV_READ);
             pg_kick();
             return;
@@ -122,10 +130,15 @@ static void on_pg_io(evutil_socket_t fd, short what, void *arg)
         return;
     }
     PGnotify *nt;
-    while ((nt = PQnotifies(rp.pg)) != NULL)
+    while ((nt = PQnotifies(rp.pg)) != NULL) {
+        if (rp.revocations && !strcmp(nt->relname, STORE_REVOKE_CHANNEL))
+            rp.want_revocations = true;
         PQfreemem(nt);
-    if (rp.state != PG_BUSY)
+    }
+    if (rp.state != PG_BUSY) {
+        pg_kick();
         return;
+    }
     /* Collect results without ever blocking: PQgetResult only when not busy. */
     PGresult *res;
     for (;;) {
@@ -139,6 +152,16 @@ static void on_pg_io(evutil_socket_t fd, short what, void *arg)
     PGresult *last = rp.result;
     rp.result = NULL;
     evtimer_del(rp.timer);
+    if (rp.op != OP_READ) {
+        rp.state = PG_IDLE;
+        control_done(last);
+        PQclear(last);
+        if (PQstatus(rp.pg) != CONNECTION_OK)
+            pg_fail("connection");
+        else
+            pg_kick();
+        return;
+    }
     replay_job *j = rp.current;
     rp.current = NULL;
     rp.state = PG_IDLE;
@@ -197,9 +220,70 @@ static void on_pg_timer(evutil_socket_t fd, short what, void *arg)
         pg_fail("timed out");
 }
 
-/* Starts the next queued read if the connection is idle. */
+/* The revocation watch's statements: LISTEN, then the list of revocations in force. */
+static void control_done(PGresult *res)
+{
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        /* No table (the schema is older than this binary) or another error: say so;
+         * the list is read again after the next reconnect or notification. */
+        log_error("postgresql (gateway): %s: %s", rp.op == OP_LISTEN ? "listen for revocations" : "read revocations",
+                  res ? PQresultErrorMessage(res) : "no result");
+        return;
+    }
+    if (rp.op != OP_REVOCATIONS)
+        return;
+    int n = PQntuples(res);
+    auth_revocation *rows = calloc((size_t)(n ? n : 1), sizeof *rows);
+    if (!rows) {
+        log_error("postgresql (gateway): out of memory reading %d revocations", n);
+        rp.want_revocations = true;
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        rows[i].is_sub = PQgetvalue(res, i, 0)[0] == 't';
+        rows[i].value = PQgetvalue(res, i, 1);
+        rows[i].len = (size_t)PQgetlength(res, i, 1);
+        rows[i].until = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+    }
+    rp.revocations(rows, n);
+    free(rows);
+}
+
+/* Sends one statement on the idle connection; false if the connection failed. */
+static bool pg_send(enum pg_op op, const char *sql, int n, const char *const *params)
+{
+    rp.op = op;
+    if (!PQsendQueryParams(rp.pg, sql, n, NULL, params, NULL, NULL, 0)) {
+        pg_fail("send"); /* puts a job in flight back at the front of the queue */
+        return false;
+    }
+    rp.state = PG_BUSY;
+    struct timeval tv = clock_tv_ms(rp.cfg->pg_timeout_ms);
+    evtimer_add(rp.timer, &tv);
+    int f = PQflush(rp.pg);
+    if (f < 0) {
+        pg_fail("send");
+        return false;
+    }
+    pg_watch(f == 1 ? EV_READ | EV_WRITE : EV_READ);
+    return true;
+}
+
+/* Starts the next statement if the connection is idle: the revocation watch's
+ * first, then the queued reads. */
 static void pg_kick(void)
 {
+    if (rp.state == PG_IDLE && rp.want_listen) {
+        rp.want_listen = false;
+        if (!pg_send(OP_LISTEN, "LISTEN " STORE_REVOKE_CHANNEL, 0, NULL))
+            return;
+    }
+    if (rp.state == PG_IDLE && rp.want_revocations) {
+        rp.want_revocations = false;
+        if (!pg_send(OP_REVOCATIONS, store_revocations_sql, 0, NULL))
+            return;
+    }
     while (rp.state == PG_IDLE && rp.q_head) {
         replay_job *j = rp.q_head;
         rp.q_head = j->next;
@@ -216,20 +300,9 @@ static void pg_kick(void)
         j->busy = true;
         j->from = from;
         rp.current = j;
-        if (!PQsendQueryParams(rp.pg, store_replay_sql, 2, NULL, params, NULL, NULL, 0)) {
-            pg_fail("send"); /* puts j back at the front of the queue */
+        if (!pg_send(OP_READ, store_replay_sql, 2, params))
             return;
-        }
-        rp.state = PG_BUSY;
         rp.reads++;
-        struct timeval tv = clock_tv_ms(rp.cfg->pg_timeout_ms);
-        evtimer_add(rp.timer, &tv);
-        int f = PQflush(rp.pg);
-        if (f < 0) {
-            pg_fail("send");
-            return;
-        }
-        pg_watch(f == 1 ? EV_READ | EV_WRITE : EV_READ);
     }
 }
 
@@ -255,6 +328,13 @@ bool replay_up(void)
 unsigned long long replay_count(void)
 {
     return rp.reads;
+}
+
+void replay_watch_revocations(void (*cb)(const auth_revocation *rows, int n))
+{
+    rp.revocations = cb;
+    rp.want_listen = rp.want_revocations = true;
+    pg_kick();
 }
 
 bool replay_start(struct event_base *base, const config *cfg, const replay_handlers *handlers)

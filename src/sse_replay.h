@@ -5,6 +5,7 @@
 #ifndef OUTBOXD_SSE_REPLAY_H
 #define OUTBOXD_SSE_REPLAY_H
 
+#include "auth.h"
 #include "config.h"
 
 #include <event2/event.h>
@@ -45,5 +46,9 @@ void replay_queue(replay_job *j);
 bool replay_up(void);
 /* Reads started since replay_start. */
 unsigned long long replay_count(void);
+/* Keeps cb told of the revocations in force: the connection LISTENs for revocations
+ * and reads the whole list after every (re)connect and every notification, ahead of
+ * queued reads. */
+void replay_watch_revocations(void (*cb)(const auth_revocation *rows, int n));
 
 #endif

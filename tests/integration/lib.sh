@@ -179,3 +179,21 @@ leader_pid() {
      WHERE l.locktype = 'advisory' AND l.classid = 1868724324 AND l.objid = 2 AND l.granted
        AND a.application_name LIKE 'outboxd-relay-%'"
 }
+
+# ---- authorization helpers ----------------------------------------------------------
+JOSE="$ROOT/tests/jose/jwt.mjs"
+# jose_keys DIR [KID_PREFIX]: keys of every algorithm (npm jose): DIR/jwks.json, DIR/private.json.
+jose_keys() { node "$JOSE" keys "$@" || fail "jose could not make keys"; }
+# mint DIR < SPEC: fills the associative array TOK from lines "LABEL sign KID CLAIMS" or
+# "LABEL hostile NAME CLAIMS" (CLAIMS may say "exp":"+60" for 60 s from now).
+declare -A TOK
+mint() {
+  local dir=$1 label token
+  while read -r label token; do TOK[$label]=$token; done < <(node "$JOSE" many "$dir" || echo "MINT_FAILED x")
+  [[ -z "${TOK[MINT_FAILED]:-}" ]] || fail "jose could not mint tokens"
+}
+# http_code URL [curl args...]: the status code; the body in $WORK/body, headers in $WORK/headers.
+http_code() {
+  local url=$1; shift
+  curl -s -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' --max-time 3 "$@" "$url" || true
+}
