@@ -197,3 +197,28 @@ http_code() {
   local url=$1; shift
   curl -s -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' --max-time 3 "$@" "$url" || true
 }
+# start_node NAME ARGS...: tests/jose/server.mjs in the background, waits until it listens.
+start_node() {
+  local name=$1; shift
+  node "$ROOT/tests/jose/server.mjs" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  for _ in $(seq 1 200); do grep -q listening "$WORK/$name.out" 2>/dev/null && return 0; sleep 0.05; done
+  fail "$name did not start: $(cat "$WORK/$name.err")"
+}
+# test_ca DIR: a throw-away CA and a server certificate for 127.0.0.1 (DIR/ca.pem, server.pem, server.key).
+test_ca() {
+  local d=$1
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=outboxd-test-ca \
+    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null || fail "cannot make a test CA"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null || fail "cannot make a server key"
+  printf 'subjectAltName=IP:127.0.0.1\n' >"$d/ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$d/ext" -out "$d/server.pem" 2>/dev/null || fail "cannot sign the server certificate"
+}
+# stream_ok URL TOKEN: 200 with the first event of the run within 2 s.
+stream_ok() {
+  [[ $(http_code "$1" --max-time 2 -H "Authorization: Bearer $2") == 200 ]] && grep -q '^id: ' "$WORK/body"
+}
