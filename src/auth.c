@@ -76,6 +76,7 @@ static struct {
     unsigned long long ended_expired, ended_revoked, ended_unavailable;
     unsigned long long key_reloads, key_reload_failures;
     const char *last_reason;
+    void (*changed)(void);
 } au;
 
 static void sha256_tagged(char tag, const char *s, size_t n, unsigned char out[AUTH_HASH_LEN])
@@ -432,6 +433,17 @@ auth_result auth_check(const auth_request *r, auth_grant *g, auth_done_fn cb, vo
 
 /* ---- open streams ----------------------------------------------------------------- */
 
+void auth_set_change_hook(void (*fn)(void))
+{
+    au.changed = fn;
+}
+
+static void on_forward_changed(void)
+{
+    if (au.changed)
+        au.changed();
+}
+
 long long auth_warning_s(void)
 {
     return au.cfg->auth_expiry_warning_ms / 1000;
@@ -504,7 +516,7 @@ bool auth_start(struct event_base *base, const config *cfg, char *err, size_t er
                      "signed by these keys");
     }
     if (cfg->auth == AUTH_FORWARD) {
-        fwd_settings fs = {cfg->auth_url, cfg->auth_timeout_ms, cfg->auth_cache_size};
+        fwd_settings fs = {cfg->auth_url, cfg->auth_timeout_ms, cfg->auth_cache_size, on_forward_changed};
         if (!http_url_ok(cfg->auth_url)) {
             snprintf(err, errlen, "--auth-url: not an http(s) URL");
             return false;

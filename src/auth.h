@@ -61,6 +61,10 @@ void auth_stop(void);
  * old keyring (and says why). Also refreshes the JWKS URL. */
 void auth_reload(void);
 
+/* fn is called when open streams may have to end at once (a forward-auth answer
+ * turned into a denial); the caller then checks them with auth_grant_check. */
+void auth_set_change_hook(void (*fn)(void));
+
 /* Decides whether the request may read its run. On AUTH_ALLOW fills *g (release it
  * with auth_grant_release). On AUTH_PENDING cb(arg, ...) is called once, later. */
 auth_result auth_check(const auth_request *r, auth_grant *g, auth_done_fn cb, void *arg);

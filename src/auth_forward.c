@@ -22,6 +22,9 @@
 #define MAX_TTL_MS (3600L * 1000)
 #define MIN_TTL_MS 1000
 #define MAX_BODY 65536
+/* Open streams ask again this long before their answer expires (the sweep's period),
+ * so that a denial ends them within the answer's TTL. */
+#define RECHECK_EARLY_MS 500
 
 typedef struct waiter {
     fwd_done_fn cb;
@@ -225,8 +228,11 @@ static void on_answer(const http_response *r, void *arg)
         e->expires_ms = now + UNAVAILABLE_TTL_MS;
         fw.st.failed++;
     }
+    bool ends_streams = e->streams > 0 && e->answer != FWD_ALLOW;
     answer_waiters(e);
-    evict();
+    evict(); /* e may be gone from here on */
+    if (ends_streams && fw.s.changed)
+        fw.s.changed();
 }
 
 static bool ask(fwd_entry *e, long long now)
@@ -318,7 +324,8 @@ fwd_answer fwd_verdict(fwd_entry *e, long long now_ms)
 {
     if (e->answer != FWD_ALLOW)
         return e->answer;
-    if (now_ms >= e->expires_ms && !e->in_flight && !ask(e, now_ms)) {
+    long long early = e->expires_ms - RECHECK_EARLY_MS;
+    if (now_ms >= early && !e->in_flight && !ask(e, now_ms)) {
         e->answer = FWD_UNAVAILABLE;
         e->expires_ms = now_ms + UNAVAILABLE_TTL_MS;
     }

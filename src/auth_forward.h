@@ -27,6 +27,9 @@ typedef struct fwd_settings {
     const char *url;
     long timeout_ms;
     long cache_size;
+    /* Called when an answer that open streams depend on turned into a denial (or
+     * could not be had), so that they end now rather than at the next look. */
+    void (*changed)(void);
 } fwd_settings;
 
 typedef struct fwd_stats {
@@ -48,7 +51,8 @@ void fwd_stop(void);
 fwd_answer fwd_check(const fwd_request *r, long long now_ms, fwd_entry **e, fwd_done_fn cb, void *arg);
 void fwd_unref(fwd_entry *e);
 /* For an open stream that holds e: FWD_ALLOW while the application still allows it
- * (a stale answer is asked again, one call for all its streams, and holds meanwhile),
+ * (an answer about to go stale is asked again, one call for all its streams, in time
+ * for the new answer to arrive when the old one expires),
  * FWD_DENY_401/403 once it denies, FWD_UNAVAILABLE when it could not answer. */
 fwd_answer fwd_verdict(fwd_entry *e, long long now_ms);
 void fwd_get_stats(fwd_stats *out);

@@ -649,6 +649,7 @@ int sse_main(const config *cfg)
     }
     if (cfg->auth == AUTH_JWT)
         replay_watch_revocations(on_revocations);
+    auth_set_change_hook(check_streams);
     admin_sd_notify("READY=1");
     event_base_dispatch(hs.base);
 
