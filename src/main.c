@@ -187,13 +187,15 @@ static int cmd_revoke(const config *cfg, char **pos)
     char until[64];
     if (!store_revoke(s, cfg->sub != NULL, value, ms, cfg->until, until, sizeof until)) {
         const char *state = store_sqlstate(s);
-        int code = !strncmp(state, "22", 2) || !*state ? 2 : 1; /* a bad time, or one in the past */
-        if (!strcmp(state, "42P01"))
+        bool no_table = !strcmp(state, "42P01");
+        /* A time PostgreSQL cannot read (22...), or one in the past (no SQLSTATE), is bad input. */
+        int code = no_table ? 1 : !strncmp(state, "22", 2) || !*state ? 2 : 1;
+        if (no_table)
             fprintf(stderr, "outboxd revoke: the schema has no revocations table: run 'outboxd migrate'\n");
         else
             fprintf(stderr, "outboxd revoke: %s\n", store_errstr(s));
         store_free(s);
-        return !strcmp(state, "42P01") ? 1 : code;
+        return code;
     }
     printf("revoked %s %s until %s; gateways end its streams and refuse it until then\n",
            cfg->sub ? "every token of sub" : "the token with jti", value, until);
