@@ -1,6 +1,8 @@
 // Small servers for the authorization tests (loopback only, no dependencies):
 //   node server.mjs jwks PORT CERT KEY FILE MAX_AGE   HTTPS: GET /jwks.json serves FILE (read per request)
 //                                                     with Cache-Control: max-age=MAX_AGE
+//   node server.mjs token PORT FILE                   HTTP: any GET answers FILE's content (a token),
+//                                                     allowing the caller's origin with credentials (CORS)
 //   node server.mjs auth PORT STATE                   HTTP forward-auth backend: STATE (read per request)
 //                                                     is {"cookies":{"session value":status},
 //                                                     "delay_ms":N,"max_age":N}; unknown cookies get 401
@@ -37,6 +39,14 @@ if (mode === 'jwks') {
       if (state.max_age !== undefined) headers['Cache-Control'] = `max-age=${state.max_age}`;
       res.writeHead(status, headers).end(`${status}\n`);
     }, state.delay_ms || 0);
+  });
+} else if (mode === 'token') {
+  const [file] = rest;
+  server = http.createServer((req, res) => {
+    log(req);
+    res.writeHead(200, { 'Content-Type': 'text/plain', 'Cache-Control': 'no-store', Vary: 'Origin',
+      'Access-Control-Allow-Origin': req.headers.origin || '*', 'Access-Control-Allow-Credentials': 'true' });
+    res.end(fs.readFileSync(file, 'utf8').trim());
   });
 } else {
   console.error('usage: server.mjs jwks PORT CERT KEY FILE MAX_AGE | auth PORT STATE');
