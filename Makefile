@@ -72,9 +72,11 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@bash scripts/demo.sh
 
+# BENCH_SSE_AUTH=0 skips the gateway's authorization cost (bench/sse_auth.sh).
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
+	@[ "$${BENCH_SSE_AUTH:-1}" = 0 ] || bash bench/sse_auth.sh
 
 # Retention soak: a million events through a relay with --retention on (bench/soak.sh).
 soak: deps
