@@ -87,7 +87,15 @@ measure() { # MODE REP
   for _ in $(seq 1 1200); do [[ -f "$WORK/ready" ]] && break; sleep 0.05; done
   opened=$(( ($(date +%s%N) - t0) / 1000000 ))
   [[ -f "$WORK/ready" ]] || say "  $mode: not every stream opened within 60 s"
-  sleep 1
+  # Steady state only: wait until the gateway has read every run once (a run's first
+  # read holds its live events; $RUNS of them queue behind one connection at start).
+  local prev=-1 cur
+  for _ in $(seq 1 120); do
+    cur=$(curl -s "http://127.0.0.1:$port/metrics" | awk '/^outboxd_sse_replays_total/ {print $2}')
+    [[ "$cur" == "$prev" ]] && ((${cur%.*} >= RUNS)) && break
+    prev=$cur
+    sleep 0.5
+  done
   "$BUILD/obx_load" --rate 1000 --runs "$RUNS" --conns 8 --seconds "$SECS" --prefix "bench$rep$mode" >"$WORK/load-$mode-$rep.out"
   wait "$cpid" || true
   kill -TERM "$gw"; wait "$gw" || true
