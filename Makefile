@@ -19,7 +19,7 @@ CORE = buf log config event metrics store_pg redis_sink admin_http relay sse sse
 	jwks jwt http_client auth auth_forward
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse
-UNIT = test_buf test_config test_relay test_metrics test_sse test_jwt test_auth
+UNIT = test_buf test_config test_relay test_metrics test_sse test_jwt test_auth test_auth_forward
 
 .PHONY: all deps test test-sanitize unit integration run bench soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
@@ -41,6 +41,7 @@ $(BUILD)/test_buf: tests/unit/test_buf.c $(BUILD)/buf.o $(BUILD)/event.o
 $(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o $(BUILD)/log.o $(BUILD)/buf.o
 $(BUILD)/test_metrics: tests/unit/test_metrics.c $(BUILD)/metrics.o $(BUILD)/buf.o
 $(BUILD)/test_jwt: tests/unit/test_jwt.c $(BUILD)/jwt.o $(BUILD)/jwks.o
+$(BUILD)/test_auth_forward: tests/unit/test_auth_forward.c $(BUILD)/auth_forward.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/buf.o
 $(BUILD)/test_auth: tests/unit/test_auth.c $(BUILD)/auth.o $(BUILD)/auth_forward.o $(BUILD)/http_client.o \
 	$(BUILD)/jwt.o $(BUILD)/jwks.o $(BUILD)/log.o $(BUILD)/buf.o $(BUILD)/metrics.o
 $(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_run.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \

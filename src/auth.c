@@ -26,6 +26,7 @@
 #define JWKS_RETRY_S 10
 #define UNKNOWN_KID_INTERVAL_S 30
 #define MAX_PUBLIC 64
+#define MAX_CREDENTIALS 16384 /* bytes of Cookie and Authorization forwarded to --auth-url */
 
 /* Why a stream was refused or ended, for the metrics. */
 enum reason {
@@ -87,13 +88,6 @@ static void sha256_tagged(char tag, const char *s, size_t n, unsigned char out[A
         EVP_DigestUpdate(ctx, s, n) != 1 || EVP_DigestFinal_ex(ctx, out, &len) != 1)
         memset(out, 0, AUTH_HASH_LEN);
     EVP_MD_CTX_free(ctx);
-}
-
-static long long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- public runs ------------------------------------------------------------------ */
@@ -412,6 +406,10 @@ auth_result auth_check(const auth_request *r, auth_grant *g, auth_done_fn cb, vo
         return AUTH_ALLOW;
     if (au.cfg->auth == AUTH_JWT)
         return check_jwt(r, g);
+    /* Credentials are copied into the cache (to ask again later): bound them, or
+     * distinct huge cookies could fill memory. */
+    if ((r->cookie ? strlen(r->cookie) : 0) + (r->authorization ? strlen(r->authorization) : 0) > MAX_CREDENTIALS)
+        return deny(JWT_MALFORMED, AUTH_UNAUTHENTICATED);
     pending *p = malloc(sizeof *p);
     char *uri = uri_without_token(r->uri);
     if (!p || !uri) {
@@ -423,7 +421,7 @@ auth_result auth_check(const auth_request *r, auth_grant *g, auth_done_fn cb, vo
     p->arg = arg;
     fwd_request fr = {r->run, r->run_len, r->cookie, r->authorization, uri};
     fwd_entry *e;
-    fwd_answer a = fwd_check(&fr, mono_ms(), &e, on_forward, p);
+    fwd_answer a = fwd_check(&fr, &e, on_forward, p);
     free(uri);
     if (a != FWD_PENDING)
         free(p);
@@ -456,7 +454,7 @@ auth_verdict auth_grant_check(auth_grant *g, long long now)
         return AUTH_END_REVOKED;
     }
     if (g->fwd) {
-        fwd_answer a = fwd_verdict(g->fwd, mono_ms());
+        fwd_answer a = fwd_verdict(g->fwd);
         if (a == FWD_DENY_401 || a == FWD_DENY_403) {
             au.ended_revoked++;
             return AUTH_END_REVOKED;
@@ -516,7 +514,7 @@ bool auth_start(struct event_base *base, const config *cfg, char *err, size_t er
                      "signed by these keys");
     }
     if (cfg->auth == AUTH_FORWARD) {
-        fwd_settings fs = {cfg->auth_url, cfg->auth_timeout_ms, cfg->auth_cache_size, on_forward_changed};
+        fwd_settings fs = {cfg->auth_url, cfg->auth_timeout_ms, cfg->auth_cache_size, on_forward_changed, NULL};
         if (!http_url_ok(cfg->auth_url)) {
             snprintf(err, errlen, "--auth-url: not an http(s) URL");
             return false;

@@ -5,6 +5,7 @@
  * evicted; the others are evicted least recently used past --auth-cache-size. */
 #include "auth_forward.h"
 
+#include "clock.h"
 #include "http_client.h"
 #include "log.h"
 #include "metrics.h"
@@ -177,13 +178,6 @@ static long ttl_ms(const http_response *r, long dflt)
     return ms < MIN_TTL_MS ? MIN_TTL_MS : ms;
 }
 
-static long long now_ms_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Calls back every waiter of e with its answer. A waiter's callback may start a new
  * check (even of this key), so the list is detached first. */
 static void answer_waiters(fwd_entry *e)
@@ -206,7 +200,7 @@ static void answer_waiters(fwd_entry *e)
 static void on_answer(const http_response *r, void *arg)
 {
     fwd_entry *e = arg;
-    long long now = now_ms_mono();
+    long long now = fw.s.clock_ms();
     e->in_flight = false;
     double s = (double)(now - e->started_ms) / 1000.0;
     prom_hist_record(&fw.latency, s);
@@ -264,8 +258,9 @@ static void add_waiter(fwd_entry *e, fwd_done_fn cb, void *arg, bool *ok)
     e->waiters_tail = &w->next;
 }
 
-fwd_answer fwd_check(const fwd_request *r, long long now_ms, fwd_entry **out, fwd_done_fn cb, void *arg)
+fwd_answer fwd_check(const fwd_request *r, fwd_entry **out, fwd_done_fn cb, void *arg)
 {
+    long long now_ms = fw.s.clock_ms();
     unsigned char key[KEY_LEN];
     key_of(r, key);
     *out = NULL;
@@ -320,8 +315,9 @@ void fwd_unref(fwd_entry *e)
         evict();
 }
 
-fwd_answer fwd_verdict(fwd_entry *e, long long now_ms)
+fwd_answer fwd_verdict(fwd_entry *e)
 {
+    long long now_ms = fw.s.clock_ms();
     if (e->answer != FWD_ALLOW)
         return e->answer;
     long long early = e->expires_ms - RECHECK_EARLY_MS;
@@ -347,6 +343,8 @@ bool fwd_start(struct event_base *base, const fwd_settings *s)
     memset(&fw, 0, sizeof fw);
     fw.base = base;
     fw.s = *s;
+    if (!fw.s.clock_ms)
+        fw.s.clock_ms = clock_mono_ms;
     return true;
 }
 

@@ -30,6 +30,8 @@ typedef struct fwd_settings {
     /* Called when an answer that open streams depend on turned into a denial (or
      * could not be had), so that they end now rather than at the next look. */
     void (*changed)(void);
+    /* A monotonic clock in milliseconds (tests pass a fixed one). */
+    long long (*clock_ms)(void);
 } fwd_settings;
 
 typedef struct fwd_stats {
@@ -47,14 +49,14 @@ void fwd_cancel_waiters(void);
 void fwd_stop(void);
 
 /* The cached answer for r, or FWD_PENDING (cb(arg, ...) follows). On FWD_ALLOW *e is a
- * new reference (drop it with fwd_unref). now_ms: a monotonic clock. */
-fwd_answer fwd_check(const fwd_request *r, long long now_ms, fwd_entry **e, fwd_done_fn cb, void *arg);
+ * new reference (drop it with fwd_unref). */
+fwd_answer fwd_check(const fwd_request *r, fwd_entry **e, fwd_done_fn cb, void *arg);
 void fwd_unref(fwd_entry *e);
 /* For an open stream that holds e: FWD_ALLOW while the application still allows it
  * (an answer about to go stale is asked again, one call for all its streams, in time
  * for the new answer to arrive when the old one expires),
  * FWD_DENY_401/403 once it denies, FWD_UNAVAILABLE when it could not answer. */
-fwd_answer fwd_verdict(fwd_entry *e, long long now_ms);
+fwd_answer fwd_verdict(fwd_entry *e);
 void fwd_get_stats(fwd_stats *out);
 /* Prometheus histogram of call latency (the caller writes it). */
 struct prom_hist;

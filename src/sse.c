@@ -396,7 +396,7 @@ static void start_stream(struct evhttp_request *req, const char *run_id, size_t 
     evhttp_send_reply_start(req, 200, "OK");
     stream_start(c);
     if (hs.cfg->auth != AUTH_NONE)
-        check_stream(c, &grant, last, &now); /* auth-expiring at once for a short-lived token */
+        check_stream(c, stream_grant(c), last, &now); /* auth-expiring at once for a short-lived token */
 }
 
 static void open_stream(struct evhttp_request *req, const char *run_id, size_t len)

@@ -475,6 +475,11 @@ void streams_each(void (*fn)(client *c, auth_grant *g, long long last, void *arg
     free(all);
 }
 
+auth_grant *stream_grant(client *c)
+{
+    return &c->grant;
+}
+
 void stream_notice(client *c, const char *name, const char *data)
 {
     struct evbuffer *out = evbuffer_new();

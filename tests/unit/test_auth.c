@@ -2,6 +2,7 @@
  * network: where tokens are found, what covers a run, public runs, revocations, and
  * what an open stream's grant says as time passes. */
 #include "auth.h"
+#include "b64url_test.h"
 
 #include <event2/event.h>
 #include <openssl/evp.h>
@@ -27,16 +28,6 @@ static long long fixed_clock(void)
 static config cfg;
 static struct event_base *base;
 static char jwks_path[64];
-
-static void b64url(const unsigned char *in, size_t n, char *out)
-{
-    int len = EVP_EncodeBlock((unsigned char *)out, in, (int)n);
-    while (len > 0 && out[len - 1] == '=')
-        len--;
-    out[len] = '\0';
-    for (char *p = out; *p; p++)
-        *p = *p == '+' ? '-' : *p == '/' ? '_' : *p;
-}
 
 /* An HS256 token with these claims (JSON members without braces). */
 static const char *token(const char *claims)

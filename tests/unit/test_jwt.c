@@ -1,6 +1,7 @@
 /* The token verifier and the keyring, against a key set built here (fresh keys of
  * every algorithm, exported as a JWKS), a fixed clock, and a corpus of hostile tokens
  * made by this test's own signer: each must be refused for its own reason. */
+#include "b64url_test.h"
 #include "jwks.h"
 #include "jwt.h"
 
@@ -27,16 +28,6 @@ static keyring *ring;
 static const jwt_policy policy = {.audience = "outboxd", .issuer = "https://issuer.example", .leeway_s = 30};
 
 /* ---- a signer of our own -------------------------------------------------------------- */
-
-static void b64url(const unsigned char *in, size_t n, char *out)
-{
-    int len = EVP_EncodeBlock((unsigned char *)out, in, (int)n);
-    while (len > 0 && out[len - 1] == '=')
-        len--;
-    out[len] = '\0';
-    for (char *p = out; *p; p++)
-        *p = *p == '+' ? '-' : *p == '/' ? '_' : *p;
-}
 
 static char *b64s(const char *s)
 {
