@@ -59,9 +59,11 @@ static void on_stats(evutil_socket_t fd, short what, void *arg)
     runs_stats st;
     runs_get_stats(&st);
     log_info("stats: streams=%d runs=%d streams_opened=%llu events_sent=%llu live_messages=%llu "
-             "replays=%llu gaps_filled=%llu slow_client_pauses=%llu redis=%s postgresql=%s",
-             st.streams, st.runs, st.streams_opened, st.events_sent, st.live_msgs, st.replays, st.gaps,
-             st.pauses, st.redis_up ? "up" : "down", st.database_up ? "up" : "down");
+             "replays=%llu from_replica=%llu replica_fallbacks=%llu gaps_filled=%llu slow_client_pauses=%llu "
+             "redis=%s postgresql=%s%s",
+             st.streams, st.runs, st.streams_opened, st.events_sent, st.live_msgs, st.replays, st.replica_replays,
+             st.replica_fallbacks, st.gaps, st.pauses, st.redis_up ? "up" : "down", st.database_up ? "up" : "down",
+             !hs.cfg->replica_url ? "" : st.replica_up ? " replica=up" : " replica=down");
 }
 
 /* ---- HTTP ------------------------------------------------------------------------ */
@@ -312,6 +314,13 @@ static void on_request(struct evhttp_request *req, void *arg)
                                (double)st.live_msgs) &&
                   prom_counter(&m, "outboxd_sse_replays_total", "Reads of a run's events from PostgreSQL.",
                                (double)st.replays) &&
+                  prom_counter(&m, "outboxd_sse_replica_replays_total",
+                               "Of those, reads served by the standby (--replica-url).", (double)st.replica_replays) &&
+                  prom_counter(&m, "outboxd_sse_replica_fallbacks_total",
+                               "Reads sent to the primary because the standby stayed behind.",
+                               (double)st.replica_fallbacks) &&
+                  prom_gauge(&m, "outboxd_sse_replica_up", "1 while a standby is connected and used for reads.",
+                             st.replica_up) &&
                   prom_counter(&m, "outboxd_sse_gaps_filled_total",
                                "Gaps in the live feed filled from PostgreSQL.", (double)st.gaps) &&
                   prom_counter(&m, "outboxd_sse_slow_client_pauses_total",
