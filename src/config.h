@@ -53,6 +53,7 @@ typedef struct config {
     char *cors_origin;
     long max_clients;
     char *replica_url;
+    long workers;
     long replica_wait_ms;
 
     bool json;
