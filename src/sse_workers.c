@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -86,6 +87,7 @@ static void set_handlers(void (*h)(int))
 /* Forks worker i. In the child this never returns. */
 static bool spawn(const workers_opts *o, void *slots, worker *w, int i, int ready_w)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         log_error("sse: cannot start worker %d: %s", i, strerror(errno));
@@ -93,6 +95,10 @@ static bool spawn(const workers_opts *o, void *slots, worker *w, int i, int read
     }
     if (pid == 0) {
         set_handlers(SIG_DFL);
+        /* A supervisor that dies (even by SIGKILL) takes its workers along, so that
+         * their browsers reconnect elsewhere instead of staying on a headless port. */
+        if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)
+            _exit(1);
         /* A SIGHUP must not kill a worker before it installs its own handling. */
         signal(SIGHUP, SIG_IGN);
         close(sig_pipe[0]);
