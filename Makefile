@@ -20,7 +20,7 @@ CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse
 UNIT = test_buf test_config test_relay test_metrics test_sse
 
-.PHONY: all deps test test-sanitize unit integration run bench soak clean format docs
+.PHONY: all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
 
 deps:
@@ -71,6 +71,12 @@ run: deps
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
+
+# Gateway scale: 100,000 idle streams over workers, and a hot run fanned out to 10,000
+# streams, each beside the single-process gateway (bench/scale.sh; a few minutes).
+bench-scale: deps
+	@$(MAKE) --no-print-directory all
+	@bash bench/scale.sh
 
 # Retention soak: a million events through a relay with --retention on (bench/soak.sh).
 soak: deps

@@ -44,6 +44,7 @@ static struct event_base *base;
 static stream *streams;
 static int nstreams, opened, ports[16] = {8080}, nports = 1;
 static long reconnect_ms, reopened;
+static const char *source_addr;
 static long long last_event_us, start_us;
 static long idle_ms = 3000, cut_after = 0, cut_ms = 500;
 static double max_seconds = 60;
@@ -199,6 +200,8 @@ static void on_done(struct evhttp_request *req, void *arg)
 static void open_stream(stream *s)
 {
     s->conn = evhttp_connection_base_new(base, NULL, "127.0.0.1", (unsigned short)ports[s->port_idx % nports]);
+    if (source_addr)
+        evhttp_connection_set_local_address(s->conn, source_addr);
     s->req = evhttp_request_new(on_done, s);
     evhttp_request_set_chunked_cb(s->req, on_chunk);
     struct evkeyvalq *h = evhttp_request_get_output_headers(s->req);
@@ -245,6 +248,7 @@ int main(int argc, char **argv)
                 ports[nports++] = atoi(p);
         }
         else if (!strcmp(k, "--reconnect-ms")) reconnect_ms = atol(v);
+        else if (!strcmp(k, "--source")) source_addr = v;
         else if (!strcmp(k, "--prefix")) prefix = v;
         else if (!strcmp(k, "--runs")) runs = atoi(v);
         else if (!strcmp(k, "--per-run")) per_run = atoi(v);
