@@ -159,6 +159,6 @@ deb:
 	@VERSION='$(VERSION)' COMMIT='$(COMMIT)' BUILD='$(BUILD)' bash scripts/deb.sh
 
 # The package installed, run, upgraded and purged in a clean Debian 12 root
-# (tests/deb/test-deb.sh, several minutes; not part of make test).
+# (tests/deb/test-deb.sh, as root; about two minutes, so not part of make test).
 test-deb:
 	@bash tests/deb/test-deb.sh
