@@ -11,26 +11,32 @@ cd "$root"
 changelog_version() {
   sed -n 's/^## \[\([0-9][0-9.]*\)\].*/\1/p' CHANGELOG.md 2>/dev/null | head -1
 }
+# X.Y.Z from a describe string (vX.Y.Z[-N-gHASH][-dirty]); with none (no tag reachable,
+# as in a shallow clone), the newest release in CHANGELOG.md and the commit.
+version_of() { # version_of DESCRIBE COMMIT
+  if [ -n "$1" ]; then
+    printf '%s\n' "${1#v}" | sed -e 's/-/+/' -e 's/-/./g'
+  else
+    printf '%s+g%.7s\n' "$(changelog_version)" "$2"
+  fi
+}
 
 if top=$(git rev-parse --show-toplevel 2>/dev/null) && [ "$(cd "$top" && pwd -P)" = "$(pwd -P)" ]; then
-  commit=$(git rev-parse --short=12 HEAD)
-  if d=$(git describe --tags --match 'v[0-9]*' --dirty 2>/dev/null); then
-    # v0.1.0 | v0.1.0-3-gabc1234 | v0.1.0-3-gabc1234-dirty | v0.1.0-dirty
-    version=$(printf '%s\n' "${d#v}" | sed -e 's/-/+/' -e 's/-/./g')
-  else
-    # No tag reachable (a shallow clone): the last release and the commit.
-    version="$(changelog_version)+g$(git rev-parse --short HEAD)"
-    git diff-index --quiet HEAD -- 2>/dev/null || version="$version.dirty"
-  fi
-  echo "$version $commit"
+  full=$(git rev-parse HEAD)
+  # v0.1.0 | v0.1.0-3-gabc1234
+  version=$(version_of "$(git describe --tags --match 'v[0-9]*' 2>/dev/null || true)" "$full")
+  case $(git describe --always --dirty) in
+  *-dirty) case $version in *+*) version="$version.dirty" ;; *) version="$version+dirty" ;; esac ;;
+  esac
+  echo "$version $(printf '%.12s' "$full")"
   exit 0
 fi
 
 if [ -f VERSION ] && ! grep -q 'Format:' VERSION; then
   # "X.Y.Z COMMIT" from make deb, or "vX.Y.Z[-N-gHASH] FULLHASH" from git archive.
-  read -r v c <VERSION
-  v=$(printf '%s\n' "${v#v}" | sed -e 's/-/+/' -e 's/-/./g')
-  echo "$v $(printf '%.12s' "$c")"
+  read -r v c <VERSION || true
+  [ -n "${c:-}" ] || { c=$v; v=; } # a describe that found no tag leaves only the hash
+  echo "$(version_of "$v" "$c") $(printf '%.12s' "$c")"
   exit 0
 fi
 

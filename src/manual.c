@@ -78,6 +78,16 @@ static void roff_sentence(const char *s)
     printf("%s\n", s[strlen(s) - 1] == '.' ? "" : ".");
 }
 
+/* Steps *i through the settings command bit cmd takes, in table order:
+ * for (size_t i = 0; next_option_of(cmd, &i, &d);) ... */
+static bool next_option_of(unsigned cmd, size_t *i, config_doc *d)
+{
+    while (config_doc_at((*i)++, d))
+        if (d->cmds & cmd)
+            return true;
+    return false;
+}
+
 /* Each command the setting belongs to, comma-separated. */
 static void roff_commands_of(unsigned bits, const manual_command *cmds, size_t ncmds)
 {
@@ -132,12 +142,11 @@ static void print_man(const manual_command *cmds, size_t ncmds)
         roff(cmds[c].about);
         printf("\n.IP\nOptions:");
         bool first = true;
-        for (size_t i = 0; config_doc_at(i, &d); i++)
-            if (d.cmds & cmds[c].cmd) {
-                printf("%s\n.B ", first ? "" : ",");
-                roff_flag(d.name);
-                first = false;
-            }
+        for (size_t i = 0; next_option_of(cmds[c].cmd, &i, &d);) {
+            printf("%s\n.B ", first ? "" : ",");
+            roff_flag(d.name);
+            first = false;
+        }
         printf("%s\n.BR \\-\\-help .\n", first ? "" : ",");
     }
     printf(".TP\n.B settings\n"
@@ -291,9 +300,8 @@ static void print_bash(const manual_command *cmds, size_t ncmds)
            "    case ${COMP_WORDS[1]} in\n");
     for (size_t c = 0; c < ncmds; c++) {
         printf("    %s) opts='", cmds[c].name);
-        for (size_t i = 0; config_doc_at(i, &d); i++)
-            if (d.cmds & cmds[c].cmd)
-                printf("--%s ", d.name);
+        for (size_t i = 0; next_option_of(cmds[c].cmd, &i, &d);)
+            printf("--%s ", d.name);
         printf("--help' ;;\n");
     }
     printf("    settings) opts='--format --help' ;;\n"

@@ -87,6 +87,9 @@ printf '$Format:%%(describe) %%H$\n' >"$copy/VERSION"
 echo "v1.2.3-4-gabcdef1 abcdef1234567890abcdef1234567890abcdef12" >"$copy/VERSION"
 [[ $(sh "$copy/scripts/version.sh") == "1.2.3+4.gabcdef1 abcdef123456" ]] ||
   fail "from an archive's VERSION: '$(sh "$copy/scripts/version.sh")'"
+echo " abcdef1234567890abcdef1234567890abcdef12" >"$copy/VERSION" # archived where no tag was reachable
+[[ $(sh "$copy/scripts/version.sh") == "$released+gabcdef1 abcdef123456" ]] ||
+  fail "from an archive's VERSION without a tag: '$(sh "$copy/scripts/version.sh")'"
 if git -C "$ROOT" rev-parse -q --verify HEAD >/dev/null 2>&1; then
   git -C "$ROOT" archive HEAD VERSION scripts/version.sh CHANGELOG.md | tar -x -C "$WORK" -f - --one-top-level=archive
   read -r av ac < <(sh "$WORK/archive/scripts/version.sh")
