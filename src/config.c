@@ -525,3 +525,27 @@ void config_print_markdown(void)
                used, s->help, unit);
     }
 }
+
+bool config_doc_at(size_t i, config_doc *out)
+{
+    static const char *const bool_choices[] = {"true", "false", NULL};
+    if (i >= NSETTINGS)
+        return false;
+    const setting *s = &settings[i];
+    static const char *const value_of[] = {
+        [T_STR] = "VALUE", [T_INT] = "N", [T_BOOL] = NULL, [T_DURATION] = "DURATION", [T_ENUM] = "VALUE"};
+    *out = (config_doc){
+        .name = s->name,
+        .env = s->env,
+        .def = s->def,
+        .help = s->help,
+        .cmds = s->cmds,
+        .value = value_of[s->type],
+        .choices = s->type == T_ENUM ? s->choices : s->type == T_BOOL ? bool_choices : NULL,
+        .bare_unit = s->type != T_DURATION ? NULL : s->unit_ms == 1000 ? "s" : "ms",
+        .ranged = s->type == T_INT || s->type == T_DURATION,
+        .min = s->min,
+        .max = s->max,
+    };
+    return true;
+}
