@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages that outboxd's build, tests and demo need, and only
 # those that are missing. Safe to run again: with everything present it does nothing.
+# With arguments it installs those packages instead (the targets that need more than
+# `make test` does: make deb, make test-deb).
 set -euo pipefail
 
 packages=(
@@ -12,12 +14,18 @@ packages=(
   procps iproute2 curl                # pkill/ps, ss, and an HTTP client for tests
   chromium                            # headless browser test of the viewer page
   pgbouncer                           # test: the relay refuses transaction pooling
+  man-db jq                           # tests: the man page renders cleanly; the Grafana dashboard's queries
+  dpkg-dev debhelper lintian          # test: make deb builds the package, lintian checks it
 )
+custom=$#
+[[ $# -gt 0 ]] && packages=("$@")
 
 # Node.js and npm run an independent JOSE implementation (npm jose, pinned in
 # tests/jose/package-lock.json) that mints the tokens the authorization tests use.
 # Checked by command: a machine may have them from another source than Debian.
-command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
+if [[ $custom -eq 0 ]]; then
+  command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,6 +33,7 @@ for p in "${packages[@]}"; do
   [[ "$status" == "install ok installed" ]] || missing+=("$p")
 done
 install_jose() {
+  [[ $custom -eq 0 ]] || return 0
   local here
   here=$(cd "$(dirname "$0")/.." && pwd)/tests/jose
   [[ -d "$here/node_modules/jose" ]] && return 0

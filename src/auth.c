@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #define JWKS_DEFAULT_REFRESH_S 300
@@ -57,6 +58,18 @@ static long long wall_clock(void)
 }
 long long (*auth_clock)(void) = wall_clock;
 
+/* The counters behind the metrics; with --workers, in memory all workers share, so
+ * that whichever worker answers /metrics shows the whole gateway's. */
+typedef struct auth_counters {
+    unsigned long long denials[R_NREASONS];
+    unsigned long long ended_expired, ended_revoked, ended_unavailable;
+    unsigned long long key_reloads, key_reload_failures;
+} auth_counters;
+static auth_counters own_counters;
+static auth_counters *ac = &own_counters;
+#define COUNT(field) __atomic_fetch_add(&ac->field, 1, __ATOMIC_RELAXED)
+#define COUNTED(field) __atomic_load_n(&ac->field, __ATOMIC_RELAXED)
+
 static struct {
     const config *cfg;
     struct event_base *base;
@@ -72,10 +85,6 @@ static struct {
     struct event *url_timer;
     bool url_in_flight;
     long long url_last_kid_fetch;
-    /* metrics */
-    unsigned long long denials[R_NREASONS];
-    unsigned long long ended_expired, ended_revoked, ended_unavailable;
-    unsigned long long key_reloads, key_reload_failures;
     const char *last_reason;
     void (*changed)(void);
 } au;
@@ -185,7 +194,7 @@ static void on_jwks(const http_response *r, void *arg)
     else
         snprintf(err, sizeof err, "%s", r->error);
     if (!kr) {
-        au.key_reload_failures++;
+        COUNT(key_reload_failures);
         log_warn("auth: JWKS from %s: %s; keeping the %s", au.cfg->auth_jwks_url, err,
                  au.url_ring ? "last good keys" : "gateway without keys from it (tokens are refused)");
         schedule_url(JWKS_RETRY_S);
@@ -196,7 +205,7 @@ static void on_jwks(const http_response *r, void *arg)
     log_info("auth: %zu key(s) from %s; next refresh in %ld s", kr->n, au.cfg->auth_jwks_url, every);
     jwks_free(au.url_ring);
     au.url_ring = kr;
-    au.key_reloads++;
+    COUNT(key_reloads);
     schedule_url(every);
 }
 
@@ -208,7 +217,7 @@ static void fetch_url(void)
     evtimer_del(au.url_timer);
     if (!http_get(au.base, au.cfg->auth_jwks_url, NULL, au.cfg->auth_timeout_ms, JWKS_MAX_BYTES, on_jwks, NULL,
                   err, sizeof err)) {
-        au.key_reload_failures++;
+        COUNT(key_reload_failures);
         log_warn("auth: cannot fetch %s: %s", au.cfg->auth_jwks_url, err);
         schedule_url(JWKS_RETRY_S);
         return;
@@ -232,10 +241,10 @@ void auth_reload(void)
         if (kr) {
             jwks_free(au.file_ring);
             au.file_ring = kr;
-            au.key_reloads++;
+            COUNT(key_reloads);
             log_info("auth: reloaded %zu key(s) from %s", kr->n, au.cfg->auth_jwks);
         } else {
-            au.key_reload_failures++;
+            COUNT(key_reload_failures);
             log_error("auth: reloading %s failed, keeping the %zu key(s) loaded before: %s", au.cfg->auth_jwks,
                       au.file_ring ? au.file_ring->n : 0, err);
         }
@@ -309,7 +318,7 @@ const char *auth_last_reason(void)
 
 static auth_result deny(int reason, auth_result r)
 {
-    au.denials[reason]++;
+    COUNT(denials[reason]);
     au.last_reason = reason_name(reason);
     return r;
 }
@@ -450,22 +459,22 @@ long long auth_warning_s(void)
 auth_verdict auth_grant_check(auth_grant *g, long long now)
 {
     if (grant_revoked(g, now)) {
-        au.ended_revoked++;
+        COUNT(ended_revoked);
         return AUTH_END_REVOKED;
     }
     if (g->fwd) {
         fwd_answer a = fwd_verdict(g->fwd);
         if (a == FWD_DENY_401 || a == FWD_DENY_403) {
-            au.ended_revoked++;
+            COUNT(ended_revoked);
             return AUTH_END_REVOKED;
         }
         if (a == FWD_UNAVAILABLE) {
-            au.ended_unavailable++;
+            COUNT(ended_unavailable);
             return AUTH_END_UNAVAILABLE;
         }
     }
     if (g->exp && now >= g->exp) {
-        au.ended_expired++;
+        COUNT(ended_expired);
         return AUTH_END_EXPIRED;
     }
     if (g->exp && !g->warned && now >= g->exp - auth_warning_s()) {
@@ -483,6 +492,42 @@ void auth_grant_release(auth_grant *g)
 }
 
 /* ---- life and metrics ------------------------------------------------------------- */
+
+bool auth_check_config(const config *cfg, char *err, size_t errlen)
+{
+    int n = 0;
+    for (const char *p = cfg->public_runs; p && *p; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ','))
+        n++;
+    if (n > MAX_PUBLIC) {
+        snprintf(err, errlen, "--public-runs: at most %d prefixes", MAX_PUBLIC);
+        return false;
+    }
+    if (cfg->auth == AUTH_JWT && cfg->auth_jwks) {
+        keyring *kr = jwks_load_file(cfg->auth_jwks, err, errlen);
+        if (!kr)
+            return false;
+        jwks_free(kr);
+    }
+    if (cfg->auth == AUTH_JWT && cfg->auth_jwks_url && !http_url_ok(cfg->auth_jwks_url)) {
+        snprintf(err, errlen, "--auth-jwks-url: not a URL");
+        return false;
+    }
+    if (cfg->auth == AUTH_FORWARD && !http_url_ok(cfg->auth_url)) {
+        snprintf(err, errlen, "--auth-url: not an http(s) URL");
+        return false;
+    }
+    return true;
+}
+
+bool auth_share_init(void)
+{
+    auth_counters *m = mmap(NULL, sizeof *m, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED)
+        return false;
+    memset(m, 0, sizeof *m);
+    ac = m;
+    return fwd_share_init();
+}
 
 bool auth_start(struct event_base *base, const config *cfg, char *err, size_t errlen)
 {
@@ -556,21 +601,21 @@ bool auth_metrics(buf *m)
     bool ok = buf_puts(m, "# HELP outboxd_sse_auth_denials_total Streams refused, by reason.\n"
                           "# TYPE outboxd_sse_auth_denials_total counter\n");
     for (int r = 1; ok && r < R_NREASONS; r++)
-        ok = buf_printf(m, "outboxd_sse_auth_denials_total{reason=\"%s\"} %llu\n", reason_name(r), au.denials[r]);
+        ok = buf_printf(m, "outboxd_sse_auth_denials_total{reason=\"%s\"} %llu\n", reason_name(r), COUNTED(denials[r]));
     ok = ok && buf_printf(m,
                           "# HELP outboxd_sse_auth_streams_ended_total Open streams ended by authorization.\n"
                           "# TYPE outboxd_sse_auth_streams_ended_total counter\n"
                           "outboxd_sse_auth_streams_ended_total{reason=\"expired\"} %llu\n"
                           "outboxd_sse_auth_streams_ended_total{reason=\"revoked\"} %llu\n"
                           "outboxd_sse_auth_streams_ended_total{reason=\"unavailable\"} %llu\n",
-                          au.ended_expired, au.ended_revoked, au.ended_unavailable);
+                          COUNTED(ended_expired), COUNTED(ended_revoked), COUNTED(ended_unavailable));
     fwd_stats fs;
     fwd_get_stats(&fs);
     ok = ok &&
          prom_counter(m, "outboxd_sse_auth_key_reloads_total", "Key sets loaded (file reloads, URL refreshes).",
-                      (double)au.key_reloads) &&
+                      (double)COUNTED(key_reloads)) &&
          prom_counter(m, "outboxd_sse_auth_key_reload_failures_total",
-                      "Key set loads that failed (the previous keys stayed).", (double)au.key_reload_failures) &&
+                      "Key set loads that failed (the previous keys stayed).", (double)COUNTED(key_reload_failures)) &&
          prom_gauge(m, "outboxd_sse_auth_revocations", "Revocations known (in force or not yet pruned).",
                     au.nrevoked) &&
          prom_counter(m, "outboxd_sse_auth_forward_calls_total", "Calls made to --auth-url.", (double)fs.calls) &&

@@ -49,6 +49,13 @@ typedef enum auth_result {
  * is the caller's to keep (copy it) when r is AUTH_ALLOW. */
 typedef void (*auth_done_fn)(void *arg, auth_result r, const auth_grant *g);
 
+/* Checks what can be checked before serving (the --auth-jwks file loads, the URLs
+ * parse), with the reason in err: for the gateway to refuse to start. */
+bool auth_check_config(const config *cfg, char *err, size_t errlen) __attribute__((warn_unused_result));
+/* Puts the counters and the forward-auth answers in memory shared with the processes
+ * forked after this (the gateway's workers). */
+bool auth_share_init(void) __attribute__((warn_unused_result));
+
 /* Loads keys (a bad --auth-jwks file fails here, with the reason in err), starts the
  * JWKS URL refresh and forward-auth. */
 bool auth_start(struct event_base *base, const config *cfg, char *err, size_t errlen)

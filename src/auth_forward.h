@@ -2,7 +2,7 @@
  * (GET --auth-url with the browser's Cookie and Authorization, the run id and the
  * original URI). Answers are cached per (credential hash, run) in a bounded cache for
  * the reply's Cache-Control max-age (allow 30 s, deny 5 s by default), and there is
- * one call in flight per key however many browsers wait for it. */
+ * one call in flight per key however many browsers (and gateway workers) wait for it. */
 #ifndef OUTBOXD_AUTH_FORWARD_H
 #define OUTBOXD_AUTH_FORWARD_H
 
@@ -42,6 +42,9 @@ typedef struct fwd_stats {
 /* Called once per FWD_PENDING check; on FWD_ALLOW e is a new reference for the caller. */
 typedef void (*fwd_done_fn)(void *arg, fwd_answer a, fwd_entry *e);
 
+/* Makes the answers and the calls in flight, and the counters, shared by the
+ * processes forked after this (the gateway's workers): one call serves them all. */
+bool fwd_share_init(void) __attribute__((warn_unused_result));
 bool fwd_start(struct event_base *base, const fwd_settings *s) __attribute__((warn_unused_result));
 /* Answers every waiting check with FWD_UNAVAILABLE (shutdown). */
 void fwd_cancel_waiters(void);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Key rotation without a restart. JWKS file: SIGHUP loads a rotated file (tokens with
-# the new kid are accepted); a broken file keeps the old keys working and says why.
+# Key rotation without a restart. JWKS file: SIGHUP (passed on to every worker) loads a
+# rotated file (tokens with the new kid are accepted); a broken file keeps the old keys
+# working and says why.
 # JWKS URL (HTTPS, verified against a test CA): keys are fetched, refreshed on the
 # document's max-age, kept when the URL fails; an untrusted certificate loads nothing.
 . "$(dirname "$0")/lib.sh"
@@ -23,23 +24,24 @@ merge() { node -e 'const fs=require("fs");const k=[];for(const f of process.argv
 
 # ---- the file, and SIGHUP ---------------------------------------------------------------
 cp "$WORK/a/jwks.json" "$WORK/keys.json"
-start_sse file --auth jwt --auth-jwks "$WORK/keys.json"
+start_sse file --auth jwt --auth-jwks "$WORK/keys.json" --workers 2
 url="http://127.0.0.1:$SSE_PORT/runs/keys-1/events"
 stream_ok "$url" "${TOK[a]}" || fail "key a refused"
 [[ $(http_code "$url" -H "Authorization: Bearer ${TOK[b]}") == 401 ]] || fail "key b accepted before rotation"
 merge "$WORK/a/jwks.json" "$WORK/b/jwks.json" >"$WORK/keys.json.new" && mv "$WORK/keys.json.new" "$WORK/keys.json"
 kill -HUP "$SSE_PID"
-wait_log "$WORK/file.log" "reloaded 10 key(s)" 5
+wait_log "$WORK/file.log" "reloaded 10 key(s)" 5 2 # each worker
 stream_ok "$url" "${TOK[b]}" || fail "rotated key b refused after SIGHUP"
 stream_ok "$url" "${TOK[aed]}" || fail "key a refused after SIGHUP"
 echo '{"keys":[{"kty":"oct"' >"$WORK/keys.json"
 kill -HUP "$SSE_PID"
-wait_log "$WORK/file.log" "keeping the 10 key(s)" 5
+wait_log "$WORK/file.log" "keeping the 10 key(s)" 5 2
 stream_ok "$url" "${TOK[bed]}" || fail "a broken file dropped the keys"
 kill -0 "$SSE_PID" || fail "a broken file stopped the gateway"
 curl -s "http://127.0.0.1:$SSE_PORT/metrics" >"$WORK/metrics"
-grep -q '^outboxd_sse_auth_key_reload_failures_total 1$' "$WORK/metrics" || fail "reload failure not counted"
-grep -q '^outboxd_sse_auth_key_reloads_total 1$' "$WORK/metrics" || fail "reload not counted"
+# Counted over both workers, whichever answers.
+grep -q '^outboxd_sse_auth_key_reload_failures_total 2$' "$WORK/metrics" || fail "reload failures not counted"
+grep -q '^outboxd_sse_auth_key_reloads_total 2$' "$WORK/metrics" || fail "reloads not counted"
 kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"
 info "SIGHUP: rotated keys accepted, a broken file kept the old ones"
 
