@@ -1,11 +1,13 @@
 /* SSE gateway on libevent's HTTP server: routes, opening streams, /healthz and
- * /metrics, signals and the event loop. How a stream gets its events is in
- * sse_run.c (the run cache), sse_replay.c (PostgreSQL) and sse_redis.c (live). */
+ * /metrics, signals and the event loop. Who may open a stream is decided in
+ * sse_auth.c; how a stream gets its events is in sse_run.c (the run cache),
+ * sse_replay.c (PostgreSQL) and sse_redis.c (live). */
 #include "sse.h"
 
 #include "auth.h"
 #include "clock.h"
-#include "sse_replay.h"
+#include "sse_auth.h"
+#include "sse_reply.h"
 #include "sse_run.h"
 #include "sse_workers.h"
 
@@ -56,16 +58,11 @@ static struct {
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
     struct event *poll_timer, *heartbeat_timer, *stats_timer, *publish_timer, *sig_term, *sig_int, *sig_hup,
-        *stop_timer, *auth_timer;
+        *stop_timer;
     stats_slot *slots; /* with --workers: every worker's slot; NULL in a single process */
     int nslots, my_slot;
 } hs;
 
-/* How often open streams are checked against their token's exp, revocations and
- * forward-auth answers (a revocation also checks them at once). */
-#define AUTH_SWEEP_MS 500
-/* What a browser is told when authorization cannot be decided now. */
-#define RETRY_LATER_MS 5000
 
 /* Streams open in the whole gateway, counting st->streams for this process. With
  * workers the others' counts are as of their last open or publish (at most
@@ -337,211 +334,35 @@ bool sse_parse_last_id(const char *s, long long *out)
     return true;
 }
 
-/* Whether origin is one of --cors-origin's exact origins. */
-static bool origin_listed(const char *origin)
-{
-    size_t n = strlen(origin);
-    for (const char *p = hs.cfg->cors_origin; *p;) {
-        size_t len = strcspn(p, ",");
-        if (len == n && !memcmp(p, origin, n))
-            return true;
-        p += len + (p[len] == ',');
-    }
-    return false;
-}
-
-/* CORS: a listed origin is echoed back with credentials allowed; "*" allows any
- * origin without credentials; any other origin gets nothing. With one origin listed
- * and no Origin header (not a browser's cross-site request) that origin is named. */
-static void add_common_headers(struct evhttp_request *req)
-{
-    const char *allowed = hs.cfg->cors_origin;
-    if (!allowed)
-        return;
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    const char *origin = evhttp_find_header(evhttp_request_get_input_headers(req), "Origin");
-    bool any = !strcmp(allowed, "*");
-    if (!any)
-        evhttp_add_header(h, "Vary", "Origin");
-    if (any) {
-        evhttp_add_header(h, "Access-Control-Allow-Origin", "*");
-    } else if (origin && origin_listed(origin)) {
-        evhttp_add_header(h, "Access-Control-Allow-Origin", origin);
-        evhttp_add_header(h, "Access-Control-Allow-Credentials", "true");
-    } else if (!origin && !strchr(allowed, ',')) {
-        evhttp_add_header(h, "Access-Control-Allow-Origin", allowed);
-    } else {
-        return;
-    }
-    evhttp_add_header(h, "Access-Control-Allow-Headers", "Authorization, Last-Event-ID, Cache-Control");
-    evhttp_add_header(h, "Access-Control-Allow-Methods", "GET, OPTIONS");
-    evhttp_add_header(h, "Access-Control-Max-Age", "600");
-}
-
-static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *content_type,
-                       const char *body)
-{
-    add_common_headers(req);
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "Content-Type", content_type);
-    evhttp_add_header(h, "Cache-Control", "no-cache");
-    struct evbuffer *b = evbuffer_new();
-    if (b)
-        evbuffer_add(b, body, strlen(body));
-    evhttp_send_reply(req, code, reason, b);
-    if (b)
-        evbuffer_free(b);
-}
-
-/* A 200 stream that carries no event of the run and ends at once, with a reconnect
- * delay: what a browser gets when it should come back later (any other status would
- * stop an EventSource for good). */
-static void reply_retry_later(struct evhttp_request *req, const char *event, const char *comment)
-{
-    char body[256];
-    snprintf(body, sizeof body, "retry: %d\n%s%s%s: %s\n\n", RETRY_LATER_MS, event ? "event: " : "",
-             event ? event : "", event ? "\ndata: {}\n" : "", comment);
-    reply_text(req, 200, "OK", "text/event-stream; charset=utf-8", body);
-}
-
-/* ---- authorization of new streams and of open ones -------------------------------- */
-
-/* What a stream waiting for forward-auth needs to open once it is allowed. */
-typedef struct waiting {
-    struct evhttp_request *req;
-    long long last;
-    size_t len;
-    char run_id[];
-} waiting;
-
-static void start_stream(struct evhttp_request *req, const char *run_id, size_t len, long long last,
-                         const auth_grant *g);
-
-static void refuse(struct evhttp_request *req, auth_result r)
-{
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    char body[160];
-    switch (r) {
-    case AUTH_UNAUTHENTICATED:
-        evhttp_add_header(h, "WWW-Authenticate", "Bearer error=\"invalid_token\"");
-        snprintf(body, sizeof body, "a valid token is needed to read this run (%s)\n",
-                 *auth_last_reason() ? auth_last_reason() : "refused");
-        reply_text(req, 401, "Unauthorized", "text/plain; charset=utf-8", body);
-        break;
-    case AUTH_FORBIDDEN:
-        evhttp_add_header(h, "WWW-Authenticate", "Bearer error=\"insufficient_scope\"");
-        reply_text(req, 403, "Forbidden", "text/plain; charset=utf-8", "this token does not cover this run\n");
-        break;
-    default:
-        reply_retry_later(req, "auth-unavailable", "authorization is unavailable; retry later");
-        break;
-    }
-}
-
-static void on_auth_done(void *arg, auth_result r, const auth_grant *g)
-{
-    waiting *w = arg;
-    if (!evhttp_request_get_connection(w->req)) {
-        /* The browser left while we asked: answering frees the request. */
-        auth_grant copy = *g;
-        auth_grant_release(&copy);
-        evhttp_send_reply(w->req, 200, "OK", NULL);
-    } else if (r == AUTH_ALLOW && !hs.stopping) {
-        start_stream(w->req, w->run_id, w->len, w->last, g);
-    } else {
-        auth_grant copy = *g;
-        auth_grant_release(&copy);
-        refuse(w->req, r == AUTH_ALLOW ? AUTH_UNAVAILABLE : r);
-    }
-    free(w);
-}
-
-/* What an open stream's grant says now: warn, end, or go on. */
-static void check_stream(client *c, auth_grant *g, long long last, void *arg)
-{
-    long long now = *(const long long *)arg;
-    char data[96];
-    switch (auth_grant_check(g, now)) {
-    case AUTH_KEEP: break;
-    case AUTH_WARN:
-        snprintf(data, sizeof data, "{\"exp\":%lld,\"last_event_id\":%lld}", g->exp, last);
-        stream_notice(c, "auth-expiring", data);
-        break;
-    case AUTH_END_EXPIRED:
-        snprintf(data, sizeof data, "{\"exp\":%lld,\"last_event_id\":%lld}", g->exp, last);
-        stream_finish(c, "auth-expired", data);
-        break;
-    case AUTH_END_REVOKED:
-        snprintf(data, sizeof data, "{\"last_event_id\":%lld}", last);
-        stream_finish(c, "auth-revoked", data);
-        break;
-    case AUTH_END_UNAVAILABLE:
-        snprintf(data, sizeof data, "{\"last_event_id\":%lld}\nretry: %d", last, RETRY_LATER_MS);
-        stream_finish(c, "auth-unavailable", data);
-        break;
-    }
-}
-
-static void check_streams(void)
-{
-    long long now = auth_clock();
-    streams_each(check_stream, &now);
-}
-
-static void on_auth_timer(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    check_streams();
-}
-
-static void on_revocations(const auth_revocation *rows, int n)
-{
-    auth_set_revocations(rows, n);
-    check_streams();
-}
-
 static void start_stream(struct evhttp_request *req, const char *run_id, size_t len, long long last,
                          const auth_grant *g)
 {
     auth_grant grant = *g;
-    long long now = auth_clock();
-    if (grant.exp && now >= grant.exp) {
-        /* Accepted within the leeway but already past exp: nothing of the run goes out. */
-        char body[160];
-        snprintf(body, sizeof body, "event: auth-expired\ndata: {\"exp\":%lld,\"last_event_id\":%lld}\n\n",
-                 grant.exp, last);
-        auth_grant_release(&grant);
-        reply_text(req, 200, "OK", "text/event-stream; charset=utf-8", body);
-        return;
-    }
     runs_stats st;
     runs_get_stats(&st);
     if (gateway_streams(&st) >= hs.cfg->max_clients) {
         /* Not 503: any non-200 answer stops an EventSource for good. A stream that
          * ends at once with a retry hint makes the browser come back in 5 s. */
         auth_grant_release(&grant);
-        reply_retry_later(req, NULL, "this gateway is full; reconnect later");
+        sse_reply_retry_later(req, NULL, "this gateway is full; reconnect later");
         return;
     }
     client *c = stream_new(req, run_id, len, last, &grant);
     if (!c) {
         auth_grant_release(&grant);
-        reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
+        sse_reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
         return;
     }
     if (hs.slots)
         atomic_store_explicit(&hs.slots[hs.my_slot].streams_now, st.streams + 1, memory_order_relaxed);
-    add_common_headers(req);
+    sse_reply_cors(req);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
     evhttp_add_header(h, "Cache-Control", "no-cache");
     evhttp_add_header(h, "X-Accel-Buffering", "no");
     evhttp_send_reply_start(req, 200, "OK");
     stream_start(c);
-    if (hs.cfg->auth != AUTH_NONE)
-        check_stream(c, stream_grant(c), last, &now); /* auth-expiring at once for a short-lived token */
+    sse_auth_opened(c); /* auth-expiring at once for a short-lived token */
 }
 
 static void open_stream(struct evhttp_request *req, const char *run_id, size_t len)
@@ -553,7 +374,7 @@ static void open_stream(struct evhttp_request *req, const char *run_id, size_t l
     const char *hdr = evhttp_find_header(in, "Last-Event-ID");
     if (hdr && *hdr) {
         if (!sse_parse_last_id(hdr, &last)) {
-            reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8",
+            sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8",
                        "Last-Event-ID must be a non-negative integer (the seq of the last event seen)\n");
             return;
         }
@@ -561,44 +382,20 @@ static void open_stream(struct evhttp_request *req, const char *run_id, size_t l
         const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
         struct evkeyvalq params = {0}; /* parse_query_str initializes it; zeroed is an empty list */
         if (query && evhttp_parse_query_str(query, &params) != 0) {
-            reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", "malformed query string\n");
+            sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", "malformed query string\n");
             return;
         }
         const char *q = evhttp_find_header(&params, "last_event_id");
         bool ok = !q || !*q || sse_parse_last_id(q, &last);
         evhttp_clear_headers(&params);
         if (!ok) {
-            reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8",
+            sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8",
                        "last_event_id must be a non-negative integer (the seq of the last event seen)\n");
             return;
         }
     }
     /* Authorization before anything of the run: not one event byte goes out first. */
-    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
-    auth_request ar = {.run = run_id,
-                       .run_len = len,
-                       .authorization = evhttp_find_header(in, "Authorization"),
-                       .cookie = evhttp_find_header(in, "Cookie"),
-                       .query = evhttp_uri_get_query(uri),
-                       .uri = evhttp_request_get_uri(req)};
-    waiting *w = malloc(sizeof *w + len + 1);
-    if (!w) {
-        reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
-        return;
-    }
-    w->req = req;
-    w->last = last;
-    w->len = len;
-    memcpy(w->run_id, run_id, len + 1);
-    auth_grant g;
-    auth_result r = auth_check(&ar, &g, on_auth_done, w);
-    if (r == AUTH_PENDING)
-        return; /* on_auth_done takes over w */
-    free(w);
-    if (r == AUTH_ALLOW)
-        start_stream(req, run_id, len, last, &g);
-    else
-        refuse(req, r);
+    sse_auth_open(req, run_id, len, last);
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -608,26 +405,26 @@ static void on_request(struct evhttp_request *req, void *arg)
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path) {
-        reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", "malformed request URI\n");
+        sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", "malformed request URI\n");
         return;
     }
     char *run_id = malloc(SSE_MAX_RUN_ID + 1);
     if (!run_id) {
-        reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
+        sse_reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
         return;
     }
     size_t len;
     const char *bad;
     sse_route route = sse_parse_path(path, run_id, SSE_MAX_RUN_ID + 1, &len, &bad);
     if (route == ROUTE_NOT_FOUND) {
-        reply_text(req, 404, "Not Found", "text/plain; charset=utf-8",
+        sse_reply_text(req, 404, "Not Found", "text/plain; charset=utf-8",
                    "not found: the streams are at /runs/{run_id}/events\n");
     } else if (method == EVHTTP_REQ_OPTIONS) {
-        add_common_headers(req);
+        sse_reply_cors(req);
         evhttp_send_reply(req, 204, "No Content", NULL);
     } else if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, OPTIONS");
-        reply_text(req, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET is served here\n");
+        sse_reply_text(req, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET is served here\n");
     } else if (route == ROUTE_HEALTH) {
         runs_stats st;
         gateway_stats(&st);
@@ -635,7 +432,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         snprintf(body, sizeof body,
                  "{\"status\":\"ok\",\"streams\":%d,\"redis\":\"%s\",\"postgresql\":\"%s\"}\n", st.streams,
                  st.redis_up ? "up" : "down", st.database_up ? "up" : "down");
-        reply_text(req, 200, "OK", "application/json", body);
+        sse_reply_text(req, 200, "OK", "application/json", body);
     } else if (route == ROUTE_METRICS) {
         runs_stats st;
         gateway_stats(&st);
@@ -669,18 +466,18 @@ static void on_request(struct evhttp_request *req, void *arg)
                              st.database_up) &&
                   auth_metrics(&m);
         if (ok)
-            reply_text(req, 200, "OK", "text/plain; version=0.0.4", m.data);
+            sse_reply_text(req, 200, "OK", "text/plain; version=0.0.4", m.data);
         else
-            reply_text(req, 500, "Internal Server Error", "text/plain", "out of memory\n");
+            sse_reply_text(req, 500, "Internal Server Error", "text/plain", "out of memory\n");
         buf_free(&m);
     } else if (bad) {
         char body[128];
         snprintf(body, sizeof body, "bad run id: %s (at most %d bytes of UTF-8)\n", bad, SSE_MAX_RUN_ID);
-        reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", body);
+        sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", body);
     } else if (route == ROUTE_VIEWER) {
-        reply_text(req, 200, "OK", "text/html; charset=utf-8", sse_viewer_html);
+        sse_reply_text(req, 200, "OK", "text/html; charset=utf-8", sse_viewer_html);
     } else if (method == EVHTTP_REQ_HEAD) {
-        reply_text(req, 200, "OK", "text/event-stream; charset=utf-8", "");
+        sse_reply_text(req, 200, "OK", "text/event-stream; charset=utf-8", "");
     } else {
         open_stream(req, run_id, len);
     }
@@ -724,7 +521,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     }
     /* End every stream cleanly; what is queued still goes out before the loop ends.
      * Streams still waiting for forward-auth are told to come back. */
-    auth_cancel_pending();
+    sse_auth_cancel();
     streams_end_all();
     struct timeval flush = {0, 200000};
     event_base_loopexit(hs.base, &flush);
@@ -789,6 +586,7 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
         event_base_free(hs.base);
         return 2;
     }
+    sse_reply_init(cfg);
     evhttp_set_gencb(hs.http, on_request, NULL);
     /* Room for a hostile 100 KB token to reach the verifier and get its 401 (a
      * request's headers are read whole before we see them: this bounds that). */
@@ -812,7 +610,6 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
     hs.sig_term = evsignal_new(hs.base, SIGTERM, on_signal, NULL);
     hs.sig_int = evsignal_new(hs.base, SIGINT, on_signal, NULL);
     hs.sig_hup = evsignal_new(hs.base, SIGHUP, on_signal, NULL);
-    hs.auth_timer = event_new(hs.base, -1, EV_PERSIST, on_auth_timer, NULL);
     struct timeval poll = clock_tv_ms(DEGRADED_POLL_MS), hb = clock_tv_ms(cfg->heartbeat_ms),
                    st = clock_tv_ms(slots ? STATS_PUBLISH_MS : cfg->stats_interval_ms);
     event_add(hs.poll_timer, &poll);
@@ -822,10 +619,6 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
     event_add(hs.sig_term, NULL);
     event_add(hs.sig_int, NULL);
     event_add(hs.sig_hup, NULL);
-    if (cfg->auth != AUTH_NONE) {
-        struct timeval sweep = clock_tv_ms(AUTH_SWEEP_MS);
-        event_add(hs.auth_timer, &sweep);
-    }
 
     if (!slots) {
         log_info("sse gateway listening on http://%s/ (pid %d)", cfg->listen, (int)getpid());
@@ -835,9 +628,10 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
         log_error("cannot create the gateway's timers");
         return 1;
     }
-    if (cfg->auth == AUTH_JWT)
-        replay_watch_revocations(on_revocations);
-    auth_set_change_hook(check_streams);
+    if (!sse_auth_start(hs.base, cfg, start_stream)) {
+        log_error("cannot create the gateway's timers");
+        return 1;
+    }
     if (slots)
         workers_ready();
     else
@@ -845,9 +639,10 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
     event_base_dispatch(hs.base);
 
     on_stats(-1, 0, NULL);
-    auth_cancel_pending();
+    sse_auth_cancel();
     evhttp_free(hs.http); /* closes the connections: their close callbacks free the streams */
     runs_stop();
+    sse_auth_stop();
     auth_stop();
     event_free(hs.poll_timer);
     event_free(hs.heartbeat_timer);
@@ -856,7 +651,6 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
     event_free(hs.sig_term);
     event_free(hs.sig_int);
     event_free(hs.sig_hup);
-    event_free(hs.auth_timer);
     event_base_free(hs.base);
     if (!slots)
         log_info("sse gateway stopped");

@@ -480,6 +480,11 @@ auth_grant *stream_grant(client *c)
     return &c->grant;
 }
 
+long long stream_last(const client *c)
+{
+    return c->last;
+}
+
 void stream_notice(client *c, const char *name, const char *data)
 {
     struct evbuffer *out = evbuffer_new();

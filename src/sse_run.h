@@ -37,8 +37,9 @@ void stream_start(client *c);
 /* Calls fn for every open stream with its grant and the last seq it was sent. fn may
  * call stream_notice and stream_finish on that stream (and only that one). */
 void streams_each(void (*fn)(client *c, auth_grant *g, long long last, void *arg), void *arg);
-/* The stream's grant (its authorization state). */
+/* The stream's grant (its authorization state), and the last seq it was sent. */
 auth_grant *stream_grant(client *c);
+long long stream_last(const client *c);
 /* Sends an in-band event without an id (event: NAME, data: DATA) on the stream. */
 void stream_notice(client *c, const char *name, const char *data);
 /* Sends a last event, ends the stream's reply and frees the stream. */
