@@ -9,7 +9,9 @@
 #   jwt      --auth jwt, every stream with its own Bearer ES256 token (npm jose),
 #   forward  --auth forward, every stream with a cookie checked by a local backend.
 # Modes alternate, BENCH_SSE_REPEAT times each; the medians are reported, with the
-# time to open all streams. Environment:
+# time to open all streams and the gateway's CPU over the load window (steadier than
+# latency on a shared machine: authorization adds work only when a stream opens and
+# in the twice-a-second look at open streams, never per event). Environment:
 #   BENCH_SSE_STREAMS (10000)  streams per measurement
 #   BENCH_SSE_PER_RUN (10)     streams watching each run
 #   BENCH_SSE_SECONDS (20)     seconds of load per measurement
@@ -47,6 +49,11 @@ trap 'exit 130' INT TERM
 say() { printf '[bench-auth %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 kv() { local v; v=$(grep -o "$1=[0-9.]*" <<<"$2" | head -1 | cut -d= -f2 || true); echo "${v:-?}"; }
 median() { sort -n | awk '{a[NR] = $1} END {if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2); else print "?"}'; }
+# CPU time of a process and its children (the gateway's workers), in ns.
+cpu_ns() {
+  local pids="$1 $(pgrep -P "$1" | tr '\n' ' ')" p
+  for p in $pids; do cat /proc/"$p"/task/*/schedstat 2>/dev/null || true; done | awk '{t += $1} END {printf "%.0f\n", t}'
+}
 free_port() {
   local p=$((20000 + RANDOM % 12000))
   while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((20000 + RANDOM % 12000)); done
@@ -96,12 +103,17 @@ measure() { # MODE REP
     prev=$cur
     sleep 0.5
   done
+  local c0 c1
+  c0=$(cpu_ns "$gw")
   "$BUILD/obx_load" --rate 1000 --runs "$RUNS" --conns 8 --seconds "$SECS" --prefix "bench$rep$mode" >"$WORK/load-$mode-$rep.out"
+  c1=$(cpu_ns "$gw")
   wait "$cpid" || true
   kill -TERM "$gw"; wait "$gw" || true
   out=$(cat "$WORK/sse-$mode-$rep.out")
-  echo "$mode $(kv p50 "$out") $(kv p99 "$out") $(kv p999 "$out") $(kv max "$out") $opened $(kv received "$out") $(kv bad_status "$out") $(kv lost "$out")" >>"$WORK/results"
-  say "  $mode #$rep: opened $STREAMS streams in $opened ms; $(cat "$WORK/load-$mode-$rep.out"); $out"
+  local cpu
+  cpu=$(awk -v a="$c0" -v b="$c1" -v s="$SECS" 'BEGIN {printf "%.1f", (b - a) / 1e9 / s * 100}')
+  echo "$mode $(kv p50 "$out") $(kv p99 "$out") $(kv p999 "$out") $(kv max "$out") $opened $(kv received "$out") $(kv bad_status "$out") $(kv lost "$out") $cpu" >>"$WORK/results"
+  say "  $mode #$rep: opened $STREAMS streams in $opened ms; gateway CPU ${cpu}% of a core; $(cat "$WORK/load-$mode-$rep.out"); $out"
 }
 
 for ((rep = 1; rep <= REPEAT; rep++)); do
@@ -118,14 +130,17 @@ col() { awk -v m="$1" -v c="$2" '$1 == m {print $c}' "$WORK/results" | median; }
   echo
   echo "SSE AUTHORIZATION COST  ($(date -u '+%Y-%m-%d %H:%M:%S UTC'); bench/sse_auth.sh; $(git rev-parse --short HEAD 2>/dev/null || echo no git))"
   echo "  $STREAMS streams ($RUNS runs x $PER_RUN), 1,000 events/s offered for ${SECS}s, medians of $REPEAT; latency = insert -> client"
-  printf '  %-8s %8s %8s %9s %8s %14s %10s %8s\n' mode "p50 ms" "p99 ms" "p99.9 ms" "max ms" "open all (ms)" received lost
+  echo "  gateway CPU = all its processes over the load window, % of one core; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  printf '  %-8s %8s %8s %9s %8s %14s %10s %6s %8s\n' mode "p50 ms" "p99 ms" "p99.9 ms" "max ms" "open all (ms)" received lost "CPU %"
   for mode in $MODES; do
-    printf '  %-8s %8s %8s %9s %8s %14s %10s %8s\n' "$mode" "$(col "$mode" 2)" "$(col "$mode" 3)" "$(col "$mode" 4)" \
-      "$(col "$mode" 5)" "$(col "$mode" 6)" "$(col "$mode" 7)" "$(col "$mode" 9)"
+    printf '  %-8s %8s %8s %9s %8s %14s %10s %6s %8s\n' "$mode" "$(col "$mode" 2)" "$(col "$mode" 3)" "$(col "$mode" 4)" \
+      "$(col "$mode" 5)" "$(col "$mode" 6)" "$(col "$mode" 7)" "$(col "$mode" 9)" "$(col "$mode" 10)"
   done
   base=$(col none 3)
   for mode in $MODES; do
     [[ $mode == none ]] && continue
-    printf '  p99 %s - none = %+.2f ms\n' "$mode" "$(awk -v a="$(col "$mode" 3)" -v b="$base" 'BEGIN {print a - b}')"
+    printf '  p99 %s - none = %+.2f ms; gateway CPU %s - none = %+.1f%% of a core\n' "$mode" \
+      "$(awk -v a="$(col "$mode" 3)" -v b="$base" 'BEGIN {print a - b}')" "$mode" \
+      "$(awk -v a="$(col "$mode" 10)" -v b="$(col none 10)" 'BEGIN {print a - b}')"
   done
 } | tee "$WORK/table.txt"
