@@ -229,3 +229,19 @@ test_ca() {
 stream_ok() {
   [[ $(http_code "$1" --max-time 2 -H "Authorization: Bearer $2") == 200 ]] && grep -q '^id: ' "$WORK/body"
 }
+# sse_checked_under_load "LOAD ARGS" OBX_SSE ARGS...: the checking SSE client (obx_sse
+# --check) opens its streams, then obx_load runs with LOAD ARGS; fails unless every
+# stream saw every event once, in order. The client's summary is in $WORK/sse.out.
+sse_checked_under_load() {
+  local load=$1 cpid rc=0; shift
+  rm -f "$WORK/sse.ready"
+  "$BUILD/obx_sse" --port "$SSE_PORT" --ready-file "$WORK/sse.ready" --check "$@" >"$WORK/sse.out" 2>"$WORK/sse.err" &
+  cpid=$!; PIDS+=("$cpid")
+  for _ in $(seq 1 100); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
+  # shellcheck disable=SC2086
+  "$BUILD/obx_load" $load >"$WORK/load.out"
+  info "$(cat "$WORK/load.out")"
+  wait "$cpid" || rc=$?
+  info "sse: $(cat "$WORK/sse.out")"
+  [[ $rc -eq 0 ]] || fail "SSE check failed (lost, repeated or reordered events): $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
+}
