@@ -22,7 +22,12 @@ for w in $(pgrep -P "$SSE_PID"); do
   info "worker $w holds $n streams"
   ((n > 0)) || fail "worker $w holds no stream: connections are not spread"
 done
-streams=$(curl -s "http://127.0.0.1:$SSE_PORT/metrics" | awk '/^outboxd_sse_streams / {print $2}')
+# Workers publish their counters every 250 ms: the sum settles within that.
+for _ in $(seq 1 20); do
+  streams=$(curl -s "http://127.0.0.1:$SSE_PORT/metrics" | awk '/^outboxd_sse_streams / {print $2}')
+  [[ "$streams" == 60 ]] && break
+  sleep 0.1
+done
 [[ "$streams" == 60 ]] || fail "/metrics counts $streams streams over all workers, want 60"
 
 start_load --rate 1000 --runs 30 --conns 8 --seconds 8 --prefix wk
