@@ -84,6 +84,7 @@ static struct {
     /* the JWKS URL */
     struct event *url_timer;
     bool url_in_flight;
+    struct kid_wait *kid_waiters; /* checks held until the URL answers */
     long long url_last_kid_fetch;
     const char *last_reason;
     void (*changed)(void);
@@ -181,6 +182,33 @@ static void schedule_url(long seconds)
     evtimer_add(au.url_timer, &tv);
 }
 
+/* A check held until the JWKS URL answers: its token names a kid we do not know yet,
+ * perhaps because the provider has just rotated its keys. Refusing it at once would
+ * stop an EventSource for good over our own stale keys. */
+typedef struct kid_wait {
+    auth_request r;
+    auth_done_fn cb;
+    void *arg;
+    struct kid_wait *next;
+} kid_wait;
+
+static auth_result check_jwt(const auth_request *r, auth_grant *g, auth_done_fn cb, void *arg);
+
+/* The URL answered (or failed): decide the held checks with the keys there are now. */
+static void release_kid_waiters(bool cancel)
+{
+    kid_wait *w = au.kid_waiters;
+    au.kid_waiters = NULL;
+    while (w) {
+        kid_wait *next = w->next;
+        auth_grant g = {0};
+        auth_result res = cancel ? AUTH_UNAVAILABLE : check_jwt(&w->r, &g, NULL, NULL);
+        w->cb(w->arg, res, &g);
+        free(w);
+        w = next;
+    }
+}
+
 static void on_jwks(const http_response *r, void *arg)
 {
     (void)arg;
@@ -198,6 +226,7 @@ static void on_jwks(const http_response *r, void *arg)
         log_warn("auth: JWKS from %s: %s; keeping the %s", au.cfg->auth_jwks_url, err,
                  au.url_ring ? "last good keys" : "gateway without keys from it (tokens are refused)");
         schedule_url(JWKS_RETRY_S);
+        release_kid_waiters(false);
         return;
     }
     long every = r->max_age < 0 ? JWKS_DEFAULT_REFRESH_S : r->max_age;
@@ -207,6 +236,7 @@ static void on_jwks(const http_response *r, void *arg)
     au.url_ring = kr;
     COUNT(key_reloads);
     schedule_url(every);
+    release_kid_waiters(false);
 }
 
 static void fetch_url(void)
@@ -323,7 +353,9 @@ static auth_result deny(int reason, auth_result r)
     return r;
 }
 
-static auth_result check_jwt(const auth_request *r, auth_grant *g)
+/* Verifies the request's token. With cb set, a token whose kid is unknown while the
+ * JWKS URL is (or may now be) asked again is held: AUTH_PENDING, and cb decides later. */
+static auth_result check_jwt(const auth_request *r, auth_grant *g, auth_done_fn cb, void *arg)
 {
     size_t len = 0;
     const char *tok = auth_find_token(r, &len);
@@ -334,10 +366,19 @@ static auth_result check_jwt(const auth_request *r, auth_grant *g)
     char why[160];
     long long now = auth_clock();
     jwt_status st = jwt_verify(tok, len, rings, 2, &au.policy, now, &c, why, sizeof why);
-    if (st == JWT_UNKNOWN_KID && au.cfg->auth_jwks_url && now - au.url_last_kid_fetch >= UNKNOWN_KID_INTERVAL_S) {
-        /* Perhaps the provider rotated its keys: look again (at most every 30 s). */
-        au.url_last_kid_fetch = now;
-        fetch_url();
+    if (st == JWT_UNKNOWN_KID && au.cfg->auth_jwks_url && cb) {
+        /* Perhaps the provider rotated its keys: look again (at most every 30 s), and
+         * hold the check while a look is on its way. */
+        if (!au.url_in_flight && now - au.url_last_kid_fetch >= UNKNOWN_KID_INTERVAL_S) {
+            au.url_last_kid_fetch = now;
+            fetch_url();
+        }
+        kid_wait *w = au.url_in_flight ? malloc(sizeof *w) : NULL;
+        if (w) {
+            *w = (kid_wait){*r, cb, arg, au.kid_waiters};
+            au.kid_waiters = w;
+            return AUTH_PENDING;
+        }
     }
     if (st != JWT_OK) {
         log_debug("auth: token refused: %s", why); /* the reason, never the token */
@@ -414,7 +455,7 @@ auth_result auth_check(const auth_request *r, auth_grant *g, auth_done_fn cb, vo
     if (au.cfg->auth == AUTH_NONE || auth_run_is_public(r->run, r->run_len))
         return AUTH_ALLOW;
     if (au.cfg->auth == AUTH_JWT)
-        return check_jwt(r, g);
+        return check_jwt(r, g, cb, arg);
     /* Credentials are copied into the cache (to ask again later): bound them, or
      * distinct huge cookies could fill memory. */
     if ((r->cookie ? strlen(r->cookie) : 0) + (r->authorization ? strlen(r->authorization) : 0) > MAX_CREDENTIALS)
@@ -578,6 +619,7 @@ void auth_cancel_pending(void)
 {
     if (au.cfg && au.cfg->auth == AUTH_FORWARD)
         fwd_cancel_waiters();
+    release_kid_waiters(true);
 }
 
 void auth_stop(void)
@@ -586,6 +628,7 @@ void auth_stop(void)
         return;
     if (au.cfg->auth == AUTH_FORWARD)
         fwd_stop();
+    release_kid_waiters(true);
     http_client_stop();
     if (au.url_timer)
         event_free(au.url_timer);

@@ -73,7 +73,9 @@ void auth_reload(void);
 void auth_set_change_hook(void (*fn)(void));
 
 /* Decides whether the request may read its run. On AUTH_ALLOW fills *g (release it
- * with auth_grant_release). On AUTH_PENDING cb(arg, ...) is called once, later. */
+ * with auth_grant_release). On AUTH_PENDING (forward-auth asking; a token whose kid
+ * is unknown while the JWKS URL is fetched again) cb(arg, ...) is called once, later,
+ * and r's strings must stay valid until then. */
 auth_result auth_check(const auth_request *r, auth_grant *g, auth_done_fn cb, void *arg);
 /* Whether a 401 should say why in its body (never the token itself). */
 const char *auth_last_reason(void);

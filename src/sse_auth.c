@@ -132,12 +132,6 @@ static void allowed(struct evhttp_request *req, const char *run_id, size_t len, 
 void sse_auth_open(struct evhttp_request *req, const char *run_id, size_t len, long long last)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    auth_request ar = {.run = run_id,
-                       .run_len = len,
-                       .authorization = evhttp_find_header(in, "Authorization"),
-                       .cookie = evhttp_find_header(in, "Cookie"),
-                       .query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req)),
-                       .uri = evhttp_request_get_uri(req)};
     waiting *w = malloc(sizeof *w + len + 1);
     if (!w) {
         sse_reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
@@ -147,6 +141,14 @@ void sse_auth_open(struct evhttp_request *req, const char *run_id, size_t len, l
     w->last = last;
     w->len = len;
     memcpy(w->run_id, run_id, len + 1);
+    /* Everything the request points to lives as long as w and req do: a check that
+     * is decided later reads it then. */
+    auth_request ar = {.run = w->run_id,
+                       .run_len = len,
+                       .authorization = evhttp_find_header(in, "Authorization"),
+                       .cookie = evhttp_find_header(in, "Cookie"),
+                       .query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req)),
+                       .uri = evhttp_request_get_uri(req)};
     auth_grant g;
     auth_result r = auth_check(&ar, &g, on_auth_done, w);
     if (r == AUTH_PENDING)

@@ -3,7 +3,9 @@
 # rotated file (tokens with the new kid are accepted); a broken file keeps the old keys
 # working and says why.
 # JWKS URL (HTTPS, verified against a test CA): keys are fetched, refreshed on the
-# document's max-age, kept when the URL fails; an untrusted certificate loads nothing.
+# document's max-age and when a token names an unknown kid (that token waits for the
+# look; at most one look per 30 s), kept when the URL fails; an untrusted certificate
+# loads nothing.
 . "$(dirname "$0")/lib.sh"
 new_db
 "$OUTBOXD" emit keys-1 '{"i":1}' >/dev/null
@@ -72,6 +74,29 @@ start_sse untrusted --auth jwt --auth-jwks-url "https://127.0.0.1:$jport/jwks.js
 wait_log "$WORK/untrusted.log" "tokens are refused" 5
 [[ $(http_code "http://127.0.0.1:$SSE_PORT/runs/keys-1/events" -H "Authorization: Bearer ${TOK[d]}") == 401 ]] ||
   fail "a token was accepted with keys from an untrusted server"
+kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"
+
+# An unknown kid: with a long max-age only a token naming a new kid makes the gateway
+# look again, and that token's check waits for the look instead of failing; another
+# unknown kid within 30 s is refused without a look.
+jose_keys "$WORK/e" e-
+mint "$WORK/e" <<SPEC
+e sign e-es {$c}
+SPEC
+cp "$WORK/d/jwks.json" "$WORK/served.json"
+jport2=$(pick_port)
+start_node jwks3 jwks "$jport2" "$WORK/tls/server.pem" "$WORK/tls/server.key" "$WORK/served.json" 300
+SSL_CERT_FILE="$WORK/tls/ca.pem" start_sse kid --auth jwt --auth-jwks-url "https://127.0.0.1:$jport2/jwks.json" \
+  --workers 1
+url="http://127.0.0.1:$SSE_PORT/runs/keys-1/events"
+wait_log "$WORK/kid.log" "next refresh in 300 s" 5
+stream_ok "$url" "${TOK[d]}" || fail "key d refused"
+cp "$WORK/e/jwks.json" "$WORK/served.json"
+stream_ok "$url" "${TOK[e]}" || fail "a token naming the provider's new kid was refused on its first try"
+fetches=$(grep -c '^call' "$WORK/jwks3.out")
+[[ $fetches == 2 ]] || fail "want 2 fetches of the key set (start, unknown kid), got $fetches"
+[[ $(http_code "$url" -H "Authorization: Bearer ${TOK[a]}") == 401 ]] || fail "key a accepted"
+[[ $(grep -c '^call' "$WORK/jwks3.out") == 2 ]] || fail "an unknown kid fetched the key set again within 30 s"
 kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"
 no_sanitizer_reports
 stop_relay "$RELAY_PID" 5
