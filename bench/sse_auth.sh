@@ -80,7 +80,11 @@ measure() { # MODE REP
   port=$(free_port)
   case $mode in
     jwt) flags=(--auth jwt --auth-jwks "$WORK/keys/jwks.json" --auth-audience outboxd); client=(--token "$TOKEN") ;;
-    forward) flags=(--auth forward --auth-url "http://127.0.0.1:$APORT/check"); client=(--cookie "session=bench") ;;
+    # A generous --auth-timeout: on a loaded machine the test backend (one node
+    # process) answers 1,000 first calls slowly, and a timeout would tell streams to
+    # come back later (fail closed), which is not what this measures.
+    forward) flags=(--auth forward --auth-url "http://127.0.0.1:$APORT/check" --auth-timeout 10s)
+      client=(--cookie "session=bench") ;;
   esac
   "$BUILD/outboxd" sse --listen "127.0.0.1:$port" --max-clients $((STREAMS + 1000)) --stats-interval 60s \
     "${flags[@]}" >"$WORK/sse-$mode-$rep.log" 2>&1 &
