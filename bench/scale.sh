@@ -1,95 +1,124 @@
 #!/usr/bin/env bash
 # Gateway scale benchmark, run by `make bench-scale` (after `make all`). Starts its own
-# PostgreSQL + Redis (loopback only) and measures, each beside the single-process
-# gateway (--workers 1, the v0.1.0 shape) in the same run:
+# PostgreSQL + Redis (loopback only) and a relay, and measures, each beside the
+# single-process gateway (--workers 1) in the same run:
 #   A. idle streams: SCALE_STREAMS (100,000) streams over 1,000 runs, opened by several
 #      client processes from several loopback source addresses, held by one gateway
-#      with SCALE_WORKERS (6) workers: gateway memory (all processes) per stream.
-#      The single process is given SCALE_SINGLE_STREAMS (15,000): a process here may
-#      open at most 20,000 files.
+#      with SCALE_WORKERS (6) workers: gateway memory (RSS of all its processes) per
+#      stream. The single process is given SCALE_SINGLE_STREAMS (15,000): a process
+#      here may open at most 20,000 files.
 #   B. a hot run: SCALE_FANOUT (10,000) streams on one run while 100 events/s are
-#      committed to it for SCALE_SECONDS (10): every stream must get every event once,
-#      in order; reports frames/s delivered and the commit->browser p99.
-# Prints one table. BENCH_KEEP=1 keeps the work directory.
+#      committed to it for SCALE_SECONDS (10), through a single process and through
+#      SCALE_HOT_WORKERS (one per core) workers: every stream must get every event
+#      once, in order (obx_sse --check); reports frames/s delivered, commit->browser
+#      latency, and the CPU of the gateway and of the checking clients over the load.
+# Environment: SCALE_PARTS ("idle hot") picks parts; SCALE_BASE=/path/to/outboxd adds
+# rows for another build (e.g. the previous commit's) measured in the same run;
+# SCALE_REPEAT (1) repeats part B; BENCH_KEEP=1 keeps the work directory.
+# Prints one table.
 set -Eeuo pipefail
 trap 'echo "[scale] FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
+[[ "$BUILD" = /* ]] || BUILD="$ROOT/$BUILD"
 STREAMS=${SCALE_STREAMS:-100000}
 SINGLE=${SCALE_SINGLE_STREAMS:-15000}
 WORKERS=${SCALE_WORKERS:-6}
 FANOUT=${SCALE_FANOUT:-10000}
+HOT_WORKERS=${SCALE_HOT_WORKERS:-$(nproc)}
 SECONDS_LOAD=${SCALE_SECONDS:-10}
-PER_CLIENT=16000 # streams per client process (each may open at most 20,000 files)
+PARTS=${SCALE_PARTS:-idle hot}
+REPEAT=${SCALE_REPEAT:-1}
+BASE_BIN=${SCALE_BASE:-}
+RATE=100         # events/s on the hot run
+IDLE_RUNS=1000   # runs the idle streams spread over
+PER_CLIENT=16000 # idle streams per client process (each may open at most 20,000 files)
+HOT_PER_CLIENT=5000
+
+for b in outboxd obx_load obx_sse; do
+  [[ -x "$BUILD/$b" ]] || { echo "scale: $BUILD/$b missing: run 'make all' first" >&2; exit 1; }
+done
+[[ -z "$BASE_BIN" || -x "$BASE_BIN" ]] || { echo "scale: SCALE_BASE=$BASE_BIN is not executable" >&2; exit 1; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/outboxd-scale.XXXXXX")
 chmod 755 "$WORK"
-pids=()
+GW=0 RELAY=0
 cleanup() {
   local p
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  pkill -9 -P "$GW" 2>/dev/null || true
+  for p in $(jobs -p); do kill -9 "$p" 2>/dev/null || true; done
+  ((GW > 0)) && { pkill -9 -P "$GW" 2>/dev/null || true; kill -9 "$GW" 2>/dev/null || true; }
   bash "$ROOT/scripts/stack.sh" stop "$WORK/stack" >/dev/null 2>&1 || true
-  [[ "${BENCH_KEEP:-0}" == 1 ]] && echo "scale: work directory kept: $WORK" >&2 || rm -rf "$WORK"
+  if [[ "${BENCH_KEEP:-0}" == 1 ]]; then echo "scale: work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
 }
-GW=0
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 say() { printf '[scale %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-bash "$ROOT/scripts/stack.sh" start "$WORK/stack" >/dev/null
+die() { say "FAILED: $*"; exit 1; }
+
+say "starting PostgreSQL, Redis and a relay"
+bash "$ROOT/scripts/stack.sh" start "$WORK/stack" >"$WORK/stack.log" 2>&1 || die "stack: $(tail -5 "$WORK/stack.log")"
+# shellcheck disable=SC1091
 . "$WORK/stack/env"
 "$BUILD/outboxd" migrate >/dev/null
+# The hot run's events reach the gateway the way they do in production: relayed to
+# Redis as they commit (without a relay they would only arrive by the gateway's
+# periodic re-read of each run's tail).
+"$BUILD/outboxd" relay --stats-interval 0 >"$WORK/relay.log" 2>&1 &
+RELAY=$!
 port=$((20000 + RANDOM % 10000))
 
-rss_tree_kb() {
+# CPU time (ns) of processes and all their threads, from schedstat; gone ones count 0.
+cpu_ns() {
+  local p
+  for p in "$@"; do cat /proc/"$p"/task/*/schedstat 2>/dev/null || true; done | awk '{t += $1} END {printf "%.0f\n", t}'
+}
+tree() { echo "$1" $(pgrep -P "$1" || true); } # a gateway and its workers
+rss_kb() {
   local p total=0
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
-  done
+  for p in "$@"; do total=$((total + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done
   echo "$total"
 }
-cpu_tree_s() { # CPU seconds used so far by a process and its children (alive ones)
-  local p total=0
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
-  awk -v t="$total" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }'
-}
-start_gw() { # WORKERS
-  "$BUILD/outboxd" sse --listen "127.0.0.1:$port" --workers "$1" --max-clients 1000000 \
-    --stats-interval 0 2>"$WORK/gw-$1.log" &
+kv() { grep -o " $1=[0-9.]*" <<<" $2" | head -1 | cut -d= -f2; }
+
+start_gw() { # BIN WORKERS
+  "$1" sse --listen "127.0.0.1:$port" --workers "$2" --max-clients 1000000 \
+    --stats-interval 0 2>"$WORK/gw.log" &
   GW=$!
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && return 0; sleep 0.1; done
-  say "gateway did not start: $(tail -3 "$WORK/gw-$1.log")"
-  exit 1
+  die "gateway did not start: $(tail -3 "$WORK/gw.log")"
 }
 stop_gw() {
   kill -TERM "$GW" 2>/dev/null || true
   wait "$GW" 2>/dev/null || true
   GW=0
+  port=$((port + 1))
 }
 gw_streams() { curl -s "http://127.0.0.1:$port/metrics" | awk '/^outboxd_sse_streams / {print $2}'; }
 
-# A: idle streams. idle WORKERS STREAMS -> "streams rss_before_kb rss_after_kb bytes_per_stream open_s"
+# A: idle streams. idle BIN WORKERS STREAMS -> "streams rss_before_kb rss_after_kb bytes_per_stream open_s"
 idle() {
-  local w=$1 n=$2 procs i per
-  start_gw "$w"
+  local bin=$1 w=$2 n=$3 procs i per runs_per
+  start_gw "$bin" "$w"
   sleep 1
   local rss0 t0
-  rss0=$(rss_tree_kb "$GW")
-  procs=$(((n + PER_CLIENT - 1) / PER_CLIENT))
-  per=$((n / procs))
+  rss0=$(rss_kb $(tree "$GW"))
+  # n streams over IDLE_RUNS runs, per a run; each client process takes as many
+  # whole runs as fit in PER_CLIENT streams.
+  per=$((n / IDLE_RUNS))
+  ((per * IDLE_RUNS == n)) || die "$n streams do not spread evenly over $IDLE_RUNS runs"
+  procs=1
+  while ((IDLE_RUNS % procs != 0 || IDLE_RUNS / procs * per > PER_CLIENT)); do procs=$((procs + 1)); done
+  runs_per=$((IDLE_RUNS / procs))
   t0=$EPOCHREALTIME
   local cps=()
   for ((i = 0; i < procs; i++)); do
-    # 1,000 runs in all: each process watches its own share of them.
-    "$BUILD/obx_sse" --port "$port" --source "127.0.0.$((2 + i))" --prefix "idle$i" --runs $((1000 / procs)) \
-      --per-run $((per / (1000 / procs))) --reconnect-ms 1000 --max-seconds 600 \
-      --ready-file "$WORK/idle-$w-$i.ready" >"$WORK/idle-$w-$i.out" 2>&1 &
+    # Each client process watches its own share of the runs, from its own address.
+    "$BUILD/obx_sse" --port "$port" --source "127.0.0.$((2 + i))" --prefix "idle$i" --runs "$runs_per" \
+      --per-run "$per" --reconnect-ms 1000 --max-seconds 900 --max-opening 256 >"$WORK/idle-$i.out" 2>&1 &
     cps+=($!)
-    pids+=($!)
   done
-  local want=$(((per / (1000 / procs)) * (1000 / procs) * procs)) got=0
-  for _ in $(seq 1 1200); do
+  local want=$((per * runs_per * procs)) got=0
+  for _ in $(seq 1 2400); do
     got=$(gw_streams)
     [[ "${got:-0}" -ge "$want" ]] && break
     sleep 0.25
@@ -98,79 +127,115 @@ idle() {
   open_s=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')
   sleep 3 # let allocations settle
   local rss1
-  rss1=$(rss_tree_kb "$GW")
+  rss1=$(rss_kb $(tree "$GW"))
   got=$(gw_streams)
-  for p in "${cps[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  kill "${cps[@]}" 2>/dev/null || true
+  wait "${cps[@]}" 2>/dev/null || true
   stop_gw
-  echo "${got:-0} $rss0 $rss1 $(((rss1 - rss0) * 1024 / (${got:-1} > 0 ? ${got:-1} : 1))) $open_s"
+  echo "${got:-0} $rss0 $rss1 $(((rss1 - rss0) * 1024 / (${got:-0} > 0 ? ${got:-0} : 1))) $open_s"
 }
 
-# B: one hot run. hot WORKERS STREAMS -> "received expected lost dup disorder p99_ms frames_per_s gw_cpu_s"
+# B: one hot run. hot BIN WORKERS STREAMS ->
+#   "received expected lost dup disorder p50 p99 max frames_per_s gw_cores gw_us_per_frame client_cores"
 hot() {
-  local w=$1 n=$2 procs i
-  start_gw "$w"
-  local run="hot-$w-$RANDOM"
-  procs=$(((n + 4999) / 5000))
+  local bin=$1 w=$2 n=$3 procs i
+  start_gw "$bin" "$w"
+  local run="hot$w$RANDOM"
+  procs=$(((n + HOT_PER_CLIENT - 1) / HOT_PER_CLIENT))
   local cps=()
   for ((i = 0; i < procs; i++)); do
+    rm -f "$WORK/hot-$i.ready"
     "$BUILD/obx_sse" --port "$port" --source "127.0.1.$((2 + i))" --prefix "$run" --runs 1 \
-      --per-run $((n / procs)) --reconnect-ms 500 --idle-ms 5000 --max-seconds $((SECONDS_LOAD + 120)) \
-      --ready-file "$WORK/hot-$w-$i.ready" --check >"$WORK/hot-$w-$i.out" 2>"$WORK/hot-$w-$i.err" &
+      --per-run $((n / procs)) --reconnect-ms 500 --idle-ms 5000 --max-seconds $((SECONDS_LOAD + 120)) --max-opening 256 \
+      --ready-file "$WORK/hot-$i.ready" --check >"$WORK/hot-$i.out" 2>"$WORK/hot-$i.err" &
     cps+=($!)
-    pids+=($!)
   done
   for ((i = 0; i < procs; i++)); do
-    for _ in $(seq 1 600); do [[ -f "$WORK/hot-$w-$i.ready" ]] && break; sleep 0.1; done
+    for _ in $(seq 1 600); do [[ -f "$WORK/hot-$i.ready" ]] && break; sleep 0.1; done
   done
-  local c0 t0
-  c0=$(cpu_tree_s "$GW")
+  local gpids c0 k0 t0 c1 k1 t1
+  gpids=$(tree "$GW")
+  c0=$(cpu_ns $gpids)
+  k0=$(cpu_ns "${cps[@]}")
   t0=$EPOCHREALTIME
   # obx_load names its runs PREFIX-0..: one run, the one the streams watch.
-  "$BUILD/obx_load" --rate 100 --runs 1 --conns 2 --seconds "$SECONDS_LOAD" --prefix "$run" >"$WORK/hot-$w.load"
-  for p in "${cps[@]}"; do wait "$p" || true; done
-  local c1 t1
-  c1=$(cpu_tree_s "$GW")
+  "$BUILD/obx_load" --rate "$RATE" --runs 1 --conns 2 --seconds "$SECONDS_LOAD" --prefix "$run" >"$WORK/hot.load"
+  sleep 1 # the last events reach the browsers
+  c1=$(cpu_ns $gpids)
+  k1=$(cpu_ns "${cps[@]}")
   t1=$EPOCHREALTIME
+  for p in "${cps[@]}"; do wait "$p" || true; done
   stop_gw
-  local inserted received=0 lost=0 dup=0 dis=0 p99=0
-  inserted=$(grep -o 'inserted=[0-9]*' "$WORK/hot-$w.load" | cut -d= -f2)
+  local inserted received=0 lost=0 dup=0 dis=0 p50=0 p99=0 max=0 l
+  inserted=$(kv inserted "$(cat "$WORK/hot.load")")
   for ((i = 0; i < procs; i++)); do
-    local l
-    l=$(cat "$WORK/hot-$w-$i.out")
-    received=$((received + $(grep -o ' received=[0-9]*' <<<"$l" | cut -d= -f2)))
-    lost=$((lost + $(grep -o 'lost=[0-9]*' <<<"$l" | cut -d= -f2)))
-    dup=$((dup + $(grep -o 'duplicates=[0-9]*' <<<"$l" | cut -d= -f2)))
-    dis=$((dis + $(grep -o 'out_of_order=[0-9]*' <<<"$l" | cut -d= -f2)))
-    p99=$(awk -v a="$p99" -v b="$(grep -o 'p99=[0-9.]*' <<<"$l" | cut -d= -f2)" 'BEGIN { print (b > a ? b : a) }')
+    l=$(cat "$WORK/hot-$i.out")
+    received=$((received + $(kv received "$l")))
+    lost=$((lost + $(kv lost "$l")))
+    dup=$((dup + $(kv duplicates "$l")))
+    dis=$((dis + $(kv out_of_order "$l")))
+    # The worst client process's quantiles (each process sees a share of the streams).
+    p50=$(awk -v a="$p50" -v b="$(kv p50 "$l")" 'BEGIN { print (b > a ? b : a) }')
+    p99=$(awk -v a="$p99" -v b="$(kv p99 "$l")" 'BEGIN { print (b > a ? b : a) }')
+    max=$(awk -v a="$max" -v b="$(kv max "$l")" 'BEGIN { print (b > a ? b : a) }')
   done
-  local fps
-  fps=$(awk -v r="$received" -v s="$SECONDS_LOAD" 'BEGIN { printf "%.0f", r / s }')
-  echo "$received $((inserted * n)) $lost $dup $dis $p99 $fps $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.1f", b - a }')"
+  awk -v r="$received" -v e="$((inserted * n))" -v lo="$lost" -v du="$dup" -v di="$dis" -v p50="$p50" \
+    -v p99="$p99" -v mx="$max" -v s="$SECONDS_LOAD" -v c="$((c1 - c0))" -v k="$((k1 - k0))" -v t0="$t0" -v t1="$t1" \
+    'BEGIN { w = t1 - t0; printf "%d %d %d %d %d %.1f %.1f %.1f %.0f %.2f %.2f %.2f\n",
+             r, e, lo, du, di, p50, p99, mx, r / s, c / 1e9 / w, (r > 0 ? c / 1e3 / r : 0), k / 1e9 / w }'
 }
 
-say "A: $SINGLE idle streams, single process (--workers 1)"
-A1=$(idle 1 "$SINGLE")
-say "   $A1"
-say "A: $STREAMS idle streams, --workers $WORKERS"
-AW=$(idle "$WORKERS" "$STREAMS")
-say "   $AW"
-say "B: hot run, $FANOUT streams, single process"
-B1=$(hot 1 "$FANOUT")
-say "   $B1"
-say "B: hot run, $FANOUT streams, --workers 2 (one per core)"
-BW=$(hot 2 "$FANOUT")
-say "   $BW"
+declare -A A B
+idle_rows=() hot_rows=()
+if [[ " $PARTS " == *" idle "* ]]; then
+  idle_rows=("new 1 $SINGLE" "new $WORKERS $STREAMS")
+  [[ -n "$BASE_BIN" ]] && idle_rows+=("base $WORKERS $STREAMS")
+fi
+if [[ " $PARTS " == *" hot "* ]]; then
+  hot_rows=("new 1" "new $HOT_WORKERS")
+  [[ -n "$BASE_BIN" ]] && hot_rows+=("base 1" "base $HOT_WORKERS")
+fi
+binof() { [[ $1 == base ]] && echo "$BASE_BIN" || echo "$BUILD/outboxd"; }
+for row in "${idle_rows[@]}"; do
+  read -r which w n <<<"$row"
+  say "A: $n idle streams, $which build, --workers $w"
+  A[$row]=$(idle "$(binof "$which")" "$w" "$n")
+  say "   ${A[$row]}"
+done
+for ((rep = 1; rep <= REPEAT; rep++)); do
+  for row in "${hot_rows[@]}"; do
+    read -r which w <<<"$row"
+    say "B: hot run, $FANOUT streams, $which build, --workers $w (repetition $rep)"
+    B[$row $rep]=$(hot "$(binof "$which")" "$w" "$FANOUT")
+    say "   ${B[$row $rep]}"
+  done
+done
 
 f() { cut -d' ' -f"$1" <<<"$2"; }
+label() { echo "$([[ $1 == base ]] && echo "SCALE_BASE" || echo "this build") --workers $2$([[ $2 == 1 ]] && echo " (single process)")"; }
 echo
-echo "gateway scale ($(nproc) cores, $(date +%Y-%m-%d))"
-echo
-echo "| idle streams | gateway | streams held | RSS before -> after (KB) | bytes per stream | open time (s) |"
-echo "|---|---|---|---|---|---|"
-echo "| $SINGLE | --workers 1 (baseline) | $(f 1 "$A1") | $(f 2 "$A1") -> $(f 3 "$A1") | $(f 4 "$A1") | $(f 5 "$A1") |"
-echo "| $STREAMS | --workers $WORKERS | $(f 1 "$AW") | $(f 2 "$AW") -> $(f 3 "$AW") | $(f 4 "$AW") | $(f 5 "$AW") |"
-echo
-echo "| hot run ($FANOUT streams, 100 events/s, ${SECONDS_LOAD}s) | frames received / expected | lost | dup | out of order | p99 commit->browser (ms) | frames/s | gateway CPU (s) |"
-echo "|---|---|---|---|---|---|---|---|"
-echo "| --workers 1 (baseline) | $(f 1 "$B1") / $(f 2 "$B1") | $(f 3 "$B1") | $(f 4 "$B1") | $(f 5 "$B1") | $(f 6 "$B1") | $(f 7 "$B1") | $(f 8 "$B1") |"
-echo "| --workers 2 | $(f 1 "$BW") / $(f 2 "$BW") | $(f 3 "$BW") | $(f 4 "$BW") | $(f 5 "$BW") | $(f 6 "$BW") | $(f 7 "$BW") | $(f 8 "$BW") |"
+echo "gateway scale ($(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); load avg $(cut -d' ' -f1-3 /proc/loadavg))"
+if ((${#idle_rows[@]})); then
+  echo
+  echo "| idle streams over $IDLE_RUNS runs | streams held | gateway RSS before -> after (KB) | bytes per stream | open time (s) |"
+  echo "|---|---|---|---|---|"
+  for row in "${idle_rows[@]}"; do
+    read -r which w n <<<"$row"
+    v=${A[$row]}
+    echo "| $(label "$which" "$w"), $n streams | $(f 1 "$v") | $(f 2 "$v") -> $(f 3 "$v") | $(f 4 "$v") | $(f 5 "$v") |"
+  done
+fi
+if ((${#hot_rows[@]})); then
+  echo
+  echo "hot run: $FANOUT streams on one run, $RATE events/s for ${SECONDS_LOAD}s ($((FANOUT * RATE)) frames/s offered); latency = commit->browser (worst client process); CPU in cores over the load"
+  echo
+  echo "| gateway | frames received / expected | lost | dup | out of order | p50 ms | p99 ms | max ms | frames/s | gateway CPU (cores) | gateway µs/frame | clients CPU (cores) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  for ((rep = 1; rep <= REPEAT; rep++)); do
+    for row in "${hot_rows[@]}"; do
+      read -r which w <<<"$row"
+      v=${B[$row $rep]}
+      echo "| $(label "$which" "$w") | $(f 1 "$v") / $(f 2 "$v") | $(f 3 "$v") | $(f 4 "$v") | $(f 5 "$v") | $(f 6 "$v") | $(f 7 "$v") | $(f 8 "$v") | $(f 9 "$v") | $(f 10 "$v") | $(f 11 "$v") | $(f 12 "$v") |"
+    done
+  done
+fi
