@@ -75,7 +75,10 @@ static const setting settings[] = {
     {"heartbeat", "OUTBOXD_HEARTBEAT", T_DURATION, CMD_SSE, "15s", 100, 3600000, 1000, NULL,
      OFF(heartbeat_ms), "comment line sent on idle streams this often"},
     {"client-buffer", "OUTBOXD_CLIENT_BUFFER", T_INT, CMD_SSE, "262144", 1024, 1L << 30, 0, NULL,
-     OFF(client_buffer), "bytes one stream may queue before it is caught up from PostgreSQL"},
+     OFF(client_buffer), "bytes one stream may queue in the gateway (and about as many in its socket's send buffer) before it is caught up from PostgreSQL"},
+    {"stream-coalesce", "OUTBOXD_STREAM_COALESCE", T_DURATION, CMD_SSE, "10ms", 0, 1000, 1, NULL,
+     OFF(stream_coalesce_ms),
+     "a run's live events go out to its streams at most once per this period: one write per stream carries all that came meanwhile (0 = each at once)"},
     {"cors-origin", "OUTBOXD_CORS_ORIGIN", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(cors_origin),
      "origins allowed to read streams from other sites: exact origins (https://app.example), comma-separated, "
      "with credentials; * = any origin, never with credentials (unset = no CORS)"},

@@ -55,6 +55,7 @@ typedef struct config {
     char *listen;
     long heartbeat_ms;
     long client_buffer;
+    long stream_coalesce_ms;
     char *cors_origin;
     long max_clients;
     char *replica_url;

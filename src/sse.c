@@ -118,6 +118,7 @@ static void stats_sum(const stats_slot *slots, int n, runs_stats *out)
         out->runs += s.runs;
         out->streams_opened += s.streams_opened;
         out->events_sent += s.events_sent;
+        out->stream_writes += s.stream_writes;
         out->live_msgs += s.live_msgs;
         out->replays += s.replays;
         out->gaps += s.gaps;
@@ -142,10 +143,10 @@ static void gateway_stats(runs_stats *out)
 
 static void log_stats(const runs_stats *st, const config *cfg)
 {
-    log_info("stats: streams=%d runs=%d streams_opened=%llu events_sent=%llu live_messages=%llu "
+    log_info("stats: streams=%d runs=%d streams_opened=%llu events_sent=%llu stream_writes=%llu live_messages=%llu "
              "replays=%llu from_replica=%llu replica_fallbacks=%llu gaps_filled=%llu slow_client_pauses=%llu "
              "redis=%s postgresql=%s%s",
-             st->streams, st->runs, st->streams_opened, st->events_sent, st->live_msgs, st->replays,
+             st->streams, st->runs, st->streams_opened, st->events_sent, st->stream_writes, st->live_msgs, st->replays,
              st->replica_replays, st->replica_fallbacks, st->gaps, st->pauses, st->redis_up ? "up" : "down",
              st->database_up ? "up" : "down",
              !cfg->replica_url ? ""
@@ -194,6 +195,7 @@ static void workers_on_exit(void *slots, int i, void *arg)
     slot_read(&kept[0], &sum);
     sum.streams_opened += gone.streams_opened;
     sum.events_sent += gone.events_sent;
+    sum.stream_writes += gone.stream_writes;
     sum.live_msgs += gone.live_msgs;
     sum.replays += gone.replays;
     sum.gaps += gone.gaps;
@@ -444,6 +446,9 @@ static void on_request(struct evhttp_request *req, void *arg)
                                (double)st.streams_opened) &&
                   prom_counter(&m, "outboxd_sse_events_sent_total", "Events written to streams.",
                                (double)st.events_sent) &&
+                  prom_counter(&m, "outboxd_sse_stream_writes_total",
+                               "Writes to streams (one carries several events when they come faster than --stream-coalesce).",
+                               (double)st.stream_writes) &&
                   prom_counter(&m, "outboxd_sse_live_messages_total", "Messages received from Redis.",
                                (double)st.live_msgs) &&
                   prom_counter(&m, "outboxd_sse_replays_total", "Reads of a run's events from PostgreSQL.",
