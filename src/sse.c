@@ -104,6 +104,20 @@ static bool slot_read(const stats_slot *s, runs_stats *out)
 
 /* Adds up the slots of every worker that has published: counters and streams add up;
  * Redis, PostgreSQL and the standby count as up only if they are up for all. */
+/* Adds the counters of *from (not its gauges) to *to. */
+static void stats_add_counters(runs_stats *to, const runs_stats *from)
+{
+    to->streams_opened += from->streams_opened;
+    to->events_sent += from->events_sent;
+    to->stream_writes += from->stream_writes;
+    to->live_msgs += from->live_msgs;
+    to->replays += from->replays;
+    to->gaps += from->gaps;
+    to->pauses += from->pauses;
+    to->replica_replays += from->replica_replays;
+    to->replica_fallbacks += from->replica_fallbacks;
+}
+
 static void stats_sum(const stats_slot *slots, int n, runs_stats *out)
 {
     memset(out, 0, sizeof *out);
@@ -116,15 +130,7 @@ static void stats_sum(const stats_slot *slots, int n, runs_stats *out)
         }
         out->streams += s.streams;
         out->runs += s.runs;
-        out->streams_opened += s.streams_opened;
-        out->events_sent += s.events_sent;
-        out->stream_writes += s.stream_writes;
-        out->live_msgs += s.live_msgs;
-        out->replays += s.replays;
-        out->gaps += s.gaps;
-        out->pauses += s.pauses;
-        out->replica_replays += s.replica_replays;
-        out->replica_fallbacks += s.replica_fallbacks;
+        stats_add_counters(out, &s);
         out->redis_up = out->redis_up && s.redis_up;
         out->database_up = out->database_up && s.database_up;
         out->replica_up = out->replica_up && s.replica_up;
@@ -183,8 +189,9 @@ static void on_stats(evutil_socket_t fd, short what, void *arg)
         log_stats(&st, hs.cfg);
 }
 
-/* A worker stopped: what it counted goes to the parent's slot (the last one), so
- * that the gateway's counters never go back when a worker is replaced. */
+/* A worker stopped: what it counted moves to the parent's slot (the last one), so
+ * that the gateway's counters never go back when a worker is replaced, nor count
+ * twice while its slot waits for the replacement (or after the last stats line). */
 static void workers_on_exit(void *slots, int i, void *arg)
 {
     const worker_arg *w = arg;
@@ -193,18 +200,12 @@ static void workers_on_exit(void *slots, int i, void *arg)
     if (!slot_read(&all[i], &gone))
         return;
     slot_read(&kept[0], &sum);
-    sum.streams_opened += gone.streams_opened;
-    sum.events_sent += gone.events_sent;
-    sum.stream_writes += gone.stream_writes;
-    sum.live_msgs += gone.live_msgs;
-    sum.replays += gone.replays;
-    sum.gaps += gone.gaps;
-    sum.pauses += gone.pauses;
-    sum.replica_replays += gone.replica_replays;
-    sum.replica_fallbacks += gone.replica_fallbacks;
+    stats_add_counters(&sum, &gone);
     sum.streams = sum.runs = 0;
     sum.redis_up = sum.database_up = sum.replica_up = true;
     slot_write(kept, &sum);
+    runs_stats cleared = {.redis_up = gone.redis_up, .database_up = gone.database_up, .replica_up = gone.replica_up};
+    slot_write(&all[i], &cleared);
 }
 
 static void workers_on_tick(const void *slots, int n, void *arg)
