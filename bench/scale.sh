@@ -12,9 +12,15 @@
 #      SCALE_HOT_WORKERS (one per core) workers: every stream must get every event
 #      once, in order (obx_sse --check); reports frames/s delivered, commit->browser
 #      latency, and the CPU of the gateway and of the checking clients over the load.
+#      Beside it, the floor: bench/fanout_floor.c, a server that only writes the same
+#      frames to the same clients with the same coalescing (no Redis, PostgreSQL or
+#      HTTP library), i.e. what the kernel's loopback TCP path alone costs here.
 # Environment: SCALE_PARTS ("idle hot") picks parts; SCALE_BASE=/path/to/outboxd adds
 # rows for another build (e.g. the previous commit's) measured in the same run;
-# SCALE_REPEAT (1) repeats part B; BENCH_KEEP=1 keeps the work directory.
+# SCALE_COALESCE ("50ms") adds hot-run rows with those --stream-coalesce values (and
+# the floor's);
+# SCALE_REPEAT (1) repeats part B (rows alternate); BENCH_KEEP=1 keeps the work
+# directory.
 # Prints one table.
 set -Eeuo pipefail
 trap 'echo "[scale] FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
@@ -29,6 +35,7 @@ HOT_WORKERS=${SCALE_HOT_WORKERS:-$(nproc)}
 SECONDS_LOAD=${SCALE_SECONDS:-10}
 PARTS=${SCALE_PARTS:-idle hot}
 REPEAT=${SCALE_REPEAT:-1}
+COALESCE=${SCALE_COALESCE-50ms}
 BASE_BIN=${SCALE_BASE:-}
 RATE=100         # events/s on the hot run
 IDLE_RUNS=1000   # runs the idle streams spread over
@@ -55,6 +62,8 @@ trap 'exit 130' INT TERM
 say() { printf '[scale %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 
+say "compiling bench/fanout_floor.c"
+cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -o "$WORK/fanout_floor" "$ROOT/bench/fanout_floor.c"
 say "starting PostgreSQL, Redis and a relay"
 bash "$ROOT/scripts/stack.sh" start "$WORK/stack" >"$WORK/stack.log" 2>&1 || die "stack: $(tail -5 "$WORK/stack.log")"
 # shellcheck disable=SC1091
@@ -80,9 +89,11 @@ rss_kb() {
 }
 kv() { grep -o " $1=[0-9.]*" <<<" $2" | head -1 | cut -d= -f2; }
 
-start_gw() { # BIN WORKERS
-  "$1" sse --listen "127.0.0.1:$port" --workers "$2" --max-clients 1000000 \
-    --stats-interval 0 2>"$WORK/gw.log" &
+start_gw() { # BIN WORKERS [FLAGS...]
+  local bin=$1 w=$2
+  shift 2
+  "$bin" sse --listen "127.0.0.1:$port" --workers "$w" --max-clients 1000000 \
+    --stats-interval 0 "$@" 2>"$WORK/gw.log" &
   GW=$!
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && return 0; sleep 0.1; done
   die "gateway did not start: $(tail -3 "$WORK/gw.log")"
@@ -93,7 +104,8 @@ stop_gw() {
   GW=0
   port=$((port + 1))
 }
-gw_streams() { curl -s "http://127.0.0.1:$port/metrics" | awk '/^outboxd_sse_streams / {print $2}'; }
+gw_metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+gw_streams() { gw_metric outboxd_sse_streams; }
 
 # A: idle streams. idle BIN WORKERS STREAMS -> "streams rss_before_kb rss_after_kb bytes_per_stream open_s"
 idle() {
@@ -135,54 +147,108 @@ idle() {
   echo "${got:-0} $rss0 $rss1 $(((rss1 - rss0) * 1024 / (${got:-0} > 0 ? ${got:-0} : 1))) $open_s"
 }
 
-# B: one hot run. hot BIN WORKERS STREAMS ->
-#   "received expected lost dup disorder p50 p99 max frames_per_s gw_cores gw_us_per_frame client_cores"
-hot() {
-  local bin=$1 w=$2 n=$3 procs i
-  start_gw "$bin" "$w"
-  local run="hot$w$RANDOM"
+# B: one hot run, watched by n streams from client processes of HOT_PER_CLIENT each.
+# start_clients PORT PREFIX N [--check]: clients in CPS, waits until all streams are open.
+start_clients() {
+  local port_=$1 prefix=$2 n=$3 procs i
+  shift 3
   procs=$(((n + HOT_PER_CLIENT - 1) / HOT_PER_CLIENT))
-  local cps=()
+  CPS=()
   for ((i = 0; i < procs; i++)); do
     rm -f "$WORK/hot-$i.ready"
-    "$BUILD/obx_sse" --port "$port" --source "127.0.1.$((2 + i))" --prefix "$run" --runs 1 \
-      --per-run $((n / procs)) --reconnect-ms 500 --idle-ms 5000 --max-seconds $((SECONDS_LOAD + 120)) --max-opening 256 \
-      --ready-file "$WORK/hot-$i.ready" --check >"$WORK/hot-$i.out" 2>"$WORK/hot-$i.err" &
-    cps+=($!)
+    "$BUILD/obx_sse" --port "$port_" --source "127.0.1.$((2 + i))" --prefix "$prefix" --runs 1 \
+      --per-run $((n / procs)) --reconnect-ms 500 --idle-ms 5000 --max-seconds $((SECONDS_LOAD + 120)) \
+      --max-opening 256 --ready-file "$WORK/hot-$i.ready" "$@" >"$WORK/hot-$i.out" 2>"$WORK/hot-$i.err" &
+    CPS+=($!)
   done
   for ((i = 0; i < procs; i++)); do
     for _ in $(seq 1 600); do [[ -f "$WORK/hot-$i.ready" ]] && break; sleep 0.1; done
   done
-  local gpids c0 k0 t0 c1 k1 t1
-  gpids=$(tree "$GW")
-  c0=$(cpu_ns $gpids)
-  k0=$(cpu_ns "${cps[@]}")
-  t0=$EPOCHREALTIME
-  # obx_load names its runs PREFIX-0..: one run, the one the streams watch.
-  "$BUILD/obx_load" --rate "$RATE" --runs 1 --conns 2 --seconds "$SECONDS_LOAD" --prefix "$run" >"$WORK/hot.load"
-  sleep 1 # the last events reach the browsers
-  c1=$(cpu_ns $gpids)
-  k1=$(cpu_ns "${cps[@]}")
-  t1=$EPOCHREALTIME
-  for p in "${cps[@]}"; do wait "$p" || true; done
-  stop_gw
-  local inserted received=0 lost=0 dup=0 dis=0 p50=0 p99=0 max=0 l
-  inserted=$(kv inserted "$(cat "$WORK/hot.load")")
-  for ((i = 0; i < procs; i++)); do
+}
+# clients_result -> "received lost dup disorder p50 p99 max": sums, and the worst client
+# process's quantiles (each process sees a share of the streams).
+clients_result() {
+  local received=0 lost=0 dup=0 dis=0 p50=0 p99=0 max=0 l i
+  for ((i = 0; i < ${#CPS[@]}; i++)); do
     l=$(cat "$WORK/hot-$i.out")
     received=$((received + $(kv received "$l")))
     lost=$((lost + $(kv lost "$l")))
     dup=$((dup + $(kv duplicates "$l")))
     dis=$((dis + $(kv out_of_order "$l")))
-    # The worst client process's quantiles (each process sees a share of the streams).
     p50=$(awk -v a="$p50" -v b="$(kv p50 "$l")" 'BEGIN { print (b > a ? b : a) }')
     p99=$(awk -v a="$p99" -v b="$(kv p99 "$l")" 'BEGIN { print (b > a ? b : a) }')
     max=$(awk -v a="$max" -v b="$(kv max "$l")" 'BEGIN { print (b > a ? b : a) }')
   done
-  awk -v r="$received" -v e="$((inserted * n))" -v lo="$lost" -v du="$dup" -v di="$dis" -v p50="$p50" \
-    -v p99="$p99" -v mx="$max" -v s="$SECONDS_LOAD" -v c="$((c1 - c0))" -v k="$((k1 - k0))" -v t0="$t0" -v t1="$t1" \
-    'BEGIN { w = t1 - t0; printf "%d %d %d %d %d %.1f %.1f %.1f %.0f %.2f %.2f %.2f\n",
-             r, e, lo, du, di, p50, p99, mx, r / s, c / 1e9 / w, (r > 0 ? c / 1e3 / r : 0), k / 1e9 / w }'
+  echo "$received $lost $dup $dis $p50 $p99 $max"
+}
+# hot_line CLIENTS_RESULT EXPECTED SERVER_CPU_NS CLIENT_CPU_NS WINDOW_S WRITES EVENTS RELAY_NS REDIS_NS ->
+#   "received expected lost dup disorder p50 p99 max frames_per_s server_cores server_us_per_frame
+#    frames_per_write client_cores relay_us_per_event redis_us_per_event server_us_per_write"
+hot_line() {
+  read -r received lost dup dis p50 p99 max <<<"$1"
+  awk -v r="$received" -v e="$2" -v lo="$lost" -v du="$dup" -v di="$dis" -v p50="$p50" -v p99="$p99" -v mx="$max" \
+    -v s="$SECONDS_LOAD" -v c="$3" -v k="$4" -v w="$5" -v wr="$6" -v ev="$7" -v rl="$8" -v rd="$9" \
+    'BEGIN { printf "%d %d %d %d %d %.1f %.1f %.1f %.0f %.2f %.2f %s %.2f %s %s %s\n",
+             r, e, lo, du, di, p50, p99, mx, r / s, c / 1e9 / w, (r > 0 ? c / 1e3 / r : 0),
+             (wr > 0 ? sprintf("%.1f", r / wr) : "?"), k / 1e9 / w,
+             (rl == "" ? "-" : sprintf("%.1f", rl / 1e3 / ev)), (rd == "" ? "-" : sprintf("%.1f", rd / 1e3 / ev)),
+             (wr > 0 ? sprintf("%.1f", c / 1e3 / wr) : "?") }'
+}
+
+# hot BIN WORKERS STREAMS [GATEWAY FLAGS...]: the gateway, events committed by obx_load
+# and relayed; every stream checked against the table.
+hot() {
+  local bin=$1 w=$2 n=$3
+  shift 3
+  start_gw "$bin" "$w" "$@"
+  local run="hot$w$RANDOM"
+  start_clients "$port" "$run" "$n" --check
+  local gpids c0 k0 r0 d0 w0 t0 c1 k1 r1 d1 w1 t1
+  gpids=$(tree "$GW")
+  # Workers publish their counters every 250 ms: the writes are read after that.
+  sleep 0.3
+  w0=$(gw_metric outboxd_sse_stream_writes_total)
+  c0=$(cpu_ns $gpids) k0=$(cpu_ns "${CPS[@]}") r0=$(cpu_ns "$RELAY") d0=$(cpu_ns "$REDIS_PID")
+  t0=$EPOCHREALTIME
+  # obx_load names its runs PREFIX-0..: one run, the one the streams watch.
+  "$BUILD/obx_load" --rate "$RATE" --runs 1 --conns 2 --seconds "$SECONDS_LOAD" --prefix "$run" >"$WORK/hot.load"
+  sleep 1 # the last events reach the browsers
+  c1=$(cpu_ns $gpids) k1=$(cpu_ns "${CPS[@]}") r1=$(cpu_ns "$RELAY") d1=$(cpu_ns "$REDIS_PID")
+  t1=$EPOCHREALTIME
+  sleep 0.3
+  w1=$(gw_metric outboxd_sse_stream_writes_total)
+  for p in "${CPS[@]}"; do wait "$p" || true; done
+  stop_gw
+  local inserted
+  inserted=$(kv inserted "$(cat "$WORK/hot.load")")
+  # Frames per write from the gateway's counter of writes to streams (not in older builds).
+  hot_line "$(clients_result)" "$((inserted * n))" "$((c1 - c0))" "$((k1 - k0))" \
+    "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$(( ${w1:-0} - ${w0:-0} ))" "$inserted" \
+    "$((r1 - r0))" "$((d1 - d0))"
+}
+
+# floor WORKERS STREAMS COALESCE_MS: bench/fanout_floor, the kernel's share alone.
+floor() {
+  local w=$1 n=$2 co=$3 fl
+  rm -f "$WORK/go"
+  "$WORK/fanout_floor" --port "$port" --streams "$n" --workers "$w" --rate "$RATE" --seconds "$SECONDS_LOAD" \
+    --coalesce-ms "$co" --go-file "$WORK/go" 2>"$WORK/floor.err" &
+  fl=$!
+  start_clients "$port" "floor" "$n"
+  local k0 k1 t0
+  k0=$(cpu_ns "${CPS[@]}")
+  t0=$EPOCHREALTIME
+  touch "$WORK/go"
+  wait "$fl" || true
+  k1=$(cpu_ns "${CPS[@]}")
+  local t1=$EPOCHREALTIME
+  for p in "${CPS[@]}"; do wait "$p" || true; done
+  port=$((port + 1))
+  local cpu writes
+  cpu=$(awk -F'cpu_us=' '{t += $2} END {printf "%.0f", t * 1000}' "$WORK/floor.err")
+  writes=$(grep -o 'writes=[0-9]*' "$WORK/floor.err" | awk -F= '{t += $2} END {print t}')
+  hot_line "$(clients_result)" "$((SECONDS_LOAD * RATE * n))" "$cpu" "$((k1 - k0))" \
+    "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$writes" 1 "" ""
 }
 
 declare -A A B
@@ -192,7 +258,12 @@ if [[ " $PARTS " == *" idle "* ]]; then
   [[ -n "$BASE_BIN" ]] && idle_rows+=("base $WORKERS $STREAMS")
 fi
 if [[ " $PARTS " == *" hot "* ]]; then
-  hot_rows=("new 1" "new $HOT_WORKERS")
+  # which workers [gateway flags]
+  # "which workers [gateway flags]"; "floor workers coalesce_ms" for bench/fanout_floor
+  hot_rows=("new 1" "new $HOT_WORKERS" "floor $HOT_WORKERS 10")
+  for c in $COALESCE; do
+    hot_rows+=("new $HOT_WORKERS --stream-coalesce $c" "floor $HOT_WORKERS ${c%ms}")
+  done
   [[ -n "$BASE_BIN" ]] && hot_rows+=("base 1" "base $HOT_WORKERS")
 fi
 binof() { [[ $1 == base ]] && echo "$BASE_BIN" || echo "$BUILD/outboxd"; }
@@ -204,15 +275,26 @@ for row in "${idle_rows[@]}"; do
 done
 for ((rep = 1; rep <= REPEAT; rep++)); do
   for row in "${hot_rows[@]}"; do
-    read -r which w <<<"$row"
-    say "B: hot run, $FANOUT streams, $which build, --workers $w (repetition $rep)"
-    B[$row $rep]=$(hot "$(binof "$which")" "$w" "$FANOUT")
+    read -r which w flags <<<"$row"
+    say "B: hot run, $FANOUT streams, $which, --workers $w $flags (repetition $rep)"
+    if [[ $which == floor ]]; then
+      B[$row $rep]=$(floor "$w" "$FANOUT" "$flags")
+    else
+      # shellcheck disable=SC2086
+      B[$row $rep]=$(hot "$(binof "$which")" "$w" "$FANOUT" $flags)
+    fi
     say "   ${B[$row $rep]}"
   done
 done
 
 f() { cut -d' ' -f"$1" <<<"$2"; }
-label() { echo "$([[ $1 == base ]] && echo "SCALE_BASE" || echo "this build") --workers $2$([[ $2 == 1 ]] && echo " (single process)")"; }
+label() {
+  case $1 in
+    floor) echo "floor (bench/fanout_floor.c) --workers $2 --coalesce-ms $3" ;;
+    base) echo "SCALE_BASE --workers $2${3:+ $3}$([[ $2 == 1 ]] && echo " (single process)")" ;;
+    *) echo "this build --workers $2${3:+ $3}$([[ $2 == 1 ]] && echo " (single process)")" ;;
+  esac
+}
 echo
 echo "gateway scale ($(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); load avg $(cut -d' ' -f1-3 /proc/loadavg))"
 if ((${#idle_rows[@]})); then
@@ -229,13 +311,13 @@ if ((${#hot_rows[@]})); then
   echo
   echo "hot run: $FANOUT streams on one run, $RATE events/s for ${SECONDS_LOAD}s ($((FANOUT * RATE)) frames/s offered); latency = commit->browser (worst client process); CPU in cores over the load"
   echo
-  echo "| gateway | frames received / expected | lost | dup | out of order | p50 ms | p99 ms | max ms | frames/s | gateway CPU (cores) | gateway µs/frame | clients CPU (cores) |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| server | frames received / expected | lost | dup | out of order | p50 ms | p99 ms | max ms | frames/s | server CPU (cores) | server µs/frame | frames/write | server µs/write | clients CPU (cores) | relay µs/event | Redis µs/event |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   for ((rep = 1; rep <= REPEAT; rep++)); do
     for row in "${hot_rows[@]}"; do
-      read -r which w <<<"$row"
+      read -r which w flags <<<"$row"
       v=${B[$row $rep]}
-      echo "| $(label "$which" "$w") | $(f 1 "$v") / $(f 2 "$v") | $(f 3 "$v") | $(f 4 "$v") | $(f 5 "$v") | $(f 6 "$v") | $(f 7 "$v") | $(f 8 "$v") | $(f 9 "$v") | $(f 10 "$v") | $(f 11 "$v") | $(f 12 "$v") |"
+      echo "| $(label "$which" "$w" "$flags") | $(f 1 "$v") / $(f 2 "$v") | $(f 3 "$v") | $(f 4 "$v") | $(f 5 "$v") | $(f 6 "$v") | $(f 7 "$v") | $(f 8 "$v") | $(f 9 "$v") | $(f 10 "$v") | $(f 11 "$v") | $(f 12 "$v") | $(f 16 "$v") | $(f 13 "$v") | $(f 14 "$v") | $(f 15 "$v") |"
     done
   done
 fi
