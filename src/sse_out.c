@@ -55,6 +55,7 @@ bool out_start(out_conn *o, struct evhttp_request *req, const char *first, size_
     o->conn = evhttp_request_get_connection(req);
     struct bufferevent *bev = o->conn ? evhttp_connection_get_bufferevent(o->conn) : NULL;
     o->fd = bev ? bufferevent_getfd(bev) : -1;
+    o->queue = bev ? bufferevent_get_output(bev) : NULL;
     /* evhttp_send_reply_start chose chunked encoding if, and only if, it added this. */
     o->chunked = evhttp_find_header(evhttp_request_get_output_headers(req), "Transfer-Encoding") != NULL;
     drop_headers(req);
@@ -84,14 +85,12 @@ bool out_start(out_conn *o, struct evhttp_request *req, const char *first, size_
 
 size_t out_queued(const out_conn *o)
 {
-    struct bufferevent *bev = o->conn ? evhttp_connection_get_bufferevent(o->conn) : NULL;
-    return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+    return o->queue ? evbuffer_get_length(o->queue) : 0;
 }
 
 void out_writev(const out_conn *o, const struct iovec *iov, int n)
 {
-    struct bufferevent *bev = o->conn ? evhttp_connection_get_bufferevent(o->conn) : NULL;
-    if (!bev || n <= 0 || n > OUT_MAX_PIECES)
+    if (!o->queue || n <= 0 || n > OUT_MAX_PIECES)
         return;
     struct iovec v[OUT_MAX_PIECES + 2];
     char head[2 * sizeof(size_t) + 2];
@@ -108,7 +107,7 @@ void out_writev(const out_conn *o, const struct iovec *iov, int n)
     if (o->chunked)
         v[k++] = (struct iovec){(char *)"\r\n", 2};
 
-    struct evbuffer *queue = bufferevent_get_output(bev);
+    struct evbuffer *queue = o->queue;
     size_t sent = 0;
     if (evbuffer_get_length(queue) == 0) {
         struct msghdr m = {.msg_iov = v, .msg_iovlen = (size_t)k};

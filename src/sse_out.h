@@ -14,7 +14,8 @@
 typedef struct out_conn {
     struct evhttp_request *req;
     struct evhttp_connection *conn;
-    int fd;       /* the connection's socket */
+    struct evbuffer *queue; /* the connection's output buffer (set by out_start) */
+    int fd;                 /* the connection's socket */
     bool chunked; /* HTTP/1.1: every write is one chunk */
 } out_conn;
 
