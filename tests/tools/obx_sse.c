@@ -422,6 +422,12 @@ static void open_stream(stream *s)
         perror("obx_sse: socket");
         exit(2);
     }
+    /* With a source address, the port is picked at connect() (IP_BIND_ADDRESS_NO_PORT):
+     * bind() alone would search the whole port range for one free for every
+     * destination, which gets slow, and fails, at tens of thousands of streams. */
+    int one = 1;
+    if (has_source)
+        (void)setsockopt(s->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
     if (has_source && bind(s->fd, (struct sockaddr *)&source_sa, sizeof source_sa) != 0) {
         perror("obx_sse: bind");
         exit(2);
