@@ -52,7 +52,7 @@ chmod 755 "$WORK"
 GW=0 RELAY=0
 cleanup() {
   local p
-  for p in $(jobs -p); do kill -9 "$p" 2>/dev/null || true; done
+  for p in $(jobs -p); do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
   ((GW > 0)) && { pkill -9 -P "$GW" 2>/dev/null || true; kill -9 "$GW" 2>/dev/null || true; }
   bash "$ROOT/scripts/stack.sh" stop "$WORK/stack" >/dev/null 2>&1 || true
   if [[ "${BENCH_KEEP:-0}" == 1 ]]; then echo "scale: work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
@@ -107,7 +107,9 @@ stop_gw() {
 gw_metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 gw_streams() { gw_metric outboxd_sse_streams; }
 
-# A: idle streams. idle BIN WORKERS STREAMS -> "streams rss_before_kb rss_after_kb bytes_per_stream open_s"
+# A: idle streams. idle BIN WORKERS STREAMS ->
+#   "streams rss_before_kb rss_after_kb bytes_per_stream open_s bytes_per_stream_all"
+# (bytes per stream: the growth of RSS over the streams; _all: all of RSS over them)
 idle() {
   local bin=$1 w=$2 n=$3 procs i per runs_per
   start_gw "$bin" "$w"
@@ -144,7 +146,8 @@ idle() {
   kill "${cps[@]}" 2>/dev/null || true
   wait "${cps[@]}" 2>/dev/null || true
   stop_gw
-  echo "${got:-0} $rss0 $rss1 $(((rss1 - rss0) * 1024 / (${got:-0} > 0 ? ${got:-0} : 1))) $open_s"
+  local div=$((${got:-0} > 0 ? ${got:-0} : 1))
+  echo "${got:-0} $rss0 $rss1 $(((rss1 - rss0) * 1024 / div)) $open_s $((rss1 * 1024 / div))"
 }
 
 # B: one hot run, watched by n streams from client processes of HOT_PER_CLIENT each.
@@ -299,12 +302,12 @@ echo
 echo "gateway scale ($(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); load avg $(cut -d' ' -f1-3 /proc/loadavg))"
 if ((${#idle_rows[@]})); then
   echo
-  echo "| idle streams over $IDLE_RUNS runs | streams held | gateway RSS before -> after (KB) | bytes per stream | open time (s) |"
-  echo "|---|---|---|---|---|"
+  echo "| idle streams over $IDLE_RUNS runs | streams held | gateway RSS before -> after (KB) | bytes per stream (growth) | bytes per stream (all RSS) | open time (s) |"
+  echo "|---|---|---|---|---|---|"
   for row in "${idle_rows[@]}"; do
     read -r which w n <<<"$row"
     v=${A[$row]}
-    echo "| $(label "$which" "$w"), $n streams | $(f 1 "$v") | $(f 2 "$v") -> $(f 3 "$v") | $(f 4 "$v") | $(f 5 "$v") |"
+    echo "| $(label "$which" "$w"), $n streams | $(f 1 "$v") | $(f 2 "$v") -> $(f 3 "$v") | $(f 4 "$v") | $(f 6 "$v") | $(f 5 "$v") |"
   done
 fi
 if ((${#hot_rows[@]})); then
