@@ -19,7 +19,7 @@ CORE = buf log config event metrics store_pg redis_sink admin_http relay sse sse
 	sse_auth sse_reply jwks jwt http_client auth auth_forward
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse
-UNIT = test_buf test_config test_relay test_metrics test_sse test_jwt test_auth test_auth_forward
+UNIT = test_buf test_config test_relay test_metrics test_sse test_sse_out test_jwt test_auth test_auth_forward
 
 .PHONY: all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
@@ -46,6 +46,7 @@ $(BUILD)/test_auth: tests/unit/test_auth.c $(BUILD)/auth.o $(BUILD)/auth_forward
 	$(BUILD)/jwt.o $(BUILD)/jwks.o $(BUILD)/log.o $(BUILD)/buf.o $(BUILD)/metrics.o
 $(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_auth.o $(BUILD)/sse_reply.o $(BUILD)/sse_run.o $(BUILD)/sse_cache.o $(BUILD)/sse_out.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_workers.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
 	$(BUILD)/log.o $(BUILD)/config.o $(BUILD)/store_pg.o $(BUILD)/auth.o $(BUILD)/auth_forward.o $(BUILD)/http_client.o $(BUILD)/jwt.o $(BUILD)/jwks.o
+$(BUILD)/test_sse_out: tests/unit/test_sse_out.c $(BUILD)/sse_out.o $(BUILD)/sse_cache.o $(BUILD)/event.o $(BUILD)/buf.o
 $(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay.o $(BUILD)/event.o \
 	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/config.o $(BUILD)/admin_http.o
 $(BUILD)/test_%: | $(BUILD)

@@ -363,7 +363,6 @@ static void start_stream(struct evhttp_request *req, const char *run_id, size_t 
     evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
     evhttp_add_header(h, "Cache-Control", "no-cache");
     evhttp_add_header(h, "X-Accel-Buffering", "no");
-    evhttp_send_reply_start(req, 200, "OK");
     stream_start(c);
     sse_auth_opened(c); /* auth-expiring at once for a short-lived token */
 }

@@ -10,6 +10,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
 #include <netinet/in.h>
@@ -48,6 +49,24 @@ static void drop_headers(struct evhttp_request *req)
     }
 }
 
+void out_reply_start(struct evhttp_request *req)
+{
+    /* HTTP/1.0 has no chunks: a stream is the rest of its connection. A 1.0 request
+     * with "Connection: keep-alive" would make evhttp answer "Content-Length: 0" (the
+     * body it holds so far) and keep the connection, so that the client reads the
+     * events as garbage before a next response. Such a request is answered as one
+     * that asked for nothing: the connection closes after the stream. (libevent has
+     * no accessor for the version; http_struct.h is its public layout.) */
+    if (req->major == 1 && req->minor == 0) {
+        struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+        while (evhttp_remove_header(in, "Connection") == 0) {
+        }
+        evhttp_add_header(in, "Connection", "close");
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+    }
+    evhttp_send_reply_start(req, 200, "OK");
+}
+
 bool out_start(out_conn *o, struct evhttp_request *req, const char *first, size_t len, int sndbuf,
                void (*drained)(struct evhttp_connection *, void *), void *arg)
 {
@@ -56,8 +75,8 @@ bool out_start(out_conn *o, struct evhttp_request *req, const char *first, size_
     struct bufferevent *bev = o->conn ? evhttp_connection_get_bufferevent(o->conn) : NULL;
     o->fd = bev ? bufferevent_getfd(bev) : -1;
     o->queue = bev ? bufferevent_get_output(bev) : NULL;
-    /* evhttp_send_reply_start chose chunked encoding if, and only if, it added this. */
-    o->chunked = evhttp_find_header(evhttp_request_get_output_headers(req), "Transfer-Encoding") != NULL;
+    /* What evhttp_send_reply_start chose (HTTP/1.1 and a reply with a body). */
+    o->chunked = req->chunked;
     drop_headers(req);
     if (o->fd >= 0) {
         /* Events are small writes that should leave at once, not wait for the

@@ -19,7 +19,11 @@ typedef struct out_conn {
     bool chunked; /* HTTP/1.1: every write is one chunk */
 } out_conn;
 
-/* Call right after evhttp_send_reply_start(req, ...): drops the request's headers
+/* Starts a stream's reply: 200 with the headers the caller added. An HTTP/1.1 client
+ * gets chunked encoding; an HTTP/1.0 client a body that ends when the connection
+ * closes, with Connection: close even if it asked for keep-alive. */
+void out_reply_start(struct evhttp_request *req);
+/* Call right after out_reply_start(req): drops the request's headers
  * (all but Connection), gives the socket a send buffer of sndbuf bytes, sends the
  * stream's first bytes and registers drained(conn, arg), called each time the
  * connection's queue (bytes the socket did not take at once) has been written out.

@@ -421,6 +421,7 @@ client *stream_new(struct evhttp_request *req, const char *id, size_t n, long lo
 
 void stream_start(client *c)
 {
+    out_reply_start(c->out.req);
     evhttp_connection_set_closecb(c->out.conn, on_client_closed, c);
     /* A stream's client has nothing more to say: stop reading once 4 KB pile up
      * (nothing consumes them). Only a write timeout, above the heartbeat, applies: a
@@ -492,6 +493,14 @@ void stream_finish(client *c, const char *name, const char *data)
 
 void streams_end_all(void)
 {
+    /* Live events that wait for their run's next fan-out (--stream-coalesce) are
+     * already ours: they go out before the streams end. */
+    for (int b = 0; b < RUN_BUCKETS; b++)
+        for (run *r = gw.buckets[b]; r; r = r->hnext)
+            if (r->fanout_ev && evtimer_pending(r->fanout_ev, NULL)) {
+                evtimer_del(r->fanout_ev);
+                fanout_now(r);
+            }
     gw.stopping = true;
     /* Ending a reply can close its connection at once (HTTP/1.0), which frees the
      * client and maybe its run: collect the requests before ending any. */
@@ -552,10 +561,13 @@ static void on_read_done(replay_job *j, const replay_row *rows, int n, bool comp
     long long from = j->from;
     frame **frames = calloc((size_t)(n ? n : 1), sizeof *frames);
     int nf = 0;
+    /* Rows become frames up to the first that cannot (out of memory): a stream must
+     * never be given the rows after it, which would skip an event. */
     for (int i = 0; frames && i < n; i++) {
         frame *f = frame_new(rows[i].seq, rows[i].data, rows[i].len);
-        if (f)
-            frames[nf++] = f;
+        if (!f)
+            break;
+        frames[nf++] = f;
     }
     for (int i = 0; i < nf; i++)
         if (!r->cache.valid || frames[i]->seq > r->cache.head)

@@ -5,7 +5,9 @@
 # HTTP/1.1 (chunked) and HTTP/1.0 (plain, ended by closing) streams, one of them cut
 # and resumed with Last-Event-ID, each get every event once, in order, in well-formed
 # chunks (HTTP/1.1) or bare (HTTP/1.0), every line an SSE field (obx_sse --check);
-# the writes are far fewer than the events; SIGTERM ends both kinds cleanly.
+# the writes are far fewer than the events. An HTTP/1.0 client that asks for keep-alive
+# still gets a close-delimited body; SIGTERM sends the events a fan-out holds, then
+# ends both kinds of stream cleanly.
 . "$(dirname "$0")/lib.sh"
 new_db
 start_relay relay
@@ -36,21 +38,56 @@ info "events sent $sent in $writes writes"
 awk -v s="$sent" -v w="$writes" 'BEGIN { exit !(w > 0 && s / w >= 5) }' ||
   fail "$sent events in $writes writes: live events were not coalesced"
 
-# SIGTERM with an HTTP/1.0 and an HTTP/1.1 stream open: both end cleanly, exit 0.
-curl -s -N --http1.0 --max-time 5 "$base/runs/co-1/events" >"$WORK/end10" &
+kill -TERM "$SSE_PID"
+wait "$SSE_PID" || fail "gateway exit code"
+
+# A second gateway that holds a busy run's events for a whole second.
+start_sse sse2 --workers 1 --stream-coalesce 1000ms
+base="http://127.0.0.1:$SSE_PORT"
+live() { curl -s "$base/metrics" | awk '/^outboxd_sse_live_messages_total / {print $2}'; }
+wait_for() { # wait_for FILE PATTERN: until the stream in FILE has the line
+  for _ in $(seq 1 100); do grep -q "$2" "$1" && return 0; sleep 0.05; done
+  fail "$1 never got '$2': $(tail -c 200 "$1")"
+}
+
+# An HTTP/1.0 client that asks for keep-alive gets a body that ends with the
+# connection (Connection: close, no Content-Length: a "Content-Length: 0" would end
+# its reply before the first event).
+curl -s -i -N --http1.0 -H 'Connection: keep-alive' --max-time 2 "$base/runs/co-2/events" >"$WORK/ka10" || true
+tr -d '\r' <"$WORK/ka10" >"$WORK/ka10.txt"
+grep -qi '^Connection: close$' "$WORK/ka10.txt" || fail "HTTP/1.0 keep-alive: no Connection: close: $(head -8 "$WORK/ka10.txt")"
+! grep -qi '^Content-Length' "$WORK/ka10.txt" || fail "HTTP/1.0 keep-alive: $(grep -i '^Content-Length' "$WORK/ka10.txt")"
+! grep -qi '^Transfer-Encoding' "$WORK/ka10.txt" || fail "HTTP/1.0 keep-alive got chunked encoding"
+n2=$(q "SELECT max(seq) FROM run_outbox WHERE run_id = 'co-2'")
+grep -q "^id: $n2\$" "$WORK/ka10.txt" || fail "HTTP/1.0 keep-alive: the stream lacks seq $n2: $(head -c 300 "$WORK/ka10.txt")"
+
+# SIGTERM with an HTTP/1.0 and an HTTP/1.1 stream open and an event waiting for its
+# run's next fan-out: the event goes out, both streams end cleanly, exit 0.
+newest=$(q "SELECT max(seq) FROM run_outbox WHERE run_id = 'co-1'")
+curl -s -N --http1.0 --max-time 10 "$base/runs/co-1/events?last_event_id=$newest" >"$WORK/end10" &
 c10=$!
-curl -s -N --max-time 5 "$base/runs/co-1/events" >"$WORK/end11" &
+curl -s -N --max-time 10 "$base/runs/co-1/events?last_event_id=$newest" >"$WORK/end11" &
 c11=$!
-sleep 0.5
+for _ in $(seq 1 100); do
+  [[ $(curl -s "$base/metrics" | awk '/^outboxd_sse_streams / {print $2}') == 2 ]] && break; sleep 0.05
+done
+"$OUTBOXD" emit co-1 '{"last":"a"}' >/dev/null
+wait_for "$WORK/end11" "^id: $((newest + 1))\$"
+wait_for "$WORK/end10" "^id: $((newest + 1))\$"
+before=$(live)
+"$OUTBOXD" emit co-1 '{"last":"b"}' >/dev/null
+for _ in $(seq 1 100); do (( $(live) > before )) && break; sleep 0.01; done
+(( $(live) > before )) || fail "the gateway did not receive the last event"
+grep -q "^id: $((newest + 2))\$" "$WORK/end11" && info "(the last event went out before SIGTERM: the machine was slow)"
 kill -TERM "$SSE_PID"
 wait "$SSE_PID" || fail "gateway exit code"
 rc=0; wait "$c10" || rc=$?
 [[ $rc -eq 0 ]] || fail "the HTTP/1.0 stream did not end cleanly (curl $rc)"
 rc=0; wait "$c11" || rc=$?
 [[ $rc -eq 0 ]] || fail "the HTTP/1.1 stream did not end cleanly (curl $rc)"
-newest=$(q "SELECT max(seq) FROM run_outbox WHERE run_id = 'co-1'")
 for f in end10 end11; do
-  grep -q "^id: $newest\$" "$WORK/$f" || fail "$f: the stream at shutdown got: $(tail -c 200 "$WORK/$f")"
+  got=$(grep '^id: ' "$WORK/$f" | cut -d' ' -f2 | tr '\n' ' ')
+  [[ "$got" == "$((newest + 1)) $((newest + 2)) " ]] || fail "$f: the stream at shutdown got ids: $got"
 done
 no_sanitizer_reports
 stop_relay "$RELAY_PID" 5
