@@ -5,7 +5,8 @@
 # HTTP/1.1 (chunked) and HTTP/1.0 (plain, ended by closing) streams, one of them cut
 # and resumed with Last-Event-ID, each get every event once, in order, in well-formed
 # chunks (HTTP/1.1) or bare (HTTP/1.0), every line an SSE field (obx_sse --check);
-# the writes are far fewer than the events. An HTTP/1.0 client that asks for keep-alive
+# the writes are far fewer than the events. With --stream-coalesce 0 each event is a
+# write of its own. An HTTP/1.0 client that asks for keep-alive
 # still gets a close-delimited body; SIGTERM sends the events a fan-out holds, then
 # ends both kinds of stream cleanly.
 . "$(dirname "$0")/lib.sh"
@@ -40,6 +41,27 @@ awk -v s="$sent" -v w="$writes" 'BEGIN { exit !(w > 0 && s / w >= 5) }' ||
 
 kill -TERM "$SSE_PID"
 wait "$SSE_PID" || fail "gateway exit code"
+
+# --stream-coalesce 0: every live event goes out at once, one write per stream each.
+start_sse sse0 --workers 1 --stream-coalesce 0
+"$BUILD/obx_sse" --port "$SSE_PORT" --prefix cz --runs 2 --per-run 3 --idle-ms 2000 \
+  --max-seconds 60 --ready-file "$WORK/z.ready" --check >"$WORK/z.out" 2>"$WORK/z.err" &
+zpid=$!; PIDS+=("$zpid")
+for _ in $(seq 1 100); do [[ -f "$WORK/z.ready" ]] && break; sleep 0.05; done
+[[ -f "$WORK/z.ready" ]] || fail "streams did not open (coalesce 0)"
+sleep 0.5 # the runs' first reads are done
+"$BUILD/obx_load" --rate 200 --runs 2 --conns 2 --seconds 1 --prefix cz >"$WORK/loadz.out"
+rc=0; wait "$zpid" || rc=$?
+info "coalesce 0: $(cat "$WORK/z.out")"
+[[ $rc -eq 0 ]] || fail "SSE check failed (coalesce 0): $(cat "$WORK/z.out") $(head -3 "$WORK/z.err")"
+m=$(curl -s "http://127.0.0.1:$SSE_PORT/metrics")
+sent=$(awk '/^outboxd_sse_events_sent_total / {print $2}' <<<"$m")
+writes=$(awk '/^outboxd_sse_stream_writes_total / {print $2}' <<<"$m")
+info "coalesce 0: events sent $sent in $writes writes"
+awk -v s="$sent" -v w="$writes" 'BEGIN { exit !(s > 0 && w >= 0.9 * s) }' ||
+  fail "coalesce 0: $sent events in $writes writes: live events were held back"
+kill -TERM "$SSE_PID"
+wait "$SSE_PID" || fail "gateway exit code (coalesce 0)"
 
 # A second gateway that holds a busy run's events for a whole second.
 start_sse sse2 --workers 1 --stream-coalesce 1000ms
