@@ -3,7 +3,7 @@
 CC ?= cc
 BUILD ?= build
 SANITIZE ?=
-PKGS = libpq hiredis libevent libevent_pthreads
+PKGS = libpq hiredis libevent libevent_pthreads libevent_openssl openssl
 OPT ?= -O2
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 	-Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -15,10 +15,10 @@ ifeq ($(SANITIZE),1)
 endif
 override CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
 
-CORE = buf log config event metrics store_pg redis_sink admin_http relay sse sse_run sse_replay sse_redis sse_page
+CORE = buf log config event metrics store_pg redis_tls redis_conn redis_endpoint redis_sink admin_http relay sse sse_run sse_replay sse_redis sse_page
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse
-UNIT = test_buf test_config test_relay test_metrics test_sse
+UNIT = test_buf test_config test_relay test_metrics test_sse test_redis_conn
 
 .PHONY: all deps test test-sanitize unit integration run bench soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
@@ -43,6 +43,9 @@ $(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_run.o $(BUI
 	$(BUILD)/log.o $(BUILD)/config.o $(BUILD)/store_pg.o
 $(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay.o $(BUILD)/event.o \
 	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/config.o $(BUILD)/admin_http.o
+# Built from the source with a 7-byte read, so that TLS records are read in pieces.
+$(BUILD)/test_redis_conn: override CFLAGS += -DRCONN_READ_CHUNK=7
+$(BUILD)/test_redis_conn: tests/unit/test_redis_conn.c src/redis_conn.c src/*.h $(BUILD)/redis_tls.o $(BUILD)/buf.o
 $(BUILD)/test_%: | $(BUILD)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.c %.o,$^) $(LIBS) -lcmocka -o $@
 

@@ -73,10 +73,11 @@ die() { say "FAILED: $*"; exit 1; }
 # ---- helpers -----------------------------------------------------------------------
 
 say "compiling bench helpers"
-CFL="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I$ROOT/src $(pkg-config --cflags libpq hiredis)"
-LIBS="$(pkg-config --libs libpq hiredis)"
+CFL="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I$ROOT/src $(pkg-config --cflags libpq hiredis openssl)"
+LIBS="$(pkg-config --libs libpq hiredis openssl)"
 # The helpers that measure outboxd's own SQL and script link the relay's objects.
-OBJS="$BUILD/store_pg.o $BUILD/redis_sink.o $BUILD/event.o $BUILD/buf.o $BUILD/log.o"
+OBJS="$BUILD/store_pg.o $BUILD/redis_sink.o $BUILD/redis_endpoint.o $BUILD/redis_conn.o $BUILD/redis_tls.o
+  $BUILD/event.o $BUILD/buf.o $BUILD/log.o"
 # shellcheck disable=SC2086
 cc $CFL bench/naive_relay.c -o "$WORK/naive_relay" $LIBS
 # shellcheck disable=SC2086

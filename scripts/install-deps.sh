@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   gcc libc6-dev make pkg-config       # compiler and build (gcc brings ASan/UBSan)
   libpq-dev libhiredis-dev libevent-dev libcmocka-dev
+  libssl-dev openssl                  # TLS to Redis (OpenSSL 3); the CLI makes test certificates
   postgresql redis-server redis-tools # servers for tests and the demo
   procps iproute2 curl                # pkill/ps, ss, and an HTTP client for tests
   chromium                            # headless browser test of the viewer page

@@ -25,9 +25,17 @@ typedef struct redis_url {
     char host[256];
     int port;
     int db;
+    bool tls;           /* rediss:// */
     char user[128];     /* empty: AUTH with the password alone */
     char password[256];
 } redis_url;
+
+/* A HOST:PORT, e.g. one of --redis-sentinel's. */
+typedef struct redis_addr {
+    char host[256];
+    int port;
+} redis_addr;
+#define REDIS_MAX_SENTINELS 16
 
 typedef struct config {
     char *database_url;
@@ -46,6 +54,14 @@ typedef struct config {
     long pg_timeout_ms;
     long redis_timeout_ms;
     long mark_ttl_ms;
+    char *redis_tls_ca;
+    char *redis_tls_cert;
+    char *redis_tls_key;
+    char *redis_tls_server_name;
+    char *redis_sentinel;
+    char *redis_sentinel_master;
+    long redis_wait_replicas;
+    long redis_wait_timeout_ms;
 
     char *listen;
     long heartbeat_ms;
@@ -60,6 +76,8 @@ typedef struct config {
     long older_than_ms;
 
     redis_url redis; /* parsed from redis_url by config_load */
+    redis_addr sentinels[REDIS_MAX_SENTINELS]; /* parsed from redis_sentinel */
+    int nsentinels;
 } config;
 
 /* Fills cfg from defaults, then the environment, then argv (flags of command cmd).
@@ -78,11 +96,15 @@ void config_print_markdown(void);
 /* Logs the effective settings of cmd at info level, hiding passwords. */
 void config_log(const config *cfg, enum command cmd);
 
-/* redis://[[user]:password@]host[:port][/db] -> out (user and password
- * percent-decoded). Returns false with a reason that never repeats the password. */
+/* redis://[[user]:password@]host[:port][/db] (or rediss://, TLS) -> out (user and
+ * password percent-decoded). Returns false with a reason that never repeats the
+ * password. */
 bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t errlen) WUR;
 /* Splits HOST:PORT (or [IPv6]:PORT) into host and port. */
 bool config_parse_listen(const char *s, char *host, size_t cap, int *port) WUR;
+/* HOST:PORT[,HOST:PORT...] -> out[0..*n) (at most max); false on a bad or empty item
+ * or too many. */
+bool config_parse_addrs(const char *s, redis_addr *out, int max, int *n) WUR;
 /* Parses "250ms", "10s", "5m", "2h", "7d" or a bare number of default_unit_ms each. */
 bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms) WUR;
 

@@ -200,6 +200,10 @@ bool sub_healthy(long stale_ms)
 
 bool sub_start(struct event_base *base, const config *cfg, const sub_handlers *handlers)
 {
+    if (cfg->redis.tls || cfg->nsentinels) {
+        log_error("redis (gateway): rediss:// and --redis-sentinel are not supported by the gateway yet");
+        return false;
+    }
     memset(&rs, 0, sizeof rs);
     rs.base = base;
     rs.cfg = cfg;
