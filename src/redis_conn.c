@@ -25,9 +25,6 @@
 #define RCONN_READ_CHUNK 16384
 #endif
 
-/* No reply can be larger than Redis's own limit on a bulk string (proto-max-bulk-len,
- * 512 MB by default) plus framing: a peer that sends more is not a Redis server. */
-#define RCONN_MAX_BUFFERED ((size_t)600 << 20)
 
 /* ---- transports --------------------------------------------------------------------- */
 
@@ -417,8 +414,8 @@ static int fill(rconn *c, bool *want_write)
             return -1;
         }
         c->got_bytes = true;
-        if (c->reader->len - c->reader->pos + (size_t)n > RCONN_MAX_BUFFERED) {
-            fail(c, "a reply larger than %zu MB: not a Redis server?", RCONN_MAX_BUFFERED >> 20);
+        if (c->reader->len - c->reader->pos + (size_t)n > REDIS_MAX_BUFFERED) {
+            fail(c, "a reply larger than %zu MB: not a Redis server?", REDIS_MAX_BUFFERED >> 20);
             return -1;
         }
         if (redisReaderFeed(c->reader, chunk, (size_t)n) != REDIS_OK) {

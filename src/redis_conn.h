@@ -74,6 +74,10 @@ bool rconn_broken(const rconn *c);
 
 /* ---- shared by every connection ----------------------------------------------------- */
 
+/* No reply can be larger than Redis's own limit on a bulk string (proto-max-bulk-len,
+ * 512 MB by default) plus framing: a peer that sends more is not a Redis server. */
+#define REDIS_MAX_BUFFERED ((size_t)600 << 20)
+
 /* Appends one command in the protocol's format to out; false when out of memory. */
 bool redis_format(buf *out, int argc, const char **argv, const size_t *lens) WUR;
 

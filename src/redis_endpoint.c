@@ -163,6 +163,13 @@ rconn *redis_endpoint_connect(redis_endpoint *e, redis_addr *addr, char *err, si
     return c;
 }
 
+bool redis_endpoint_probe(redis_endpoint *e, redis_addr *addr, char *err, size_t errlen)
+{
+    rconn *c = redis_endpoint_connect(e, addr, err, errlen);
+    rconn_free(c);
+    return c != NULL;
+}
+
 /* ---- the relay's watch ---------------------------------------------------------------- */
 
 void sentinel_watch_init(sentinel_watch *w, redis_endpoint *e)

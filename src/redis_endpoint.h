@@ -50,6 +50,10 @@ bool redis_sentinel_discover(redis_endpoint *e, redis_addr *primary, char *err, 
  * NULL with the reason in err. */
 rconn *redis_endpoint_connect(redis_endpoint *e, redis_addr *addr, char *err, size_t errlen);
 
+/* Whether the primary takes a connection now (discovery, TLS, AUTH, SELECT, ROLE);
+ * addr gets where it is. False with the reason in err. For `outboxd status`. */
+bool redis_endpoint_probe(redis_endpoint *e, redis_addr *addr, char *err, size_t errlen) WUR;
+
 /* The reply to SENTINEL get-master-addr-by-name -> addr. False with a reason (e.g.
  * the sentinel does not know the name). */
 bool redis_sentinel_parse_addr(const redisReply *r, const char *master, redis_addr *addr, char *err,
