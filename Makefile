@@ -34,8 +34,10 @@ $(BUILD)/%.o: src/%.c src/*.h | $(BUILD)
 $(BUILD)/outboxd: $(CORE_OBJ) $(BUILD)/main.o
 	$(CC) $(LDFLAGS) $^ $(LIBS) -o $@
 
-$(BUILD)/obx_%: tests/tools/obx_%.c tests/tools/*.h $(BUILD)/buf.o $(BUILD)/metrics.o | $(BUILD)
-	$(CC) $(CFLAGS) $(LDFLAGS) $< $(BUILD)/buf.o $(BUILD)/metrics.o $(LIBS) -o $@
+# The tools link outboxd's Redis layer (obx_sub speaks TLS through it).
+TOOL_OBJ = $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/config.o $(BUILD)/log.o $(BUILD)/redis_conn.o $(BUILD)/redis_tls.o
+$(BUILD)/obx_%: tests/tools/obx_%.c tests/tools/*.h $(TOOL_OBJ) | $(BUILD)
+	$(CC) $(CFLAGS) $(LDFLAGS) $< $(TOOL_OBJ) $(LIBS) -o $@
 
 # Unit tests link one module plus fakes of its neighbours.
 $(BUILD)/test_buf: tests/unit/test_buf.c $(BUILD)/buf.o $(BUILD)/event.o

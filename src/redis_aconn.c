@@ -174,9 +174,10 @@ static void tls_failure(aconn *c, short what)
     if (code || c->phase == P_TLS)
         redis_tls_explain(c->ssl, code, why, sizeof why);
     else if (what & BEV_EVENT_EOF)
-        snprintf(why, sizeof why, "connection closed by the server");
+        snprintf(why, sizeof why, "connection closed by the server%s", redis_tls_hint(c->ssl));
     else
-        snprintf(why, sizeof why, "%s", e ? evutil_socket_error_to_string(e) : "connection lost");
+        snprintf(why, sizeof why, "%s%s", e ? evutil_socket_error_to_string(e) : "connection lost",
+                 redis_tls_hint(c->ssl));
     fail(c, "%s: %s", c->peer, why);
 }
 

@@ -107,6 +107,8 @@ static void sock_close(rio *io)
     free(s);
 }
 
+static const rio_ops tls_ops;
+
 /* Maps the result of SSL_read/SSL_write/SSL_connect (r) to a RIO code. */
 static ssize_t tls_result(rio_sock *s, int r)
 {
@@ -119,7 +121,7 @@ static ssize_t tls_result(rio_sock *s, int r)
         if (!ERR_peek_error()) {
             if (errno == 0 || r == 0)
                 return 0; /* closed without close_notify */
-            snprintf(s->io.err, sizeof s->io.err, "%s", strerror(errno));
+            snprintf(s->io.err, sizeof s->io.err, "%s%s", strerror(errno), redis_tls_hint(s->ssl));
             ERR_clear_error();
             return RIO_ERROR;
         }
@@ -155,10 +157,15 @@ static ssize_t tls_write(rio *io, const char *p, size_t n)
         return r;
     ssize_t code = tls_result(s, r);
     if (code == 0) {
-        snprintf(io->err, sizeof io->err, "connection closed by the server");
+        snprintf(io->err, sizeof io->err, "connection closed by the server%s", redis_tls_hint(s->ssl));
         return RIO_ERROR;
     }
     return code;
+}
+
+static const char *tls_hint(rio *io)
+{
+    return io->ops == &tls_ops ? redis_tls_hint(((rio_sock *)io)->ssl) : "";
 }
 
 static const rio_ops sock_ops = {sock_read, sock_write, sock_wait, sock_close};
@@ -259,6 +266,7 @@ rio *rio_connect(const char *host, int port, const redis_tls *tls, long timeout_
         return NULL;
     }
     s->fd = fd;
+    s->io.fd = fd;
     s->io.ops = &sock_ops;
     if (tls) {
         s->io.ops = &tls_ops;
@@ -340,6 +348,11 @@ const char *rconn_errstr(const rconn *c)
 bool rconn_broken(const rconn *c)
 {
     return c->broken;
+}
+
+int rconn_fd(const rconn *c)
+{
+    return c->io->fd;
 }
 
 bool redis_format(buf *out, int argc, const char **argv, const size_t *lens)
@@ -425,7 +438,7 @@ static int fill(rconn *c, bool *want_write)
         return 1;
     }
     if (n == 0) {
-        fail(c, "connection closed by the server%s", plaintext_hint(c));
+        fail(c, "connection closed by the server%s%s", plaintext_hint(c), tls_hint(c->io));
         return -1;
     }
     if (n == RIO_ERROR) {

@@ -35,6 +35,7 @@ typedef struct rio_ops {
 
 struct rio {
     const rio_ops *ops;
+    int fd; /* the socket, for callers that poll several connections; -1 if none */
     char err[256];
 };
 
@@ -71,6 +72,9 @@ int rconn_reply_nowait(rconn *c, redisReply **out);
 redisReply *rconn_command(rconn *c, int argc, const char **argv, const size_t *lens);
 const char *rconn_errstr(const rconn *c);
 bool rconn_broken(const rconn *c);
+/* The socket, to poll for input before rconn_reply_nowait (which reads until the
+ * transport would block, so no input waits unseen inside a TLS session). */
+int rconn_fd(const rconn *c);
 
 /* ---- shared by every connection ----------------------------------------------------- */
 

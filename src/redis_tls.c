@@ -14,6 +14,19 @@ struct redis_tls {
     char *server_name; /* NULL: the host connected to */
 };
 
+/* Where a session records that the server asked for a client certificate we do not
+ * have: TLS 1.3 servers refuse the missing certificate after the client thinks the
+ * handshake is over, and the refusal may arrive as a reset connection instead. */
+static int asked_index = -1;
+
+static int on_certificate_asked(SSL *ssl, X509 **x509, EVP_PKEY **pkey)
+{
+    (void)x509;
+    (void)pkey;
+    SSL_set_ex_data(ssl, asked_index, (void *)1);
+    return 0; /* go on without one: the server may accept that (tls-auth-clients optional) */
+}
+
 /* Whether path can be opened for reading; false with the reason in err. */
 static bool readable(const char *flag, const char *path, char *err, size_t errlen)
 {
@@ -54,6 +67,10 @@ redis_tls *redis_tls_new(const char *ca, const char *cert, const char *key, cons
         goto fail;
     }
     SSL_CTX_set_min_proto_version(t->ctx, TLS1_2_VERSION);
+    if (asked_index < 0)
+        asked_index = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+    if (!cert)
+        SSL_CTX_set_client_cert_cb(t->ctx, on_certificate_asked);
     SSL_CTX_set_verify(t->ctx, SSL_VERIFY_PEER, NULL);
     /* Writes may stop after any record (the sockets are non-blocking); a retried
      * write may pass the same bytes from a buffer that has moved. */
@@ -131,6 +148,14 @@ SSL *redis_tls_session(const redis_tls *t, const char *host, char *err, size_t e
         return NULL;
     }
     return ssl;
+}
+
+const char *redis_tls_hint(SSL *ssl)
+{
+    return ssl && asked_index >= 0 && SSL_get_ex_data(ssl, asked_index)
+               ? " (the server asked for a client certificate and none is configured: --redis-tls-cert, "
+                 "--redis-tls-key)"
+               : "";
 }
 
 bool redis_tls_looks_like_tls(const unsigned char *p, size_t n)

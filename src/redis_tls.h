@@ -30,6 +30,10 @@ SSL *redis_tls_session(const redis_tls *t, const char *host, char *err, size_t e
  * none). Empties the thread's error queue. */
 void redis_tls_explain(SSL *ssl, unsigned long ssl_error, char *err, size_t errlen);
 
+/* A hint to add to a connection that failed after the handshake: "" unless the
+ * server asked for a client certificate that is not configured. */
+const char *redis_tls_hint(SSL *ssl);
+
 /* Whether the first bytes a peer sent look like a TLS record (a TLS server answering
  * a plaintext client), so that the error can say so. */
 bool redis_tls_looks_like_tls(const unsigned char *p, size_t n);

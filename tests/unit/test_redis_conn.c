@@ -104,6 +104,7 @@ static fake_io *fake_new(void)
 {
     fake_io *f = calloc(1, sizeof *f);
     f->io.ops = &fake_ops;
+    f->io.fd = -1;
     return f;
 }
 
