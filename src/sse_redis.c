@@ -56,6 +56,7 @@ static struct {
     long backoff_ms;
     char last_err[700];  /* the last failure logged, so that a repeat is not */
     bool quiet;          /* the last failure was a repeat: so is the next success */
+    redis_addr announced; /* the primary of the last connection logged */
     /* sentinel discovery: asking sentinel first + asked, the answers so far in errs */
     aconn *ask;
     int ask_first, asked;
@@ -177,8 +178,12 @@ static void node_ready(aconn *c, void *arg)
     (void)c;
     (void)arg;
     rs.state = S_UP;
-    log_at(rs.quiet ? LOG_DEBUG : LOG_INFO, "redis (gateway): subscribing on the primary at %s (%s)",
+    /* After a failure logged as a repeat, the reconnect is not news either, unless it
+     * reached another primary. */
+    bool moved = strcmp(rs.announced.host, rs.node.addr.host) || rs.announced.port != rs.node.addr.port;
+    log_at(rs.quiet && !moved ? LOG_DEBUG : LOG_INFO, "redis (gateway): subscribing on the primary at %s (%s)",
            aconn_peer(rs.node.c), redis_endpoint_describe(rs.ep));
+    rs.announced = rs.node.addr;
     if (!send_ping()) {
         node_fail("%s: out of memory", aconn_peer(rs.node.c));
         return;
