@@ -58,6 +58,7 @@ struct sink {
     redis_addr last_addr; /* the primary of the previous connection ("" before the first) */
     sentinel_watch watch;
     bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
+    bool wait_refused_said;
     char sha[41];
     char err[1024];
     struct {
@@ -255,10 +256,17 @@ static bool read_replies(sink *k, const event *const *evs, size_t from, size_t t
         }
         if (r->type != REDIS_REPLY_INTEGER || r->integer < k->wait_replicas) {
             k->counters.wait_short++;
-            log_debug("redis: WAIT %ld: %s", k->wait_replicas,
-                      r->type == REDIS_REPLY_INTEGER ? "fewer replicas acknowledged in time"
-                      : r->type == REDIS_REPLY_ERROR ? r->str
-                                                     : "unexpected reply");
+            if (r->type == REDIS_REPLY_ERROR && !k->wait_refused_said) {
+                /* A refusal (ACL without +wait) repeats every batch: said once. */
+                char why[400];
+                redis_explain_error(r->str, why, sizeof why);
+                log_warn("redis: WAIT refused, batches are marked without it: %s", why);
+                k->wait_refused_said = true;
+            } else {
+                log_debug("redis: WAIT %ld: %s", k->wait_replicas,
+                          r->type == REDIS_REPLY_INTEGER ? "fewer replicas acknowledged in time"
+                                                         : "unexpected reply");
+            }
         }
         freeReplyObject(r);
     }

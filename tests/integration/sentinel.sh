@@ -1,4 +1,4 @@
-# The Sentinel failover scenario, sourced by t_43 (SENTINEL FAILOVER) and t_44 (kill -9
+# The Sentinel failover scenario, sourced by t_53 (SENTINEL FAILOVER) and t_54 (kill -9
 # of the primary): a primary, a replica and three sentinels; relay and gateway find the
 # primary through the sentinels; 1,000 events/s over 50 runs for 14 s, the fault 4 s
 # in. A Redis subscriber on both nodes (the old primary listed first) and SSE clients
