@@ -1,5 +1,6 @@
 /* The gateway's reads from PostgreSQL (the source of truth): one asynchronous
- * connection, one read at a time, jobs waiting in a FIFO queue. A job is what the
+ * connection to the primary and, with --replica-url, one to a standby that takes the
+ * reads it is not too far behind for; one read at a time, jobs waiting in a FIFO queue. A job is what the
  * caller embeds in the thing it wants read (a run); the handlers say where a read
  * starts when its turn comes and take the rows. */
 #ifndef OUTBOXD_SSE_REPLAY_H
@@ -11,11 +12,14 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* Embedded by the caller; the reader owns the fields. */
 typedef struct replay_job {
     struct replay_job *next;
     bool queued; /* waiting in the queue */
     bool busy;   /* its read is in flight */
     long long from;
+    const char *run_id;
+    unsigned long long lsn_after; /* needs the primary's position asked after this */
 } replay_job;
 
 typedef struct replay_row {
@@ -42,8 +46,15 @@ bool replay_start(struct event_base *base, const config *cfg, const replay_handl
 void replay_stop(void);
 /* Puts j at the end of the queue (unless it is queued or busy already). */
 void replay_queue(replay_job *j);
+/* The primary is connected (reads can start). */
 bool replay_up(void);
-/* Reads started since replay_start. */
-unsigned long long replay_count(void);
+
+typedef struct replay_counts {
+    unsigned long long reads;             /* reads done, from either */
+    unsigned long long replica_reads;     /* of those, from the standby */
+    unsigned long long replica_fallbacks; /* reads sent to the primary because the standby was behind */
+    bool replica_up;                      /* a standby is connected and used */
+} replay_counts;
+void replay_get_counts(replay_counts *out);
 
 #endif

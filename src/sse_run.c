@@ -716,13 +716,18 @@ void runs_heartbeat_tick(void)
 
 void runs_get_stats(runs_stats *out)
 {
+    replay_counts rc;
+    replay_get_counts(&rc);
     *out = (runs_stats){
         .streams = gw.nclients,
         .runs = gw.nruns,
         .streams_opened = gw.streams_total,
         .events_sent = gw.events_sent,
         .live_msgs = gw.live_msgs,
-        .replays = replay_count(),
+        .replays = rc.reads,
+        .replica_replays = rc.replica_reads,
+        .replica_fallbacks = rc.replica_fallbacks,
+        .replica_up = rc.replica_up,
         .gaps = gw.gaps,
         .pauses = gw.pauses,
         .redis_up = sub_healthy(DEGRADED_POLL_MS),

@@ -19,7 +19,8 @@ typedef struct client client;
 typedef struct runs_stats {
     int streams, runs;
     unsigned long long streams_opened, events_sent, live_msgs, replays, gaps, pauses;
-    bool redis_up, database_up;
+    unsigned long long replica_replays, replica_fallbacks;
+    bool redis_up, database_up, replica_up;
 } runs_stats;
 
 /* Starts the PostgreSQL reader and the Redis subscriber on base. */
