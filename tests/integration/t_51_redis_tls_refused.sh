@@ -65,8 +65,9 @@ kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"
 REDIS_URL="redis://127.0.0.1:$TLS_PORT/0" start_sse sse-tls-server
 wait_log "$WORK/sse-tls-server.log" "is it a TLS port?" 10
 kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"
-[[ $(grep -c "certificate does not verify" "$WORK/sse-wrong-ca.log") == 1 ]] ||
-  fail "the gateway repeated the same cause: $(grep -c "certificate does not verify" "$WORK/sse-wrong-ca.log") lines"
+# Once per process (each worker has its own subscription), however many retries.
+repeats=$(grep "certificate does not verify" "$WORK/sse-wrong-ca.log" | awk '{print $3}' | sort | uniq -d)
+[[ -z "$repeats" ]] || fail "the gateway repeated the same cause: $(grep "certificate does not verify" "$WORK/sse-wrong-ca.log")"
 
 # Nothing reached any subscriber.
 kill -TERM "$TLS_SUB" "$PLAIN_SUB"
