@@ -15,12 +15,12 @@ ifeq ($(SANITIZE),1)
 endif
 override CFLAGS := $(CFLAGS_BASE) $(CPPFLAGS) $(CFLAGS)
 
-CORE = buf log config event metrics store_pg redis_tls redis_conn redis_endpoint redis_aconn redis_sink admin_http relay sse sse_run sse_replay sse_redis sse_workers sse_page
+CORE = buf log config event metrics store_pg redis_tls redis_conn redis_endpoint redis_aconn redis_pubsub redis_sink admin_http relay sse sse_run sse_replay sse_redis sse_workers sse_page
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 # The Redis connection layer, for the unit tests that link a module using it.
-REDIS_OBJ = $(BUILD)/redis_aconn.o $(BUILD)/redis_endpoint.o $(BUILD)/redis_conn.o $(BUILD)/redis_tls.o
+REDIS_OBJ = $(BUILD)/redis_aconn.o $(BUILD)/redis_pubsub.o $(BUILD)/redis_endpoint.o $(BUILD)/redis_conn.o $(BUILD)/redis_tls.o
 TOOLS = obx_load obx_sub obx_sse
-UNIT = test_buf test_config test_relay test_metrics test_sse test_redis_conn
+UNIT = test_buf test_config test_relay test_metrics test_sse test_redis_conn test_redis_pubsub
 
 .PHONY: all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
@@ -49,7 +49,10 @@ $(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay.o
 	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/config.o $(BUILD)/admin_http.o
 # Built from the source with a 7-byte read, so that TLS records are read in pieces.
 $(BUILD)/test_redis_conn: override CFLAGS += -DRCONN_READ_CHUNK=7
-$(BUILD)/test_redis_conn: tests/unit/test_redis_conn.c src/redis_conn.c src/*.h $(BUILD)/redis_tls.o $(BUILD)/buf.o
+$(BUILD)/test_redis_conn: tests/unit/test_redis_conn.c src/redis_conn.c src/*.h $(BUILD)/redis_endpoint.o \
+	$(BUILD)/redis_tls.o $(BUILD)/buf.o
+$(BUILD)/test_redis_pubsub: tests/unit/test_redis_pubsub.c $(BUILD)/redis_pubsub.o $(BUILD)/redis_conn.o \
+	$(BUILD)/redis_tls.o $(BUILD)/buf.o
 $(BUILD)/test_%: | $(BUILD)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.c %.o,$^) $(LIBS) -lcmocka -o $@
 

@@ -522,8 +522,9 @@ T_START=$SECONDS
 run_drains
 run_steady
 run_producers
-[[ $DO_FSYNC == 1 ]] && run_fsync
+# Transports before fsync=on, so that they drain under the same PostgreSQL as part 1.
 [[ $DO_TRANSPORTS == 1 ]] && run_transports
+[[ $DO_FSYNC == 1 ]] && run_fsync
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$((SECONDS - T_START))
 

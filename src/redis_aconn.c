@@ -22,7 +22,8 @@ struct aconn {
     struct bufferevent *bev;
     struct event *timer; /* bounds connect, handshake and set-up */
     const redis_tls *tls;
-    SSL *ssl;            /* owned by bev once the TLS bufferevent exists */
+    SSL *ssl;            /* ours until the TLS bufferevent takes it (ssl_in_bev) */
+    bool ssl_in_bev;
     redisReader *reader;
     buf scratch;
     aconn_handlers h;
@@ -42,8 +43,8 @@ struct aconn {
 static void free_now(aconn *c)
 {
     if (c->bev)
-        bufferevent_free(c->bev);
-    else if (c->ssl)
+        bufferevent_free(c->bev); /* closes the socket (and frees the SSL once it is the bev's) */
+    if (c->ssl && !c->ssl_in_bev)
         SSL_free(c->ssl);
     if (c->timer)
         event_free(c->timer);
@@ -183,7 +184,8 @@ static void tls_failure(aconn *c, short what)
 
 static void on_event(struct bufferevent *bev, short what, void *arg);
 
-/* TCP is up: TLS goes on the same socket, so that reading stays one copy. */
+/* TCP is up: TLS goes on the same socket, so that reading stays one copy. The plain
+ * bufferevent lets go of the socket first (it would close it when freed). */
 static void start_tls(aconn *c)
 {
     evutil_socket_t fd = bufferevent_getfd(c->bev);
@@ -196,6 +198,7 @@ static void start_tls(aconn *c)
         fail(c, "%s: cannot start TLS: out of memory", c->peer);
         return;
     }
+    c->ssl_in_bev = true;
     /* A server that closes without close_notify (killed, failed over) is a close. */
     bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
     bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
@@ -270,7 +273,7 @@ aconn *aconn_open(struct event_base *base, struct evdns_base *dns, const char *h
     char err[256];
     if (!(c->reader = redisReaderCreate()) || !(c->timer = evtimer_new(base, on_timeout, c)) ||
         (tls && !(c->ssl = redis_tls_session(tls, host, err, sizeof err))) ||
-        !(c->bev = bufferevent_socket_new(base, -1, tls ? 0 : BEV_OPT_CLOSE_ON_FREE)) ||
+        !(c->bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE)) ||
         (setup_url && !redis_setup_format(&c->setup, setup_url, &c->scratch))) {
         free_now(c);
         return NULL;

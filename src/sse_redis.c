@@ -1,11 +1,10 @@
 /* The gateway's Redis subscriber on our own libevent connections (redis_aconn.c),
- * with a Pub/Sub dispatcher of our own (hiredis's async API aborts on sharded Pub/Sub
- * messages). Each node we subscribe on has its own connection and its own queue of
- * commands awaiting an answer, which is how a confirmation is told from a message
- * the server pushed: a subscribe or unsubscribe that matches the head of the queue
- * answers it; an unsubscribe that matches nothing was the server's decision (a slot
- * that moved, in a cluster) and goes to handlers.unsubscribed all the same, so that
- * the run layer subscribes again. Today there is one node, the primary, found
+ * with a Pub/Sub dispatcher of our own (redis_pubsub.c; hiredis's async API aborts on
+ * sharded Pub/Sub messages). Each node we subscribe on has its own connection and its
+ * own queue of commands awaiting an answer, which is how a confirmation is told from
+ * a message the server pushed; an unsubscribe the server decided (a slot that moved,
+ * in a cluster) goes to handlers.unsubscribed all the same, so that the run layer
+ * subscribes again. Today there is one node, the primary, found
  * through the sentinels when they are configured; a sentinel's +switch-master moves
  * the subscription to the new primary. A PING is the liveness check: a stalled
  * server (SIGSTOP keeps the socket open) is noticed by its timeout. */
@@ -16,6 +15,7 @@
 #include "log.h"
 #include "redis_aconn.h"
 #include "redis_endpoint.h"
+#include "redis_pubsub.h"
 
 #include <event2/dns.h>
 #include <stdlib.h>
@@ -24,20 +24,11 @@
 #define PING_PERIOD_MS 1000
 #define WATCH_RETRY_MS 1000
 
-/* A command sent on a node, waiting for its answer. */
-enum cmd_kind { K_SUBSCRIBE, K_UNSUBSCRIBE, K_SSUBSCRIBE, K_SUNSUBSCRIBE, K_PING };
-typedef struct pending {
-    enum cmd_kind kind;
-    char *channel; /* NULL for PING */
-    size_t len;
-} pending;
-
 /* One connection we subscribe on, with what it still owes us. */
 typedef struct sub_node {
     aconn *c;
     redis_addr addr;
-    pending *q; /* a ring: q[(head + i) % cap] for i < len */
-    size_t cap, head, len;
+    ps_queue q;
     bool ping_outstanding;
     double ping_sent;
 } sub_node;
@@ -67,53 +58,6 @@ static struct {
     bool watch_addr_pending; /* its first reply is the primary's address */
     struct event *watch_timer;
 } rs;
-
-/* ---- the node's queue of commands ------------------------------------------------ */
-
-static void queue_clear(sub_node *n)
-{
-    for (size_t i = 0; i < n->len; i++)
-        free(n->q[(n->head + i) % n->cap].channel);
-    free(n->q);
-    n->q = NULL;
-    n->cap = n->head = n->len = 0;
-    n->ping_outstanding = false;
-}
-
-static bool queue_push(sub_node *n, enum cmd_kind kind, const char *ch, size_t len)
-{
-    if (n->len == n->cap) {
-        size_t cap = n->cap ? n->cap * 2 : 64;
-        pending *q = malloc(cap * sizeof *q);
-        if (!q)
-            return false;
-        for (size_t i = 0; i < n->len; i++)
-            q[i] = n->q[(n->head + i) % n->cap];
-        free(n->q);
-        n->q = q;
-        n->cap = cap;
-        n->head = 0;
-    }
-    char *copy = NULL;
-    if (ch && !(copy = malloc(len ? len : 1)))
-        return false;
-    if (ch)
-        memcpy(copy, ch, len);
-    n->q[(n->head + n->len++) % n->cap] = (pending){kind, copy, len};
-    return true;
-}
-
-static pending *queue_head(sub_node *n)
-{
-    return n->len ? &n->q[n->head] : NULL;
-}
-
-static void queue_pop(sub_node *n)
-{
-    free(n->q[n->head].channel);
-    n->head = (n->head + 1) % n->cap;
-    n->len--;
-}
 
 /* ---- connection life ------------------------------------------------------------- */
 
@@ -148,7 +92,8 @@ static void node_lost(const char *why)
 {
     bool was_up = rs.state == S_UP;
     rs.node.c = NULL;
-    queue_clear(&rs.node);
+    ps_queue_clear(&rs.node.q);
+    rs.node.ping_outstanding = false;
     report(why, was_up ? "; serving runs from postgresql until it is back" : "");
     if (was_up)
         rs.h.down();
@@ -166,8 +111,12 @@ static void node_fail(const char *fmt, const char *arg)
 
 static bool send_ping(void)
 {
-    if (!aconn_send(rs.node.c, 1, (const char *[]){"PING"}, NULL) || !queue_push(&rs.node, K_PING, NULL, 0))
+    if (!ps_queue_push(&rs.node.q, PS_PING, NULL, 0))
         return false;
+    if (!aconn_send(rs.node.c, 1, (const char *[]){"PING"}, NULL)) {
+        ps_queue_drop_newest(&rs.node.q);
+        return false;
+    }
     rs.node.ping_outstanding = true;
     rs.node.ping_sent = clock_mono_s();
     return true;
@@ -204,86 +153,41 @@ static void node_closed(aconn *c, const char *why, void *arg)
 
 /* ---- the dispatcher -------------------------------------------------------------- */
 
-static bool is_kind(const redisReply *e, const char *kind)
-{
-    return e->type == REDIS_REPLY_STRING && !strcmp(e->str, kind);
-}
-
-static bool head_is(sub_node *n, enum cmd_kind kind, const redisReply *ch)
-{
-    pending *p = queue_head(n);
-    return p && p->kind == kind && (!p->channel || (ch && ch->type == REDIS_REPLY_STRING && p->len == ch->len &&
-                                                   !memcmp(p->channel, ch->str, ch->len)));
-}
-
-static const char *const kind_names[] = {"SUBSCRIBE", "UNSUBSCRIBE", "SSUBSCRIBE", "SUNSUBSCRIBE", "PING"};
-
 static void node_reply(aconn *c, const redisReply *r, void *arg)
 {
     (void)c;
     (void)arg;
     sub_node *n = &rs.node;
-    if (r->type == REDIS_REPLY_ERROR) {
-        /* The answer to the oldest command: a refusal (an ACL without the channel, or
-         * without +ping). The connection cannot carry what the runs need: it is made
-         * again after a backoff, and meanwhile the runs are read from PostgreSQL. */
-        pending *p = queue_head(n);
-        char why[700], text[500];
-        redis_explain_error(r->str, text, sizeof text);
-        snprintf(why, sizeof why, "%s %.*s refused: %s", p ? kind_names[p->kind] : "a command",
-                 p && p->channel ? (int)(p->len > 100 ? 100 : p->len) : 0, p && p->channel ? p->channel : "", text);
+    char why[600];
+    ps_reply d = ps_dispatch(&n->q, r, why, sizeof why);
+    switch (d.event) {
+    case PS_MESSAGE: rs.h.message(d.channel, d.channel_len, d.payload, d.payload_len); break;
+    case PS_SUBSCRIBED: rs.h.subscribed(d.channel, d.channel_len); break;
+    case PS_UNSUBSCRIBED:
+        if (d.server_initiated)
+            log_debug("redis (gateway): the server ended the subscription to %.*s", (int)d.channel_len, d.channel);
+        rs.h.unsubscribed(d.channel, d.channel_len);
+        break;
+    case PS_PONG: n->ping_outstanding = false; break;
+    case PS_IGNORED: break;
+    case PS_REFUSED:
+        /* A refusal (an ACL without the channel, or without +ping): the connection
+         * cannot carry what the runs need. It is made again after a backoff, and
+         * meanwhile the runs are read from PostgreSQL. */
         node_fail("%s", why);
-        return;
+        break;
+    case PS_OUT_OF_STEP: node_fail("out of step: %s", why); break;
     }
-    if (r->type == REDIS_REPLY_STATUS && !strcmp(r->str, "PONG") && head_is(n, K_PING, NULL)) {
-        queue_pop(n);
-        n->ping_outstanding = false;
-        return;
-    }
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 || r->element[0]->type != REDIS_REPLY_STRING) {
-        node_fail("%s: unexpected reply on the subscription", aconn_peer(n->c));
-        return;
-    }
-    const redisReply *kind = r->element[0], *ch = r->element[1];
-    if (is_kind(kind, "pong") && head_is(n, K_PING, NULL)) {
-        queue_pop(n);
-        n->ping_outstanding = false;
-    } else if ((is_kind(kind, "message") || is_kind(kind, "smessage")) && r->elements == 3 &&
-               ch->type == REDIS_REPLY_STRING && r->element[2]->type == REDIS_REPLY_STRING) {
-        rs.h.message(ch->str, ch->len, r->element[2]->str, r->element[2]->len);
-    } else if (is_kind(kind, "subscribe") || is_kind(kind, "ssubscribe")) {
-        enum cmd_kind k = is_kind(kind, "subscribe") ? K_SUBSCRIBE : K_SSUBSCRIBE;
-        if (!head_is(n, k, ch)) {
-            node_fail("%s: a subscribe confirmation out of order", aconn_peer(n->c));
-            return;
-        }
-        queue_pop(n);
-        rs.h.subscribed(ch->str, ch->len);
-    } else if (is_kind(kind, "unsubscribe") || is_kind(kind, "sunsubscribe")) {
-        enum cmd_kind k = is_kind(kind, "unsubscribe") ? K_UNSUBSCRIBE : K_SUNSUBSCRIBE;
-        /* Ours if it answers the oldest command; otherwise the server decided. */
-        if (head_is(n, k, ch))
-            queue_pop(n);
-        else
-            log_debug("redis (gateway): the server ended the subscription to %.*s", (int)ch->len, ch->str);
-        if (ch->type == REDIS_REPLY_STRING)
-            rs.h.unsubscribed(ch->str, ch->len);
-    }
-    /* pmessage and psubscribe: not ours to ask for; ignored. */
 }
 
-static bool send_sub(enum cmd_kind kind, const char *channel, size_t n)
+static bool send_sub(enum ps_kind kind, const char *channel, size_t n)
 {
-    if (rs.state != S_UP)
+    if (rs.state != S_UP || !ps_queue_push(&rs.node.q, kind, channel, n))
         return false;
-    const char *argv[] = {kind_names[kind], channel};
-    size_t lens[] = {strlen(kind_names[kind]), n};
-    if (!queue_push(&rs.node, kind, channel, n))
-        return false;
+    const char *argv[] = {ps_kind_name(kind), channel};
+    size_t lens[] = {strlen(argv[0]), n};
     if (!aconn_send(rs.node.c, 2, argv, lens)) {
-        /* Nothing went out: forget the entry again (it is the newest). */
-        rs.node.len--;
-        free(rs.node.q[(rs.node.head + rs.node.len) % rs.node.cap].channel);
+        ps_queue_drop_newest(&rs.node.q); /* nothing went out */
         return false;
     }
     return true;
@@ -291,12 +195,12 @@ static bool send_sub(enum cmd_kind kind, const char *channel, size_t n)
 
 bool sub_subscribe(const char *channel, size_t n)
 {
-    return send_sub(K_SUBSCRIBE, channel, n);
+    return send_sub(PS_SUBSCRIBE, channel, n);
 }
 
 bool sub_unsubscribe(const char *channel, size_t n)
 {
-    return send_sub(K_UNSUBSCRIBE, channel, n);
+    return send_sub(PS_UNSUBSCRIBE, channel, n);
 }
 
 /* ---- finding the primary ------------------------------------------------------------ */
@@ -441,8 +345,8 @@ static void watch_reply(aconn *c, const redisReply *r, void *arg)
             primary_moved(&to);
         return;
     }
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 && is_kind(r->element[0], "message") &&
-        r->element[2]->type == REDIS_REPLY_STRING &&
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[0]->type == REDIS_REPLY_STRING &&
+        !strcmp(r->element[0]->str, "message") && r->element[2]->type == REDIS_REPLY_STRING &&
         redis_sentinel_parse_switch(r->element[2]->str, r->element[2]->len, rs.ep->master, &to))
         primary_moved(&to);
 }
@@ -551,7 +455,7 @@ void sub_stop(void)
     aconn_close(rs.node.c);
     aconn_close(rs.ask);
     aconn_close(rs.watch);
-    queue_clear(&rs.node);
+    ps_queue_clear(&rs.node.q);
     if (rs.timer)
         event_free(rs.timer);
     if (rs.watch_timer)

@@ -62,6 +62,12 @@ curl -s "http://127.0.0.1:$SSE_PORT/healthz" | grep -q '"redis":"down"' || fail 
 curl -s -N --max-time 2 "http://127.0.0.1:$SSE_PORT/runs/refused-1/events" >"$WORK/stream" || true
 grep -q '^id: 1$' "$WORK/stream" || fail "the gateway did not serve the run from PostgreSQL: $(cat "$WORK/stream")"
 kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"
+# Nothing listening: TLS connections that never get past TCP are freed whole (the
+# sanitizer pass would report a leaked session).
+REDIS_URL="rediss://127.0.0.1:$(pick_port)/0" start_sse sse-nothing "${ca[@]}"
+wait_log "$WORK/sse-nothing.log" "Connection refused" 10
+sleep 1
+kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"
 REDIS_URL="redis://127.0.0.1:$TLS_PORT/0" start_sse sse-tls-server
 wait_log "$WORK/sse-tls-server.log" "is it a TLS port?" 10
 kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"

@@ -2,9 +2,10 @@
  * delivers replies in pieces (split at every byte, a byte per read, several replies in
  * one read), takes writes a byte at a time, times out, closes, or answers with TLS;
  * and a real TLS session over loopback puts reply boundaries inside and across TLS
- * records. This file is built with RCONN_READ_CHUNK=7, so a record is read in
+ * records; sentinels' answers are parsed strictly. This file is built with RCONN_READ_CHUNK=7, so a record is read in
  * several pieces and most of it waits inside OpenSSL, not in the socket. */
 #include "redis_conn.h"
+#include "redis_endpoint.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -558,6 +559,54 @@ static void test_tls_refuses_wrong_name_and_ca(void **state)
     free_server(&s);
 }
 
+/* ---- sentinel answers ---------------------------------------------------------------- */
+
+static redisReply *parse(const char *resp)
+{
+    redisReader *rd = redisReaderCreate();
+    assert_int_equal(redisReaderFeed(rd, resp, strlen(resp)), REDIS_OK);
+    void *r = NULL;
+    assert_int_equal(redisReaderGetReply(rd, &r), REDIS_OK);
+    assert_non_null(r);
+    redisReaderFree(rd);
+    return r;
+}
+
+static void test_sentinel_answers(void **state)
+{
+    (void)state;
+    redis_addr a;
+    char err[256];
+    redisReply *r = parse("*2\r\n$8\r\n10.0.0.7\r\n$4\r\n6380\r\n");
+    assert_true(redis_sentinel_parse_addr(r, "main", &a, err, sizeof err));
+    assert_string_equal(a.host, "10.0.0.7");
+    assert_int_equal(a.port, 6380);
+    freeReplyObject(r);
+    r = parse("*-1\r\n");
+    assert_false(redis_sentinel_parse_addr(r, "main", &a, err, sizeof err));
+    assert_string_equal(err, "does not know a master named 'main'");
+    freeReplyObject(r);
+    static const char *const bad[] = {"*2\r\n$1\r\nh\r\n$5\r\n70000\r\n", "*2\r\n$1\r\nh\r\n$2\r\n1x\r\n",
+                                      "*1\r\n$1\r\nh\r\n", "*2\r\n$0\r\n\r\n$1\r\n1\r\n", ":1\r\n",
+                                      "-NOAUTH Authentication required.\r\n"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        r = parse(bad[i]);
+        assert_false(redis_sentinel_parse_addr(r, "main", &a, err, sizeof err));
+        freeReplyObject(r);
+    }
+    const char sw[] = "main 10.0.0.7 6380 10.0.0.8 6381";
+    assert_true(redis_sentinel_parse_switch(sw, sizeof sw - 1, "main", &a));
+    assert_string_equal(a.host, "10.0.0.8");
+    assert_int_equal(a.port, 6381);
+    assert_false(redis_sentinel_parse_switch(sw, sizeof sw - 1, "mai", &a)); /* another master */
+    const char other[] = "main2 10.0.0.7 6380 10.0.0.8 6381";
+    assert_false(redis_sentinel_parse_switch(other, sizeof other - 1, "main", &a));
+    const char junk[] = "main 10.0.0.7 6380 10.0.0.8 6381 extra";
+    assert_false(redis_sentinel_parse_switch(junk, sizeof junk - 1, "main", &a));
+    const char badport[] = "main 10.0.0.7 6380 10.0.0.8 0";
+    assert_false(redis_sentinel_parse_switch(badport, sizeof badport - 1, "main", &a));
+}
+
 static void test_tls_files_are_checked(void **state)
 {
     (void)state;
@@ -587,6 +636,7 @@ int main(void)
         cmocka_unit_test(test_acl_errors_are_named),
         cmocka_unit_test(test_tls_record_boundaries),
         cmocka_unit_test(test_tls_refuses_wrong_name_and_ca),
+        cmocka_unit_test(test_sentinel_answers),
         cmocka_unit_test(test_tls_files_are_checked),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
