@@ -299,7 +299,8 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
         out[i] = PUB_UNSENT;
     k->acl_refused = false;
     redis_addr to;
-    if (k->c && sentinel_watch_switched(&k->watch, &k->addr, &to)) {
+    if (k->c && sentinel_watch_switched(&k->watch, &k->addr, &to) &&
+        (strcmp(to.host, k->addr.host) || to.port != k->addr.port)) {
         log_info("redis: the sentinels announce a new primary at %s:%d: leaving %s:%d", to.host, to.port,
                  k->addr.host, k->addr.port);
         if (!sink_connect(k))

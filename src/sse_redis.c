@@ -4,10 +4,10 @@
  * own queue of commands awaiting an answer, which is how a confirmation is told from
  * a message the server pushed; an unsubscribe the server decided (a slot that moved,
  * in a cluster) goes to handlers.unsubscribed all the same, so that the run layer
- * subscribes again. Today there is one node, the primary, found
- * through the sentinels when they are configured; a sentinel's +switch-master moves
- * the subscription to the new primary. A PING is the liveness check: a stalled
- * server (SIGSTOP keeps the socket open) is noticed by its timeout. */
+ * subscribes again. Today there is one node, the primary, found through the
+ * sentinels when they are configured; a sentinel's +switch-master moves the
+ * subscription to the new primary. A PING is the liveness check: a stalled server
+ * (SIGSTOP keeps the socket open) is noticed by its timeout. */
 #include "sse_redis.h"
 
 #include "buf.h"
@@ -18,6 +18,8 @@
 #include "redis_pubsub.h"
 
 #include <event2/dns.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -101,10 +103,14 @@ static void node_lost(const char *why)
 }
 
 /* Drops the subscription connection ourselves (timeout, refusal, a moved primary). */
-static void node_fail(const char *fmt, const char *arg)
+static void node_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void node_fail(const char *fmt, ...)
 {
     char why[700];
-    snprintf(why, sizeof why, fmt, arg);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
     aconn_close(rs.node.c);
     node_lost(why);
 }
@@ -304,8 +310,17 @@ static void connect_start(void)
 /* The primary is elsewhere now: move the subscription there. */
 static void primary_moved(const redis_addr *to)
 {
-    if (rs.state != S_UP || (!strcmp(to->host, rs.node.addr.host) && to->port == rs.node.addr.port))
+    if (rs.state == S_DOWN || rs.state == S_DISCOVERING ||
+        (!strcmp(to->host, rs.node.addr.host) && to->port == rs.node.addr.port))
+        return; /* the next discovery asks the sentinels, who know */
+    if (rs.state == S_CONNECTING) {
+        /* Still connecting to the old primary (it may answer, and say master, until
+         * the sentinels demote it): go to the new one instead. */
+        aconn_close(rs.node.c);
+        rs.node.c = NULL;
+        connect_node(to);
         return;
+    }
     char where[300];
     snprintf(where, sizeof where, "%s:%d", to->host, to->port);
     log_info("redis (gateway): the sentinels name a new primary at %s", where);
