@@ -477,7 +477,9 @@ run_transports() {
       RELAY_BIN=${bin[$2]} REDIS_URL=${url[$2]} REDIS_PORT=$pp REDIS_PID=$trpid drain_once "tr-$2" \
         >>"$WORK/drain-tr-$2.txt"
     else
-      RELAY_BIN=${bin[$2]} REDIS_URL=${url[$2]} REDIS_PORT=$pp steady_once 1000 notify "tr-$2"
+      RELAY_BIN=${bin[$2]} REDIS_URL=${url[$2]} REDIS_PORT=$pp steady_once 1000 notify "tr-$2-$3"
+      # "p99 line" per run, for the median by p99
+      echo "$(cut -d' ' -f4 <<<"${STEADY[tr-$2-$3]}") ${STEADY[tr-$2-$3]}" >>"$WORK/steady-tr-$2.txt"
     fi
     RELAY_EXTRA=()
     SUB_EXTRA=()
@@ -498,13 +500,16 @@ run_transports() {
         one drain "$v"
       done
     done
-    for v in "${vs[@]}"; do
-      say "transports: steady 1000/s, $v"
-      one steady "$v"
+    for ((i = 1; i <= REPEAT; i++)); do
+      for v in "${vs[@]}"; do
+        say "transports $i/$REPEAT: steady 1000/s, $v"
+        one steady "$v" "$i"
+      done
     done
   done
   for v in base plain tls repl wait1; do
     TRANSPORT[$v]=$(median_line <"$WORK/drain-tr-$v.txt")
+    STEADY[tr-$v]=$(awk '{print "x", $0}' "$WORK/steady-tr-$v.txt" | median_line | cut -d' ' -f3-)
     RANGE[tr-$v]=$(awk 'NR == 1 || $2 < lo {lo = $2} NR == 1 || $2 > hi {hi = $2} END {print lo "-" hi}' \
       "$WORK/drain-tr-$v.txt")
   done
@@ -610,7 +615,8 @@ thousands() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
   echo
   if [[ -n "${TRANSPORT[plain]:-}" ]]; then
     echo "4. REDIS TRANSPORTS  (one Redis with a plaintext and a TLS port, this build's SQL and script; drain as in part 1,"
-    echo "   median of $REPEAT, interleaved; steady 1,000/s as in part 2, the subscriber on the same transport as the relay;"
+    echo "   median of $REPEAT, interleaved; steady 1,000/s as in part 2 ($REPEAT runs each, interleaved, the run with the"
+    echo "   median p99 shown), the subscriber on the same transport as the relay;"
     echo "   baseline = the relay of ${BASELINE_REF:-v0.1.0}; wait: --redis-wait-replicas 1 with one replica attached)"
     printf '  %-42s %9s %15s %7s %7s %8s  %8s %7s %7s %8s %7s  %s\n' "variant" "drain/s" "range" "relay" "Redis" \
       "vs base" "achieved" "p50 ms" "p99 ms" "p99.9 ms" "relay %" "check"
