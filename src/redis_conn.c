@@ -357,12 +357,14 @@ int rconn_fd(const rconn *c)
 
 bool redis_format(buf *out, int argc, const char **argv, const size_t *lens)
 {
-    char *cmd = NULL;
-    int n = redisFormatCommandArgv(&cmd, argc, argv, lens);
+    /* hiredis' sds formatter: redisFormatCommandArgv spends a sprintf on every
+     * argument's length, which costs the relay a tenth more CPU per event. */
+    sds cmd = NULL;
+    long long n = redisFormatSdsCommandArgv(&cmd, argc, argv, lens);
     if (n < 0)
         return false;
     bool ok = buf_append(out, cmd, (size_t)n);
-    free(cmd);
+    redisFreeSdsCommand(cmd);
     return ok;
 }
 
@@ -387,21 +389,30 @@ static const char *plaintext_hint(const rconn *c)
     return !c->tls && !c->got_bytes ? " (is it a TLS port? redis:// is plaintext, rediss:// is TLS)" : "";
 }
 
+/* The deadline of a wait: timeout_ms after the last progress. The clock is read only
+ * when a wait begins (*since is 0 after progress), not for every reply. */
+static long wait_budget(const rconn *c, double *since)
+{
+    if (*since == 0)
+        *since = clock_mono_s();
+    return ms_left(*since + c->timeout_ms / 1e3);
+}
+
 bool rconn_flush(rconn *c)
 {
-    double last = clock_mono_s();
+    double since = 0;
     while (!c->broken && c->sent < c->out.len) {
         ssize_t n = c->io->ops->write(c->io, c->out.data + c->sent, c->out.len - c->sent);
         if (n > 0) {
             c->sent += (size_t)n;
-            last = clock_mono_s();
+            since = 0;
             continue;
         }
         if (n == RIO_ERROR) {
             fail(c, "write: %s%s", c->io->err, plaintext_hint(c));
             break;
         }
-        long left = ms_left(last + c->timeout_ms / 1e3);
+        long left = wait_budget(c, &since);
         int w = left > 0 ? c->io->ops->wait(c->io, n == RIO_WANT_WRITE, left) : 0;
         if (w == 0)
             fail(c, "timed out after %ld ms writing to the server", c->timeout_ms);
@@ -480,7 +491,7 @@ redisReply *rconn_reply(rconn *c)
 {
     if (c->broken || !rconn_flush(c))
         return NULL;
-    double last = clock_mono_s();
+    double since = 0;
     for (;;) {
         redisReply *r;
         int got = take_reply(c, &r);
@@ -496,10 +507,10 @@ redisReply *rconn_reply(rconn *c)
         if (f < 0)
             return NULL;
         if (f > 0) {
-            last = clock_mono_s();
+            since = 0;
             continue;
         }
-        long left = ms_left(last + c->timeout_ms / 1e3);
+        long left = wait_budget(c, &since);
         int w = left > 0 ? c->io->ops->wait(c->io, want_write, left) : 0;
         if (w == 0) {
             fail(c, "timed out after %ld ms waiting for the server", c->timeout_ms);
