@@ -13,7 +13,11 @@
 #      trigger on and off, and a plain table without per-run seq;
 #   5. (BENCH_FSYNC=1, default) the naive loop and the default drain with fsync=on,
 #      because scripts/stack.sh runs PostgreSQL with fsync=off, which flatters the
-#      naive loop's commit-per-event most.
+#      naive loop's commit-per-event most;
+#   6. (BENCH_TRANSPORTS=1, default) Redis transports: drain and 1,000/s latency of
+#      the previous release's relay (BASELINE_REF, default v0.1.0) and of this one over
+#      plaintext, over TLS, and with --redis-wait-replicas 1 against a replica, all
+#      against one Redis with a plaintext and a TLS port.
 # and prints one table. Environment:
 #   BENCH_EVENTS (200000)       events pre-filled for each drain
 #   BENCH_NAIVE_EVENTS (20000)  events pre-filled for each naive-loop run
@@ -22,6 +26,8 @@
 #   BENCH_PRODUCER_SECONDS (2)  length of each producer measurement
 #   BENCH_PRODUCER_REPEAT (3)   repetitions of each producer measurement (median reported)
 #   BENCH_FSYNC (1)             0 skips part 5
+#   BENCH_TRANSPORTS (1)        0 skips part 6
+#   BASELINE_REF (v0.1.0)       the release part 6 compares with
 #   BENCH_KEEP (0)              1 keeps the work directory (logs, raw outputs)
 #   BUILD (build)               where outboxd, obx_load and obx_sub are
 set -Eeuo pipefail
@@ -38,6 +44,7 @@ STEADY_S=${BENCH_STEADY_SECONDS:-10}
 PROD_S=${BENCH_PRODUCER_SECONDS:-2}
 PROD_REPEAT=${BENCH_PRODUCER_REPEAT:-3}
 DO_FSYNC=${BENCH_FSYNC:-1}
+DO_TRANSPORTS=${BENCH_TRANSPORTS:-1}
 DRAIN_RUNS=100
 STEADY_RUNS=50
 STEADY_CONNS=8
@@ -51,10 +58,12 @@ done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/outboxd-bench.XXXXXX")
 chmod 755 "$WORK"
 STACK="$WORK/stack"
+TR_PIDS=()
 cleanup() {
-  # Only this shell's own background jobs that are still running.
+  # Only this shell's own background jobs that are still running, and the Redis
+  # servers part 6 started.
   local p
-  for p in $(jobs -p); do
+  for p in $(jobs -p) "${TR_PIDS[@]}"; do
     kill -9 "$p" 2>/dev/null || true
   done
   bash "$ROOT/scripts/stack.sh" stop "$STACK" >/dev/null 2>&1 || true
@@ -67,16 +76,25 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+free_port() { # a free loopback port below the ephemeral range
+  local p
+  for _ in $(seq 1 100); do
+    p=$((10000 + RANDOM % 22000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+  done
+  return 1
+}
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 
 # ---- helpers -----------------------------------------------------------------------
 
 say "compiling bench helpers"
-CFL="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I$ROOT/src $(pkg-config --cflags libpq hiredis)"
-LIBS="$(pkg-config --libs libpq hiredis)"
+CFL="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I$ROOT/src $(pkg-config --cflags libpq hiredis openssl)"
+LIBS="$(pkg-config --libs libpq hiredis openssl)"
 # The helpers that measure outboxd's own SQL and script link the relay's objects.
-OBJS="$BUILD/store_pg.o $BUILD/redis_sink.o $BUILD/event.o $BUILD/buf.o $BUILD/log.o"
+OBJS="$BUILD/store_pg.o $BUILD/redis_sink.o $BUILD/redis_endpoint.o $BUILD/redis_conn.o $BUILD/redis_tls.o
+  $BUILD/event.o $BUILD/buf.o $BUILD/log.o"
 # shellcheck disable=SC2086
 cc $CFL bench/naive_relay.c -o "$WORK/naive_relay" $LIBS
 # shellcheck disable=SC2086
@@ -132,11 +150,14 @@ prefill() {
     -c "VACUUM ANALYZE run_outbox" -c "CHECKPOINT" >/dev/null
 }
 
-# start_relay LOG [flags]: the relay in the background, pid in RELAY_PID.
+# start_relay LOG [flags]: the relay in the background, pid in RELAY_PID. RELAY_BIN
+# (default: this build's outboxd) and RELAY_EXTRA (flags) let part 6 vary the relay.
+RELAY_EXTRA=()
+SUB_EXTRA=()
 start_relay() {
   local log=$1
   shift
-  "$BUILD/outboxd" relay "$@" >"$log" 2>&1 &
+  "${RELAY_BIN:-$BUILD/outboxd}" relay "$@" "${RELAY_EXTRA[@]}" >"$log" 2>&1 &
   RELAY_PID=$!
 }
 
@@ -247,16 +268,16 @@ run_drains() {
 # ---- 2. steady load ----------------------------------------------------------------
 
 declare -A STEADY
-# steady_once RATE MODE(notify|poll)
+# steady_once RATE MODE(notify|poll) [KEY]: the result goes to STEADY[KEY] (RATE-MODE).
 steady_once() {
-  local rate=$1 mode=$2 flags=()
+  local rate=$1 mode=$2 key=${3:-$1-$2} flags=()
   [[ $mode == poll ]] && flags=(--no-listen)
   reset_data
-  local tag="steady-$rate-$mode"
+  local tag="steady-$key"
   start_relay "$WORK/relay-$tag.log" "${flags[@]}"
   relay_backend >/dev/null
   rm -f "$WORK/$tag.ready"
-  "$BUILD/obx_sub" --port "$REDIS_PORT" --prefix steady --ready-file "$WORK/$tag.ready" \
+  "$BUILD/obx_sub" --port "$REDIS_PORT" "${SUB_EXTRA[@]}" --prefix steady --ready-file "$WORK/$tag.ready" \
     --max-seconds $((STEADY_S + 90)) --check >"$WORK/$tag.sub" 2>"$WORK/$tag.sub.err" &
   local sub=$!
   for _ in $(seq 1 200); do [[ -f "$WORK/$tag.ready" ]] && break; sleep 0.05; done
@@ -304,7 +325,7 @@ steady_once() {
   if ((end_backlog > ${start_backlog:-0} && end_backlog * 4 > rate)); then grew=YES; fi
   local lat
   lat=${sub_line##*latency_ms }
-  STEADY[$rate-$mode]="$achieved $(kv received "$sub_line") \
+  STEADY[$key]="$achieved $(kv received "$sub_line") \
 $(kv p50 "$lat") $(kv p99 "$lat") $(kv p999 "$lat") $(kv max "$lat") \
 ${start_backlog:-?} $end_backlog $max_backlog $grew $cpu_pct $hwm $check"
   say "  $tag: $(cat "$WORK/$tag.load") | $sub_line | backlog 1s=${start_backlog:-?} end=$end_backlog max=$max_backlog | relay cpu ${cpu_pct}% | ${drained:-not drained}"
@@ -393,6 +414,109 @@ run_fsync() {
   DRAIN[default_fsync]=$(cat "$WORK/drain-default_fsync.txt")
 }
 
+# ---- 6. Redis transports -----------------------------------------------------------
+
+# The previous release's relay, built once in a scratch worktree (scripts/baseline.sh
+# does it when the repository has it).
+baseline_relay() {
+  if [[ -x "$ROOT/scripts/baseline.sh" ]]; then
+    echo "$(bash "$ROOT/scripts/baseline.sh" "${BASELINE_REF:-v0.1.0}")/outboxd"
+    return
+  fi
+  local ref=${BASELINE_REF:-v0.1.0} dir="$WORK/baseline" rc=0
+  git -C "$ROOT" worktree add --quiet --detach "$dir/src" "$ref" >&2 || return 1
+  make -s -C "$dir/src" BUILD="$dir/build" "$dir/build/outboxd" >&2 || rc=$?
+  git -C "$ROOT" worktree remove --force "$dir/src" >&2 || true
+  ((rc == 0)) && echo "$dir/build/outboxd"
+}
+
+# One Redis with a plaintext and a TLS port (certificates from a throw-away CA), and
+# a second one that becomes its replica for the WAIT measurements. Each variant runs
+# the drain (median of REPEAT, interleaved so that a burst of other load spreads
+# over all of them) and the 1,000/s steady load of part 2.
+declare -A TRANSPORT
+run_transports() {
+  local pki="$WORK/pki" base
+  mkdir -p "$pki"
+  (
+    cd "$pki"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 2 \
+      -subj "/CN=bench CA" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr \
+      -subj "/CN=127.0.0.1" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\n' >ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext \
+      -out server.crt 2>/dev/null
+  ) || die "openssl"
+  say "transports: building the baseline relay (${BASELINE_REF:-v0.1.0})"
+  base=$(baseline_relay) || die "cannot build the baseline relay (BASELINE_REF=${BASELINE_REF:-v0.1.0})"
+  local pp tp rp
+  pp=$(free_port); tp=$(free_port); rp=$(free_port)
+  redis-server --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$WORK" --port "$pp" \
+    --tls-port "$tp" --tls-cert-file "$pki/server.crt" --tls-key-file "$pki/server.key" \
+    --tls-ca-cert-file "$pki/ca.crt" --tls-auth-clients no --pidfile "$WORK/tr.pid" --logfile "$WORK/tr.log"
+  redis-server --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$WORK" --port "$rp" \
+    --pidfile "$WORK/trr.pid" --logfile "$WORK/trr.log"
+  for _ in $(seq 1 100); do [[ -s "$WORK/tr.pid" && -s "$WORK/trr.pid" ]] && break; sleep 0.05; done
+  TR_PIDS=("$(cat "$WORK/tr.pid")" "$(cat "$WORK/trr.pid")")
+  local trpid=${TR_PIDS[0]} v i
+  # variant -> relay binary, URL, relay flags, subscriber flags
+  declare -A bin url rflags sflags
+  bin=([base]=$base [plain]=$BUILD/outboxd [tls]=$BUILD/outboxd [repl]=$BUILD/outboxd [wait1]=$BUILD/outboxd)
+  url=([base]=redis://127.0.0.1:$pp/0 [plain]=redis://127.0.0.1:$pp/0 [tls]=rediss://127.0.0.1:$tp/0
+    [repl]=redis://127.0.0.1:$pp/0 [wait1]=redis://127.0.0.1:$pp/0)
+  rflags=([tls]="--redis-tls-ca $pki/ca.crt" [wait1]="--redis-wait-replicas 1")
+  sflags=([tls]="--port $tp --tls-ca $pki/ca.crt")
+  one() { # one drain|steady VARIANT
+    local -a rf sf
+    read -r -a rf <<<"${rflags[$2]:-}"
+    read -r -a sf <<<"${sflags[$2]:-}"
+    RELAY_EXTRA=("${rf[@]}")
+    SUB_EXTRA=("${sf[@]}")
+    if [[ $1 == drain ]]; then
+      RELAY_BIN=${bin[$2]} REDIS_URL=${url[$2]} REDIS_PORT=$pp REDIS_PID=$trpid drain_once "tr-$2" \
+        >>"$WORK/drain-tr-$2.txt"
+    else
+      RELAY_BIN=${bin[$2]} REDIS_URL=${url[$2]} REDIS_PORT=$pp steady_once 1000 notify "tr-$2-$3"
+      # "p99 line" per run, for the median by p99
+      echo "$(cut -d' ' -f4 <<<"${STEADY[tr-$2-$3]}") ${STEADY[tr-$2-$3]}" >>"$WORK/steady-tr-$2.txt"
+    fi
+    RELAY_EXTRA=()
+    SUB_EXTRA=()
+  }
+  for phase in alone replica; do
+    local vs=(base plain tls)
+    if [[ $phase == replica ]]; then
+      vs=(repl wait1)
+      redis-cli -p "$rp" replicaof 127.0.0.1 "$pp" >/dev/null
+      for _ in $(seq 1 200); do
+        redis-cli -p "$rp" info replication | grep -q master_link_status:up && break
+        sleep 0.05
+      done
+    fi
+    for ((i = 1; i <= REPEAT; i++)); do
+      for v in "${vs[@]}"; do
+        say "transports $i/$REPEAT: drain, $v"
+        one drain "$v"
+      done
+    done
+    for ((i = 1; i <= REPEAT; i++)); do
+      for v in "${vs[@]}"; do
+        say "transports $i/$REPEAT: steady 1000/s, $v"
+        one steady "$v" "$i"
+      done
+    done
+  done
+  for v in base plain tls repl wait1; do
+    TRANSPORT[$v]=$(median_line <"$WORK/drain-tr-$v.txt")
+    STEADY[tr-$v]=$(awk '{print "x", $0}' "$WORK/steady-tr-$v.txt" | median_line | cut -d' ' -f3-)
+    RANGE[tr-$v]=$(awk 'NR == 1 || $2 < lo {lo = $2} NR == 1 || $2 > hi {hi = $2} END {print lo "-" hi}' \
+      "$WORK/drain-tr-$v.txt")
+  done
+  kill -9 "${TR_PIDS[@]}" 2>/dev/null || true
+  TR_PIDS=()
+}
+
 # ---- run ---------------------------------------------------------------------------
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
@@ -403,6 +527,8 @@ T_START=$SECONDS
 run_drains
 run_steady
 run_producers
+# Transports before fsync=on, so that they drain under the same PostgreSQL as part 1.
+[[ $DO_TRANSPORTS == 1 ]] && run_transports
 [[ $DO_FSYNC == 1 ]] && run_fsync
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$((SECONDS - T_START))
@@ -487,4 +613,35 @@ thousands() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
       "$(thousands "${PROD[$conns-1000-off]:-0}")" "$(thousands "${PROD[$conns-plain]:-0}")"
   done
   echo
+  if [[ -n "${TRANSPORT[plain]:-}" ]]; then
+    echo "4. REDIS TRANSPORTS  (one Redis with a plaintext and a TLS port, this build's SQL and script; drain as in part 1,"
+    echo "   median of $REPEAT, interleaved; steady 1,000/s as in part 2 ($REPEAT runs each, interleaved, the run with the"
+    echo "   median p99 shown), the subscriber on the same transport as the relay;"
+    echo "   baseline = the relay of ${BASELINE_REF:-v0.1.0}; wait: --redis-wait-replicas 1 with one replica attached)"
+    printf '  %-42s %9s %15s %7s %7s %8s  %8s %7s %7s %8s %7s  %s\n' "variant" "drain/s" "range" "relay" "Redis" \
+      "vs base" "achieved" "p50 ms" "p99 ms" "p99.9 ms" "relay %" "check"
+    row_tr() { # label key
+      local l=${TRANSPORT[$2]} st=${STEADY[tr-$2]:-}
+      local range=${RANGE[tr-$2]}
+      printf '  %-42s %9s %15s %7s %7s %7sx  %7s/s %7s %7s %8s %6s%%  %s\n' "$1" "$(thousands "$(fld 2 "$l")")" \
+        "$(thousands "${range%-*}")-$(thousands "${range#*-}")" \
+        "$(calc %.3f "$(fld 4 "$l") / $HZ / $N * 100000")" "$(calc %.3f "$(fld 6 "$l") / $HZ / $N * 100000")" \
+        "$(calc %.2f "$(fld 2 "$l") / $(fld 2 "${TRANSPORT[base]}")")" "$(fld 1 "$st")" "$(fld 3 "$st")" \
+        "$(fld 4 "$st")" "$(fld 5 "$st")" "$(fld 11 "$st")" "$(fld 13 "$st")"
+    }
+    row_tr "baseline relay, plaintext" base
+    row_tr "this relay, plaintext" plain
+    row_tr "this relay, TLS (rediss://)" tls
+    row_tr "this relay, plaintext, replica attached" repl
+    row_tr "this relay, --redis-wait-replicas 1" wait1
+    echo "   (relay, Redis = CPU seconds per 100k events in the drain; relay % = relay CPU at 1,000/s, % of one core)"
+    printf '   ratios: plaintext/baseline drain %.2fx, p99 %.2fx;  TLS/plaintext drain %.2fx, p99 %.2fx;  wait/replica drain %.2fx, p99 %.2fx\n' \
+      "$(calc %.4f "$(fld 2 "${TRANSPORT[plain]}") / $(fld 2 "${TRANSPORT[base]}")")" \
+      "$(calc %.4f "$(fld 4 "${STEADY[tr-plain]}") / $(fld 4 "${STEADY[tr-base]}")")" \
+      "$(calc %.4f "$(fld 2 "${TRANSPORT[tls]}") / $(fld 2 "${TRANSPORT[plain]}")")" \
+      "$(calc %.4f "$(fld 4 "${STEADY[tr-tls]}") / $(fld 4 "${STEADY[tr-plain]}")")" \
+      "$(calc %.4f "$(fld 2 "${TRANSPORT[wait1]}") / $(fld 2 "${TRANSPORT[repl]}")")" \
+      "$(calc %.4f "$(fld 4 "${STEADY[tr-wait1]}") / $(fld 4 "${STEADY[tr-repl]}")")"
+    echo
+  fi
 } | tee "$WORK/table.txt"

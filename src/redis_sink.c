@@ -1,14 +1,13 @@
-/* hiredis (synchronous API, with connect and command timeouts) behind the sink. */
+/* The sink on our blocking Redis connection (redis_conn.c), reaching the primary
+ * through redis_endpoint.c (TLS, sentinels). */
 #include "redis_sink.h"
 
 #include "buf.h"
 #include "log.h"
 
-#include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 /* KEYS[1] = the run's mark key. ARGV = channel, id, seq, message, ttl ms, chained.
  * The mark is "id:seq" of the last event published for the run. Ids and seqs only
@@ -17,8 +16,16 @@
  * back (a restore, a re-created table), that costs at most a duplicate, never a
  * silently dropped event. A chained event
  * needs the mark to be its direct predecessor (seq - 1), or a failed predecessor in
- * the same pipeline would be overtaken. Returns 1 published, 0 duplicate, -1 gap. */
+ * the same pipeline would be overtaken. Returns 1 published, 0 duplicate, -1 gap.
+ *
+ * PUBLISH comes before SET: Redis does not undo a script's earlier writes when a
+ * later command fails, so a refused PUBLISH (an ACL rule, a cluster slot) must not
+ * leave a mark that would pass the event off as published. The "#!lua" line (Redis
+ * 7) declares the script as writing, so a read-only replica or an out-of-memory
+ * primary refuses it before it runs rather than after its PUBLISH. */
+#define SHEBANG "#!lua\n"
 const char redis_sink_publish_script[] =
+    SHEBANG
     "local m = redis.call('GET', KEYS[1])\n"
     "local id = tonumber(ARGV[2])\n"
     "if m then\n"
@@ -28,32 +35,53 @@ const char redis_sink_publish_script[] =
     "elseif ARGV[6] == '1' then\n"
     "  return -1\n"
     "end\n"
-    "redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[3], 'PX', ARGV[5])\n"
     "redis.call('PUBLISH', ARGV[1], ARGV[4])\n"
+    "redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[3], 'PX', ARGV[5])\n"
     "return 1\n";
 
 /* Bytes of commands queued before replies are read, so a batch of large payloads
  * does not pile up in hiredis's output buffer. */
 #define PIPELINE_BYTES (4u << 20)
 
+/* Ranges of event ids whose publish outcome was lost with a connection. */
+#define UNCERTAIN_RANGES 8
+
 struct sink {
-    redis_url url;
-    long timeout_ms;
+    redis_endpoint *ep;
+    long wait_replicas;
+    char wait_timeout[24];
     char ttl[24];
     char epoch[64];
-    redisContext *ctx;
+    bool announce;
+    rconn *c;
+    redis_addr addr;      /* where c is connected */
+    redis_addr last_addr; /* the primary of the previous connection ("" before the first) */
+    sentinel_watch watch;
+    bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
+    bool wait_refused_said;
     char sha[41];
-    char err[512];
+    char err[1024];
+    struct {
+        long long lo, hi;
+    } uncertain[UNCERTAIN_RANGES];
+    int nuncertain, next_uncertain;
+    sink_counters counters;
+    bool acl_refused; /* in the current publish call */
+    bool refusing;
+    char refusal[1024];
 };
 
-sink *sink_new(const redis_url *url, long timeout_ms, long mark_ttl_ms, const char *epoch)
+sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce)
 {
     sink *k = calloc(1, sizeof *k);
     if (!k)
         return NULL;
-    k->url = *url;
-    k->timeout_ms = timeout_ms;
-    snprintf(k->ttl, sizeof k->ttl, "%ld", mark_ttl_ms);
+    k->ep = e;
+    k->announce = announce;
+    k->wait_replicas = cfg->redis_wait_replicas;
+    snprintf(k->wait_timeout, sizeof k->wait_timeout, "%ld", cfg->redis_wait_timeout_ms);
+    snprintf(k->ttl, sizeof k->ttl, "%ld", cfg->mark_ttl_ms);
+    sentinel_watch_init(&k->watch, e);
     sink_set_epoch(k, epoch);
     return k;
 }
@@ -68,19 +96,19 @@ void sink_free(sink *k)
     if (!k)
         return;
     sink_disconnect(k);
+    sentinel_watch_close(&k->watch);
     free(k);
 }
 
 void sink_disconnect(sink *k)
 {
-    if (k->ctx)
-        redisFree(k->ctx);
-    k->ctx = NULL;
+    rconn_free(k->c);
+    k->c = NULL;
 }
 
 bool sink_connected(const sink *k)
 {
-    return k->ctx != NULL;
+    return k->c != NULL;
 }
 
 const char *sink_errstr(const sink *k)
@@ -88,109 +116,197 @@ const char *sink_errstr(const sink *k)
     return k->err;
 }
 
-/* Runs one command during connection set-up; false (with err set) unless the reply
- * has the wanted type. The reply is handed out through *out when out is not NULL. */
-static bool setup_cmd(sink *k, int want, redisReply **out, const char *what, int argc,
-                      const char **argv)
+void sink_get_counters(const sink *k, sink_counters *out)
 {
-    redisReply *r = redisCommandArgv(k->ctx, argc, argv, NULL);
-    if (!r) {
-        snprintf(k->err, sizeof k->err, "%s: %s", what, k->ctx->errstr[0] ? k->ctx->errstr : "no reply");
-        return false;
-    }
-    if ((int)r->type != want) {
-        snprintf(k->err, sizeof k->err, "%s: %s", what,
-                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    *out = k->counters;
+}
+
+bool sink_refusing(const sink *k, const char **why)
+{
+    *why = k->refusal;
+    return k->refusing;
+}
+
+/* Loads the publish script; a server before Redis 7 gets it without "#!lua". */
+static bool load_script(sink *k)
+{
+    for (;;) {
+        const char *src = redis_sink_publish_script + (k->legacy_script ? sizeof SHEBANG - 1 : 0);
+        const char *argv[] = {"SCRIPT", "LOAD", src};
+        redisReply *r = rconn_command(k->c, 3, argv, NULL);
+        if (!r) {
+            snprintf(k->err, sizeof k->err, "SCRIPT LOAD: %s", rconn_errstr(k->c));
+            return false;
+        }
+        bool ok = r->type == REDIS_REPLY_STRING && r->len == 40;
+        if (ok) {
+            memcpy(k->sha, r->str, 41);
+        } else if (r->type == REDIS_REPLY_ERROR && !k->legacy_script && strstr(r->str, "compiling")) {
+            k->legacy_script = true;
+            freeReplyObject(r);
+            continue;
+        } else {
+            char why[400];
+            redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", why, sizeof why);
+            snprintf(k->err, sizeof k->err, "%s:%d: SCRIPT LOAD: %s", k->addr.host, k->addr.port, why);
+        }
         freeReplyObject(r);
-        return false;
+        return ok;
     }
-    if (out)
-        *out = r;
-    else
-        freeReplyObject(r);
-    return true;
 }
 
 bool sink_connect(sink *k)
 {
     sink_disconnect(k);
-    struct timeval tv = {.tv_sec = k->timeout_ms / 1000, .tv_usec = (k->timeout_ms % 1000) * 1000};
-    k->ctx = redisConnectWithTimeout(k->url.host, k->url.port, tv);
-    if (!k->ctx || k->ctx->err) {
-        snprintf(k->err, sizeof k->err, "connect %s:%d: %s", k->url.host, k->url.port,
-                 k->ctx ? k->ctx->errstr : "out of memory");
-        goto fail;
+    k->c = redis_endpoint_connect(k->ep, &k->addr, k->err, sizeof k->err);
+    if (!k->c || !load_script(k)) {
+        sink_disconnect(k);
+        return false;
     }
-    if (redisSetTimeout(k->ctx, tv) != REDIS_OK || redisEnableKeepAlive(k->ctx) != REDIS_OK) {
-        snprintf(k->err, sizeof k->err, "set timeout: %s", k->ctx->errstr);
-        goto fail;
-    }
-    if (k->url.password[0]) {
-        const char *argv[] = {"AUTH", k->url.user, k->url.password};
-        bool with_user = k->url.user[0] != '\0';
-        if (!setup_cmd(k, REDIS_REPLY_STATUS, NULL, "AUTH", with_user ? 3 : 2,
-                       with_user ? argv : (const char *[]){"AUTH", k->url.password}))
-            goto fail;
-    }
-    if (k->url.db) {
-        char db[16];
-        snprintf(db, sizeof db, "%d", k->url.db);
-        const char *argv[] = {"SELECT", db};
-        if (!setup_cmd(k, REDIS_REPLY_STATUS, NULL, "SELECT", 2, argv))
-            goto fail;
-    }
-    redisReply *r;
-    const char *argv[] = {"SCRIPT", "LOAD", redis_sink_publish_script};
-    if (!setup_cmd(k, REDIS_REPLY_STRING, &r, "SCRIPT LOAD", 3, argv))
-        goto fail;
-    snprintf(k->sha, sizeof k->sha, "%s", r->str);
-    freeReplyObject(r);
+    bool moved = k->last_addr.port && (strcmp(k->last_addr.host, k->addr.host) || k->last_addr.port != k->addr.port);
+    if (moved)
+        k->counters.primary_changes++;
+    if (k->announce && (moved || !k->last_addr.port))
+        log_info("redis: connected to the primary at %s:%d (%s)", k->addr.host, k->addr.port,
+                 redis_endpoint_describe(k->ep));
+    k->last_addr = k->addr;
     return true;
-fail:
-    sink_disconnect(k);
+}
+
+/* Commands that were sent and got no answer: the ids between lo and hi may have
+ * been published (their marks lost with the connection, or with a failed-over
+ * primary). */
+static void note_uncertain(sink *k, const event *const *evs, size_t from, size_t to)
+{
+    if (from >= to)
+        return;
+    long long lo = evs[from]->id, hi = evs[from]->id;
+    for (size_t i = from + 1; i < to; i++) {
+        lo = evs[i]->id < lo ? evs[i]->id : lo;
+        hi = evs[i]->id > hi ? evs[i]->id : hi;
+    }
+    k->uncertain[k->next_uncertain].lo = lo;
+    k->uncertain[k->next_uncertain].hi = hi;
+    k->next_uncertain = (k->next_uncertain + 1) % UNCERTAIN_RANGES;
+    if (k->nuncertain < UNCERTAIN_RANGES)
+        k->nuncertain++;
+}
+
+static bool was_uncertain(const sink *k, long long id)
+{
+    for (int i = 0; i < k->nuncertain; i++)
+        if (id >= k->uncertain[i].lo && id <= k->uncertain[i].hi)
+            return true;
     return false;
 }
 
-/* Reads the replies of out[from..to), mapping each to a pub_result. */
-static bool read_replies(sink *k, size_t from, size_t to, pub_result *out)
+/* Reads the replies of out[from..to) (and of the WAIT after them when wait), mapping
+ * each to a pub_result. */
+static bool read_replies(sink *k, const event *const *evs, size_t from, size_t to, bool wait, pub_result *out)
 {
-    bool reload = false;
+    bool reconnect = false;
     for (size_t i = from; i < to; i++) {
-        redisReply *r = NULL;
-        if (redisGetReply(k->ctx, (void **)&r) != REDIS_OK || !r) {
-            snprintf(k->err, sizeof k->err, "publish: %s",
-                     k->ctx->errstr[0] ? k->ctx->errstr : "connection lost");
+        redisReply *r = rconn_reply(k->c);
+        if (!r) {
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
             for (size_t j = i; j < to; j++)
                 out[j] = PUB_UNSENT;
+            note_uncertain(k, evs, i, to);
             sink_disconnect(k);
             return false;
         }
         if (r->type == REDIS_REPLY_INTEGER) {
             out[i] = r->integer == 1 ? PUB_OK : r->integer == 0 ? PUB_DUP : PUB_GAP;
-        } else if (r->type == REDIS_REPLY_ERROR && !strncmp(r->str, "NOSCRIPT", 8)) {
-            /* The script cache was flushed: reconnecting loads it again. */
+            if (out[i] == PUB_OK && k->nuncertain && was_uncertain(k, evs[i]->id))
+                k->counters.possible_duplicates++;
+        } else if (r->type == REDIS_REPLY_ERROR &&
+                   (!strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
+                    !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10))) {
+            /* Not about this event: the script cache was flushed, or this is no longer
+             * a usable primary (a failover). Reconnecting finds the primary again and
+             * loads the script. A legacy script may have run its PUBLISH before a
+             * replica refused its SET. */
             out[i] = PUB_UNSENT;
-            reload = true;
-            snprintf(k->err, sizeof k->err, "publish: %s", r->str);
+            if (k->legacy_script && !strncmp(r->str, "READONLY", 8))
+                note_uncertain(k, evs, i, i + 1);
+            reconnect = true;
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
         } else {
             out[i] = PUB_FAILED;
-            snprintf(k->err, sizeof k->err, "publish: %s",
-                     r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply type");
+            k->acl_refused |= r->type == REDIS_REPLY_ERROR && redis_error_is_acl(r->str);
+            char why[400];
+            redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply type", why, sizeof why);
+            snprintf(k->err, sizeof k->err, "publish: %s", why);
         }
         freeReplyObject(r);
     }
-    if (reload) {
+    if (wait) {
+        redisReply *r = rconn_reply(k->c);
+        if (!r) {
+            /* Published, but whether the marks reached a replica is unknown: sent
+             * again (after reconnecting), they are either found marked or published
+             * once more, never left to a primary that may be gone. */
+            snprintf(k->err, sizeof k->err, "%s:%d: WAIT: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
+            for (size_t i = from; i < to; i++)
+                if (out[i] == PUB_OK || out[i] == PUB_DUP)
+                    out[i] = PUB_UNSENT;
+            note_uncertain(k, evs, from, to);
+            sink_disconnect(k);
+            return false;
+        }
+        if (r->type != REDIS_REPLY_INTEGER || r->integer < k->wait_replicas) {
+            k->counters.wait_short++;
+            if (r->type == REDIS_REPLY_ERROR && !k->wait_refused_said) {
+                /* A refusal (ACL without +wait) repeats every batch: said once. */
+                char why[400];
+                redis_explain_error(r->str, why, sizeof why);
+                log_warn("redis: WAIT refused, batches are marked without it: %s", why);
+                k->wait_refused_said = true;
+            } else {
+                log_debug("redis: WAIT %ld: %s", k->wait_replicas,
+                          r->type == REDIS_REPLY_INTEGER ? "fewer replicas acknowledged in time"
+                                                         : "unexpected reply");
+            }
+        }
+        freeReplyObject(r);
+    }
+    if (reconnect) {
         sink_disconnect(k);
         return false;
     }
     return true;
 }
 
+/* After a publish call: refusing while the user's ACL denied events and nothing went
+ * out. (One event Redis cannot take, e.g. its mark key holding something else, holds
+ * back its run but says nothing about the others.) */
+static void note_outcome(sink *k, const pub_result *out, size_t n)
+{
+    bool went = false;
+    for (size_t i = 0; i < n; i++)
+        went |= out[i] == PUB_OK || out[i] == PUB_DUP;
+    if (went)
+        k->refusing = false;
+    else if (k->acl_refused) {
+        k->refusing = true;
+        snprintf(k->refusal, sizeof k->refusal, "%s", k->err);
+    }
+}
+
 bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
     for (size_t i = 0; i < n; i++)
         out[i] = PUB_UNSENT;
-    if (!k->ctx) {
+    k->acl_refused = false;
+    redis_addr to;
+    if (k->c && sentinel_watch_switched(&k->watch, &k->addr, &to) &&
+        (strcmp(to.host, k->addr.host) || to.port != k->addr.port)) {
+        log_info("redis: the sentinels announce a new primary at %s:%d: leaving %s:%d", to.host, to.port,
+                 k->addr.host, k->addr.port);
+        if (!sink_connect(k))
+            return false;
+    }
+    if (!k->c) {
         snprintf(k->err, sizeof k->err, "publish: not connected");
         return false;
     }
@@ -200,6 +316,8 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
     buf_init(&msg, 0);
     bool ok = true;
     size_t sent_from = 0, queued = 0;
+    char wait_n[24];
+    snprintf(wait_n, sizeof wait_n, "%ld", k->wait_replicas);
     for (size_t i = 0; i < n && ok; i++) {
         const event *e = evs[i];
         char id[24], seq[24];
@@ -219,22 +337,32 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
                               msg.data, k->ttl, chained[i] ? "1" : "0"};
         size_t lens[] = {7, strlen(k->sha), 1, key.len, channel.len, strlen(id), strlen(seq),
                          msg.len, strlen(k->ttl), 1};
-        if (redisAppendCommandArgv(k->ctx, 10, argv, lens) != REDIS_OK) {
-            snprintf(k->err, sizeof k->err, "publish: out of memory");
+        if (!rconn_append(k->c, 10, argv, lens)) {
+            snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
             ok = false;
             break;
         }
         queued += msg.len + key.len + channel.len;
-        if (queued >= PIPELINE_BYTES || i + 1 == n) {
-            ok = read_replies(k, sent_from, i + 1, out);
+        bool last = i + 1 == n;
+        if (queued >= PIPELINE_BYTES || last) {
+            /* WAIT once per call, after its last command: the marks (and messages)
+             * of the whole batch reach the replicas before it is marked published. */
+            bool wait = last && k->wait_replicas > 0;
+            if (wait && !rconn_append(k->c, 3, (const char *[]){"WAIT", wait_n, k->wait_timeout}, NULL)) {
+                snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
+                ok = false;
+                break;
+            }
+            ok = read_replies(k, evs, sent_from, i + 1, wait, out);
             sent_from = i + 1;
             queued = 0;
         }
     }
-    if (!ok && k->ctx) {
-        /* Commands may be queued without replies read: the context is out of step. */
+    if (!ok && k->c) {
+        /* Commands may be queued without replies read: the connection is out of step. */
         sink_disconnect(k);
     }
+    note_outcome(k, out, n);
     buf_free(&key);
     buf_free(&channel);
     buf_free(&msg);

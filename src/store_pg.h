@@ -114,7 +114,8 @@ bool store_prune(store *s, long older_than_ms, long limit, long long *deleted) W
 
 /* Inserts one event; the database assigns id and seq. */
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq) WUR;
-/* Writes a human-readable (or JSON) status report to stdout. */
-bool store_print_status(store *s, bool json) WUR;
+/* Writes a human-readable (or JSON) status report to stdout. extra (may be NULL) is
+ * written last: lines of text, or JSON members (`"name":value,...`) of the object. */
+bool store_print_status(store *s, bool json, const char *extra) WUR;
 
 #endif
