@@ -91,8 +91,9 @@ bench: deps
 	@bash bench/run.sh
 	@[ "$${BENCH_SSE_AUTH:-1}" = 0 ] || bash bench/sse_auth.sh
 
-# Gateway scale: 100,000 idle streams over workers, and a hot run fanned out to 10,000
-# streams, each beside the single-process gateway (bench/scale.sh; a few minutes).
+# Gateway scale: 100,000 idle streams over workers, a hot run fanned out to 10,000
+# streams, each beside the single-process gateway, and the per-event unit costs of
+# docs/SCALING.md (bench/scale.sh; about 5 minutes).
 bench-scale: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/scale.sh

@@ -15,7 +15,16 @@
 #      Beside it, the floor: bench/fanout_floor.c, a server that only writes the same
 #      frames to the same clients with the same coalescing (no Redis, PostgreSQL or
 #      HTTP library), i.e. what the kernel's loopback TCP path alone costs here.
-# Environment: SCALE_PARTS ("idle hot") picks parts; SCALE_BASE=/path/to/outboxd adds
+#   C. per-event costs, the unit costs of docs/SCALING.md: SCALE_EVENT_RATE (1,000)
+#      events/s over 100 runs for SCALE_SECONDS, relayed and watched by one gateway
+#      process with one checked stream per run: CPU per event of the relay, of
+#      PostgreSQL (all its processes: the producers' inserts, the relay's fetch and
+#      mark, the gateway's reads), of Redis and of the gateway. Then the relay's
+#      ceiling: with the relay stopped, SCALE_DRAIN_EVENTS (100,000) events inserted as
+#      fast as 4 connections go (PostgreSQL CPU per insert, inserts/s), then the relay
+#      started on that backlog: drain rate, and relay, PostgreSQL and Redis CPU per
+#      event while it drains.
+# Environment: SCALE_PARTS ("idle hot events") picks parts; SCALE_BASE=/path/to/outboxd adds
 # rows for another build (e.g. the previous commit's) measured in the same run;
 # SCALE_COALESCE ("50ms") adds hot-run rows with those --stream-coalesce values (and
 # the floor's);
@@ -33,7 +42,9 @@ WORKERS=${SCALE_WORKERS:-6}
 FANOUT=${SCALE_FANOUT:-10000}
 HOT_WORKERS=${SCALE_HOT_WORKERS:-$(nproc)}
 SECONDS_LOAD=${SCALE_SECONDS:-10}
-PARTS=${SCALE_PARTS:-idle hot}
+PARTS=${SCALE_PARTS:-idle hot events}
+EVENT_RATE=${SCALE_EVENT_RATE:-1000}
+DRAIN_EVENTS=${SCALE_DRAIN_EVENTS:-100000}
 REPEAT=${SCALE_REPEAT:-1}
 COALESCE=${SCALE_COALESCE-50ms}
 BASE_BIN=${SCALE_BASE:-}
@@ -88,6 +99,24 @@ rss_kb() {
   echo "$total"
 }
 kv() { grep -o " $1=[0-9.]*" <<<" $2" | head -1 | cut -d= -f2; }
+q() { psql -X -qtA "$DATABASE_URL" -c "$1"; }
+# CPU time (ns) of PostgreSQL: the postmaster, its live processes, and those it has
+# reaped (a producer's backend ends with its connection; its CPU moves to cutime).
+pg_cpu_ns() {
+  local pm reaped
+  pm=$(head -1 "$PGDATA/postmaster.pid")
+  reaped=$(awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.0f\n", ($12 + $13 + $14 + $15) * 1e9 / hz }' \
+    "/proc/$pm/stat")
+  echo $((reaped + $(cpu_ns $(pgrep -P "$pm" || true))))
+}
+wait_drained() { # wait_drained SECONDS
+  local deadline=$((SECONDS + $1))
+  while ((SECONDS < deadline)); do
+    [[ $(q "SELECT count(*) FROM run_outbox WHERE published_at IS NULL") == 0 ]] && return 0
+    sleep 0.25
+  done
+  die "backlog not drained in $1 s"
+}
 
 start_gw() { # BIN WORKERS [FLAGS...]
   local bin=$1 w=$2
@@ -254,6 +283,62 @@ floor() {
     "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$writes" 1 "" ""
 }
 
+# C1: steady load -> "inserted insert_rate relay_us pg_us redis_us gw_us received lost dup disorder p99"
+events_steady() {
+  local prefix="ev$RANDOM"
+  start_gw "$BUILD/outboxd" 1
+  CPS=()
+  rm -f "$WORK/ev.ready"
+  "$BUILD/obx_sse" --port "$port" --prefix "$prefix" --runs 100 --per-run 1 --idle-ms 5000 \
+    --max-seconds $((SECONDS_LOAD + 120)) --ready-file "$WORK/ev.ready" --check >"$WORK/hot-0.out" 2>"$WORK/hot-0.err" &
+  CPS+=($!)
+  for _ in $(seq 1 300); do [[ -f "$WORK/ev.ready" ]] && break; sleep 0.1; done
+  sleep 1 # every run's first read is done
+  local gpids g0 r0 p0 d0 g1 r1 p1 d1 t0 t1
+  gpids=$(tree "$GW")
+  g0=$(cpu_ns $gpids) r0=$(cpu_ns "$RELAY") p0=$(pg_cpu_ns) d0=$(cpu_ns "$REDIS_PID")
+  t0=$EPOCHREALTIME
+  "$BUILD/obx_load" --rate "$EVENT_RATE" --runs 100 --conns 4 --seconds "$SECONDS_LOAD" --prefix "$prefix" \
+    --pad 200 >"$WORK/ev.load"
+  wait_drained 60
+  sleep 1 # the last events reach the browsers
+  g1=$(cpu_ns $gpids) r1=$(cpu_ns "$RELAY") p1=$(pg_cpu_ns) d1=$(cpu_ns "$REDIS_PID")
+  t1=$EPOCHREALTIME
+  wait "${CPS[@]}" || true
+  stop_gw
+  local n r
+  n=$(kv inserted "$(cat "$WORK/ev.load")")
+  read -r received lost dup dis _ p99 _ <<<"$(clients_result)"
+  awk -v n="$n" -v w="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" -v r="$((r1 - r0))" -v p="$((p1 - p0))" \
+    -v d="$((d1 - d0))" -v g="$((g1 - g0))" -v rc="$received" -v lo="$lost" -v du="$dup" -v di="$dis" -v p99="$p99" \
+    -v rate="$(kv rate "$(cat "$WORK/ev.load")")" \
+    'BEGIN { printf "%d %.0f %.1f %.1f %.1f %.1f %d %d %d %d %.1f\n", n, rate, r / 1e3 / n, p / 1e3 / n, d / 1e3 / n,
+             g / 1e3 / n, rc, lo, du, di, p99 }'
+}
+
+# C2: the relay's ceiling -> "inserted insert_rate pg_us_per_insert drain_rate relay_us pg_us redis_us"
+events_drain() {
+  kill -TERM "$RELAY" 2>/dev/null || true
+  wait "$RELAY" 2>/dev/null || true
+  local p0 p1 t0 t1 out
+  p0=$(pg_cpu_ns) t0=$EPOCHREALTIME
+  "$BUILD/obx_load" --rate 1000000 --runs 100 --conns 4 --count "$DRAIN_EVENTS" --prefix "dr$RANDOM" --pad 200 \
+    >"$WORK/dr.load"
+  p1=$(pg_cpu_ns) t1=$EPOCHREALTIME
+  out="$(kv inserted "$(cat "$WORK/dr.load")") $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }') $((p1 - p0))"
+  q "VACUUM ANALYZE run_outbox" >/dev/null
+  local r1 d0 d1
+  p0=$(pg_cpu_ns) d0=$(cpu_ns "$REDIS_PID") t0=$EPOCHREALTIME
+  "$BUILD/outboxd" relay --stats-interval 0 >>"$WORK/relay.log" 2>&1 &
+  RELAY=$!
+  wait_drained 600
+  r1=$(cpu_ns "$RELAY") p1=$(pg_cpu_ns) d1=$(cpu_ns "$REDIS_PID") t1=$EPOCHREALTIME
+  read -r n ins_s ins_ns <<<"$out"
+  awk -v n="$n" -v is="$ins_s" -v ip="$ins_ns" -v w="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
+    -v r="$r1" -v p="$((p1 - p0))" -v d="$((d1 - d0))" \
+    'BEGIN { printf "%d %.0f %.1f %.0f %.1f %.1f %.1f\n", n, n / is, ip / 1e3 / n, n / w, r / 1e3 / n, p / 1e3 / n, d / 1e3 / n }'
+}
+
 declare -A A B
 idle_rows=() hot_rows=()
 if [[ " $PARTS " == *" idle "* ]]; then
@@ -290,6 +375,16 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
   done
 done
 
+C_STEADY="" C_DRAIN=""
+if [[ " $PARTS " == *" events "* ]]; then
+  say "C: $EVENT_RATE events/s over 100 runs for ${SECONDS_LOAD}s, relayed, one gateway process, one stream per run"
+  C_STEADY=$(events_steady)
+  say "   $C_STEADY"
+  say "C: the relay's ceiling: $DRAIN_EVENTS events inserted with the relay stopped, then drained"
+  C_DRAIN=$(events_drain)
+  say "   $C_DRAIN"
+fi
+
 f() { cut -d' ' -f"$1" <<<"$2"; }
 label() {
   case $1 in
@@ -323,4 +418,16 @@ if ((${#hot_rows[@]})); then
       echo "| $(label "$which" "$w" "$flags") | $(f 1 "$v") / $(f 2 "$v") | $(f 3 "$v") | $(f 4 "$v") | $(f 5 "$v") | $(f 6 "$v") | $(f 7 "$v") | $(f 8 "$v") | $(f 9 "$v") | $(f 10 "$v") | $(f 11 "$v") | $(f 12 "$v") | $(f 16 "$v") | $(f 13 "$v") | $(f 14 "$v") | $(f 15 "$v") |"
     done
   done
+fi
+if [[ -n "$C_STEADY" ]]; then
+  echo
+  echo "per-event costs: CPU per event in µs (PostgreSQL = all its processes); $EVENT_RATE events/s over 100 runs with ~250-byte payloads"
+  echo
+  echo "| measurement | events | events/s | relay µs/event | PostgreSQL µs/event | Redis µs/event | gateway µs/event | streams: received, lost, dup, out of order | p99 ms |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  v=$C_STEADY
+  echo "| steady load, relayed, 1 gateway process with 1 stream per run | $(f 1 "$v") | $(f 2 "$v") | $(f 3 "$v") | $(f 4 "$v") | $(f 5 "$v") | $(f 6 "$v") | $(f 7 "$v"), $(f 8 "$v"), $(f 9 "$v"), $(f 10 "$v") | $(f 11 "$v") |"
+  v=$C_DRAIN
+  echo "| inserts alone (4 connections, one transaction each, relay stopped) | $(f 1 "$v") | $(f 2 "$v") | - | $(f 3 "$v") | - | - | - | - |"
+  echo "| drain of that backlog by one relay (its ceiling) | $(f 1 "$v") | $(f 4 "$v") | $(f 5 "$v") | $(f 6 "$v") | $(f 7 "$v") | - | - | - |"
 fi
