@@ -93,7 +93,7 @@ bench: deps
 
 # Gateway scale: 100,000 idle streams over workers, a hot run fanned out to 10,000
 # streams, each beside the single-process gateway, and the per-event unit costs of
-# docs/SCALING.md (bench/scale.sh; about 5 minutes).
+# docs/SCALING.md (bench/scale.sh; about 6 minutes).
 bench-scale: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/scale.sh

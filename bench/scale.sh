@@ -6,7 +6,9 @@
 #      client processes from several loopback source addresses, held by one gateway
 #      with SCALE_WORKERS (6) workers: gateway memory (RSS of all its processes) per
 #      stream. The single process is given SCALE_SINGLE_STREAMS (15,000): a process
-#      here may open at most 20,000 files.
+#      here may open at most 20,000 files. Then held SCALE_IDLE_HOLD (16) s: the
+#      gateway's CPU for idle streams and its re-reads of each run's tail per heartbeat,
+#      with PostgreSQL's CPU per re-read.
 #   B. a hot run: SCALE_FANOUT (10,000) streams on one run while 100 events/s are
 #      committed to it for SCALE_SECONDS (10), through a single process and through
 #      SCALE_HOT_WORKERS (one per core) workers: every stream must get every event
@@ -19,7 +21,8 @@
 #      events/s over 100 runs for SCALE_SECONDS, relayed and watched by one gateway
 #      process with one checked stream per run: CPU per event of the relay, of
 #      PostgreSQL (all its processes: the producers' inserts, the relay's fetch and
-#      mark, the gateway's reads), of Redis and of the gateway. Then the relay's
+#      mark, the gateway's reads), of Redis and of the gateway; again with two gateway
+#      processes (Redis's cost per delivery to one more). Then the relay's
 #      ceiling: with the relay stopped, SCALE_DRAIN_EVENTS (100,000) events inserted as
 #      fast as 4 connections go (PostgreSQL CPU per insert, inserts/s), then the relay
 #      started on that backlog: drain rate, and relay, PostgreSQL and Redis CPU per
@@ -43,6 +46,7 @@ FANOUT=${SCALE_FANOUT:-10000}
 HOT_WORKERS=${SCALE_HOT_WORKERS:-$(nproc)}
 SECONDS_LOAD=${SCALE_SECONDS:-10}
 PARTS=${SCALE_PARTS:-idle hot events}
+IDLE_HOLD=${SCALE_IDLE_HOLD:-16}
 EVENT_RATE=${SCALE_EVENT_RATE:-1000}
 DRAIN_EVENTS=${SCALE_DRAIN_EVENTS:-100000}
 REPEAT=${SCALE_REPEAT:-1}
@@ -137,7 +141,8 @@ gw_metric() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m 
 gw_streams() { gw_metric outboxd_sse_streams; }
 
 # A: idle streams. idle BIN WORKERS STREAMS ->
-#   "streams rss_before_kb rss_after_kb bytes_per_stream open_s bytes_per_stream_all"
+#   "streams rss_before_kb rss_after_kb bytes_per_stream open_s bytes_per_stream_all
+#    idle_cores idle_us_per_stream_s rereads_per_s pg_us_per_reread"
 # (bytes per stream: the growth of RSS over the streams; _all: all of RSS over them)
 idle() {
   local bin=$1 w=$2 n=$3 procs i per runs_per
@@ -172,11 +177,21 @@ idle() {
   local rss1
   rss1=$(rss_kb $(tree "$GW"))
   got=$(gw_streams)
+  # Held idle for IDLE_HOLD seconds (more than a heartbeat): the gateway's CPU for
+  # heartbeats and its re-reads of each run's tail, and PostgreSQL's CPU meanwhile
+  # (which also covers the relay's idle polls: an upper bound per re-read).
+  local g0 p0 rd0 g1 p1 rd1 gpids
+  gpids=$(tree "$GW")
+  g0=$(cpu_ns $gpids) p0=$(pg_cpu_ns) rd0=$(gw_metric outboxd_sse_replays_total)
+  sleep "$IDLE_HOLD"
+  g1=$(cpu_ns $gpids) p1=$(pg_cpu_ns) rd1=$(gw_metric outboxd_sse_replays_total)
   kill "${cps[@]}" 2>/dev/null || true
   wait "${cps[@]}" 2>/dev/null || true
   stop_gw
   local div=$((${got:-0} > 0 ? ${got:-0} : 1))
-  echo "${got:-0} $rss0 $rss1 $(((rss1 - rss0) * 1024 / div)) $open_s $((rss1 * 1024 / div))"
+  echo "${got:-0} $rss0 $rss1 $(((rss1 - rss0) * 1024 / div)) $open_s $((rss1 * 1024 / div))" \
+    "$(awk -v g="$((g1 - g0))" -v p="$((p1 - p0))" -v r="$(( ${rd1%.*} - ${rd0%.*} ))" -v h="$IDLE_HOLD" -v n="$div" \
+      'BEGIN { printf "%.3f %.3f %.1f %s", g / 1e9 / h, g / 1e3 / h / n, r / h, (r > 0 ? sprintf("%.1f", p / 1e3 / r) : "?") }')"
 }
 
 # B: one hot run, watched by n streams from client processes of HOT_PER_CLIENT each.
@@ -283,19 +298,26 @@ floor() {
     "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" "$writes" 1 "" ""
 }
 
-# C1: steady load -> "inserted insert_rate relay_us pg_us redis_us gw_us received lost dup disorder p99"
+# C1: steady load, NGW gateway processes (one each), every run with one stream on each
+# -> "inserted insert_rate relay_us pg_us redis_us gw_us received lost dup disorder p99"
+#    (gw_us: all the gateway processes' CPU per event)
 events_steady() {
-  local prefix="ev$RANDOM"
-  start_gw "$BUILD/outboxd" 1
+  local ngw=$1 prefix="ev$RANDOM" k ports="" gws=()
+  for ((k = 0; k < ngw; k++)); do
+    start_gw "$BUILD/outboxd" 1
+    gws+=("$GW")
+    ports+="${ports:+,}$port"
+    port=$((port + 1))
+  done
   CPS=()
   rm -f "$WORK/ev.ready"
-  "$BUILD/obx_sse" --port "$port" --prefix "$prefix" --runs 100 --per-run 1 --idle-ms 5000 \
+  "$BUILD/obx_sse" --ports "$ports" --prefix "$prefix" --runs 100 --per-run "$ngw" --idle-ms 5000 \
     --max-seconds $((SECONDS_LOAD + 120)) --ready-file "$WORK/ev.ready" --check >"$WORK/hot-0.out" 2>"$WORK/hot-0.err" &
   CPS+=($!)
   for _ in $(seq 1 300); do [[ -f "$WORK/ev.ready" ]] && break; sleep 0.1; done
   sleep 1 # every run's first read is done
   local gpids g0 r0 p0 d0 g1 r1 p1 d1 t0 t1
-  gpids=$(tree "$GW")
+  gpids=$(for k in "${gws[@]}"; do tree "$k"; done)
   g0=$(cpu_ns $gpids) r0=$(cpu_ns "$RELAY") p0=$(pg_cpu_ns) d0=$(cpu_ns "$REDIS_PID")
   t0=$EPOCHREALTIME
   "$BUILD/obx_load" --rate "$EVENT_RATE" --runs 100 --conns 4 --seconds "$SECONDS_LOAD" --prefix "$prefix" \
@@ -305,7 +327,7 @@ events_steady() {
   g1=$(cpu_ns $gpids) r1=$(cpu_ns "$RELAY") p1=$(pg_cpu_ns) d1=$(cpu_ns "$REDIS_PID")
   t1=$EPOCHREALTIME
   wait "${CPS[@]}" || true
-  stop_gw
+  for k in "${gws[@]}"; do GW=$k; stop_gw; done
   local n r
   n=$(kv inserted "$(cat "$WORK/ev.load")")
   read -r received lost dup dis _ p99 _ <<<"$(clients_result)"
@@ -375,11 +397,14 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
   done
 done
 
-C_STEADY="" C_DRAIN=""
+C_STEADY="" C_STEADY2="" C_DRAIN=""
 if [[ " $PARTS " == *" events "* ]]; then
   say "C: $EVENT_RATE events/s over 100 runs for ${SECONDS_LOAD}s, relayed, one gateway process, one stream per run"
-  C_STEADY=$(events_steady)
+  C_STEADY=$(events_steady 1)
   say "   $C_STEADY"
+  say "C: the same with two gateway processes, each with one stream per run (Redis delivers each event twice)"
+  C_STEADY2=$(events_steady 2)
+  say "   $C_STEADY2"
   say "C: the relay's ceiling: $DRAIN_EVENTS events inserted with the relay stopped, then drained"
   C_DRAIN=$(events_drain)
   say "   $C_DRAIN"
@@ -397,12 +422,14 @@ echo
 echo "gateway scale ($(nproc) cores, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'); load avg $(cut -d' ' -f1-3 /proc/loadavg))"
 if ((${#idle_rows[@]})); then
   echo
-  echo "| idle streams over $IDLE_RUNS runs | streams held | gateway RSS before -> after (KB) | bytes per stream (growth) | bytes per stream (all RSS) | open time (s) |"
-  echo "|---|---|---|---|---|---|"
+  echo "held idle ${IDLE_HOLD}s after opening (heartbeat 15s): gateway CPU, its re-reads of each run's tail, PostgreSQL CPU per re-read (an upper bound: the relay's idle polls count too)"
+  echo
+  echo "| idle streams over $IDLE_RUNS runs | streams held | gateway RSS before -> after (KB) | bytes per stream (growth) | bytes per stream (all RSS) | open time (s) | idle gateway CPU (cores) | µs per stream per second | re-reads/s | PostgreSQL µs per re-read |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   for row in "${idle_rows[@]}"; do
     read -r which w n <<<"$row"
     v=${A[$row]}
-    echo "| $(label "$which" "$w"), $n streams | $(f 1 "$v") | $(f 2 "$v") -> $(f 3 "$v") | $(f 4 "$v") | $(f 6 "$v") | $(f 5 "$v") |"
+    echo "| $(label "$which" "$w"), $n streams | $(f 1 "$v") | $(f 2 "$v") -> $(f 3 "$v") | $(f 4 "$v") | $(f 6 "$v") | $(f 5 "$v") | $(f 7 "$v") | $(f 8 "$v") | $(f 9 "$v") | $(f 10 "$v") |"
   done
 fi
 if ((${#hot_rows[@]})); then
@@ -427,7 +454,11 @@ if [[ -n "$C_STEADY" ]]; then
   echo "|---|---|---|---|---|---|---|---|---|"
   v=$C_STEADY
   echo "| steady load, relayed, 1 gateway process with 1 stream per run | $(f 1 "$v") | $(f 2 "$v") | $(f 3 "$v") | $(f 4 "$v") | $(f 5 "$v") | $(f 6 "$v") | $(f 7 "$v"), $(f 8 "$v"), $(f 9 "$v"), $(f 10 "$v") | $(f 11 "$v") |"
+  v=$C_STEADY2
+  echo "| the same, 2 gateway processes with 1 stream per run each (gateway = both) | $(f 1 "$v") | $(f 2 "$v") | $(f 3 "$v") | $(f 4 "$v") | $(f 5 "$v") | $(f 6 "$v") | $(f 7 "$v"), $(f 8 "$v"), $(f 9 "$v"), $(f 10 "$v") | $(f 11 "$v") |"
   v=$C_DRAIN
   echo "| inserts alone (4 connections, one transaction each, relay stopped) | $(f 1 "$v") | $(f 2 "$v") | - | $(f 3 "$v") | - | - | - | - |"
   echo "| drain of that backlog by one relay (its ceiling) | $(f 1 "$v") | $(f 4 "$v") | $(f 5 "$v") | $(f 6 "$v") | $(f 7 "$v") | - | - | - |"
+  echo
+  echo "Redis CPU per delivery to one more subscribed gateway process: $(awk -v a="$(f 5 "$C_STEADY")" -v b="$(f 5 "$C_STEADY2")" 'BEGIN { printf "%.1f", b - a }') µs per event (second row minus first)"
 fi
