@@ -16,7 +16,7 @@ typedef struct out_conn {
     struct evhttp_connection *conn;
     struct evbuffer *queue; /* the connection's output buffer (set by out_start) */
     int fd;                 /* the connection's socket */
-    bool chunked; /* HTTP/1.1: every write is one chunk */
+    bool chunked;           /* HTTP/1.1: every write is one chunk */
 } out_conn;
 
 /* Starts a stream's reply: 200 with the headers the caller added. An HTTP/1.1 client

@@ -63,7 +63,7 @@ struct run {
     cache cache;   /* the newest events, lo..head */
     bool synced;   /* head is believed to be the run's newest committed event */
     bool tail_gap; /* events after head must be read from PostgreSQL */
-    held held; /* live messages held while a read is in flight or after a gap */
+    held held;     /* live messages held while a read is in flight or after a gap */
     replay_job job;
     /* Bumped by every reason to read the tail again; a read only clears tail_gap if
      * none came up while it was in flight. */
@@ -278,7 +278,8 @@ static void run_live(run *r, frame *f)
     }
     /* A message went missing (Redis dropped it, or we resubscribed): read the gap. */
     gw.gaps++;
-    log_debug("run %s: gap after seq %lld (live seq %lld): reading it from postgresql", r->id, r->cache.head, f->seq);
+    log_debug("run %s: gap after seq %lld (live seq %lld): reading it from postgresql", r->id, r->cache.head,
+              f->seq);
     run_invalidate(r);
     pending_add(r, f);
     run_request_fetch(r);
@@ -395,7 +396,8 @@ static void on_client_closed(struct evhttp_connection *conn, void *arg)
     client_close(c);
 }
 
-client *stream_new(struct evhttp_request *req, const char *id, size_t n, long long last, const auth_grant *grant)
+client *stream_new(struct evhttp_request *req, const char *id, size_t n, long long last,
+                   const auth_grant *grant)
 {
     run *r = run_get(id, n);
     client *c = r ? calloc(1, sizeof *c) : NULL;

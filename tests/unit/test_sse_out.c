@@ -292,12 +292,9 @@ static void test_held_bound(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_slow_reader_chunked),
-        cmocka_unit_test(test_slow_reader_http10),
-        cmocka_unit_test(test_peer_reset),
-        cmocka_unit_test(test_peer_gone_epipe),
-        cmocka_unit_test(test_empty_write),
-        cmocka_unit_test(test_frame_references),
+        cmocka_unit_test(test_slow_reader_chunked), cmocka_unit_test(test_slow_reader_http10),
+        cmocka_unit_test(test_peer_reset),          cmocka_unit_test(test_peer_gone_epipe),
+        cmocka_unit_test(test_empty_write),         cmocka_unit_test(test_frame_references),
         cmocka_unit_test(test_held_bound),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
