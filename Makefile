@@ -15,7 +15,7 @@ ifeq ($(SANITIZE),1)
 endif
 override CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
 
-CORE = buf log config event metrics store_pg redis_sink admin_http relay sse sse_page
+CORE = buf log config event metrics store_pg redis_sink admin_http relay sse sse_run sse_replay sse_redis sse_page
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse
 UNIT = test_buf test_config test_relay test_metrics test_sse
@@ -39,7 +39,7 @@ $(BUILD)/obx_%: tests/tools/obx_%.c tests/tools/*.h $(BUILD)/buf.o $(BUILD)/metr
 $(BUILD)/test_buf: tests/unit/test_buf.c $(BUILD)/buf.o $(BUILD)/event.o
 $(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o $(BUILD)/log.o $(BUILD)/buf.o
 $(BUILD)/test_metrics: tests/unit/test_metrics.c $(BUILD)/metrics.o $(BUILD)/buf.o
-$(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
+$(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_run.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
 	$(BUILD)/log.o $(BUILD)/config.o $(BUILD)/store_pg.o
 $(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay.o $(BUILD)/event.o \
 	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/config.o $(BUILD)/admin_http.o

@@ -79,6 +79,11 @@ static const setting settings[] = {
     {"max-clients", "OUTBOXD_MAX_CLIENTS", T_INT, CMD_SSE, "10000", 1, 1000000, 0, NULL,
      OFF(max_clients), "open streams at most; further streams end at once with retry: 5000 (browsers come back)"},
 
+    {"replica-url", "OUTBOXD_REPLICA_URL", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(replica_url),
+     "PostgreSQL standby (libpq URI) to read replays from; the primary stays DATABASE_URL (unset = primary only)"},
+    {"replica-wait", "OUTBOXD_REPLICA_WAIT", T_DURATION, CMD_SSE, "100ms", 0, 10000, 1, NULL,
+     OFF(replica_wait_ms), "how long a read waits for a lagging standby before it goes to the primary"},
+
     {"http-listen", "OUTBOXD_HTTP_LISTEN", T_STR, CMD_RELAY, NULL, 0, 0, 0, NULL, OFF(http_listen),
      "HOST:PORT for /metrics, /healthz and /readyz (unset = no HTTP endpoint)"},
     {"retention", "OUTBOXD_RETENTION", T_DURATION, CMD_RELAY, "7d", 0, 3650 * DAY_MS, 1000, NULL,
@@ -308,6 +313,36 @@ static const setting *find_setting(const char *name, size_t len, enum command cm
     return NULL;
 }
 
+/* A libpq URI or conninfo string that libpq can parse, with valid port numbers. */
+static bool check_pg_url(const char *what, const char *url, char *err, size_t errlen)
+{
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &perr);
+    if (!opts) {
+        snprintf(err, errlen, "%s: %s", what, perr ? strtok(perr, "\n") : "cannot be parsed");
+        PQfreemem(perr);
+        return false;
+    }
+    /* libpq parses the port as text and only fails at connect time. */
+    bool port_ok = true;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (strcmp(o->keyword, "port") || !o->val || !*o->val)
+            continue;
+        for (const char *p = o->val; *p && port_ok; p += strcspn(p, ",") + (p[strcspn(p, ",")] != 0)) {
+            char *end;
+            errno = 0;
+            long port = strtol(p, &end, 10);
+            port_ok = end != p && !errno && port >= 1 && port <= 65535 && (*end == ',' || !*end);
+        }
+    }
+    PQconninfoFree(opts);
+    if (!port_ok) {
+        snprintf(err, errlen, "%s: bad port number", what);
+        return false;
+    }
+    return true;
+}
+
 bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **pos, int max_pos,
                  int *npos, bool *help, char *err, size_t errlen)
 {
@@ -375,33 +410,9 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
     }
 
     /* Cross-checks and URL syntax, so a bad value fails before anything connects. */
-    {
-        char *perr = NULL;
-        PQconninfoOption *opts = PQconninfoParse(cfg->database_url, &perr);
-        if (!opts) {
-            snprintf(err, errlen, "--database-url (DATABASE_URL): %s",
-                     perr ? strtok(perr, "\n") : "cannot be parsed");
-            PQfreemem(perr);
-            return false;
-        }
-        /* libpq parses the port as text and only fails at connect time. */
-        bool port_ok = true;
-        for (PQconninfoOption *o = opts; o->keyword; o++) {
-            if (strcmp(o->keyword, "port") || !o->val || !*o->val)
-                continue;
-            for (const char *p = o->val; *p && port_ok; p += strcspn(p, ",") + (p[strcspn(p, ",")] != 0)) {
-                char *end;
-                errno = 0;
-                long port = strtol(p, &end, 10);
-                port_ok = end != p && !errno && port >= 1 && port <= 65535 && (*end == ',' || !*end);
-            }
-        }
-        PQconninfoFree(opts);
-        if (!port_ok) {
-            snprintf(err, errlen, "--database-url (DATABASE_URL): bad port number");
-            return false;
-        }
-    }
+    if (!check_pg_url("--database-url (DATABASE_URL)", cfg->database_url, err, errlen) ||
+        (cfg->replica_url && !check_pg_url("--replica-url (OUTBOXD_REPLICA_URL)", cfg->replica_url, err, errlen)))
+        return false;
     if (cmd & (CMD_RELAY | CMD_SSE)) {
         char why[128];
         if (!config_parse_redis_url(cfg->redis_url, &cfg->redis, why, sizeof why)) {
@@ -461,7 +472,8 @@ void config_log(const config *cfg, enum command cmd)
 {
     for (size_t i = 0; i < NSETTINGS; i++) {
         const setting *s = &settings[i];
-        if (!(s->cmds & cmd) || !strcmp(s->name, "database-url"))
+        /* PostgreSQL URLs may carry a password: not logged. */
+        if (!(s->cmds & cmd) || !strcmp(s->name, "database-url") || !strcmp(s->name, "replica-url"))
             continue;
         const char *field = (const char *)cfg + s->off;
         switch (s->type) {

@@ -52,6 +52,8 @@ typedef struct config {
     long client_buffer;
     char *cors_origin;
     long max_clients;
+    char *replica_url;
+    long replica_wait_ms;
 
     bool json;
     char *reason;

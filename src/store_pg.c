@@ -138,6 +138,9 @@ const char store_replay_sql[] =
     "        ORDER BY seq LIMIT 200) l) r"
     " ON r.upto - pg_column_size(r.payload) < 4194304 ORDER BY r.seq";
 
+const char store_insert_lsn_sql[] = "SELECT pg_current_wal_insert_lsn()::text";
+const char store_replay_lsn_sql[] = "SELECT pg_last_wal_replay_lsn()::text";
+
 /* Server notices (and libpq's own, such as a terminated backend) go to our log
  * rather than straight to stderr. */
 static void log_notice(void *arg, const char *message)

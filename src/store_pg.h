@@ -76,6 +76,10 @@ bool store_backlog(store *s, long long *count, double *oldest_age_s) WUR;
  * committed seq; with no rows, one row of NULLs but newest), for its own
  * asynchronous connection; and the connection parameters every store uses. */
 extern const char store_replay_sql[];
+/* The primary's WAL insert position, and a standby's replay position (NULL when the
+ * server is not in recovery), as pg_lsn text. */
+extern const char store_insert_lsn_sql[];
+extern const char store_replay_lsn_sql[];
 #define STORE_REPLAY_ROWS 200
 void store_conn_params(const char *url, const char *application_name, long timeout_ms,
                        const char *keys[8], const char *vals[8], char timeout_s[24]);

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# A reader that drains at 4 MB/s while 20 MB of events arrive (more than the kernel's
-# socket buffers hold, so the gateway must queue): the gateway holds at
-# most --client-buffer for it (its memory stays flat), pauses it, and feeds it from
-# PostgreSQL when it drains; the reader still gets every event once, in order.
+# A reader that drains at 4 MB/s while 20 MB of events come its way (more than the
+# kernel's socket buffers hold, so the gateway must queue): the gateway holds at most
+# --client-buffer for it (its memory stays flat), pauses it, and feeds it from
+# PostgreSQL when it drains; the reader still gets every event once, in order. 3 MB
+# of the events are committed before it connects, so that its first read alone
+# overflows the cap however slowly a busy machine relays the rest.
 . "$(dirname "$0")/lib.sh"
 new_db
 start_relay relay
 start_sse sse --client-buffer 65536
 rss0=$(rss_kb "$SSE_PID")
+pad=$(head -c 10000 /dev/zero | tr '\0' p)
+q "INSERT INTO run_outbox (run_id, payload) SELECT 'slow-0', jsonb_build_object('g', g, 'pad', '$pad') FROM generate_series(1, 300) g"
 curl -s -N --limit-rate 4m --max-time 40 "http://127.0.0.1:$SSE_PORT/runs/slow-0/events" >"$WORK/slow" &
 cpid=$!; PIDS+=("$cpid")
 sleep 0.5
-pad=$(head -c 10000 /dev/zero | tr '\0' p)
-q "INSERT INTO run_outbox (run_id, payload) SELECT 'slow-0', jsonb_build_object('g', g, 'pad', '$pad') FROM generate_series(1, 2000) g"
+q "INSERT INTO run_outbox (run_id, payload) SELECT 'slow-0', jsonb_build_object('g', g, 'pad', '$pad') FROM generate_series(301, 2000) g"
 peak=0
 for _ in $(seq 1 40); do
   r=$(rss_kb "$SSE_PID"); ((r > peak)) && peak=$r

@@ -1,0 +1,42 @@
+/* The gateway's runs and their streams (sse_run.c), as the HTTP side (sse.c) sees
+ * them. A stream is opened by stream_new, its reply started by the caller, then
+ * stream_start sends what it is owed; it is freed when its connection closes. */
+#ifndef OUTBOXD_SSE_RUN_H
+#define OUTBOXD_SSE_RUN_H
+
+#include "config.h"
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+/* How often runs are read from PostgreSQL while Redis does not deliver. */
+#define DEGRADED_POLL_MS 250
+
+typedef struct client client;
+
+typedef struct runs_stats {
+    int streams, runs;
+    unsigned long long streams_opened, events_sent, live_msgs, replays, gaps, pauses;
+    unsigned long long replica_replays, replica_fallbacks;
+    bool redis_up, database_up, replica_up;
+} runs_stats;
+
+/* Starts the PostgreSQL reader and the Redis subscriber on base. */
+bool runs_start(struct event_base *base, const config *cfg) __attribute__((warn_unused_result));
+/* Frees everything; call after the HTTP server (and with it every stream) is gone. */
+void runs_stop(void);
+
+/* A stream of run id[0..n) after seq `last`; NULL when out of memory. */
+client *stream_new(struct evhttp_request *req, const char *id, size_t n, long long last);
+void stream_start(client *c);
+/* Ends every stream's reply (shutdown); no more events are sent. */
+void streams_end_all(void);
+
+/* Timers: read runs from PostgreSQL while Redis does not deliver; heartbeats. */
+void runs_poll_tick(void);
+void runs_heartbeat_tick(void);
+void runs_get_stats(runs_stats *out);
+
+#endif
