@@ -15,10 +15,10 @@ ifeq ($(SANITIZE),1)
 endif
 override CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
 
-CORE = buf log config event metrics store_pg redis_sink admin_http relay sse sse_run sse_replay sse_redis sse_page
+CORE = buf log config event metrics store_pg store_schema redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_replay sse_redis sse_page
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse
-UNIT = test_buf test_config test_relay test_metrics test_sse
+UNIT = test_buf test_config test_relay test_scan test_metrics test_sse
 
 .PHONY: all deps test test-sanitize unit integration run bench soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
@@ -41,8 +41,9 @@ $(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o $(BUILD)/log.o 
 $(BUILD)/test_metrics: tests/unit/test_metrics.c $(BUILD)/metrics.o $(BUILD)/buf.o
 $(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_run.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
 	$(BUILD)/log.o $(BUILD)/config.o $(BUILD)/store_pg.o
-$(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay.o $(BUILD)/event.o \
-	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/config.o $(BUILD)/admin_http.o
+$(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay_batch.o $(BUILD)/event.o \
+	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o
+$(BUILD)/test_scan: tests/unit/test_scan.c $(BUILD)/relay_scan.o
 $(BUILD)/test_%: | $(BUILD)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.c %.o,$^) $(LIBS) -lcmocka -o $@
 

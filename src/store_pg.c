@@ -1,43 +1,31 @@
-/* PostgreSQL access for every command. All SQL lives here. Statements are sent with
- * libpq's asynchronous calls and awaited with poll(2) against a deadline, because the
- * blocking calls would wait forever on a server that is stopped but keeps its socket. */
-#include "store_pg.h"
+/* PostgreSQL access for every command. All SQL lives here and in store_schema.c (the
+ * migrations). Statements are sent with libpq's asynchronous calls and awaited with
+ * poll(2) against a deadline, because the blocking calls would wait forever on a
+ * server that is stopped but keeps its socket. */
+#include "store_int.h"
 
 #include "buf.h"
 #include "log.h"
 
+#include <arpa/inet.h>
+#include <endian.h>
 #include <errno.h>
 #include <libpq-fe.h>
+#include <stdint.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-/* Advisory lock keys (two-int form: shows in pg_locks as classid/objid). */
-#define LOCK_CLASS 0x6f627864 /* "obxd" */
-#define LOCK_MIGRATE 1
-#define LOCK_LEADER 2
-
-struct store {
-    char *url;
-    char *appname;
-    long timeout_ms;
-    PGconn *conn;
-    bool notified;
-    bool retry_asked;
-    char err[512];
-    char sqlstate[6];
-};
-
-static long long now_ms(void)
+long long store_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void set_err(store *s, const char *what, const char *why)
+void store_set_err(store *s, const char *what, const char *why)
 {
     char tmp[400];
     snprintf(tmp, sizeof tmp, "%s", why ? why : "unknown error");
@@ -78,6 +66,9 @@ void store_disconnect(store *s)
     if (s->conn)
         PQfinish(s->conn);
     s->conn = NULL;
+    /* Prepared statements and session locks went with the session. */
+    s->prepared = false;
+    s->asleep = false;
 }
 
 bool store_connected(const store *s)
@@ -99,7 +90,7 @@ const char *store_sqlstate(const store *s)
 static int wait_fd(int fd, short events, long long deadline)
 {
     for (;;) {
-        long long left = deadline - now_ms();
+        long long left = deadline - store_now_ms();
         if (left <= 0)
             return 0;
         struct pollfd p = {.fd = fd, .events = events};
@@ -159,28 +150,28 @@ bool store_connect(store *s)
     store_conn_params(s->url, s->appname, s->timeout_ms, keys, vals, timeout_s);
     PGconn *c = PQconnectStartParams(keys, vals, 1);
     if (!c) {
-        set_err(s, "connect", "out of memory");
+        store_set_err(s, "connect", "out of memory");
         return false;
     }
-    long long deadline = now_ms() + s->timeout_ms;
+    long long deadline = store_now_ms() + s->timeout_ms;
     PostgresPollingStatusType st = PGRES_POLLING_WRITING;
     while (PQstatus(c) != CONNECTION_BAD && st != PGRES_POLLING_OK && st != PGRES_POLLING_FAILED) {
         int r = wait_fd(PQsocket(c), st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline);
         if (r <= 0) {
-            set_err(s, "connect", r == 0 ? "timed out" : strerror(errno));
+            store_set_err(s, "connect", r == 0 ? "timed out" : strerror(errno));
             PQfinish(c);
             return false;
         }
         st = PQconnectPoll(c);
     }
     if (PQstatus(c) != CONNECTION_OK) {
-        set_err(s, "connect", PQerrorMessage(c));
+        store_set_err(s, "connect", PQerrorMessage(c));
         PQfinish(c);
         return false;
     }
     PQsetNoticeProcessor(c, log_notice, NULL);
     if (PQsetnonblocking(c, 1) != 0) {
-        set_err(s, "connect", PQerrorMessage(c));
+        store_set_err(s, "connect", PQerrorMessage(c));
         PQfinish(c);
         return false;
     }
@@ -218,7 +209,7 @@ static int flush_all(store *s, long long deadline)
  * which case a broken or timed-out connection has been closed. */
 static PGresult *await_result(store *s, const char *what)
 {
-    long long deadline = now_ms() + s->timeout_ms;
+    long long deadline = store_now_ms() + s->timeout_ms;
     int f = flush_all(s, deadline);
     if (f == 0)
         goto timeout;
@@ -249,14 +240,14 @@ static PGresult *await_result(store *s, const char *what)
     }
     collect_notifies(s);
     if (!last) {
-        set_err(s, what, "no result");
+        store_set_err(s, what, "no result");
         return NULL;
     }
     ExecStatusType st = PQresultStatus(last);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         const char *code = PQresultErrorField(last, PG_DIAG_SQLSTATE);
         snprintf(s->sqlstate, sizeof s->sqlstate, "%s", code ? code : "");
-        set_err(s, what, PQresultErrorMessage(last));
+        store_set_err(s, what, PQresultErrorMessage(last));
         PQclear(last);
         if (PQstatus(s->conn) != CONNECTION_OK)
             store_disconnect(s);
@@ -265,216 +256,50 @@ static PGresult *await_result(store *s, const char *what)
     return last;
 
 timeout:
-    set_err(s, what, "timed out; closing the connection");
+    store_set_err(s, what, "timed out; closing the connection");
     store_disconnect(s);
     return NULL;
 broken:
-    set_err(s, what, PQerrorMessage(s->conn));
+    store_set_err(s, what, PQerrorMessage(s->conn));
     store_disconnect(s);
     return NULL;
 }
 
 /* Runs one parameterized statement (text parameters). NULL on failure. */
-static PGresult *run(store *s, const char *what, const char *sql, int n, const char *const *params)
+PGresult *store_run(store *s, const char *what, const char *sql, int n, const char *const *params)
 {
     s->sqlstate[0] = '\0';
     if (!s->conn) {
-        set_err(s, what, "not connected");
+        store_set_err(s, what, "not connected");
         return NULL;
     }
     int ok = n ? PQsendQueryParams(s->conn, sql, n, NULL, params, NULL, NULL, 0)
                : PQsendQuery(s->conn, sql);
     if (!ok) {
-        set_err(s, what, PQerrorMessage(s->conn));
+        store_set_err(s, what, PQerrorMessage(s->conn));
         store_disconnect(s);
         return NULL;
     }
     return await_result(s, what);
 }
 
-static bool run_cmd(store *s, const char *what, const char *sql, int n, const char *const *params)
+bool store_run_cmd(store *s, const char *what, const char *sql, int n, const char *const *params)
 {
-    PGresult *r = run(s, what, sql, n, params);
+    PGresult *r = store_run(s, what, sql, n, params);
     PQclear(r);
     return r != NULL;
-}
-
-/* ---- schema ---------------------------------------------------------------------- */
-
-/* Migration 1: the outbox, the per-run sequence and the wake-up trigger.
- * Writers of one run are serialized by the row lock on their run_outbox_seq row,
- * held from the upsert until commit, so per-run commit order is seq order. The id
- * default is drawn before BEFORE triggers run (before that lock), so the trigger
- * draws the id again after taking it: per-run id order is then commit order too. */
-static const char migration_1[] =
-    "CREATE TABLE outboxd_meta ("
-    "  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
-    "  epoch text NOT NULL DEFAULT substr(md5(random()::text || clock_timestamp()::text), 1, 12));"
-    "INSERT INTO outboxd_meta DEFAULT VALUES;"
-    "CREATE TABLE run_outbox_seq ("
-    "  run_id text PRIMARY KEY,"
-    "  last_seq bigint NOT NULL);"
-    "CREATE TABLE run_outbox ("
-    "  id BIGSERIAL PRIMARY KEY,"
-    "  run_id TEXT NOT NULL CHECK (run_id <> ''),"
-    "  seq BIGINT NOT NULL,"
-    "  payload JSONB NOT NULL,"
-    "  created_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
-    "  published_at TIMESTAMPTZ NULL,"
-    "  attempts INT NOT NULL DEFAULT 0,"
-    "  last_error TEXT NULL);"
-    "CREATE UNIQUE INDEX run_outbox_run_seq ON run_outbox (run_id, seq);"
-    "CREATE INDEX run_outbox_unpublished ON run_outbox (id) WHERE published_at IS NULL;"
-    /* Every publish leaves a dead tuple: vacuum this table early and often. */
-    "ALTER TABLE run_outbox SET (autovacuum_vacuum_scale_factor = 0.01,"
-    "  autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02,"
-    "  autovacuum_vacuum_insert_scale_factor = 0.05);"
-    "ALTER TABLE run_outbox_seq SET (autovacuum_vacuum_scale_factor = 0.01,"
-    "  autovacuum_vacuum_threshold = 1000);"
-    /* Pinned search_path: the trigger must find its counter table and sequence
-     * whatever search_path the inserting session has. */
-    "CREATE FUNCTION outboxd_assign_seq() RETURNS trigger LANGUAGE plpgsql"
-    " SET search_path FROM CURRENT AS $f$"
-    " BEGIN"
-    "  INSERT INTO run_outbox_seq AS s (run_id, last_seq) VALUES (NEW.run_id, 1)"
-    "  ON CONFLICT (run_id) DO UPDATE SET last_seq = s.last_seq + 1"
-    "  RETURNING s.last_seq INTO NEW.seq;"
-    "  NEW.id := nextval('run_outbox_id_seq');"
-    "  RETURN NEW;"
-    " END $f$;"
-    "CREATE TRIGGER run_outbox_assign_seq BEFORE INSERT ON run_outbox"
-    "  FOR EACH ROW EXECUTE FUNCTION outboxd_assign_seq();"
-    "CREATE FUNCTION outboxd_notify() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $f$"
-    " BEGIN PERFORM pg_notify('" STORE_NOTIFY_CHANNEL "', ''); RETURN NULL; END $f$;"
-    "CREATE TRIGGER run_outbox_notify AFTER INSERT ON run_outbox"
-    "  FOR EACH STATEMENT EXECUTE FUNCTION outboxd_notify();";
-
-static const struct {
-    int version;
-    const char *name;
-    const char *sql;
-} migrations[] = {
-    {1, "outbox table, per-run seq, notify trigger", migration_1},
-};
-#define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
-_Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
-               "STORE_SCHEMA_VERSION must name the last migration");
-
-static bool schema_version(store *s, int *version)
-{
-    PGresult *r = run(s, "read schema version",
-                      "SELECT coalesce(max(version), 0) FROM outboxd_migrations", 0, NULL);
-    if (!r)
-        return false;
-    *version = atoi(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return true;
-}
-
-bool store_migrate(store *s, int *from, int *to)
-{
-    char key[64];
-    snprintf(key, sizeof key, "SELECT pg_advisory_lock(%d, %d)", LOCK_CLASS, LOCK_MIGRATE);
-    if (!run_cmd(s, "take migration lock", key, 0, NULL))
-        return false;
-    bool ok = false;
-    if (!run_cmd(s, "create migrations table",
-                 "SET client_min_messages = warning;"
-                 "CREATE TABLE IF NOT EXISTS outboxd_migrations ("
-                 " version int PRIMARY KEY, name text NOT NULL,"
-                 " applied_at timestamptz NOT NULL DEFAULT now())",
-                 0, NULL))
-        goto done;
-    int v;
-    if (!schema_version(s, &v))
-        goto done;
-    *from = *to = v;
-    if (v > STORE_SCHEMA_VERSION) {
-        snprintf(s->err, sizeof s->err,
-                 "database schema is at version %d, newer than this binary's %d: upgrade outboxd", v,
-                 STORE_SCHEMA_VERSION);
-        goto done;
-    }
-    for (int i = 0; i < NMIGRATIONS; i++) {
-        if (migrations[i].version <= v)
-            continue;
-        char ver[24];
-        snprintf(ver, sizeof ver, "%d", migrations[i].version);
-        const char *params[] = {ver, migrations[i].name};
-        if (!run_cmd(s, "begin", "BEGIN", 0, NULL))
-            goto done;
-        if (!run_cmd(s, "apply migration", migrations[i].sql, 0, NULL) ||
-            !run_cmd(s, "record migration",
-                     "INSERT INTO outboxd_migrations (version, name) VALUES ($1::int, $2)", 2, params)) {
-            char keep[sizeof s->err];
-            memcpy(keep, s->err, sizeof keep);
-            if (store_connected(s) && !run_cmd(s, "rollback", "ROLLBACK", 0, NULL))
-                log_warn("%s", s->err);
-            memcpy(s->err, keep, sizeof keep);
-            goto done;
-        }
-        if (!run_cmd(s, "commit", "COMMIT", 0, NULL))
-            goto done;
-        *to = migrations[i].version;
-        log_info("applied migration %d (%s)", migrations[i].version, migrations[i].name);
-    }
-    ok = true;
-done:
-    if (store_connected(s)) {
-        char unlock[64];
-        snprintf(unlock, sizeof unlock, "SELECT pg_advisory_unlock(%d, %d)", LOCK_CLASS, LOCK_MIGRATE);
-        char keep[sizeof s->err];
-        memcpy(keep, s->err, sizeof keep);
-        if (!run_cmd(s, "release migration lock", unlock, 0, NULL))
-            log_warn("%s", s->err);
-        memcpy(s->err, keep, sizeof keep);
-    }
-    return ok;
-}
-
-bool store_check_schema(store *s, char *epoch, size_t epoch_len)
-{
-    int v;
-    if (!schema_version(s, &v)) {
-        if (!strcmp(s->sqlstate, "42P01"))
-            snprintf(s->err, sizeof s->err, "the outboxd schema is not installed: run 'outboxd migrate'");
-        return false;
-    }
-    if (v != STORE_SCHEMA_VERSION) {
-        snprintf(s->err, sizeof s->err,
-                 v < STORE_SCHEMA_VERSION
-                     ? "database schema is at version %d, this binary needs %d: run 'outboxd migrate'"
-                     : "database schema is at version %d, newer than this binary's %d: upgrade outboxd",
-                 v, STORE_SCHEMA_VERSION);
-        return false;
-    }
-    /* The timeline joins the epoch: after a promotion or a point-in-time restore the
-     * sequences may be behind marks already in Redis, so marks start afresh. */
-    PGresult *r = run(s, "read epoch",
-                      "SELECT epoch || '.' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
-                      " FROM outboxd_meta",
-                      0, NULL);
-    if (!r)
-        return false;
-    bool ok = PQntuples(r) == 1;
-    if (ok)
-        snprintf(epoch, epoch_len, "%s", PQgetvalue(r, 0, 0));
-    else
-        snprintf(s->err, sizeof s->err, "outboxd_meta has no row: the schema is damaged");
-    PQclear(r);
-    return ok;
 }
 
 /* ---- wake-ups and leadership ----------------------------------------------------- */
 
 bool store_listen(store *s)
 {
-    return run_cmd(s, "listen", "LISTEN " STORE_NOTIFY_CHANNEL, 0, NULL);
+    return store_run_cmd(s, "listen", "LISTEN " STORE_NOTIFY_CHANNEL, 0, NULL);
 }
 
 static bool backend_pid(store *s, char *pid, size_t len)
 {
-    PGresult *r = run(s, "check session", "SELECT pg_backend_pid()", 0, NULL);
+    PGresult *r = store_run(s, "check session", "SELECT pg_backend_pid()", 0, NULL);
     if (!r)
         return false;
     snprintf(pid, len, "%s", PQgetvalue(r, 0, 0));
@@ -522,12 +347,12 @@ bool store_wait(store *s, int extra_fd, long timeout_ms, bool *notified)
                           {.fd = extra_fd, .events = POLLIN}};
     int r = poll(p, 2, (int)timeout_ms);
     if (r < 0 && errno != EINTR) {
-        set_err(s, "wait", strerror(errno));
+        store_set_err(s, "wait", strerror(errno));
         return false;
     }
     if (r > 0 && (p[0].revents & (POLLIN | POLLERR | POLLHUP))) {
         if (!PQconsumeInput(s->conn)) {
-            set_err(s, "wait", PQerrorMessage(s->conn));
+            store_set_err(s, "wait", PQerrorMessage(s->conn));
             store_disconnect(s);
             return false;
         }
@@ -540,7 +365,7 @@ bool store_try_lead(store *s, bool *leader)
 {
     char sql[80];
     snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%d, %d)", LOCK_CLASS, LOCK_LEADER);
-    PGresult *r = run(s, "try leader lock", sql, 0, NULL);
+    PGresult *r = store_run(s, "try leader lock", sql, 0, NULL);
     if (!r)
         return false;
     *leader = PQgetvalue(r, 0, 0)[0] == 't';
@@ -550,10 +375,8 @@ bool store_try_lead(store *s, bool *leader)
 
 /* ---- the relay's statements ------------------------------------------------------ */
 
-static void clear_result(void *p)
-{
-    PQclear(p);
-}
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 /* Builds the text form of a text[] parameter: every element quoted, with " and \
  * escaped. */
@@ -573,61 +396,6 @@ static bool text_array(buf *a, const char *const *v, const size_t *len, size_t n
     return buf_puts(a, "}");
 }
 
-/* The fetch's select list, shared by both forms of the fetch; fill_batch reads it. */
-#define FETCH_COLUMNS                                                                            \
-    "SELECT id, run_id, seq,"                                                                    \
-    " to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"                \
-    " payload::text, extract(epoch FROM created_at)::float8"
-
-/* Takes r (owned by b from now on) into b's events. */
-static bool fill_batch(store *s, PGresult *r, batch *b)
-{
-    size_t n = (size_t)PQntuples(r);
-    if (!batch_reserve(b, n)) {
-        PQclear(r);
-        set_err(s, "fetch batch", "out of memory");
-        return false;
-    }
-    for (size_t i = 0; i < n; i++) {
-        event *e = &b->ev[i];
-        e->id = strtoll(PQgetvalue(r, (int)i, 0), NULL, 10);
-        e->run_id = PQgetvalue(r, (int)i, 1);
-        e->run_id_len = (size_t)PQgetlength(r, (int)i, 1);
-        e->seq = strtoll(PQgetvalue(r, (int)i, 2), NULL, 10);
-        e->created_at = PQgetvalue(r, (int)i, 3);
-        e->payload = PQgetvalue(r, (int)i, 4);
-        e->payload_len = (size_t)PQgetlength(r, (int)i, 4);
-        e->created_epoch = strtod(PQgetvalue(r, (int)i, 5), NULL);
-    }
-    b->n = n;
-    b->owner = r;
-    b->owner_free = clear_result;
-    return true;
-}
-
-bool store_fetch(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
-                 batch *b)
-{
-    batch_clear(b);
-    char lim[24];
-    snprintf(lim, sizeof lim, "%ld", limit);
-    buf held;
-    buf_init(&held, 0);
-    if (!text_array(&held, skip, skip_len, nskip)) {
-        buf_free(&held);
-        set_err(s, "fetch batch", "out of memory");
-        return false;
-    }
-    const char *params[] = {lim, held.data};
-    /* Served by the partial index run_outbox_unpublished: reads only unpublished rows. */
-    PGresult *r = run(s, "fetch batch",
-                      FETCH_COLUMNS " FROM run_outbox WHERE published_at IS NULL AND run_id <> ALL($2::text[])"
-                                    " ORDER BY id LIMIT $1::int",
-                      2, params);
-    buf_free(&held);
-    return r && fill_batch(s, r, b);
-}
-
 /* Builds the text form of a bigint[] parameter. */
 static bool id_array(buf *a, const long long *ids, size_t n)
 {
@@ -639,60 +407,299 @@ static bool id_array(buf *a, const long long *ids, size_t n)
     return buf_puts(a, "}");
 }
 
-bool store_fetch_begin(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
-                       const long long *done, size_t ndone, const long long *exclude, size_t nexclude)
+/* One statement per relay cycle (store_cycle): the mark of what went out, the low
+ * water for a relay that takes over, and every row the relay has not seen yet, read
+ * in one snapshot. It returns that snapshot's xmin and, when it has one, its own
+ * transaction id, taken after the snapshot (relay_scan.h says why). Rows published
+ * already come back without payload: the relay only needs to know that their ids
+ * exist. Results are binary: no to_char, extract or number formatting on the server.
+ * Prepared once per session with a generic plan: planning it for every cycle would
+ * cost more than running it when a few events trickle in. */
+#define CYCLE_ROW(src)                                                                              \
+    "SELECT " #src " AS src, o.id, o.run_id, o.seq, o.created_at, o.published_at, o.payload"
+#define CYCLE_COLS "id, run_id, seq, created_at, published_at, payload"
+static const char cycle_sql[] =
+    "WITH m AS (UPDATE run_outbox SET published_at = now()"
+    "           WHERE id = ANY($1::bigint[]) AND published_at IS NULL RETURNING 1),"
+    "     w AS (UPDATE outboxd_relay SET low_water = $9::bigint, updated_at = now()"
+    "           WHERE $9::bigint >= 0 AND low_water <> $9::bigint RETURNING 1)"
+    " SELECT s.xmin, s.tag, s.marked, s.woke,"
+    "  r.src | CASE WHEN r.published_at IS NULL THEN 0 ELSE " STR(STORE_ROW_DONE) " END,"
+    "  r.id, r.run_id, r.seq, r.created_at, CASE WHEN r.published_at IS NULL THEN r.payload END"
+    " FROM (SELECT pg_snapshot_xmin(c) AS xmin, (SELECT count(*) FROM m) AS marked,"
+    "        CASE WHEN $11::boolean OR cardinality($1::bigint[]) > 0 THEN pg_current_xact_id() END AS tag,"
+    "        (SELECT count(*) FROM w) AS saved,"
+    "        CASE WHEN $10::boolean THEN pg_advisory_unlock(" STR(LOCK_CLASS) ", " STR(LOCK_SLEEP) ") END AS woke"
+    "       FROM pg_current_snapshot() c) s"
+    " LEFT JOIN LATERAL ("
+    CYCLE_ROW(1) " FROM (SELECT " CYCLE_COLS " FROM run_outbox"
+    "                   WHERE id > $2::bigint ORDER BY id LIMIT $3::int) o"
+    "  UNION ALL "
+    CYCLE_ROW(2) " FROM unnest($4::bigint[], $5::bigint[]) g(lo, hi)"
+    "   CROSS JOIN LATERAL (SELECT " CYCLE_COLS " FROM run_outbox WHERE id BETWEEN g.lo AND g.hi) o"
+    "  UNION ALL "
+    CYCLE_ROW(4) " FROM unnest($6::text[], $7::bigint[]) c(run, seq)"
+    "   CROSS JOIN LATERAL (SELECT " CYCLE_COLS " FROM run_outbox"
+    "    WHERE run_id = c.run AND seq >= c.seq AND published_at IS NULL ORDER BY seq LIMIT $8::int) o"
+    " ) r ON true"
+    " ORDER BY r.id";
+_Static_assert(STORE_ROW_FRONTIER == 1 && STORE_ROW_GAP == 2 && STORE_ROW_CATCHUP == 4,
+               "cycle_sql numbers its three parts 1, 2 and 4");
+
+bool store_prepare_relay(store *s)
 {
     s->sqlstate[0] = '\0';
     if (!s->conn) {
-        set_err(s, "fetch batch", "not connected");
+        store_set_err(s, "prepare", "not connected");
         return false;
     }
-    char lim[24];
-    snprintf(lim, sizeof lim, "%ld", limit);
-    buf held, dn, ex;
-    buf_init(&held, 0);
-    buf_init(&dn, 0);
-    buf_init(&ex, 0);
-    bool ok = text_array(&held, skip, skip_len, nskip) && id_array(&dn, done, ndone) &&
-              id_array(&ex, exclude, nexclude);
-    if (ok) {
-        const char *params[] = {lim, held.data, dn.data, ex.data};
-        /* The UPDATE and the SELECT share one snapshot: the rows just marked still
-         * look unpublished to the SELECT, hence they are in $4 too. NOT IN over a
-         * subquery is hashed: cheap however long the list. */
-        ok = PQsendQueryParams(s->conn,
-                               "WITH marked AS (UPDATE run_outbox SET published_at = now()"
-                               "  WHERE id = ANY($3::bigint[]) AND published_at IS NULL) " FETCH_COLUMNS
-                               " FROM run_outbox WHERE published_at IS NULL AND run_id <> ALL($2::text[])"
-                               "  AND id NOT IN (SELECT unnest($4::bigint[]))"
-                               " ORDER BY id LIMIT $1::int",
-                               4, NULL, params, NULL, NULL, 0) != 0;
+    if (s->prepared)
+        return true;
+    /* A cached id sequence hands each session a block of ids: ids would then not
+     * follow the order in which writers of a run take their turn. */
+    PGresult *r = store_run(s, "check the id sequence",
+                            "SELECT seqcache, seqcycle::text FROM pg_sequence"
+                            " WHERE seqrelid = pg_get_serial_sequence('run_outbox', 'id')::regclass",
+                            0, NULL);
+    if (!r)
+        return false;
+    bool ok = PQntuples(r) == 1 && !strcmp(PQgetvalue(r, 0, 0), "1") && !strcmp(PQgetvalue(r, 0, 1), "false");
+    if (!ok)
+        snprintf(s->err, sizeof s->err,
+                 "the id sequence of run_outbox must have CACHE 1 and NO CYCLE (ids must be drawn in "
+                 "the order writers of a run take their turn): ALTER SEQUENCE ... CACHE 1 NO CYCLE");
+    PQclear(r);
+    if (!ok)
+        return false;
+    if (!store_run_cmd(s, "set plan cache mode", "SET plan_cache_mode = force_generic_plan", 0, NULL))
+        return false;
+    if (!PQsendPrepare(s->conn, "outboxd_cycle", cycle_sql, 0, NULL)) {
+        store_set_err(s, "prepare", PQerrorMessage(s->conn));
+        store_disconnect(s);
+        return false;
+    }
+    r = await_result(s, "prepare the relay's statement");
+    PQclear(r);
+    s->prepared = r != NULL;
+    return s->prepared;
+}
+
+bool store_cycle_begin(store *s, const store_cycle *c)
+{
+    s->sqlstate[0] = '\0';
+    if (!s->conn || !s->prepared) {
+        store_set_err(s, "cycle", "not connected");
+        return false;
+    }
+    char after[24], limit[24], cu_limit[24], low[24];
+    snprintf(after, sizeof after, "%lld", c->after);
+    snprintf(limit, sizeof limit, "%ld", c->limit);
+    snprintf(cu_limit, sizeof cu_limit, "%ld", c->cu_limit > 0 ? c->cu_limit : 1);
+    snprintf(low, sizeof low, "%lld", c->low_water);
+    buf mark, glo, ghi, runs, seqs;
+    buf_init(&mark, 0);
+    buf_init(&glo, 0);
+    buf_init(&ghi, 0);
+    buf_init(&runs, 0);
+    buf_init(&seqs, 0);
+    bool ok = id_array(&mark, c->mark, c->nmark) && id_array(&glo, c->gap_lo, c->ngaps) &&
+              id_array(&ghi, c->gap_hi, c->ngaps) && text_array(&runs, c->cu_run, c->cu_len, c->ncu) &&
+              id_array(&seqs, c->cu_seq, c->ncu);
+    if (!ok) {
+        store_set_err(s, "cycle", "out of memory");
+    } else {
+        const char *params[] = {mark.data, after, limit, glo.data, ghi.data, runs.data, seqs.data, cu_limit,
+                                low, c->wake ? "true" : "false", c->need_tag ? "true" : "false"};
+        ok = PQsendQueryPrepared(s->conn, "outboxd_cycle", 11, params, NULL, NULL, 1) != 0;
         if (!ok)
-            set_err(s, "fetch batch", PQerrorMessage(s->conn));
-        else if (flush_all(s, now_ms() + s->timeout_ms) != 1) {
-            set_err(s, "fetch batch", "could not send the statement");
+            store_set_err(s, "cycle", PQerrorMessage(s->conn));
+        else if (flush_all(s, store_now_ms() + s->timeout_ms) != 1) {
+            store_set_err(s, "cycle", "could not send the statement");
             ok = false;
         }
         if (!ok)
             store_disconnect(s);
-    } else {
-        set_err(s, "fetch batch", "out of memory");
+        else if (c->wake)
+            s->asleep = false;
     }
-    buf_free(&held);
-    buf_free(&dn);
-    buf_free(&ex);
+    buf_free(&mark);
+    buf_free(&glo);
+    buf_free(&ghi);
+    buf_free(&runs);
+    buf_free(&seqs);
     return ok;
 }
 
-bool store_fetch_end(store *s, batch *b)
+static uint64_t be64(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return be64toh(v);
+}
+
+/* Writes a timestamp (microseconds since 2000-01-01 UTC, PostgreSQL's binary form) as
+ * 2026-11-27T10:00:00.123456Z, what to_char(... 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') gave. */
+static void format_timestamp(char out[STORE_TIME_LEN], int64_t us)
+{
+    if (us == INT64_MAX || us == INT64_MIN) {
+        snprintf(out, STORE_TIME_LEN, "%s", us > 0 ? "infinity" : "-infinity");
+        return;
+    }
+    int64_t secs = us / 1000000, frac = us % 1000000;
+    if (frac < 0) {
+        frac += 1000000;
+        secs--;
+    }
+    int64_t days = secs / 86400, sod = secs % 86400;
+    if (sod < 0) {
+        sod += 86400;
+        days--;
+    }
+    /* Civil date from days since 1970-01-01 (H. Hinnant's algorithm). */
+    int64_t z = days + 10957 + 719468, era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097, yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100), mp = (5 * doy + 2) / 153;
+    int64_t d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9, y = yoe + era * 400 + (m <= 2);
+    if (y < 0 || y > 9999) {
+        /* PostgreSQL's range: 4713 BC to 294276 AD. */
+        snprintf(out, STORE_TIME_LEN, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", (int)(y % 1000000),
+                 (int)m % 100, (int)d % 100, (int)(sod / 3600) % 100, (int)(sod / 60 % 60), (int)(sod % 60),
+                 (int)frac % 1000000);
+        return;
+    }
+    char *p = out;
+#define DIGITS(v, n)                                                                               \
+    for (int k_ = (n)-1; k_ >= 0; k_--) {                                                          \
+        p[k_] = (char)('0' + (v) % 10);                                                            \
+        (v) /= 10;                                                                                 \
+    }                                                                                              \
+    p += (n)
+    int64_t hh = sod / 3600, mi = sod / 60 % 60, ss = sod % 60;
+    DIGITS(y, 4);
+    *p++ = '-';
+    DIGITS(m, 2);
+    *p++ = '-';
+    DIGITS(d, 2);
+    *p++ = 'T';
+    DIGITS(hh, 2);
+    *p++ = ':';
+    DIGITS(mi, 2);
+    *p++ = ':';
+    DIGITS(ss, 2);
+    *p++ = '.';
+    DIGITS(frac, 6);
+#undef DIGITS
+    *p++ = 'Z';
+    *p = '\0';
+}
+
+/* The storage behind a cycle's events: the result and the formatted timestamps. */
+typedef struct cycle_rows {
+    PGresult *res;
+    char times[][STORE_TIME_LEN];
+} cycle_rows;
+
+static void free_cycle_rows(void *p)
+{
+    cycle_rows *cr = p;
+    PQclear(cr->res);
+    free(cr);
+}
+
+bool store_cycle_end(store *s, batch *b, store_seen *seen)
 {
     batch_clear(b);
+    memset(seen, 0, sizeof *seen);
     if (!s->conn) {
-        set_err(s, "fetch batch", "not connected");
+        store_set_err(s, "cycle", "not connected");
         return false;
     }
-    PGresult *r = await_result(s, "fetch batch (and mark)");
-    return r && fill_batch(s, r, b);
+    PGresult *r = await_result(s, "cycle (mark and read)");
+    if (!r)
+        return false;
+    int n = PQntuples(r);
+    if (n < 1 || PQnfields(r) != 10 || PQgetlength(r, 0, 0) != 8) {
+        PQclear(r);
+        store_set_err(s, "cycle", "unexpected result shape");
+        return false;
+    }
+    seen->xmin = be64(PQgetvalue(r, 0, 0));
+    seen->tag = PQgetisnull(r, 0, 1) ? 0 : be64(PQgetvalue(r, 0, 1));
+    seen->marked = (long long)be64(PQgetvalue(r, 0, 2));
+    bool empty = PQgetisnull(r, 0, 5);
+    cycle_rows *cr = empty ? NULL : malloc(sizeof *cr + (size_t)n * STORE_TIME_LEN);
+    if (empty || !cr || !batch_reserve(b, (size_t)n)) {
+        PQclear(r);
+        free(cr);
+        if (empty)
+            return true;
+        store_set_err(s, "cycle", "out of memory");
+        return false;
+    }
+    cr->res = r;
+    size_t k = 0;
+    for (int i = 0; i < n; i++) {
+        long long id = (long long)be64(PQgetvalue(r, i, 5));
+        unsigned flags = (unsigned)ntohl(*(const uint32_t *)(const void *)PQgetvalue(r, i, 4));
+        if (k > 0 && b->ev[k - 1].id == id) {
+            /* The same row from two parts of the statement. */
+            b->ev[k - 1].flags |= flags;
+            continue;
+        }
+        event *e = &b->ev[k++];
+        e->id = id;
+        e->flags = flags;
+        e->run_id = PQgetvalue(r, i, 6);
+        e->run_id_len = (size_t)PQgetlength(r, i, 6);
+        e->seq = (long long)be64(PQgetvalue(r, i, 7));
+        int64_t us = (int64_t)be64(PQgetvalue(r, i, 8));
+        format_timestamp(cr->times[i], us);
+        e->created_at = cr->times[i];
+        e->created_epoch = (double)us / 1e6 + 946684800.0;
+        if (PQgetisnull(r, i, 9)) {
+            e->payload = "";
+            e->payload_len = 0;
+        } else {
+            /* jsonb's binary form is a version byte, then the text. */
+            e->payload = PQgetvalue(r, i, 9) + 1;
+            e->payload_len = (size_t)PQgetlength(r, i, 9) - 1;
+        }
+    }
+    b->n = k;
+    b->owner = cr;
+    b->owner_free = free_cycle_rows;
+    return true;
+}
+
+bool store_sleep(store *s, bool *asleep)
+{
+    *asleep = false;
+    PGresult *r = store_run(s, "take the wake-up lock",
+                            "SELECT pg_try_advisory_lock(" STR(LOCK_CLASS) ", " STR(LOCK_SLEEP) ")", 0, NULL);
+    if (!r)
+        return false;
+    s->asleep = *asleep = PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    return true;
+}
+
+bool store_asleep(const store *s)
+{
+    return s->asleep;
+}
+
+bool store_low_water(store *s, long long *low)
+{
+    PGresult *r = store_run(s, "read the low water", "SELECT low_water FROM outboxd_relay", 0, NULL);
+    if (!r)
+        return false;
+    bool ok = PQntuples(r) == 1;
+    if (ok)
+        *low = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    else
+        store_set_err(s, "read the low water", "outboxd_relay has no row: the schema is damaged");
+    PQclear(r);
+    return ok;
 }
 
 bool store_mark_published(store *s, const long long *ids, size_t n)
@@ -704,12 +711,12 @@ bool store_mark_published(store *s, const long long *ids, size_t n)
     bool ok = id_array(&a, ids, n);
     if (ok) {
         const char *params[] = {a.data};
-        ok = run_cmd(s, "mark published",
-                     "UPDATE run_outbox SET published_at = now()"
-                     " WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
-                     1, params);
+        ok = store_run_cmd(s, "mark published",
+                           "UPDATE run_outbox SET published_at = now()"
+                           " WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
+                           1, params);
     } else {
-        set_err(s, "mark published", "out of memory");
+        store_set_err(s, "mark published", "out of memory");
     }
     buf_free(&a);
     return ok;
@@ -726,27 +733,47 @@ bool store_record_failure(store *s, const long long *ids, size_t n, int attempts
         char att[24];
         snprintf(att, sizeof att, "%d", attempts);
         const char *params[] = {a.data, att, error};
-        ok = run_cmd(s, "record failure",
-                     "UPDATE run_outbox SET attempts = attempts + $2::int, last_error = $3"
-                     " WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
-                     3, params);
+        ok = store_run_cmd(s, "record failure",
+                           "UPDATE run_outbox SET attempts = attempts + $2::int, last_error = $3"
+                           " WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
+                           3, params);
     } else {
-        set_err(s, "record failure", "out of memory");
+        store_set_err(s, "record failure", "out of memory");
     }
     buf_free(&a);
     return ok;
 }
 
-bool store_backlog(store *s, long long *count, double *oldest_age_s)
+bool store_backlog(store *s, long long from_id, const char *const *held, const size_t *held_len, size_t nheld,
+                   const long long *held_seq, long long *count, double *oldest_age_s)
 {
-    /* Bounded work on the leader's connection: count at most a million rows, and take
-     * the oldest from the lowest unpublished id (ids follow commit time closely). */
-    PGresult *r = run(s, "read backlog",
-                      "SELECT (SELECT count(*) FROM (SELECT 1 FROM run_outbox WHERE published_at IS NULL"
-                      "         LIMIT 1000000) c),"
-                      " coalesce((SELECT extract(epoch FROM now() - created_at) FROM run_outbox"
-                      "           WHERE published_at IS NULL ORDER BY id LIMIT 1), 0)::float8",
-                      0, NULL);
+    char from[24];
+    snprintf(from, sizeof from, "%lld", from_id);
+    buf runs, seqs;
+    buf_init(&runs, 0);
+    buf_init(&seqs, 0);
+    if (!text_array(&runs, held, held_len, nheld) || !id_array(&seqs, held_seq, nheld)) {
+        buf_free(&runs);
+        buf_free(&seqs);
+        store_set_err(s, "read backlog", "out of memory");
+        return false;
+    }
+    const char *params[] = {from, runs.data, seqs.data};
+    /* Bounded work: from the relay's low water on (held runs through their own index
+     * range), counting at most a million rows. */
+    PGresult *r = store_run(s, "read backlog",
+                            "WITH u AS (SELECT id, created_at FROM run_outbox"
+                            "           WHERE id >= $1::bigint AND published_at IS NULL"
+                            "             AND run_id <> ALL($2::text[])"
+                            "           UNION ALL"
+                            "           SELECT o.id, o.created_at FROM unnest($2::text[], $3::bigint[]) h(run, seq)"
+                            "            CROSS JOIN LATERAL (SELECT id, created_at FROM run_outbox"
+                            "             WHERE run_id = h.run AND seq >= h.seq AND published_at IS NULL) o"
+                            "           LIMIT 1000000)"
+                            " SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM u",
+                            3, params);
+    buf_free(&runs);
+    buf_free(&seqs);
     if (!r)
         return false;
     *count = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
@@ -767,7 +794,7 @@ bool store_take_retry(store *s)
 static bool count_cmd(store *s, const char *what, const char *sql, int n, const char *const *params,
                       long long *count)
 {
-    PGresult *r = run(s, what, sql, n, params);
+    PGresult *r = store_run(s, what, sql, n, params);
     if (!r)
         return false;
     *count = strtoll(PQcmdTuples(r), NULL, 10);
@@ -782,7 +809,7 @@ bool store_retry(store *s, const char *run_id, long long *n)
                      "UPDATE run_outbox SET attempts = 0, last_error = NULL"
                      " WHERE run_id = $1 AND published_at IS NULL AND attempts > 0",
                      1, params, n) &&
-           run_cmd(s, "retry: wake the relays", "SELECT pg_notify('" STORE_NOTIFY_CHANNEL "', 'retry')", 0,
+           store_run_cmd(s, "retry: wake the relays", "SELECT pg_notify('" STORE_NOTIFY_CHANNEL "', 'retry')", 0,
                    NULL);
 }
 
@@ -808,14 +835,66 @@ bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
     snprintf(lim, sizeof lim, "%ld", limit);
     const char *params[] = {age, lim};
     /* Looks only at the `limit` oldest published rows (primary-key order, which follows
-     * publish order closely) and deletes those past the window: bounded work whether
-     * or not anything qualifies, short locks, and unpublished rows are never touched. */
-    return count_cmd(s, "prune",
-                     "DELETE FROM run_outbox WHERE id IN ("
-                     " SELECT id FROM (SELECT id, published_at FROM run_outbox"
-                     "                 WHERE published_at IS NOT NULL ORDER BY id LIMIT $2::int) o"
-                     " WHERE published_at < now() - $1::interval)",
-                     2, params, deleted);
+     * publish order closely), so the work is bounded whether or not anything is due.
+     * For each run among those past the window it deletes the published rows up to
+     * the newest of them: always a prefix of the run, so that the run's newest
+     * remaining row still carries its highest seq. A run left with no rows gets its
+     * last seq (and the time of its last event) in run_outbox_seq, from which the
+     * insert trigger goes on. Unpublished rows are never touched. */
+    PGresult *r = store_run(s, "prune",
+                            "WITH due AS (SELECT run_id, max(seq) AS upto FROM"
+                            "              (SELECT run_id, seq, published_at FROM run_outbox"
+                            "               WHERE published_at IS NOT NULL ORDER BY id LIMIT $2::int) o"
+                            "             WHERE published_at < now() - $1::interval GROUP BY run_id),"
+                            "     del AS (DELETE FROM run_outbox r USING due"
+                            "             WHERE r.run_id = due.run_id AND r.seq <= due.upto AND r.published_at IS NOT NULL"
+                            "             RETURNING r.run_id, r.seq, r.created_at),"
+                            "     last AS (SELECT run_id, max(seq) AS seq, max(created_at) AS at FROM del GROUP BY run_id),"
+                            "     kept AS (INSERT INTO run_outbox_seq AS f (run_id, last_seq, last_event_at)"
+                            "              SELECT l.run_id, l.seq, l.at FROM last l WHERE NOT EXISTS"
+                            "               (SELECT 1 FROM run_outbox o WHERE o.run_id = l.run_id AND o.seq > l.seq)"
+                            "              ON CONFLICT (run_id) DO UPDATE"
+                            "              SET last_seq = greatest(f.last_seq, excluded.last_seq),"
+                            "                  last_event_at = greatest(f.last_event_at, excluded.last_event_at))"
+                            " SELECT count(*) FROM del",
+                            2, params);
+    if (!r)
+        return false;
+    *deleted = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    return true;
+}
+
+bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t cursor_len, long long *forgotten)
+{
+    char age[32], lim[24];
+    snprintf(age, sizeof age, "%ld milliseconds", idle_ms);
+    snprintf(lim, sizeof lim, "%ld", limit);
+    const char *params[] = {cursor, lim, age};
+    /* A window of `limit` counters in run_id order after the cursor: a full round
+     * over all counters takes (counters / limit) sweeps and needs no index of its own.
+     * Only runs with no rows at all whose last event is older than idle_ms go. */
+    PGresult *r = store_run(s, "forget idle runs",
+                            "WITH c AS (SELECT run_id FROM run_outbox_seq WHERE run_id > $1"
+                            "           ORDER BY run_id LIMIT $2::int),"
+                            "     gone AS (DELETE FROM run_outbox_seq f USING c WHERE f.run_id = c.run_id"
+                            "              AND f.last_event_at < now() - $3::interval"
+                            "              AND NOT EXISTS (SELECT 1 FROM run_outbox o WHERE o.run_id = f.run_id)"
+                            "              RETURNING 1)"
+                            " SELECT (SELECT count(*) FROM c), (SELECT max(run_id) FROM c), (SELECT count(*) FROM gone)",
+                            3, params);
+    if (!r)
+        return false;
+    long long window = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    *forgotten = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    /* A short window reached the end: the next sweep starts over. A run id longer
+     * than the cursor's room cannot be a cursor; start over too (never skip). */
+    if (window < limit || (size_t)PQgetlength(r, 0, 1) >= cursor_len)
+        cursor[0] = '\0';
+    else
+        memcpy(cursor, PQgetvalue(r, 0, 1), (size_t)PQgetlength(r, 0, 1) + 1);
+    PQclear(r);
+    return true;
 }
 
 /* ---- producer side and status ---------------------------------------------------- */
@@ -823,7 +902,7 @@ bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq)
 {
     const char *params[] = {run_id, json};
-    PGresult *r = run(s, "emit",
+    PGresult *r = store_run(s, "emit",
                       "INSERT INTO run_outbox (run_id, payload) VALUES ($1, $2::jsonb) RETURNING id, seq",
                       2, params);
     if (!r)
@@ -838,9 +917,11 @@ bool store_print_status(store *s, bool json)
 {
     char sql[1024];
     snprintf(sql, sizeof sql,
-             "SELECT (SELECT count(*) FROM run_outbox WHERE published_at IS NULL),"
+             /* Unpublished rows lie at or above the relay's low water. */
+             "SELECT (SELECT count(*) FROM run_outbox WHERE id >= (SELECT low_water FROM outboxd_relay)"
+             "   AND published_at IS NULL),"
              " (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8"
-             "   FROM run_outbox WHERE published_at IS NULL),"
+             "   FROM run_outbox WHERE id >= (SELECT low_water FROM outboxd_relay) AND published_at IS NULL),"
              " (SELECT count(*) FROM run_outbox WHERE published_at > now() - interval '1 minute'),"
              " (SELECT coalesce(max(id), 0) FROM run_outbox WHERE published_at IS NOT NULL),"
              " pg_total_relation_size('run_outbox'), pg_indexes_size('run_outbox'),"
@@ -848,15 +929,20 @@ bool store_print_status(store *s, bool json)
              " (SELECT a.pid || ' ' || a.application_name || ' ' || coalesce(host(a.client_addr), 'local')"
              "   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
              "   WHERE l.locktype = 'advisory' AND l.classid = %d AND l.objid = %d AND l.granted"
-             "   LIMIT 1)",
+             "   LIMIT 1),"
+             " (SELECT count(*) FROM run_outbox_seq)",
              LOCK_CLASS, LOCK_LEADER);
-    PGresult *r = run(s, "status", sql, 0, NULL);
-    if (!r)
+    PGresult *r = store_run(s, "status", sql, 0, NULL);
+    if (!r) {
+        if (!strcmp(s->sqlstate, "42P01"))
+            snprintf(s->err, sizeof s->err, "the outboxd schema is missing or older than this binary: "
+                                            "run 'outboxd migrate'");
         return false;
-    PGresult *blocked = run(s, "status: blocked runs",
+    }
+    PGresult *blocked = store_run(s, "status: blocked runs",
                             "SELECT run_id, id, seq, attempts, coalesce(last_error, '')"
-                            " FROM run_outbox WHERE published_at IS NULL AND attempts > 0"
-                            " ORDER BY id LIMIT 20",
+                            " FROM run_outbox WHERE id >= (SELECT low_water FROM outboxd_relay)"
+                            "  AND published_at IS NULL AND attempts > 0 ORDER BY id LIMIT 20",
                             0, NULL);
     if (!blocked) {
         PQclear(r);
@@ -870,6 +956,7 @@ bool store_print_status(store *s, bool json)
     const char *index_bytes = PQgetvalue(r, 0, 5);
     const char *version = PQgetvalue(r, 0, 6);
     const char *leader = PQgetisnull(r, 0, 7) ? NULL : PQgetvalue(r, 0, 7);
+    const char *counters = PQgetvalue(r, 0, 8);
     int nb = PQntuples(blocked);
 
     buf out;
@@ -880,9 +967,9 @@ bool store_print_status(store *s, bool json)
                         "{\"backlog\":%lld,\"oldest_unpublished_age_seconds\":%.3f,"
                         "\"published_last_minute\":%lld,\"publish_rate_per_second\":%.2f,"
                         "\"last_published_id\":%s,\"table_bytes\":%s,\"index_bytes\":%s,"
-                        "\"schema_version\":%s,\"leader\":",
+                        "\"schema_version\":%s,\"run_counters\":%s,\"leader\":",
                         backlog, oldest, last_minute, last_minute / 60.0, last_id, table_bytes,
-                        index_bytes, version) &&
+                        index_bytes, version, counters) &&
              (leader ? buf_json_string(&out, leader, strlen(leader)) : buf_puts(&out, "null")) &&
              buf_puts(&out, ",\"blocked\":[");
         for (int i = 0; ok && i < nb; i++)
@@ -903,10 +990,11 @@ bool store_print_status(store *s, bool json)
                         "last published id:     %s\n"
                         "table size:            %s bytes (indexes %s bytes)\n"
                         "schema version:        %s\n"
+                        "run counters:          %s (runs whose events retention deleted)\n"
                         "relay leader:          %s\n"
                         "runs with failed attempts: %d%s\n",
                         backlog, oldest, last_minute, last_minute / 60.0, last_id, table_bytes,
-                        index_bytes, version, leader ? leader : "none", nb, nb == 20 ? " (first 20)" : "");
+                        index_bytes, version, counters, leader ? leader : "none", nb, nb == 20 ? " (first 20)" : "");
         for (int i = 0; ok && i < nb; i++)
             ok = buf_printf(&out, "  run %s: id %s seq %s, %s attempts, last error: %s\n",
                             PQgetvalue(blocked, i, 0), PQgetvalue(blocked, i, 1),
@@ -916,7 +1004,7 @@ bool store_print_status(store *s, bool json)
     if (ok)
         fputs(out.data, stdout);
     else
-        set_err(s, "status", "out of memory");
+        store_set_err(s, "status", "out of memory");
     buf_free(&out);
     PQclear(r);
     PQclear(blocked);

@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 #define STORE_NOTIFY_CHANNEL "outboxd"
 
 typedef struct store store;
@@ -48,27 +48,73 @@ bool store_take_notified(store *s);
 /* Tries to take the relay leader lock (a session advisory lock); *leader says if held. */
 bool store_try_lead(store *s, bool *leader) WUR;
 
-/* Fetches up to limit unpublished events in id order into b (cleared first), leaving
- * out the runs named in skip[0..nskip) (lengths in skip_len). */
-bool store_fetch(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
-                 batch *b) WUR;
-/* The overlapped form, for draining a backlog: store_fetch_begin sends (and returns
- * without waiting for the answer) one statement that marks done[0..ndone) published
- * and fetches the next `limit` unpublished events, leaving out the `skip` runs and the
- * ids in exclude[0..nexclude) (the batch being published meanwhile, and done, which
- * the statement's own snapshot still sees unpublished). store_fetch_end waits for the
- * answer and fills b. Between the two the caller publishes to Redis, so PostgreSQL and
- * Redis work at the same time. */
-bool store_fetch_begin(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
-                       const long long *done, size_t ndone, const long long *exclude, size_t nexclude) WUR;
-bool store_fetch_end(store *s, batch *b) WUR;
+/* ---- the relay's cycle -------------------------------------------------------------
+ * The relay finds events by id, not by an index on published_at (which would make
+ * every mark a non-HOT update): one statement per cycle marks what went out and reads
+ * every row the relay has not seen, in one snapshot. How the relay tells an id that
+ * may still commit from one that never will is in relay_scan.h. */
+
+/* Checks that ids are drawn as the schema needs (the sequence is not cached per
+ * session) and prepares the cycle statement on this session. */
+bool store_prepare_relay(store *s) WUR;
+
+typedef struct store_cycle {
+    const long long *mark; /* mark these published (rows already published are skipped) */
+    size_t nmark;
+    long long after;       /* read every row with id > after (published ones too) ... */
+    long limit;            /* ... at most this many */
+    const long long *gap_lo, *gap_hi; /* read every row with id in gap_lo[i]..gap_hi[i] */
+    size_t ngaps;
+    const char *const *cu_run; /* read run cu_run[i]'s unpublished rows from seq cu_seq[i] on ... */
+    const size_t *cu_len;
+    const long long *cu_seq;
+    size_t ncu;
+    long cu_limit;         /* ... at most this many per run */
+    long long low_water;   /* store it in outboxd_relay (for a relay that takes over); < 0: no */
+    bool wake;             /* release the wake-up lock that store_sleep took */
+    bool need_tag;         /* take a transaction id even without marks (store_seen.tag) */
+} store_cycle;
+
+/* Where a row of a cycle came from (event.flags): the parts above, or-ed when a row
+ * was read by several; STORE_ROW_DONE when it is published already (no payload). */
+#define STORE_ROW_FRONTIER 1
+#define STORE_ROW_GAP 2
+#define STORE_ROW_CATCHUP 4
+#define STORE_ROW_DONE 8
+
+typedef struct store_seen {
+    unsigned long long xmin; /* the snapshot's xmin (a full transaction id) */
+    unsigned long long tag;  /* the statement's own transaction id, taken after its snapshot;
+                              * 0 when it had none (nothing to mark, need_tag false) */
+    long long marked;        /* rows the mark changed */
+} store_seen;
+
+/* Sends one cycle statement and returns without waiting: the caller publishes to
+ * Redis meanwhile. store_cycle_end waits for it and fills b with its rows in id
+ * order, each once (the batch owns their storage). */
+bool store_cycle_begin(store *s, const store_cycle *c) WUR;
+bool store_cycle_end(store *s, batch *b, store_seen *seen) WUR;
+/* Length of the created_at text of the events a cycle returns, with its NUL. */
+#define STORE_TIME_LEN 48
+
+/* Takes the wake-up lock without waiting. While the relay holds it, writers notify;
+ * a writer that did not notify holds a share of it until it commits, so *asleep is
+ * false (and nothing taken) while such a commit may still be invisible: read again. */
+bool store_sleep(store *s, bool *asleep) WUR;
+/* Whether this session holds the wake-up lock (a cycle with wake releases it). */
+bool store_asleep(const store *s);
+/* The low water a previous leader stored: every event below it is published. */
+bool store_low_water(store *s, long long *low) WUR;
 
 /* Marks the given events published, in one statement. */
 bool store_mark_published(store *s, const long long *ids, size_t n) WUR;
 /* Adds attempts to the given events and records the error, in one statement. */
 bool store_record_failure(store *s, const long long *ids, size_t n, int attempts, const char *error) WUR;
-/* Unpublished count and the age in seconds of the oldest unpublished event. */
-bool store_backlog(store *s, long long *count, double *oldest_age_s) WUR;
+/* Unpublished count (up to a million) and the age in seconds of the oldest
+ * unpublished event, looking at ids from from_id on and at the held runs held[i]
+ * from seq held_seq[i] on. */
+bool store_backlog(store *s, long long from_id, const char *const *held, const size_t *held_len, size_t nheld,
+                   const long long *held_seq, long long *count, double *oldest_age_s) WUR;
 
 /* The gateway's replay statement ($1 run_id, $2 after this seq; returns seq, payload
  * text, n and newest in seq order: at most 200 rows and about 4 MB, n being how many
@@ -95,10 +141,17 @@ bool store_skip(store *s, const char *run_id, long long seq, const char *reason,
 bool store_take_retry(store *s);
 
 /* Deletes, among the `limit` oldest published events, those published more than
- * older_than_ms ago, in one statement; *deleted gets how many (fewer than limit:
- * nothing more is due). Unpublished events are never deleted, nor the per-run
- * counters (a run's seq must not start again at 1). */
+ * older_than_ms ago (with the earlier published events of their runs), in one
+ * statement; *deleted gets how many (fewer than limit: nothing more is due).
+ * Unpublished events are never deleted. A run left without rows keeps its last seq
+ * in run_outbox_seq, so that its seq goes on from there. */
 bool store_prune(store *s, long older_than_ms, long limit, long long *deleted) WUR;
+/* Deletes the kept last seq of runs that have no rows and whose last event is older
+ * than idle_ms, looking at `limit` runs after `cursor` (run_id order; "" = from the
+ * start), which it advances (back to "" at the end). Such a run, if it writes again,
+ * starts over at seq 1. */
+bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t cursor_len,
+                       long long *forgotten) WUR;
 
 /* Inserts one event; the database assigns id and seq. */
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq) WUR;

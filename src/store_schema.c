@@ -1,0 +1,312 @@
+/* The schema: numbered migrations, applied by `outboxd migrate` while producers keep
+ * writing (every lock it takes on run_outbox is bounded and retried), and the check
+ * that the relay and the one-shot commands make before they use the tables. */
+#include "store_int.h"
+
+#include "log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+/* Migration 1: the outbox, the per-run sequence and the wake-up trigger.
+ * Writers of one run are serialized by the row lock on their run_outbox_seq row,
+ * held from the upsert until commit, so per-run commit order is seq order. The id
+ * default is drawn before BEFORE triggers run (before that lock), so the trigger
+ * draws the id again after taking it: per-run id order is then commit order too. */
+static const char migration_1[] =
+    "CREATE TABLE outboxd_meta ("
+    "  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+    "  epoch text NOT NULL DEFAULT substr(md5(random()::text || clock_timestamp()::text), 1, 12));"
+    "INSERT INTO outboxd_meta DEFAULT VALUES;"
+    "CREATE TABLE run_outbox_seq ("
+    "  run_id text PRIMARY KEY,"
+    "  last_seq bigint NOT NULL);"
+    "CREATE TABLE run_outbox ("
+    "  id BIGSERIAL PRIMARY KEY,"
+    "  run_id TEXT NOT NULL CHECK (run_id <> ''),"
+    "  seq BIGINT NOT NULL,"
+    "  payload JSONB NOT NULL,"
+    "  created_at TIMESTAMPTZ NOT NULL DEFAULT now(),"
+    "  published_at TIMESTAMPTZ NULL,"
+    "  attempts INT NOT NULL DEFAULT 0,"
+    "  last_error TEXT NULL);"
+    "CREATE UNIQUE INDEX run_outbox_run_seq ON run_outbox (run_id, seq);"
+    "CREATE INDEX run_outbox_unpublished ON run_outbox (id) WHERE published_at IS NULL;"
+    /* Every publish leaves a dead tuple: vacuum this table early and often. */
+    "ALTER TABLE run_outbox SET (autovacuum_vacuum_scale_factor = 0.01,"
+    "  autovacuum_vacuum_threshold = 1000, autovacuum_analyze_scale_factor = 0.02,"
+    "  autovacuum_vacuum_insert_scale_factor = 0.05);"
+    "ALTER TABLE run_outbox_seq SET (autovacuum_vacuum_scale_factor = 0.01,"
+    "  autovacuum_vacuum_threshold = 1000);"
+    /* Pinned search_path: the trigger must find its counter table and sequence
+     * whatever search_path the inserting session has. */
+    "CREATE FUNCTION outboxd_assign_seq() RETURNS trigger LANGUAGE plpgsql"
+    " SET search_path FROM CURRENT AS $f$"
+    " BEGIN"
+    "  INSERT INTO run_outbox_seq AS s (run_id, last_seq) VALUES (NEW.run_id, 1)"
+    "  ON CONFLICT (run_id) DO UPDATE SET last_seq = s.last_seq + 1"
+    "  RETURNING s.last_seq INTO NEW.seq;"
+    "  NEW.id := nextval('run_outbox_id_seq');"
+    "  RETURN NEW;"
+    " END $f$;"
+    "CREATE TRIGGER run_outbox_assign_seq BEFORE INSERT ON run_outbox"
+    "  FOR EACH ROW EXECUTE FUNCTION outboxd_assign_seq();"
+    "CREATE FUNCTION outboxd_notify() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS $f$"
+    " BEGIN PERFORM pg_notify('" STORE_NOTIFY_CHANNEL "', ''); RETURN NULL; END $f$;"
+    "CREATE TRIGGER run_outbox_notify AFTER INSERT ON run_outbox"
+    "  FOR EACH STATEMENT EXECUTE FUNCTION outboxd_notify();";
+
+/* Migration 2: cheaper for producers, cheaper marks (docs/SCHEMA.md).
+ * - Writers of a run queue on a transaction-scoped advisory lock of the run instead
+ *   of updating a counter row, and the next seq is read from the run's newest row
+ *   (run_outbox_seq keeps only the last seq of runs whose rows retention deleted).
+ *   The id is drawn once, after that lock; the column default, drawn before any
+ *   BEFORE trigger, goes. The transaction id is taken before the id, so that a
+ *   relay that sees an id missing can tell when it can no longer appear.
+ * - No partial index on published_at and a fillfactor below 100: the relay's mark
+ *   becomes a HOT update. The relay finds new rows by id (docs/SCHEMA.md).
+ * - NOTIFY only when a relay waits: the leading relay holds an advisory lock
+ *   (LOCK_SLEEP) exactly while it waits; a writer that cannot share it notifies, a
+ *   writer that can share it holds it until its commit, so the relay cannot start
+ *   waiting before that commit is visible to it.
+ * Names are qualified with the schema at migration time instead of pinning the
+ * function's search_path: a SET clause on a function costs every call. */
+static const char migration_2[] =
+    "CREATE TABLE outboxd_relay ("
+    "  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+    "  low_water bigint NOT NULL,"
+    "  updated_at timestamptz NOT NULL DEFAULT now()) WITH (fillfactor = 50);"
+    "INSERT INTO outboxd_relay (low_water)"
+    "  SELECT coalesce((SELECT min(id) FROM run_outbox WHERE published_at IS NULL),"
+    "                  (SELECT max(id) + 1 FROM run_outbox), 1);"
+    "DROP TRIGGER run_outbox_notify ON run_outbox;"
+    "DROP FUNCTION outboxd_notify();"
+    "DROP INDEX run_outbox_unpublished;"
+    "ALTER TABLE run_outbox ALTER COLUMN id DROP DEFAULT, SET (fillfactor = 80);"
+    "ALTER TABLE run_outbox_seq ADD COLUMN last_event_at timestamptz NOT NULL DEFAULT now();"
+    "DO $do$ BEGIN EXECUTE format($f$"
+    "CREATE OR REPLACE FUNCTION %1$I.outboxd_assign_seq() RETURNS trigger LANGUAGE plpgsql AS $body$"
+    " BEGIN"
+    "  IF pg_catalog.pg_advisory_xact_lock(" STR(LOCK_RUN_CLASS) ", pg_catalog.hashtext(NEW.run_id)) IS NULL"
+    "     OR pg_catalog.pg_current_xact_id() IS NULL THEN"
+    "   RETURN NULL;"
+    "  END IF;"
+    "  SELECT o.seq + 1 INTO NEW.seq FROM %1$I.run_outbox o WHERE o.run_id = NEW.run_id"
+    "   ORDER BY o.seq DESC LIMIT 1;"
+    "  IF NOT FOUND THEN"
+    "   SELECT f.last_seq + 1 INTO NEW.seq FROM %1$I.run_outbox_seq f WHERE f.run_id = NEW.run_id;"
+    "   IF NOT FOUND THEN"
+    "    NEW.seq := 1;"
+    "   END IF;"
+    "  END IF;"
+    "  NEW.id := pg_catalog.nextval(%2$L::pg_catalog.regclass);"
+    "  IF NOT pg_catalog.pg_try_advisory_xact_lock_shared(" STR(LOCK_CLASS) ", " STR(LOCK_SLEEP) ") THEN"
+    "   PERFORM pg_catalog.pg_notify('" STORE_NOTIFY_CHANNEL "', '');"
+    "  END IF;"
+    "  RETURN NEW;"
+    " END $body$ $f$, current_schema(),"
+    "  pg_get_serial_sequence(quote_ident(current_schema()) || '.run_outbox', 'id'));"
+    " END $do$;";
+
+static const struct migration {
+    int version;
+    const char *name;
+    const char *sql;
+    bool locks_outbox;    /* takes run_outbox ACCESS EXCLUSIVE first: a bounded wait, retried */
+    bool stops_relays;    /* relays of earlier versions cannot run on it: end their sessions */
+} migrations[] = {
+    {1, "outbox table, per-run seq, notify trigger", migration_1, false, false},
+    {2, "advisory per-run lock, HOT marks, notify only a waiting relay", migration_2, true, true},
+};
+#define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
+_Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
+               "STORE_SCHEMA_VERSION must name the last migration");
+
+/* Producers queue behind a pending ACCESS EXCLUSIVE request: asking for it at most
+ * this long keeps every insert's wait well under a second. A long transaction on the
+ * table makes the attempt fail; it is retried after a pause that lets the queued
+ * inserts through. */
+#define MIGRATE_LOCK_TIMEOUT "200ms"
+#define MIGRATE_LOCK_PAUSE_MS 300
+#define MIGRATE_LOCK_ATTEMPTS 100
+
+static bool schema_version(store *s, int *version)
+{
+    PGresult *r = store_run(s, "read schema version",
+                            "SELECT coalesce(max(version), 0) FROM outboxd_migrations", 0, NULL);
+    if (!r)
+        return false;
+    *version = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return true;
+}
+
+static void pause_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* Rolls back, keeping the error that made us do it. */
+static void rollback_keep_err(store *s)
+{
+    char keep[sizeof s->err];
+    memcpy(keep, s->err, sizeof keep);
+    char state[sizeof s->sqlstate];
+    memcpy(state, s->sqlstate, sizeof state);
+    if (store_connected(s) && !store_run_cmd(s, "rollback", "ROLLBACK", 0, NULL))
+        log_warn("%s", s->err);
+    memcpy(s->err, keep, sizeof keep);
+    memcpy(s->sqlstate, state, sizeof state);
+}
+
+/* Applies one migration in one transaction. Returns 1 applied, 0 failed. */
+static int apply(store *s, const struct migration *m)
+{
+    char ver[24];
+    snprintf(ver, sizeof ver, "%d", m->version);
+    const char *params[] = {ver, m->name};
+    for (int attempt = 1;; attempt++) {
+        if (!store_run_cmd(s, "begin", "BEGIN", 0, NULL))
+            return 0;
+        bool ok = true;
+        if (m->locks_outbox)
+            ok = store_run_cmd(s, "lock run_outbox",
+                               "SET LOCAL lock_timeout = '" MIGRATE_LOCK_TIMEOUT "';"
+                               "LOCK TABLE run_outbox IN ACCESS EXCLUSIVE MODE",
+                               0, NULL);
+        ok = ok && store_run_cmd(s, "apply migration", m->sql, 0, NULL) &&
+             store_run_cmd(s, "record migration",
+                           "INSERT INTO outboxd_migrations (version, name) VALUES ($1::int, $2)", 2, params) &&
+             store_run_cmd(s, "commit", "COMMIT", 0, NULL);
+        if (ok)
+            return 1;
+        bool busy = !strcmp(s->sqlstate, "55P03"); /* lock_not_available */
+        rollback_keep_err(s);
+        if (!busy || !store_connected(s))
+            return 0;
+        if (attempt == MIGRATE_LOCK_ATTEMPTS) {
+            snprintf(s->err, sizeof s->err,
+                     "migration %d: run_outbox stayed locked by other transactions through %d attempts "
+                     "(see pg_stat_activity for long transactions on it); nothing was changed",
+                     m->version, attempt);
+            return 0;
+        }
+        if (attempt == 1 || attempt % 10 == 0)
+            log_info("migration %d: run_outbox is busy (a transaction holds it longer than %s); "
+                     "retrying (attempt %d)", m->version, MIGRATE_LOCK_TIMEOUT, attempt);
+        pause_ms(MIGRATE_LOCK_PAUSE_MS);
+    }
+}
+
+/* Ends the sessions of the relays connected now: after a migration that older
+ * relays cannot work with, they reconnect, find the schema newer than they know,
+ * say so and stop publishing, and the new leader takes over from their lock. */
+static void stop_old_relays(store *s)
+{
+    PGresult *r = store_run(s, "stop older relays",
+                            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)), count(*)"
+                            " FROM pg_stat_activity WHERE datname = current_database()"
+                            "  AND application_name LIKE 'outboxd-relay-%' AND pid <> pg_backend_pid()",
+                            0, NULL);
+    if (!r) {
+        log_warn("could not end the sessions of older relays (%s): stop them, they do not work "
+                 "with the new schema", s->err);
+        return;
+    }
+    long ended = atol(PQgetvalue(r, 0, 0)), seen = atol(PQgetvalue(r, 0, 1));
+    PQclear(r);
+    if (seen)
+        log_info("ended the database sessions of %ld of %ld connected relay(s): relays of earlier "
+                 "versions refuse this schema from now on; start the new ones", ended, seen);
+    if (ended < seen)
+        log_warn("%ld relay session(s) could not be ended (permission?): stop those relays", seen - ended);
+}
+
+bool store_migrate(store *s, int *from, int *to)
+{
+    char key[64];
+    snprintf(key, sizeof key, "SELECT pg_advisory_lock(%d, %d)", LOCK_CLASS, LOCK_MIGRATE);
+    if (!store_run_cmd(s, "take migration lock", key, 0, NULL))
+        return false;
+    bool ok = false, stop_relays = false;
+    if (!store_run_cmd(s, "create migrations table",
+                       "SET client_min_messages = warning;"
+                       "CREATE TABLE IF NOT EXISTS outboxd_migrations ("
+                       " version int PRIMARY KEY, name text NOT NULL,"
+                       " applied_at timestamptz NOT NULL DEFAULT now())",
+                       0, NULL))
+        goto done;
+    int v;
+    if (!schema_version(s, &v))
+        goto done;
+    *from = *to = v;
+    if (v > STORE_SCHEMA_VERSION) {
+        snprintf(s->err, sizeof s->err,
+                 "database schema is at version %d, newer than this binary's %d: upgrade outboxd", v,
+                 STORE_SCHEMA_VERSION);
+        goto done;
+    }
+    for (int i = 0; i < NMIGRATIONS; i++) {
+        if (migrations[i].version <= v)
+            continue;
+        if (!apply(s, &migrations[i]))
+            goto done;
+        *to = migrations[i].version;
+        /* A fresh install has no older relays to stop. */
+        stop_relays = stop_relays || (migrations[i].stops_relays && v > 0);
+        log_info("applied migration %d (%s)", migrations[i].version, migrations[i].name);
+    }
+    if (stop_relays)
+        stop_old_relays(s);
+    ok = true;
+done:
+    if (store_connected(s)) {
+        char unlock[64];
+        snprintf(unlock, sizeof unlock, "SELECT pg_advisory_unlock(%d, %d)", LOCK_CLASS, LOCK_MIGRATE);
+        char keep[sizeof s->err];
+        memcpy(keep, s->err, sizeof keep);
+        if (!store_run_cmd(s, "release migration lock", unlock, 0, NULL))
+            log_warn("%s", s->err);
+        memcpy(s->err, keep, sizeof keep);
+    }
+    return ok;
+}
+
+bool store_check_schema(store *s, char *epoch, size_t epoch_len)
+{
+    int v;
+    if (!schema_version(s, &v)) {
+        if (!strcmp(s->sqlstate, "42P01"))
+            snprintf(s->err, sizeof s->err, "the outboxd schema is not installed: run 'outboxd migrate'");
+        return false;
+    }
+    if (v != STORE_SCHEMA_VERSION) {
+        snprintf(s->err, sizeof s->err,
+                 v < STORE_SCHEMA_VERSION
+                     ? "database schema is at version %d, this binary needs %d: run 'outboxd migrate'"
+                     : "database schema is at version %d, newer than this binary's %d: upgrade outboxd",
+                 v, STORE_SCHEMA_VERSION);
+        return false;
+    }
+    /* The timeline joins the epoch: after a promotion or a point-in-time restore the
+     * sequences may be behind marks already in Redis, so marks start afresh. */
+    PGresult *r = store_run(s, "read epoch",
+                            "SELECT epoch || '.' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+                            " FROM outboxd_meta",
+                            0, NULL);
+    if (!r)
+        return false;
+    bool ok = PQntuples(r) == 1;
+    if (ok)
+        snprintf(epoch, epoch_len, "%s", PQgetvalue(r, 0, 0));
+    else
+        snprintf(s->err, sizeof s->err, "outboxd_meta has no row: the schema is damaged");
+    PQclear(r);
+    return ok;
+}
