@@ -13,14 +13,14 @@ ifeq ($(SANITIZE),1)
   CFLAGS_BASE += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
 endif
-override CFLAGS := $(CFLAGS_BASE) $(CFLAGS)
+override CFLAGS := $(CFLAGS_BASE) $(CPPFLAGS) $(CFLAGS)
 
-CORE = buf log config event metrics store_pg store_schema redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_replay sse_redis sse_page
+CORE = buf log config event metrics store_pg store_schema redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_replay sse_redis sse_workers sse_page
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse
 UNIT = test_buf test_config test_relay test_scan test_metrics test_sse
 
-.PHONY: all deps test test-sanitize unit integration run bench soak clean format docs
+.PHONY: all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
 
 deps:
@@ -39,7 +39,7 @@ $(BUILD)/obx_%: tests/tools/obx_%.c tests/tools/*.h $(BUILD)/buf.o $(BUILD)/metr
 $(BUILD)/test_buf: tests/unit/test_buf.c $(BUILD)/buf.o $(BUILD)/event.o
 $(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o $(BUILD)/log.o $(BUILD)/buf.o
 $(BUILD)/test_metrics: tests/unit/test_metrics.c $(BUILD)/metrics.o $(BUILD)/buf.o
-$(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_run.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
+$(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_run.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_workers.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
 	$(BUILD)/log.o $(BUILD)/config.o $(BUILD)/store_pg.o
 $(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay_batch.o $(BUILD)/event.o \
 	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o
@@ -73,17 +73,99 @@ bench: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
 
+# Gateway scale: 100,000 idle streams over workers, and a hot run fanned out to 10,000
+# streams, each beside the single-process gateway (bench/scale.sh; a few minutes).
+bench-scale: deps
+	@$(MAKE) --no-print-directory all
+	@bash bench/scale.sh
+
 # Retention soak: a million events through a relay with --retention on (bench/soak.sh).
 soak: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/soak.sh
 
-# Regenerates docs/CONFIGURATION.md from the settings table.
+# Regenerates docs/CONFIGURATION.md, the man page and bash completion from the
+# settings and command tables.
 docs: $(BUILD)/outboxd
 	$(BUILD)/outboxd settings > docs/CONFIGURATION.md
+	$(BUILD)/outboxd settings --format man > docs/outboxd.1
+	$(BUILD)/outboxd settings --format bash-completion > contrib/bash-completion/outboxd
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c tests/tools/*.c tests/tools/*.h
 
 clean:
 	rm -rf build
+
+# ---- Releases: version, install, Debian package -----------------------------------
+# Kept apart from the build above, so that module lists can change without it.
+
+# "VERSION COMMIT" from git, else the VERSION file of a release archive, else the
+# newest release in CHANGELOG.md (scripts/version.sh). Both can be given: make deb VERSION=...
+VERSION_INFO := $(shell sh scripts/version.sh 2>/dev/null)
+VERSION ?= $(word 1,$(VERSION_INFO))
+COMMIT ?= $(or $(word 2,$(VERSION_INFO)),unknown)
+
+# Rewritten only when the version changes, so that main.o is rebuilt only then.
+$(BUILD)/version.h: FORCE | $(BUILD)
+	@printf '#define OUTBOXD_VERSION "%s"\n#define OUTBOXD_COMMIT "%s"\n' '$(VERSION)' '$(COMMIT)' >$@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+$(BUILD)/main.o: $(BUILD)/version.h
+$(BUILD)/main.o: override CFLAGS += -I$(BUILD)
+$(BUILD)/outboxd: $(BUILD)/manual.o
+.PHONY: FORCE install uninstall deb test-deb
+FORCE:
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binary, man page, bash completion,
+# docs, systemd units (with these paths filled in) and, unless one exists, the
+# environment file. PREFIX=/usr puts configuration in /etc and units in /lib/systemd.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+MANDIR ?= $(PREFIX)/share/man
+DOCDIR ?= $(PREFIX)/share/doc/outboxd
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ifeq ($(PREFIX),/usr)
+  SYSCONFDIR ?= /etc
+  UNITDIR ?= /lib/systemd/system
+else
+  SYSCONFDIR ?= $(PREFIX)/etc
+  UNITDIR ?= $(PREFIX)/lib/systemd/system
+endif
+INSTALL_DOCS = README.md CHANGELOG.md $(wildcard docs/*.md)
+UNITS = outboxd-relay.service outboxd-sse.service
+ENV_FILE = $(DESTDIR)$(SYSCONFDIR)/outboxd/outboxd.env
+
+install: $(BUILD)/outboxd
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) \
+		$(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/outboxd
+	install -m 755 $(BUILD)/outboxd $(DESTDIR)$(BINDIR)/outboxd
+	install -m 644 docs/outboxd.1 $(DESTDIR)$(MANDIR)/man1/outboxd.1
+	install -m 644 contrib/bash-completion/outboxd $(DESTDIR)$(BASHCOMPDIR)/outboxd
+	install -m 644 $(INSTALL_DOCS) $(DESTDIR)$(DOCDIR)/
+	install -m 644 contrib/grafana/outboxd.json $(DESTDIR)$(DOCDIR)/examples/grafana-dashboard.json
+	for u in $(UNITS); do \
+		sed -e 's|/usr/local/bin/outboxd|$(BINDIR)/outboxd|g' -e 's|/etc/outboxd/|$(SYSCONFDIR)/outboxd/|g' \
+		    -e 's|/usr/share/doc/outboxd/|$(DOCDIR)/|g' contrib/systemd/$$u >$(DESTDIR)$(UNITDIR)/$$u.tmp && \
+		chmod 644 $(DESTDIR)$(UNITDIR)/$$u.tmp && mv $(DESTDIR)$(UNITDIR)/$$u.tmp $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	@if [ -e $(ENV_FILE) ]; then echo "install: keeping the existing $(ENV_FILE)"; \
+	else install -m 600 contrib/systemd/outboxd.env.example $(ENV_FILE); fi
+
+# Removes what install put there, except an environment file that was edited.
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/outboxd $(DESTDIR)$(MANDIR)/man1/outboxd.1 $(DESTDIR)$(BASHCOMPDIR)/outboxd \
+		$(addprefix $(DESTDIR)$(DOCDIR)/,$(notdir $(INSTALL_DOCS))) $(DESTDIR)$(DOCDIR)/examples/grafana-dashboard.json \
+		$(addprefix $(DESTDIR)$(UNITDIR)/,$(UNITS))
+	@if [ -e $(ENV_FILE) ] && ! cmp -s $(ENV_FILE) contrib/systemd/outboxd.env.example; then \
+		echo "uninstall: keeping $(ENV_FILE): it was edited"; else rm -f $(ENV_FILE); fi
+	@rmdir $(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(DOCDIR) $(DESTDIR)$(SYSCONFDIR)/outboxd 2>/dev/null || true
+
+# make deb: build/deb/outboxd_<version>_<arch>.deb by dpkg-buildpackage (debian/),
+# from a copy of this tree; installs the Debian build tools it needs.
+deb:
+	@VERSION='$(VERSION)' COMMIT='$(COMMIT)' BUILD='$(BUILD)' bash scripts/deb.sh
+
+# The package installed, run, upgraded and purged in a clean Debian 12 root
+# (tests/deb/test-deb.sh, as root; about two minutes, so not part of make test).
+test-deb:
+	@bash tests/deb/test-deb.sh

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages that outboxd's build, tests and demo need, and only
 # those that are missing. Safe to run again: with everything present it does nothing.
+# With arguments it installs those packages instead (the targets that need more than
+# `make test` does: make deb, make test-deb).
 set -euo pipefail
 
 packages=(
@@ -10,7 +12,10 @@ packages=(
   procps iproute2 curl                # pkill/ps, ss, and an HTTP client for tests
   chromium                            # headless browser test of the viewer page
   pgbouncer                           # test: the relay refuses transaction pooling
+  man-db jq                           # tests: the man page renders cleanly; the Grafana dashboard's queries
+  dpkg-dev debhelper lintian          # test: make deb builds the package, lintian checks it
 )
+[[ $# -gt 0 ]] && packages=("$@")
 
 missing=()
 for p in "${packages[@]}"; do

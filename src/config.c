@@ -78,8 +78,10 @@ static const setting settings[] = {
     {"cors-origin", "OUTBOXD_CORS_ORIGIN", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(cors_origin),
      "value of Access-Control-Allow-Origin (unset = no CORS header)"},
     {"max-clients", "OUTBOXD_MAX_CLIENTS", T_INT, CMD_SSE, "10000", 1, 1000000, 0, NULL,
-     OFF(max_clients), "open streams at most; further streams end at once with retry: 5000 (browsers come back)"},
+     OFF(max_clients), "open streams at most (all workers together); further streams end at once with retry: 5000 (browsers come back)"},
 
+    {"workers", "OUTBOXD_WORKERS", T_INT, CMD_SSE, "0", 0, 1024, 0, NULL, OFF(workers),
+     "gateway processes sharing the port (SO_REUSEPORT), supervised; 0 = one per core, 1 = no supervisor"},
     {"replica-url", "OUTBOXD_REPLICA_URL", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(replica_url),
      "PostgreSQL standby (libpq URI) to read replays from; the primary stays DATABASE_URL (unset = primary only)"},
     {"replica-wait", "OUTBOXD_REPLICA_WAIT", T_DURATION, CMD_SSE, "100ms", 0, 10000, 1, NULL,
@@ -527,4 +529,28 @@ void config_print_markdown(void)
         printf("| `--%s` | %s | %s | %s | %s%s |\n", s->name, s->env ? s->env : "", s->def ? s->def : "(unset)",
                used, s->help, unit);
     }
+}
+
+bool config_doc_at(size_t i, config_doc *out)
+{
+    static const char *const bool_choices[] = {"true", "false", NULL};
+    if (i >= NSETTINGS)
+        return false;
+    const setting *s = &settings[i];
+    static const char *const value_of[] = {
+        [T_STR] = "VALUE", [T_INT] = "N", [T_BOOL] = NULL, [T_DURATION] = "DURATION", [T_ENUM] = "VALUE"};
+    *out = (config_doc){
+        .name = s->name,
+        .env = s->env,
+        .def = s->def,
+        .help = s->help,
+        .cmds = s->cmds,
+        .value = value_of[s->type],
+        .choices = s->type == T_ENUM ? s->choices : s->type == T_BOOL ? bool_choices : NULL,
+        .bare_unit = s->type != T_DURATION ? NULL : s->unit_ms == 1000 ? "s" : "ms",
+        .ranged = s->type == T_INT || s->type == T_DURATION,
+        .min = s->min,
+        .max = s->max,
+    };
+    return true;
 }

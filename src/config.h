@@ -53,6 +53,7 @@ typedef struct config {
     char *cors_origin;
     long max_clients;
     char *replica_url;
+    long workers;
     long replica_wait_ms;
 
     bool json;
@@ -78,6 +79,23 @@ void config_free(config *cfg);
 void config_print_help(enum command cmd, const char *usage, const char *about);
 /* Prints every setting as Markdown (docs/CONFIGURATION.md is this output). */
 void config_print_markdown(void);
+
+/* One setting as the generated manuals (man page, shell completion) describe it. */
+typedef struct config_doc {
+    const char *name;            /* flag without the leading -- */
+    const char *env;             /* environment variable, or NULL */
+    const char *def;             /* default as a user would write it, or NULL (unset) */
+    const char *help;
+    unsigned cmds;               /* commands that take it (enum command bits) */
+    const char *value;           /* placeholder of its value; NULL: a flag without one */
+    const char *const *choices;  /* the allowed values (NULL-terminated), or NULL */
+    const char *bare_unit;       /* a duration's unit of a bare number ("s", "ms"), or NULL */
+    bool ranged;                 /* min..max bound it (durations in ms) */
+    long min, max;
+} config_doc;
+/* Fills *out with the i-th setting of the table; false past the last. The strings
+ * are static. */
+bool config_doc_at(size_t i, config_doc *out);
 /* Logs the effective settings of cmd at info level, hiding passwords. */
 void config_log(const config *cfg, enum command cmd);
 

@@ -24,6 +24,11 @@ void log_setup(int level, int format, const char *component)
         log_component = component;
 }
 
+void log_set_component(const char *component)
+{
+    log_component = component;
+}
+
 void log_write(int level, const char *fmt, ...)
 {
     char msg[2048];

@@ -11,6 +11,8 @@ enum log_format { LOG_TEXT, LOG_JSON };
 extern int log_level_current;
 
 void log_setup(int level, int format, const char *component);
+/* Names the process in later lines (component must stay valid). */
+void log_set_component(const char *component);
 void log_write(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_at(lvl, ...)                                                                 \

@@ -5,6 +5,7 @@
 
 #include "clock.h"
 #include "sse_run.h"
+#include "sse_workers.h"
 
 #include "admin_http.h"
 #include "buf.h"
@@ -16,14 +17,34 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 extern const char sse_viewer_html[];
+
+#define STATS_PUBLISH_MS 250
+
+/* A worker's counters in shared memory, written by that worker alone under a
+ * sequence count (odd while it writes), so a reader never adds up a torn copy. */
+typedef struct stats_slot {
+    atomic_uint seq;
+    bool published;
+    runs_stats st;
+    atomic_int streams_now; /* open streams, updated at each open (for --max-clients) */
+} stats_slot;
+
+/* What a worker process is given. */
+typedef struct worker_arg {
+    const config *cfg;
+    int n;
+} worker_arg;
 
 /* What only the HTTP side and the loop need. */
 static struct {
@@ -32,8 +53,100 @@ static struct {
     bool stopping;
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
-    struct event *poll_timer, *heartbeat_timer, *stats_timer, *sig_term, *sig_int, *stop_timer;
+    struct event *poll_timer, *heartbeat_timer, *stats_timer, *publish_timer, *sig_term, *sig_int,
+        *stop_timer;
+    stats_slot *slots; /* with --workers: every worker's slot; NULL in a single process */
+    int nslots, my_slot;
 } hs;
+
+/* Streams open in the whole gateway, counting st->streams for this process. With
+ * workers the others' counts are as of their last open or publish (at most
+ * STATS_PUBLISH_MS old), so simultaneous opens may pass the limit by a few. */
+static long gateway_streams(const runs_stats *st)
+{
+    long n = st->streams;
+    for (int i = 0; hs.slots && i < hs.nslots; i++)
+        if (i != hs.my_slot)
+            n += atomic_load_explicit(&hs.slots[i].streams_now, memory_order_relaxed);
+    return n;
+}
+
+static void slot_write(stats_slot *s, const runs_stats *st)
+{
+    unsigned v = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    atomic_store_explicit(&s->seq, v + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    s->st = *st;
+    s->published = true;
+    atomic_store_explicit(&s->streams_now, st->streams, memory_order_relaxed);
+    atomic_store_explicit(&s->seq, v + 2, memory_order_release);
+}
+
+static bool slot_read(const stats_slot *s, runs_stats *out)
+{
+    for (int tries = 0; tries < 1000; tries++) {
+        unsigned v = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (v & 1)
+            continue;
+        bool published = s->published;
+        *out = s->st;
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&s->seq, memory_order_relaxed) == v)
+            return published;
+    }
+    return false;
+}
+
+/* Adds up the slots of every worker that has published: counters and streams add up;
+ * Redis, PostgreSQL and the standby count as up only if they are up for all. */
+static void stats_sum(const stats_slot *slots, int n, runs_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->redis_up = out->database_up = out->replica_up = true;
+    for (int i = 0; i < n; i++) {
+        runs_stats s;
+        if (!slot_read(&slots[i], &s)) {
+            out->redis_up = out->database_up = out->replica_up = false;
+            continue;
+        }
+        out->streams += s.streams;
+        out->runs += s.runs;
+        out->streams_opened += s.streams_opened;
+        out->events_sent += s.events_sent;
+        out->live_msgs += s.live_msgs;
+        out->replays += s.replays;
+        out->gaps += s.gaps;
+        out->pauses += s.pauses;
+        out->replica_replays += s.replica_replays;
+        out->replica_fallbacks += s.replica_fallbacks;
+        out->redis_up = out->redis_up && s.redis_up;
+        out->database_up = out->database_up && s.database_up;
+        out->replica_up = out->replica_up && s.replica_up;
+    }
+}
+
+/* This gateway's counters: the process's own, or every worker's added up. */
+static void gateway_stats(runs_stats *out)
+{
+    runs_get_stats(out);
+    if (!hs.slots)
+        return;
+    slot_write(&hs.slots[hs.my_slot], out);
+    stats_sum(hs.slots, hs.nslots, out);
+}
+
+static void log_stats(const runs_stats *st, const config *cfg)
+{
+    log_info("stats: streams=%d runs=%d streams_opened=%llu events_sent=%llu live_messages=%llu "
+             "replays=%llu from_replica=%llu replica_fallbacks=%llu gaps_filled=%llu slow_client_pauses=%llu "
+             "redis=%s postgresql=%s%s",
+             st->streams, st->runs, st->streams_opened, st->events_sent, st->live_msgs, st->replays,
+             st->replica_replays, st->replica_fallbacks, st->gaps, st->pauses, st->redis_up ? "up" : "down",
+             st->database_up ? "up" : "down",
+             !cfg->replica_url ? ""
+             : st->replica_up  ? " replica=up"
+                               : " replica=down");
+}
 
 static void on_poll_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -51,19 +164,48 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     runs_heartbeat_tick();
 }
 
+/* The stats line: a single process logs its own; workers publish to their slot and
+ * the supervisor logs the sum (workers_on_tick). */
 static void on_stats(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     (void)arg;
     runs_stats st;
-    runs_get_stats(&st);
-    log_info("stats: streams=%d runs=%d streams_opened=%llu events_sent=%llu live_messages=%llu "
-             "replays=%llu from_replica=%llu replica_fallbacks=%llu gaps_filled=%llu slow_client_pauses=%llu "
-             "redis=%s postgresql=%s%s",
-             st.streams, st.runs, st.streams_opened, st.events_sent, st.live_msgs, st.replays, st.replica_replays,
-             st.replica_fallbacks, st.gaps, st.pauses, st.redis_up ? "up" : "down", st.database_up ? "up" : "down",
-             !hs.cfg->replica_url ? "" : st.replica_up ? " replica=up" : " replica=down");
+    gateway_stats(&st);
+    if (!hs.slots)
+        log_stats(&st, hs.cfg);
+}
+
+/* A worker stopped: what it counted goes to the parent's slot (the last one), so
+ * that the gateway's counters never go back when a worker is replaced. */
+static void workers_on_exit(void *slots, int i, void *arg)
+{
+    const worker_arg *w = arg;
+    stats_slot *all = slots, *kept = &all[w->n];
+    runs_stats gone, sum;
+    if (!slot_read(&all[i], &gone))
+        return;
+    slot_read(&kept[0], &sum);
+    sum.streams_opened += gone.streams_opened;
+    sum.events_sent += gone.events_sent;
+    sum.live_msgs += gone.live_msgs;
+    sum.replays += gone.replays;
+    sum.gaps += gone.gaps;
+    sum.pauses += gone.pauses;
+    sum.replica_replays += gone.replica_replays;
+    sum.replica_fallbacks += gone.replica_fallbacks;
+    sum.streams = sum.runs = 0;
+    sum.redis_up = sum.database_up = sum.replica_up = true;
+    slot_write(kept, &sum);
+}
+
+static void workers_on_tick(const void *slots, int n, void *arg)
+{
+    const worker_arg *w = arg;
+    runs_stats st;
+    stats_sum(slots, n, &st);
+    log_stats(&st, w->cfg);
 }
 
 /* ---- HTTP ------------------------------------------------------------------------ */
@@ -243,7 +385,7 @@ static void open_stream(struct evhttp_request *req, const char *run_id, size_t l
     }
     runs_stats st;
     runs_get_stats(&st);
-    if (st.streams >= hs.cfg->max_clients) {
+    if (gateway_streams(&st) >= hs.cfg->max_clients) {
         /* Not 503: any non-200 answer stops an EventSource for good. A stream that
          * ends at once with a retry hint makes the browser come back in 5 s. */
         reply_text(req, 200, "OK", "text/event-stream; charset=utf-8",
@@ -255,6 +397,8 @@ static void open_stream(struct evhttp_request *req, const char *run_id, size_t l
         reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
         return;
     }
+    if (hs.slots)
+        atomic_store_explicit(&hs.slots[hs.my_slot].streams_now, st.streams + 1, memory_order_relaxed);
     add_common_headers(req);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
@@ -293,7 +437,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         reply_text(req, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET is served here\n");
     } else if (route == ROUTE_HEALTH) {
         runs_stats st;
-        runs_get_stats(&st);
+        gateway_stats(&st);
         char body[256];
         snprintf(body, sizeof body,
                  "{\"status\":\"ok\",\"streams\":%d,\"redis\":\"%s\",\"postgresql\":\"%s\"}\n", st.streams,
@@ -301,7 +445,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         reply_text(req, 200, "OK", "application/json", body);
     } else if (route == ROUTE_METRICS) {
         runs_stats st;
-        runs_get_stats(&st);
+        gateway_stats(&st);
         buf m;
         buf_init(&m, 0);
         bool ok = prom_gauge(&m, "outboxd_sse_streams", "Open event streams.", st.streams) &&
@@ -315,12 +459,13 @@ static void on_request(struct evhttp_request *req, void *arg)
                   prom_counter(&m, "outboxd_sse_replays_total", "Reads of a run's events from PostgreSQL.",
                                (double)st.replays) &&
                   prom_counter(&m, "outboxd_sse_replica_replays_total",
-                               "Of those, reads served by the standby (--replica-url).", (double)st.replica_replays) &&
+                               "Of those, reads served by the standby (--replica-url).",
+                               (double)st.replica_replays) &&
                   prom_counter(&m, "outboxd_sse_replica_fallbacks_total",
                                "Reads sent to the primary because the standby stayed behind.",
                                (double)st.replica_fallbacks) &&
-                  prom_gauge(&m, "outboxd_sse_replica_up", "1 while a standby is connected and used for reads.",
-                             st.replica_up) &&
+                  prom_gauge(&m, "outboxd_sse_replica_up",
+                             "1 while a standby is connected and used for reads.", st.replica_up) &&
                   prom_counter(&m, "outboxd_sse_gaps_filled_total",
                                "Gaps in the live feed filled from PostgreSQL.", (double)st.gaps) &&
                   prom_counter(&m, "outboxd_sse_slow_client_pauses_total",
@@ -384,9 +529,44 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopexit(hs.base, &flush);
 }
 
-int sse_main(const config *cfg)
+/* Listens on host:port; with SO_REUSEPORT when several workers share the port. */
+static struct evhttp_bound_socket *listen_on(const char *host, int port, bool shared)
 {
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC,
+                                    .ai_socktype = SOCK_STREAM,
+                                    .ai_flags = AI_PASSIVE},
+                           *ai = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int gai = evutil_getaddrinfo(host, ps, &hints, &ai);
+    if (gai != 0) {
+        log_error("cannot listen on %s: %s", hs.cfg->listen, evutil_gai_strerror(gai));
+        return NULL;
+    }
+    unsigned flags = LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC |
+                     (shared ? LEV_OPT_REUSEABLE_PORT : 0);
+    struct evconnlistener *l =
+        evconnlistener_new_bind(hs.base, NULL, NULL, flags, 1024, ai->ai_addr, (int)ai->ai_addrlen);
+    evutil_freeaddrinfo(ai);
+    if (!l) {
+        log_error("cannot listen on %s: %s", hs.cfg->listen, strerror(errno));
+        return NULL;
+    }
+    struct evhttp_bound_socket *b = evhttp_bind_listener(hs.http, l);
+    if (!b)
+        evconnlistener_free(l);
+    return b;
+}
+
+/* One gateway process: the whole gateway, or worker my_slot of nworkers. slots (one
+ * per worker and the supervisor's) is NULL in a single process. */
+static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot)
+{
+    memset(&hs, 0, sizeof hs);
     hs.cfg = cfg;
+    hs.slots = slots;
+    hs.nslots = slots ? nworkers + 1 : 0;
+    hs.my_slot = my_slot;
     char host[256];
     int port;
     if (!config_parse_listen(cfg->listen, host, sizeof host, &port)) {
@@ -407,9 +587,8 @@ int sse_main(const config *cfg)
     evhttp_set_allowed_methods(hs.http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS |
                                             EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
                                             EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
-    hs.sock = evhttp_bind_socket_with_handle(hs.http, host, (ev_uint16_t)port);
+    hs.sock = listen_on(host, port, slots != NULL);
     if (!hs.sock) {
-        log_error("cannot listen on %s: %s", cfg->listen, strerror(errno));
         evhttp_free(hs.http);
         event_base_free(hs.base);
         return 1;
@@ -421,21 +600,26 @@ int sse_main(const config *cfg)
     hs.sig_term = evsignal_new(hs.base, SIGTERM, on_signal, NULL);
     hs.sig_int = evsignal_new(hs.base, SIGINT, on_signal, NULL);
     struct timeval poll = clock_tv_ms(DEGRADED_POLL_MS), hb = clock_tv_ms(cfg->heartbeat_ms),
-                   st = clock_tv_ms(cfg->stats_interval_ms);
+                   st = clock_tv_ms(slots ? STATS_PUBLISH_MS : cfg->stats_interval_ms);
     event_add(hs.poll_timer, &poll);
     event_add(hs.heartbeat_timer, &hb);
-    if (cfg->stats_interval_ms > 0)
+    if (slots || cfg->stats_interval_ms > 0)
         event_add(hs.stats_timer, &st);
     event_add(hs.sig_term, NULL);
     event_add(hs.sig_int, NULL);
 
-    log_info("sse gateway listening on http://%s/ (pid %d)", cfg->listen, (int)getpid());
-    config_log(cfg, CMD_SSE);
+    if (!slots) {
+        log_info("sse gateway listening on http://%s/ (pid %d)", cfg->listen, (int)getpid());
+        config_log(cfg, CMD_SSE);
+    }
     if (!runs_start(hs.base, cfg)) {
         log_error("cannot create the gateway's timers");
         return 1;
     }
-    admin_sd_notify("READY=1");
+    if (slots)
+        workers_ready();
+    else
+        admin_sd_notify("READY=1");
     event_base_dispatch(hs.base);
 
     on_stats(-1, 0, NULL);
@@ -448,6 +632,72 @@ int sse_main(const config *cfg)
     event_free(hs.sig_term);
     event_free(hs.sig_int);
     event_base_free(hs.base);
-    log_info("sse gateway stopped");
+    if (!slots)
+        log_info("sse gateway stopped");
     return 0;
+}
+
+static int worker_main(int index, void *slots, void *arg)
+{
+    const worker_arg *w = arg;
+    return serve(w->cfg, slots, w->n, index);
+}
+
+/* Whether nothing listens on host:port yet: the workers bind with SO_REUSEPORT, which
+ * would otherwise share the port with another gateway started by mistake. */
+static bool port_available(const config *cfg)
+{
+    char host[256];
+    int port;
+    if (!config_parse_listen(cfg->listen, host, sizeof host, &port))
+        return false;
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC,
+                                    .ai_socktype = SOCK_STREAM,
+                                    .ai_flags = AI_PASSIVE},
+                           *ai = NULL;
+    char ps[16];
+    snprintf(ps, sizeof ps, "%d", port);
+    int gai = evutil_getaddrinfo(host, ps, &hints, &ai);
+    if (gai != 0) {
+        log_error("cannot listen on %s: %s", cfg->listen, evutil_gai_strerror(gai));
+        return false;
+    }
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    bool ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+              bind(fd, ai->ai_addr, (socklen_t)ai->ai_addrlen) == 0;
+    if (!ok)
+        log_error("cannot listen on %s: %s", cfg->listen, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    evutil_freeaddrinfo(ai);
+    return ok;
+}
+
+int sse_main(const config *cfg)
+{
+    long nofile = workers_raise_nofile();
+    int n = cfg->workers > 0 ? (int)cfg->workers : workers_default_count();
+    if (n == 1)
+        return serve(cfg, NULL, 1, 0);
+    if (!port_available(cfg))
+        return 1;
+    log_info("sse gateway listening on http://%s/ with %d workers (pid %d; open files per process: %ld)",
+             cfg->listen, n, (int)getpid(), nofile);
+    config_log(cfg, CMD_SSE);
+    worker_arg wa = {cfg, n};
+    workers_opts o = {
+        .n = n,
+        .extra_slots = 1,
+        .slot_size = sizeof(stats_slot),
+        .shutdown_timeout_ms = cfg->shutdown_timeout_ms,
+        .tick_ms = cfg->stats_interval_ms,
+        .on_tick = workers_on_tick,
+        .on_exit = workers_on_exit,
+        .worker = worker_main,
+        .arg = &wa,
+    };
+    int rc = workers_run(&o);
+    log_info("sse gateway stopped");
+    return rc;
 }

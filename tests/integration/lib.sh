@@ -171,7 +171,14 @@ pick_port() {
   echo "$p"
 }
 port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# rss_kb PID: resident memory of the process and its children (a gateway's workers), in KB.
+rss_kb() {
+  local p total=0
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
 
 # The pid of the relay process that holds the leader lock ("" if none).
 leader_pid() {

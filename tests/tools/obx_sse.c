@@ -37,11 +37,14 @@ typedef struct stream {
     size_t datalen;
     bool opened, cut_done;
     int reconnects;
+    int port_idx;
 } stream;
 
 static struct event_base *base;
 static stream *streams;
-static int nstreams, opened, port = 8080;
+static int nstreams, opened, ports[16] = {8080}, nports = 1;
+static long reconnect_ms, reopened;
+static const char *source_addr;
 static long long last_event_us, start_us;
 static long idle_ms = 3000, cut_after = 0, cut_ms = 500;
 static double max_seconds = 60;
@@ -111,7 +114,9 @@ static void on_line(stream *s, char *l, size_t n)
 static void reopen(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what;
-    open_stream(arg);
+    stream *s = arg;
+    if (!s->conn) /* a cut and a server's end may both ask */
+        open_stream(s);
 }
 
 static void cut_now(evutil_socket_t fd, short what, void *arg)
@@ -164,16 +169,39 @@ static void on_chunk(struct evhttp_request *req, void *arg)
     }
 }
 
+/* The server ended the stream (or could not be reached): like EventSource, come back
+ * after reconnect_ms with Last-Event-ID, here at the next gateway. The connection is
+ * freed outside its own callback. */
+static void drop_and_reopen(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what;
+    stream *s = arg;
+    if (s->req)
+        return; /* reopened meanwhile */
+    if (s->conn) {
+        evhttp_connection_free(s->conn);
+        s->conn = NULL;
+    }
+    s->port_idx++;
+    reopened++;
+    struct timeval tv = {reconnect_ms / 1000, (reconnect_ms % 1000) * 1000};
+    event_base_once(base, -1, EV_TIMEOUT, reopen, s, &tv);
+}
+
 static void on_done(struct evhttp_request *req, void *arg)
 {
     (void)req;
     stream *s = arg;
     s->req = NULL;
+    if (reconnect_ms > 0)
+        event_base_once(base, -1, EV_TIMEOUT, drop_and_reopen, s, NULL);
 }
 
 static void open_stream(stream *s)
 {
-    s->conn = evhttp_connection_base_new(base, NULL, "127.0.0.1", (unsigned short)port);
+    s->conn = evhttp_connection_base_new(base, NULL, "127.0.0.1", (unsigned short)ports[s->port_idx % nports]);
+    if (source_addr)
+        evhttp_connection_set_local_address(s->conn, source_addr);
     s->req = evhttp_request_new(on_done, s);
     evhttp_request_set_chunked_cb(s->req, on_chunk);
     struct evkeyvalq *h = evhttp_request_get_output_headers(s->req);
@@ -213,7 +241,14 @@ int main(int argc, char **argv)
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         if (!strcmp(k, "--check")) { check = true; continue; }
         i++;
-        if (!strcmp(k, "--port")) port = atoi(v);
+        if (!strcmp(k, "--port")) ports[0] = atoi(v);
+        else if (!strcmp(k, "--ports")) {
+            nports = 0;
+            for (char *p = argv[i]; *p && nports < 16; p += strcspn(p, ",") + (p[strcspn(p, ",")] != 0))
+                ports[nports++] = atoi(p);
+        }
+        else if (!strcmp(k, "--reconnect-ms")) reconnect_ms = atol(v);
+        else if (!strcmp(k, "--source")) source_addr = v;
         else if (!strcmp(k, "--prefix")) prefix = v;
         else if (!strcmp(k, "--runs")) runs = atoi(v);
         else if (!strcmp(k, "--per-run")) per_run = atoi(v);
@@ -241,6 +276,7 @@ int main(int argc, char **argv)
         snprintf(s->run, sizeof s->run, "%s-%d", prefix, i / per_run);
         s->from = s->last = from;
         s->cur_id = -1;
+        s->port_idx = i;
         open_stream(s);
     }
     struct event *t = event_new(base, -1, EV_PERSIST, tick, NULL);
@@ -291,8 +327,8 @@ int main(int argc, char **argv)
     if (pg)
         PQfinish(pg);
     printf("streams=%d opened=%d bad_status=%ld received=%ld lost=%ld duplicates=%ld out_of_order=%ld "
-           "unexpected=%ld without_id=%ld latency_ms p50=%.2f p99=%.2f p999=%.2f max=%.2f\n",
-           nstreams, opened, bad_status, received, lost, dups, disorder, unexpected, noid,
+           "unexpected=%ld without_id=%ld reopened=%ld latency_ms p50=%.2f p99=%.2f p999=%.2f max=%.2f\n",
+           nstreams, opened, bad_status, received, lost, dups, disorder, unexpected, noid, reopened,
            hist_quantile(&lat, 0.5) / 1e3, hist_quantile(&lat, 0.99) / 1e3, hist_quantile(&lat, 0.999) / 1e3,
            lat.max_us / 1e3);
     for (int i = 0; i < nstreams; i++) {

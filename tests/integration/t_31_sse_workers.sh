@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# --workers: three gateway processes share one port. Streams spread over all of them;
+# one worker is killed with SIGKILL under 1,000 events/s: the supervisor starts it
+# again, its browsers (reconnecting with Last-Event-ID, as EventSource does) lose
+# nothing, and every stream gets every event once, in order. /metrics adds up every
+# worker's streams, and keeps what a killed worker counted. SIGTERM stops them all and the gateway exits 0. A second gateway
+# with workers on the same port is refused, not silently sharing it.
+. "$(dirname "$0")/lib.sh"
+new_db
+start_relay relay
+start_sse sse --workers 3
+workers=$(pgrep -P "$SSE_PID" | wc -l)
+((workers == 3)) || fail "$workers worker processes, want 3"
+"$BUILD/obx_sse" --port "$SSE_PORT" --prefix wk --runs 30 --per-run 2 --reconnect-ms 200 \
+  --idle-ms 3000 --max-seconds 60 --ready-file "$WORK/sse.ready" --check >"$WORK/sse.out" 2>"$WORK/sse.err" &
+cpid=$!; PIDS+=("$cpid")
+for _ in $(seq 1 100); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
+[[ -f "$WORK/sse.ready" ]] || fail "streams did not open"
+# Every worker holds some of the 60 streams (the kernel spreads connections).
+for w in $(pgrep -P "$SSE_PID"); do
+  n=$(ss -tnpH state established "( sport = :$SSE_PORT )" 2>/dev/null | grep -c "pid=$w," || true)
+  info "worker $w holds $n streams"
+  ((n > 0)) || fail "worker $w holds no stream: connections are not spread"
+done
+# Workers publish their counters every 250 ms: the sum settles within that.
+for _ in $(seq 1 20); do
+  streams=$(curl -s "http://127.0.0.1:$SSE_PORT/metrics" | awk '/^outboxd_sse_streams / {print $2}')
+  [[ "$streams" == 60 ]] && break
+  sleep 0.1
+done
+[[ "$streams" == 60 ]] || fail "/metrics counts $streams streams over all workers, want 60"
+
+start_load --rate 1000 --runs 30 --conns 8 --seconds 8 --prefix wk
+sleep 3
+victim=$(pgrep -P "$SSE_PID" | head -1)
+kill -9 "$victim"
+info "killed worker $victim"
+wait_log "$WORK/sse.log" "restarting it in" 5
+for _ in $(seq 1 50); do (( $(pgrep -P "$SSE_PID" | wc -l) == 3 )) && break; sleep 0.1; done
+(( $(pgrep -P "$SSE_PID" | wc -l) == 3 )) || fail "the killed worker was not replaced"
+wait "$LOAD_PID" || fail "load generator failed"
+info "$(cat "$WORK/load.out")"
+rc=0; wait "$cpid" || rc=$?
+info "sse: $(cat "$WORK/sse.out")"
+[[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
+(( $(field reopened "$WORK/sse.out") > 0 )) || fail "no stream was cut by the killed worker"
+
+# A second gateway on the same port is refused.
+rc=0; timeout 10 "$OUTBOXD" sse --listen "127.0.0.1:$SSE_PORT" --workers 2 >"$WORK/second.log" 2>&1 || rc=$?
+[[ $rc -eq 1 ]] || fail "a second gateway on a taken port exited $rc (want 1): $(cat "$WORK/second.log")"
+grep -q "cannot listen" "$WORK/second.log" || fail "no clear error for a taken port: $(cat "$WORK/second.log")"
+
+kids=$(pgrep -P "$SSE_PID" | tr '\n' ' ')
+kill -TERM "$SSE_PID"
+rc=0; wait "$SSE_PID" || rc=$?
+[[ $rc -eq 0 ]] || fail "gateway exited $rc after SIGTERM (want 0)"
+for k in $kids; do kill -0 "$k" 2>/dev/null && fail "worker $k still runs after the gateway stopped"; done
+grep -q "stats: streams=0" "$WORK/sse.log" || fail "no final stats line from the supervisor"
+# What the killed worker counted is kept: every stream opening is in the total.
+opened=$(grep 'stats:' "$WORK/sse.log" | tail -1 | grep -o 'streams_opened=[0-9]*' | cut -d= -f2)
+want=$((60 + $(field reopened "$WORK/sse.out")))
+((opened >= want)) || fail "the gateway counts $opened stream openings, want at least $want (counts lost with the worker?)"
+no_sanitizer_reports
+stop_relay "$RELAY_PID" 5
