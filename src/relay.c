@@ -339,17 +339,20 @@ static void refresh_backlog(relay_state *r)
     for (size_t i = 0; i < r->cur.n; i++)
         if (r->cur.ev[i].id < from)
             from = r->cur.ev[i].id;
-    if (!store_backlog(r->rc.db, from, runs, lens, (size_t)r->rc.nheld, seqs, &r->backlog, &r->oldest_age_s))
+    if (!store_backlog(r->rc.db, from, r->sc.frontier, runs, lens, (size_t)r->rc.nheld, seqs, &r->backlog,
+                       &r->oldest_age_s))
         lose_db(r);
 }
 
 /* Retention: once a second the leader deletes published rows past the window, a
  * thousand per statement, for at most 250 ms, so that publishing never waits long;
- * then it looks at a window of the kept last seqs of runs without rows. */
+ * then it looks at a window of the kept last seqs of runs without rows. Not while a
+ * backlog drains: that comes first, and with most rows unpublished the planner may
+ * well read the whole table to find the oldest published ones. */
 static void prune_old(relay_state *r)
 {
     long keep = r->cfg->retention_ms;
-    if (!r->leader || !store_connected(r->rc.db) || mono_s() < r->next_prune)
+    if (!r->leader || !store_connected(r->rc.db) || mono_s() < r->next_prune || r->cur_full)
         return;
     double start = mono_s();
     r->next_prune = start + 1;
@@ -409,7 +412,9 @@ static bool render_metrics(buf *b, void *arg)
            prom_counter(b, "outboxd_events_pruned_total", "Published events deleted by --retention.",
                         (double)st->pruned) &&
            prom_gauge(b, "outboxd_backlog_events",
-                      "Unpublished events (counted up to 1e6; -1 when not the leader).", (double)p.backlog) &&
+                      "Unpublished events: ids above what the leader read, and unpublished rows below (-1 when "
+                      "not the leader).",
+                      (double)p.backlog) &&
            prom_gauge(b, "outboxd_oldest_unpublished_age_seconds",
                       "Age of the oldest unpublished event (0 when none).", p.oldest_age_s) &&
            prom_gauge(b, "outboxd_leader", "1 when this relay holds the leader lock and publishes.",

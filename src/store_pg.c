@@ -412,7 +412,9 @@ static bool id_array(buf *a, const long long *ids, size_t n)
  * in one snapshot. It returns that snapshot's xmin and, when it has one, its own
  * transaction id, taken after the snapshot (relay_scan.h says why). Rows published
  * already come back without payload: the relay only needs to know that their ids
- * exist. Results are binary: no to_char, extract or number formatting on the server.
+ * exist. Results are binary: no to_char, extract or number formatting on the server,
+ * and unsorted (each part comes in id order; store_cycle_end merges them), so the
+ * server neither sorts them nor keeps the mark's rows for a RETURNING.
  * Prepared once per session with a generic plan: planning it for every cycle would
  * cost more than running it when a few events trickle in. */
 #define CYCLE_ROW(src)                                                                              \
@@ -420,15 +422,14 @@ static bool id_array(buf *a, const long long *ids, size_t n)
 #define CYCLE_COLS "id, run_id, seq, created_at, published_at, payload"
 static const char cycle_sql[] =
     "WITH m AS (UPDATE run_outbox SET published_at = now()"
-    "           WHERE id = ANY($1::bigint[]) AND published_at IS NULL RETURNING 1),"
+    "           WHERE id = ANY($1::bigint[]) AND published_at IS NULL),"
     "     w AS (UPDATE outboxd_relay SET low_water = $9::bigint, updated_at = now()"
-    "           WHERE $9::bigint >= 0 AND low_water <> $9::bigint RETURNING 1)"
-    " SELECT s.xmin, s.tag, s.marked, s.woke,"
+    "           WHERE $9::bigint >= 0 AND low_water <> $9::bigint)"
+    " SELECT s.xmin, s.tag, s.woke,"
     "  r.src | CASE WHEN r.published_at IS NULL THEN 0 ELSE " STR(STORE_ROW_DONE) " END,"
     "  r.id, r.run_id, r.seq, r.created_at, CASE WHEN r.published_at IS NULL THEN r.payload END"
-    " FROM (SELECT pg_snapshot_xmin(c) AS xmin, (SELECT count(*) FROM m) AS marked,"
+    " FROM (SELECT pg_snapshot_xmin(c) AS xmin,"
     "        CASE WHEN $11::boolean OR cardinality($1::bigint[]) > 0 THEN pg_current_xact_id() END AS tag,"
-    "        (SELECT count(*) FROM w) AS saved,"
     "        CASE WHEN $10::boolean THEN pg_advisory_unlock(" STR(LOCK_CLASS) ", " STR(LOCK_SLEEP) ") END AS woke"
     "       FROM pg_current_snapshot() c) s"
     " LEFT JOIN LATERAL ("
@@ -441,8 +442,7 @@ static const char cycle_sql[] =
     CYCLE_ROW(4) " FROM unnest($6::text[], $7::bigint[]) c(run, seq)"
     "   CROSS JOIN LATERAL (SELECT " CYCLE_COLS " FROM run_outbox"
     "    WHERE run_id = c.run AND seq >= c.seq AND published_at IS NULL ORDER BY seq LIMIT $8::int) o"
-    " ) r ON true"
-    " ORDER BY r.id";
+    " ) r ON true";
 _Static_assert(STORE_ROW_FRONTIER == 1 && STORE_ROW_GAP == 2 && STORE_ROW_CATCHUP == 4,
                "cycle_sql numbers its three parts 1, 2 and 4");
 
@@ -593,6 +593,14 @@ static void format_timestamp(char out[STORE_TIME_LEN], int64_t us)
     *p = '\0';
 }
 
+/* qsort_r: rows of a cycle's result by id. */
+static int cmp_row_id(const void *a, const void *b, void *arg)
+{
+    const PGresult *r = arg;
+    uint64_t x = be64(PQgetvalue(r, *(const int *)a, 4)), y = be64(PQgetvalue(r, *(const int *)b, 4));
+    return x < y ? -1 : x > y;
+}
+
 /* The storage behind a cycle's events: the result and the formatted timestamps. */
 typedef struct cycle_rows {
     PGresult *res;
@@ -618,15 +626,14 @@ bool store_cycle_end(store *s, batch *b, store_seen *seen)
     if (!r)
         return false;
     int n = PQntuples(r);
-    if (n < 1 || PQnfields(r) != 10 || PQgetlength(r, 0, 0) != 8) {
+    if (n < 1 || PQnfields(r) != 9 || PQgetlength(r, 0, 0) != 8) {
         PQclear(r);
         store_set_err(s, "cycle", "unexpected result shape");
         return false;
     }
     seen->xmin = be64(PQgetvalue(r, 0, 0));
     seen->tag = PQgetisnull(r, 0, 1) ? 0 : be64(PQgetvalue(r, 0, 1));
-    seen->marked = (long long)be64(PQgetvalue(r, 0, 2));
-    bool empty = PQgetisnull(r, 0, 5);
+    bool empty = PQgetisnull(r, 0, 4);
     cycle_rows *cr = empty ? NULL : malloc(sizeof *cr + (size_t)n * STORE_TIME_LEN);
     if (empty || !cr || !batch_reserve(b, (size_t)n)) {
         PQclear(r);
@@ -637,34 +644,50 @@ bool store_cycle_end(store *s, batch *b, store_seen *seen)
         return false;
     }
     cr->res = r;
-    size_t k = 0;
+    /* Each part of the statement comes in id order; the parts are merged here, and
+     * a row read by two parts is kept once. */
+    int *rowix = malloc((size_t)n * sizeof *rowix);
+    if (!rowix) {
+        free_cycle_rows(cr);
+        store_set_err(s, "cycle", "out of memory");
+        return false;
+    }
+    bool sorted = true;
     for (int i = 0; i < n; i++) {
-        long long id = (long long)be64(PQgetvalue(r, i, 5));
-        unsigned flags = (unsigned)ntohl(*(const uint32_t *)(const void *)PQgetvalue(r, i, 4));
+        rowix[i] = i;
+        sorted = sorted && (i == 0 || be64(PQgetvalue(r, i - 1, 4)) <= be64(PQgetvalue(r, i, 4)));
+    }
+    if (!sorted)
+        qsort_r(rowix, (size_t)n, sizeof *rowix, cmp_row_id, r);
+    size_t k = 0;
+    for (int j = 0; j < n; j++) {
+        int i = rowix[j];
+        long long id = (long long)be64(PQgetvalue(r, i, 4));
+        unsigned flags = (unsigned)ntohl(*(const uint32_t *)(const void *)PQgetvalue(r, i, 3));
         if (k > 0 && b->ev[k - 1].id == id) {
-            /* The same row from two parts of the statement. */
             b->ev[k - 1].flags |= flags;
             continue;
         }
         event *e = &b->ev[k++];
         e->id = id;
         e->flags = flags;
-        e->run_id = PQgetvalue(r, i, 6);
-        e->run_id_len = (size_t)PQgetlength(r, i, 6);
-        e->seq = (long long)be64(PQgetvalue(r, i, 7));
-        int64_t us = (int64_t)be64(PQgetvalue(r, i, 8));
+        e->run_id = PQgetvalue(r, i, 5);
+        e->run_id_len = (size_t)PQgetlength(r, i, 5);
+        e->seq = (long long)be64(PQgetvalue(r, i, 6));
+        int64_t us = (int64_t)be64(PQgetvalue(r, i, 7));
         format_timestamp(cr->times[i], us);
         e->created_at = cr->times[i];
         e->created_epoch = (double)us / 1e6 + 946684800.0;
-        if (PQgetisnull(r, i, 9)) {
+        if (PQgetisnull(r, i, 8)) {
             e->payload = "";
             e->payload_len = 0;
         } else {
             /* jsonb's binary form is a version byte, then the text. */
-            e->payload = PQgetvalue(r, i, 9) + 1;
-            e->payload_len = (size_t)PQgetlength(r, i, 9) - 1;
+            e->payload = PQgetvalue(r, i, 8) + 1;
+            e->payload_len = (size_t)PQgetlength(r, i, 8) - 1;
         }
     }
+    free(rowix);
     b->n = k;
     b->owner = cr;
     b->owner_free = free_cycle_rows;
@@ -744,11 +767,13 @@ bool store_record_failure(store *s, const long long *ids, size_t n, int attempts
     return ok;
 }
 
-bool store_backlog(store *s, long long from_id, const char *const *held, const size_t *held_len, size_t nheld,
-                   const long long *held_seq, long long *count, double *oldest_age_s)
+bool store_backlog(store *s, long long from_id, long long frontier, const char *const *held,
+                   const size_t *held_len, size_t nheld, const long long *held_seq, long long *count,
+                   double *oldest_age_s)
 {
-    char from[24];
+    char from[24], front[24];
     snprintf(from, sizeof from, "%lld", from_id);
+    snprintf(front, sizeof front, "%lld", frontier);
     buf runs, seqs;
     buf_init(&runs, 0);
     buf_init(&seqs, 0);
@@ -758,20 +783,25 @@ bool store_backlog(store *s, long long from_id, const char *const *held, const s
         store_set_err(s, "read backlog", "out of memory");
         return false;
     }
-    const char *params[] = {from, runs.data, seqs.data};
-    /* Bounded work: from the relay's low water on (held runs through their own index
-     * range), counting at most a million rows. */
+    const char *params[] = {from, front, runs.data, seqs.data};
+    /* Bounded work, whatever the backlog: above the frontier the rows are all unread,
+     * so the highest id tells how many (ids of rolled-back inserts count too, until
+     * a committed row passes them); below it, the few unpublished rows from the low
+     * water on (held runs through their own rows) are counted. */
     PGresult *r = store_run(s, "read backlog",
-                            "WITH u AS (SELECT id, created_at FROM run_outbox"
-                            "           WHERE id >= $1::bigint AND published_at IS NULL"
-                            "             AND run_id <> ALL($2::text[])"
-                            "           UNION ALL"
-                            "           SELECT o.id, o.created_at FROM unnest($2::text[], $3::bigint[]) h(run, seq)"
-                            "            CROSS JOIN LATERAL (SELECT id, created_at FROM run_outbox"
-                            "             WHERE run_id = h.run AND seq >= h.seq AND published_at IS NULL) o"
-                            "           LIMIT 1000000)"
-                            " SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM u",
-                            3, params);
+                            "WITH below AS ((SELECT created_at FROM run_outbox"
+                            "                WHERE id >= $1::bigint AND id <= $2::bigint AND published_at IS NULL"
+                            "                  AND run_id <> ALL($3::text[]) ORDER BY id LIMIT 100000)"
+                            "               UNION ALL"
+                            "               (SELECT o.created_at FROM unnest($3::text[], $4::bigint[]) h(run, seq)"
+                            "                CROSS JOIN LATERAL (SELECT created_at FROM run_outbox"
+                            "                 WHERE run_id = h.run AND seq >= h.seq AND published_at IS NULL) o"
+                            "                LIMIT 100000)),"
+                            "     above AS (SELECT created_at FROM run_outbox WHERE id > $2::bigint ORDER BY id LIMIT 1)"
+                            " SELECT greatest((SELECT max(id) FROM run_outbox) - $2::bigint, 0) + (SELECT count(*) FROM below),"
+                            "  coalesce(extract(epoch FROM now() - least((SELECT min(created_at) FROM below),"
+                            "                                          (SELECT created_at FROM above))), 0)::float8",
+                            4, params);
     buf_free(&runs);
     buf_free(&seqs);
     if (!r)

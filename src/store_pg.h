@@ -86,7 +86,6 @@ typedef struct store_seen {
     unsigned long long xmin; /* the snapshot's xmin (a full transaction id) */
     unsigned long long tag;  /* the statement's own transaction id, taken after its snapshot;
                               * 0 when it had none (nothing to mark, need_tag false) */
-    long long marked;        /* rows the mark changed */
 } store_seen;
 
 /* Sends one cycle statement and returns without waiting: the caller publishes to
@@ -110,11 +109,12 @@ bool store_low_water(store *s, long long *low) WUR;
 bool store_mark_published(store *s, const long long *ids, size_t n) WUR;
 /* Adds attempts to the given events and records the error, in one statement. */
 bool store_record_failure(store *s, const long long *ids, size_t n, int attempts, const char *error) WUR;
-/* Unpublished count (up to a million) and the age in seconds of the oldest
- * unpublished event, looking at ids from from_id on and at the held runs held[i]
- * from seq held_seq[i] on. */
-bool store_backlog(store *s, long long from_id, const char *const *held, const size_t *held_len, size_t nheld,
-                   const long long *held_seq, long long *count, double *oldest_age_s) WUR;
+/* The relay's backlog: the rows above its frontier (counted by id), the unpublished
+ * rows from from_id to the frontier and those of the held runs held[i] from seq
+ * held_seq[i] on (up to 100,000 each); and the age in seconds of the oldest. */
+bool store_backlog(store *s, long long from_id, long long frontier, const char *const *held,
+                   const size_t *held_len, size_t nheld, const long long *held_seq, long long *count,
+                   double *oldest_age_s) WUR;
 
 /* The gateway's replay statement ($1 run_id, $2 after this seq; returns seq, payload
  * text, n and newest in seq order: at most 200 rows and about 4 MB, n being how many
