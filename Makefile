@@ -17,7 +17,7 @@ override CFLAGS := $(CFLAGS_BASE) $(CPPFLAGS) $(CFLAGS)
 
 CORE = buf log config event metrics store_pg store_schema redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_replay sse_redis sse_workers sse_page
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
-TOOLS = obx_load obx_sub obx_sse
+TOOLS = obx_load obx_sub obx_sse obx_listen
 UNIT = test_buf test_config test_relay test_scan test_metrics test_sse
 
 .PHONY: all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
