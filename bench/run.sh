@@ -160,17 +160,20 @@ relay_backend() { # pid of the relay's PostgreSQL backend (the newest: an old on
 # ---- 1. producer cost ------------------------------------------------------------------
 
 declare -A PROD
-producer_once() { # TARGET CONNS RUNS -> inserts/s
-  local t=$1 c=$2 runs=$3 j out
+producer_once() { # TARGET CONNS RUNS -> inserts/s (base0: the previous release with its NOTIFY trigger off)
+  local t=$1 c=$2 runs=$3 j out db=$1
   j=$((c < 4 ? c : 4))
+  [[ $t == base0 ]] && db=base
   if [[ $t == plain ]]; then
     q "${URL[cur]}" -c "TRUNCATE plain.run_outbox" -c CHECKPOINT >/dev/null
   else
-    reset_data "$t"
-    q "${URL[$t]}" -c CHECKPOINT >/dev/null
+    reset_data "$db"
+    q "${URL[$db]}" -c CHECKPOINT >/dev/null
   fi
-  out=$(pgbench -n -f "$ROOT/bench/pgbench-insert.sql" -D runs="$runs" -c "$c" -j "$j" -T "$PROD_S" "${URL[$t]}" 2>&1) ||
+  [[ $t == base0 ]] && q "${URL[base]}" -c "ALTER TABLE run_outbox DISABLE TRIGGER run_outbox_notify" >/dev/null
+  out=$(pgbench -n -f "$ROOT/bench/pgbench-insert.sql" -D runs="$runs" -c "$c" -j "$j" -T "$PROD_S" "${URL[$db]}" 2>&1) ||
     die "pgbench $t c=$c runs=$runs: $out"
+  [[ $t == base0 ]] && q "${URL[base]}" -c "ALTER TABLE run_outbox ENABLE TRIGGER run_outbox_notify" >/dev/null
   awk '/^tps = / {printf "%.0f\n", $3}' <<<"$out"
 }
 
@@ -180,7 +183,7 @@ run_producers() {
   # spreads over all cells instead of spoiling one.
   for ((rep = 1; rep <= PROD_REPEAT; rep++)); do
     for w in 1:1000 8:1000 32:1000 32:1; do
-      for t in plain base cur; do
+      for t in plain base base0 cur; do
         v=$(producer_once "$t" "${w%:*}" "${w#*:}")
         echo "$w-$t $v" >>"$WORK/producer.txt"
         say "producer $rep/$PROD_REPEAT: conns=${w%:*} runs=${w#*:} $t: $v/s"
@@ -324,12 +327,15 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
     echo
     echo "1. PRODUCER COST  (inserts/s, pgbench -f bench/pgbench-insert.sql, autocommit, ${PROD_S}s each, median of $PROD_REPEAT;"
     echo "   plain = same columns, BIGSERIAL primary key, no other index, no trigger; no relay running)"
-    printf '  %-22s %10s %14s %7s %14s %7s\n' "workload" "plain" "$REF" "/plain" "this tree" "/plain"
+    echo "   $REF as released (NOTIFY trigger on) and with its NOTIFY trigger off"
+    printf '  %-22s %9s %10s %7s %11s %7s %10s %7s\n' "workload" "plain" "$REF" "/plain" "no NOTIFY" "/plain" \
+      "this tree" "/plain"
     for w in 1:1000 8:1000 32:1000 32:1; do
-      p=${PROD[$w-plain]:-0} b=${PROD[$w-base]:-0} c=${PROD[$w-cur]:-0}
-      printf '  %-22s %10s %14s %6.2fx %14s %6.2fx\n' "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)" \
-        "$(thousands "$p")" "$(thousands "$b")" "$(calc %.4f "$b / ($p + 0.001)")" "$(thousands "$c")" \
-        "$(calc %.4f "$c / ($p + 0.001)")"
+      p=${PROD[$w-plain]:-0} b=${PROD[$w-base]:-0} b0=${PROD[$w-base0]:-0} c=${PROD[$w-cur]:-0}
+      printf '  %-22s %9s %10s %6.2fx %11s %6.2fx %10s %6.2fx\n' \
+        "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)" "$(thousands "$p")" \
+        "$(thousands "$b")" "$(calc %.4f "$b / ($p + 0.001)")" "$(thousands "$b0")" "$(calc %.4f "$b0 / ($p + 0.001)")" \
+        "$(thousands "$c")" "$(calc %.4f "$c / ($p + 0.001)")"
     done
   fi
   if part steady; then

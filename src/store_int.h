@@ -8,14 +8,11 @@
 
 #include <libpq-fe.h>
 
-/* Advisory lock keys (two-int form: they show in pg_locks as classid/objid). The
- * per-run lock of the insert trigger uses a class of its own, so that no run's hash
- * can collide with these. */
-#define LOCK_CLASS 1868724324     /* 0x6f627864, "obxd" (decimal: it goes into SQL text) */
+/* Advisory lock keys (two-int form: they show in pg_locks as classid/objid). */
+#define LOCK_CLASS 1868724324 /* 0x6f627864, "obxd" (decimal: it goes into SQL text) */
 #define LOCK_MIGRATE 1
 #define LOCK_LEADER 2
-#define LOCK_SLEEP 3              /* held by the leading relay while it waits for a NOTIFY */
-#define LOCK_RUN_CLASS 1868724338 /* 0x6f627872, "obxr" */
+#define LOCK_SLEEP 3          /* held by the leading relay while it waits for a NOTIFY */
 
 struct store {
     char *url;

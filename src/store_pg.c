@@ -867,10 +867,10 @@ bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
     /* Looks only at the `limit` oldest published rows (primary-key order, which follows
      * publish order closely), so the work is bounded whether or not anything is due.
      * For each run among those past the window it deletes the published rows up to
-     * the newest of them: always a prefix of the run, so that the run's newest
-     * remaining row still carries its highest seq. A run left with no rows gets its
-     * last seq (and the time of its last event) in run_outbox_seq, from which the
-     * insert trigger goes on. Unpublished rows are never touched. */
+     * the newest of them: always a prefix of the run. A run left with no rows gets
+     * the time of its last event in run_outbox_seq (and its last seq, should its
+     * counter be missing), for --counter-retention. Unpublished rows are never
+     * touched. */
     PGresult *r = store_run(s, "prune",
                             "WITH due AS (SELECT run_id, max(seq) AS upto FROM"
                             "              (SELECT run_id, seq, published_at FROM run_outbox"
@@ -901,22 +901,44 @@ bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t 
     snprintf(age, sizeof age, "%ld milliseconds", idle_ms);
     snprintf(lim, sizeof lim, "%ld", limit);
     const char *params[] = {cursor, lim, age};
+    *forgotten = 0;
     /* A window of `limit` counters in run_id order after the cursor: a full round
      * over all counters takes (counters / limit) sweeps and needs no index of its own.
-     * Only runs with no rows at all whose last event is older than idle_ms go. */
-    PGresult *r = store_run(s, "forget idle runs",
-                            "WITH c AS (SELECT run_id FROM run_outbox_seq WHERE run_id > $1"
-                            "           ORDER BY run_id LIMIT $2::int),"
-                            "     gone AS (DELETE FROM run_outbox_seq f USING c WHERE f.run_id = c.run_id"
-                            "              AND f.last_event_at < now() - $3::interval"
-                            "              AND NOT EXISTS (SELECT 1 FROM run_outbox o WHERE o.run_id = f.run_id)"
-                            "              RETURNING 1)"
-                            " SELECT (SELECT count(*) FROM c), (SELECT max(run_id) FROM c), (SELECT count(*) FROM gone)",
-                            3, params);
-    if (!r)
+     * The idle ones are locked first (a writer of the run then waits, and writers
+     * busy now are skipped), and only then is it checked, in a snapshot taken after
+     * those locks, that the run has no rows: a writer that committed before sees its
+     * row counted, one after finds the counter gone and starts the run over. */
+    if (!store_run_cmd(s, "forget idle runs", "BEGIN", 0, NULL))
         return false;
+    PGresult *r = store_run(s, "forget idle runs",
+                            "WITH w AS (SELECT run_id FROM run_outbox_seq WHERE run_id > $1"
+                            "           ORDER BY run_id LIMIT $2::int),"
+                            "     idle AS (SELECT f.run_id FROM run_outbox_seq f JOIN w USING (run_id)"
+                            "              WHERE f.last_event_at < now() - $3::interval FOR UPDATE OF f SKIP LOCKED)"
+                            " SELECT (SELECT count(*) FROM w), (SELECT max(run_id) FROM w),"
+                            "  coalesce((SELECT array_agg(run_id) FROM idle), '{}')",
+                            3, params);
+    PGresult *d = NULL;
+    if (r) {
+        const char *dparams[] = {PQgetvalue(r, 0, 2), age};
+        d = store_run(s, "forget idle runs",
+                      "DELETE FROM run_outbox_seq f WHERE f.run_id = ANY($1::text[])"
+                      " AND f.last_event_at < now() - $2::interval"
+                      " AND NOT EXISTS (SELECT 1 FROM run_outbox o WHERE o.run_id = f.run_id)",
+                      2, dparams);
+    }
+    if (!r || !d || !store_run_cmd(s, "forget idle runs", "COMMIT", 0, NULL)) {
+        char keep[sizeof s->err];
+        memcpy(keep, s->err, sizeof keep);
+        if (store_connected(s) && !store_run_cmd(s, "rollback", "ROLLBACK", 0, NULL))
+            log_warn("%s", s->err);
+        memcpy(s->err, keep, sizeof keep);
+        PQclear(r);
+        PQclear(d);
+        return false;
+    }
     long long window = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
-    *forgotten = strtoll(PQgetvalue(r, 0, 2), NULL, 10);
+    *forgotten = strtoll(PQcmdTuples(d), NULL, 10);
     /* A short window reached the end: the next sweep starts over. A run id longer
      * than the cursor's room cannot be a cursor; start over too (never skip). */
     if (window < limit || (size_t)PQgetlength(r, 0, 1) >= cursor_len)
@@ -924,6 +946,7 @@ bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t 
     else
         memcpy(cursor, PQgetvalue(r, 0, 1), (size_t)PQgetlength(r, 0, 1) + 1);
     PQclear(r);
+    PQclear(d);
     return true;
 }
 

@@ -143,11 +143,11 @@ bool store_take_retry(store *s);
 /* Deletes, among the `limit` oldest published events, those published more than
  * older_than_ms ago (with the earlier published events of their runs), in one
  * statement; *deleted gets how many (fewer than limit: nothing more is due).
- * Unpublished events are never deleted. A run left without rows keeps its last seq
- * in run_outbox_seq, so that its seq goes on from there. */
+ * Unpublished events are never deleted. A run left without rows keeps its counter
+ * (its seq goes on from there), stamped with the time of its last event. */
 bool store_prune(store *s, long older_than_ms, long limit, long long *deleted) WUR;
-/* Deletes the kept last seq of runs that have no rows and whose last event is older
- * than idle_ms, looking at `limit` runs after `cursor` (run_id order; "" = from the
+/* Deletes the counters of runs that have no rows and whose last event is older than
+ * idle_ms, looking at `limit` counters after `cursor` (run_id order; "" = from the
  * start), which it advances (back to "" at the end). Such a run, if it writes again,
  * starts over at seq 1. */
 bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t cursor_len,
