@@ -289,14 +289,14 @@ static void log_stats(relay_state *r, bool final)
     double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
     log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu failures=%llu "
              "retries=%llu pruned=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
-             "backlog=%lld oldest_unpublished_s=%.3f",
+             "backlog=%lld oldest_unpublished_s=%.3f gaps=%zu",
              final ? " (final)" : "", r->leader ? "leader" : "standby",
              (unsigned long long)st->published, rate, (unsigned long long)st->duplicates,
              (unsigned long long)st->failures, (unsigned long long)st->retries,
              (unsigned long long)st->pruned, hist_quantile(&st->latency, 0.5) / 1e3, hist_quantile(&st->latency, 0.99) / 1e3,
              st->latency.max_us / 1e3, (unsigned long long)st->batches,
              st->batch_time.count ? st->batch_time.sum_us / (double)st->batch_time.count / 1e3 : 0,
-             st->batch_time.max_us / 1e3, backlog, oldest);
+             st->batch_time.max_us / 1e3, backlog, oldest, r->leader ? r->sc.ngaps : 0);
     hist_reset(&st->latency);
     hist_reset(&st->batch_time);
     r->last_stats = now;
@@ -346,13 +346,11 @@ static void refresh_backlog(relay_state *r)
 
 /* Retention: once a second the leader deletes published rows past the window, a
  * thousand per statement, for at most 250 ms, so that publishing never waits long;
- * then it looks at a window of the kept last seqs of runs without rows. Not while a
- * backlog drains: that comes first, and with most rows unpublished the planner may
- * well read the whole table to find the oldest published ones. */
+ * then it looks at a window of the counters of runs without rows. */
 static void prune_old(relay_state *r)
 {
     long keep = r->cfg->retention_ms;
-    if (!r->leader || !store_connected(r->rc.db) || mono_s() < r->next_prune || r->cur_full)
+    if (!r->leader || !store_connected(r->rc.db) || mono_s() < r->next_prune)
         return;
     double start = mono_s();
     r->next_prune = start + 1;

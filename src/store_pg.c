@@ -471,7 +471,16 @@ bool store_prepare_relay(store *s)
     PQclear(r);
     if (!ok)
         return false;
-    if (!store_run_cmd(s, "set plan cache mode", "SET plan_cache_mode = force_generic_plan", 0, NULL))
+    /* Every statement of the relay reads through an index: the cycle's plan is made
+     * once, maybe while the table is nearly empty, and must not turn into a scan of
+     * the table once it has grown; statistics taken while a backlog waits say that
+     * published rows are rare, and retention would then read the whole table to
+     * find the oldest. The costs that this inflates would make PostgreSQL compile
+     * them (JIT) every time, for longer than they run, and start parallel workers. */
+    if (!store_run_cmd(s, "session settings",
+                       "SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; SET jit = off;"
+                       " SET max_parallel_workers_per_gather = 0",
+                       0, NULL))
         return false;
     if (!PQsendPrepare(s->conn, "outboxd_cycle", cycle_sql, 0, NULL)) {
         store_set_err(s, "prepare", PQerrorMessage(s->conn));
@@ -860,6 +869,12 @@ bool store_skip(store *s, const char *run_id, long long seq, const char *reason,
 
 bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
 {
+    /* Through the primary key, whatever the statistics say (store_prepare_relay). */
+    if (!store_run_cmd(s, "prune",
+                       "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL jit = off;"
+                       " SET LOCAL max_parallel_workers_per_gather = 0",
+                       0, NULL))
+        return false;
     char age[32], lim[24];
     snprintf(age, sizeof age, "%ld milliseconds", older_than_ms);
     snprintf(lim, sizeof lim, "%ld", limit);
@@ -888,8 +903,15 @@ bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
                             "                  last_event_at = greatest(f.last_event_at, excluded.last_event_at))"
                             " SELECT count(*) FROM del",
                             2, params);
-    if (!r)
+    if (!r || !store_run_cmd(s, "prune", "COMMIT", 0, NULL)) {
+        PQclear(r);
+        char keep[sizeof s->err];
+        memcpy(keep, s->err, sizeof keep);
+        if (store_connected(s) && !store_run_cmd(s, "rollback", "ROLLBACK", 0, NULL))
+            log_warn("%s", s->err);
+        memcpy(s->err, keep, sizeof keep);
         return false;
+    }
     *deleted = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
     return true;
