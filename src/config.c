@@ -91,6 +91,9 @@ static const setting settings[] = {
      "HOST:PORT for /metrics, /healthz and /readyz (unset = no HTTP endpoint)"},
     {"retention", "OUTBOXD_RETENTION", T_DURATION, CMD_RELAY, "7d", 0, 3650 * DAY_MS, 1000, NULL,
      OFF(retention_ms), "the leader deletes published events older than this (0 = keep forever)"},
+    {"vacuum-after", "OUTBOXD_VACUUM_AFTER", T_INT, CMD_RELAY, "20000", 0, 1000000000, 0, NULL, OFF(vacuum_after),
+     "the leader runs VACUUM on run_outbox (if its role owns it) once this many events were marked or deleted "
+     "since the last one (0 = leave it to autovacuum)"},
     {"counter-retention", "OUTBOXD_COUNTER_RETENTION", T_DURATION, CMD_RELAY, "30d", 0, 3650 * DAY_MS, 1000,
      NULL, OFF(counter_retention_ms),
      "the leader forgets the last seq of a run with no events left and none newer than this (0 = never); "

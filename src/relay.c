@@ -11,6 +11,7 @@
 #include "relay.h"
 
 #include "admin_http.h"
+#include "clock.h"
 #include "log.h"
 #include "relay_scan.h"
 
@@ -25,8 +26,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 2000
 #define STANDBY_RETRY_MS 500
 /* While a writer's transaction is open, the relay cannot wait for a NOTIFY (that
  * writer will not send one): it reads again after 1 ms, doubling up to this. */
@@ -38,13 +37,6 @@
 #define MARK_SPLIT 4
 #define LOW_WATER_EVERY_S 1.0
 #define FORGET_WINDOW 1000
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* ---- process: signals ------------------------------------------------------------- */
 
@@ -161,14 +153,17 @@ typedef struct relay_state {
     double low_saved_at;
     long long low_saved;
     char forget_cursor[512];
+    /* VACUUM of run_outbox on a connection of its own (--vacuum-after) */
+    store *vac;
+    int vac_may;         /* -1 not known yet, 0 this role does not own the table, 1 it does */
+    bool vac_running;
+    double vac_started, next_vacuum;
+    long long churn;     /* events marked or deleted since the last VACUUM started */
 } relay_state;
 
 static void backoff(relay_state *r)
 {
-    r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : BACKOFF_MIN_MS;
-    if (r->backoff_ms > BACKOFF_MAX_MS)
-        r->backoff_ms = BACKOFF_MAX_MS;
-    nap(r->backoff_ms);
+    nap(clock_backoff(&r->backoff_ms));
 }
 
 static bool ring_add(mark_ring *m, unsigned long cycle, const long long *ids, size_t n, bool spread)
@@ -217,6 +212,7 @@ static bool ring_flush(relay_state *r)
         if (r->marks.n[k] && !store_mark_published(r->rc.db, r->marks.ids[k], r->marks.n[k]))
             return false;
         r->rc.stats.published += r->marks.n[k];
+        r->churn += (long long)r->marks.n[k];
         r->marks.n[k] = 0;
     }
     return true;
@@ -282,7 +278,7 @@ static bool connect_db(relay_state *r)
 static void log_stats(relay_state *r, bool final)
 {
     relay_stats *st = &r->rc.stats;
-    double now = mono_s();
+    double now = clock_mono_s();
     double span = now - r->last_stats;
     long long backlog = r->leader ? r->backlog : -1;
     double oldest = r->leader ? r->oldest_age_s : 0;
@@ -325,9 +321,9 @@ static long long low_water(relay_state *r)
  * from the frontier's low end on, and the held runs through their own rows. */
 static void refresh_backlog(relay_state *r)
 {
-    if (!r->leader || !store_connected(r->rc.db) || mono_s() < r->next_backlog)
+    if (!r->leader || !store_connected(r->rc.db) || clock_mono_s() < r->next_backlog)
         return;
-    r->next_backlog = mono_s() + 2;
+    r->next_backlog = clock_mono_s() + 2;
     const char *runs[RELAY_HELD_MAX];
     size_t lens[RELAY_HELD_MAX];
     long long seqs[RELAY_HELD_MAX], from = scan_low(&r->sc);
@@ -350,9 +346,9 @@ static void refresh_backlog(relay_state *r)
 static void prune_old(relay_state *r)
 {
     long keep = r->cfg->retention_ms;
-    if (!r->leader || !store_connected(r->rc.db) || mono_s() < r->next_prune)
+    if (!r->leader || !store_connected(r->rc.db) || clock_mono_s() < r->next_prune)
         return;
-    double start = mono_s();
+    double start = clock_mono_s();
     r->next_prune = start + 1;
     long long total = 0, n = 0;
     if (keep > 0) {
@@ -362,10 +358,11 @@ static void prune_old(relay_state *r)
                 return;
             }
             total += n;
-        } while (n >= 1000 && mono_s() - start < 0.25);
+        } while (n >= 1000 && clock_mono_s() - start < 0.25);
         if (total)
             log_debug("retention: deleted %lld published events older than %ld ms", total, keep);
         r->rc.stats.pruned += (uint64_t)total;
+        r->churn += total;
     }
     if (r->cfg->counter_retention_ms > 0) {
         long long gone;
@@ -446,15 +443,68 @@ static bool check_ready(buf *body, void *arg)
     return ok;
 }
 
-/* Time-driven chores between cycles: backlog, retention, /metrics, the stats line. */
+/* Marks and retention leave dead row versions, and only VACUUM makes their room
+ * usable for new rows: without it the table grows by everything written between two
+ * visits of autovacuum (a minute at best). Once --vacuum-after events were marked or
+ * deleted, the leader starts a VACUUM on a connection of its own and goes on
+ * publishing; it only looks whether that one is done before it starts another.
+ * VACUUM reads only the pages changed since the last one. */
+static void vacuum_chore(relay_state *r)
+{
+    double now = clock_mono_s();
+    if (r->vac_running) {
+        bool done;
+        if (!store_vacuum_poll(r->vac, &done)) {
+            log_warn("vacuum: %s", store_errstr(r->vac));
+            r->vac_running = false;
+            r->next_vacuum = now + 10;
+        } else if (done) {
+            r->vac_running = false;
+            log_debug("vacuum of run_outbox took %.0f ms", (now - r->vac_started) * 1e3);
+        }
+        return;
+    }
+    if (r->cfg->vacuum_after <= 0 || !r->leader || r->vac_may == 0 || r->churn < r->cfg->vacuum_after ||
+        now < r->next_vacuum)
+        return;
+    r->next_vacuum = now + 2;
+    if (!store_connected(r->vac) && !store_connect(r->vac)) {
+        log_warn("vacuum: %s", store_errstr(r->vac));
+        r->next_vacuum = now + 10;
+        return;
+    }
+    if (r->vac_may < 0) {
+        bool may;
+        if (!store_may_vacuum(r->vac, &may)) {
+            log_warn("vacuum: %s", store_errstr(r->vac));
+            return;
+        }
+        r->vac_may = may;
+        if (!may) {
+            log_info("vacuum: this role does not own run_outbox; autovacuum alone cleans it");
+            store_disconnect(r->vac);
+            return;
+        }
+    }
+    if (!store_vacuum_begin(r->vac)) {
+        log_warn("vacuum: %s", store_errstr(r->vac));
+        return;
+    }
+    r->vac_running = true;
+    r->vac_started = now;
+    r->churn = 0;
+}
+
+/* Time-driven chores between cycles: backlog, retention, vacuum, /metrics, the stats line. */
 static void periodic(relay_state *r)
 {
     refresh_backlog(r);
     prune_old(r);
+    vacuum_chore(r);
     publish_state(r);
-    if (r->cfg->stats_interval_ms > 0 && mono_s() >= r->next_stats) {
+    if (r->cfg->stats_interval_ms > 0 && clock_mono_s() >= r->next_stats) {
         log_stats(r, false);
-        r->next_stats = mono_s() + r->cfg->stats_interval_ms / 1e3;
+        r->next_stats = clock_mono_s() + r->cfg->stats_interval_ms / 1e3;
     }
 }
 
@@ -463,15 +513,15 @@ static void periodic(relay_state *r)
 static void count_batch(relay_ctx *rc, double t0)
 {
     rc->stats.batches++;
-    hist_record(&rc->stats.batch_time, (mono_s() - t0) * 1e6);
-    prom_hist_record(&rc->stats.batch_time_total, mono_s() - t0);
+    hist_record(&rc->stats.batch_time, (clock_mono_s() - t0) * 1e6);
+    prom_hist_record(&rc->stats.batch_time_total, clock_mono_s() - t0);
 }
 
 /* Publishes `cur` and files the outcome: marks into the ring (spread over the next
  * statements in a backlog), and what must be read again. */
 static batch_outcome publish_cur(relay_state *r, unsigned long first_cycle, bool spread)
 {
-    double t0 = mono_s();
+    double t0 = clock_mono_s();
     batch_outcome o = relay_publish_batch(&r->rc, &r->cur);
     count_batch(&r->rc, t0);
     if (!ring_add(&r->marks, first_cycle, r->rc.done_ids, o.published, spread)) {
@@ -485,7 +535,7 @@ static batch_outcome publish_cur(relay_state *r, unsigned long first_cycle, bool
  * that have no event in flight. */
 static size_t catch_up_runs(relay_state *r, const char **runs, size_t *lens, long long *seqs)
 {
-    double now = mono_s();
+    double now = clock_mono_s();
     size_t n = 0;
     for (int h = 0; h < r->rc.nheld; h++) {
         held_run *hr = &r->rc.held[h];
@@ -531,7 +581,7 @@ static long leader_cycle(relay_state *r)
     size_t cu_lens[RELAY_HELD_MAX];
     long long cu_seqs[RELAY_HELD_MAX];
     long long low = low_water(r);
-    bool save_low = low != r->low_saved && mono_s() - r->low_saved_at >= LOW_WATER_EVERY_S;
+    bool save_low = low != r->low_saved && clock_mono_s() - r->low_saved_at >= LOW_WATER_EVERY_S;
     /* The slot this statement marks is emptied as it goes: a batch published while
      * the statement runs files ids into the coming slots, this one among them. */
     size_t slot = r->cycle % MARK_SPLIT;
@@ -576,9 +626,10 @@ static long leader_cycle(relay_state *r)
         return -1;
     }
     rc->stats.published += c.nmark;
+    r->churn += (long long)c.nmark;
     if (c.low_water >= 0) {
         r->low_saved = low;
-        r->low_saved_at = mono_s();
+        r->low_saved_at = clock_mono_s();
     }
     if (overlap)
         relay_record_failures(rc);
@@ -706,7 +757,7 @@ int relay_main(const config *cfg)
         log_error("cannot install signal handlers: %s", strerror(errno));
         return 1;
     }
-    relay_state r = {.cfg = cfg, .limit = cfg->batch_size};
+    relay_state r = {.cfg = cfg, .limit = cfg->batch_size, .vac_may = -1};
     scan_init(&r.sc);
     batch_init(&r.rows[0]);
     batch_init(&r.rows[1]);
@@ -716,17 +767,20 @@ int relay_main(const config *cfg)
     char appname[64];
     snprintf(appname, sizeof appname, "outboxd-relay-%d", (int)getpid());
     store *db = store_new(cfg->database_url, appname, cfg->pg_timeout_ms);
+    snprintf(appname, sizeof appname, "outboxd-vacuum-%d", (int)getpid());
+    r.vac = store_new(cfg->database_url, appname, cfg->pg_timeout_ms);
     sink *out = sink_new(&cfg->redis, cfg->redis_timeout_ms, cfg->mark_ttl_ms, "");
-    if (!db || !out) {
+    if (!db || !out || !r.vac) {
         log_error("out of memory");
         store_free(db);
+        store_free(r.vac);
         sink_free(out);
         return 1;
     }
     relay_ctx_init(&r.rc, cfg, db, out, wake_pipe[0], &stop_requested);
     const char *fp = getenv("OUTBOXD_FAILPOINT");
     r.rc.crash_before_mark = fp && !strcmp(fp, "crash-before-mark");
-    r.last_stats = mono_s();
+    r.last_stats = clock_mono_s();
     r.next_stats = r.last_stats + cfg->stats_interval_ms / 1e3;
     log_info("relay starting (pid %d)", (int)getpid());
     config_log(cfg, CMD_RELAY);
@@ -784,6 +838,7 @@ out:
     ring_free(&r.marks);
     relay_ctx_free(&r.rc);
     store_free(db);
+    store_free(r.vac); /* a VACUUM under way finishes on its own */
     sink_free(out);
     close(wake_pipe[0]);
     close(wake_pipe[1]);

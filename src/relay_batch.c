@@ -3,6 +3,7 @@
  * database calls but relay_record_failures: the loop (relay.c) owns the statements. */
 #include "relay.h"
 
+#include "clock.h"
 #include "log.h"
 
 #include <errno.h>
@@ -10,25 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define RETRY_BASE_MS 50
 #define RETRY_MAX_MS 1000
 #define HOLD_MAX_S 60.0
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* Sleeps up to ms, returning early when a signal arrives on the wake pipe. */
 static void nap(int wake_fd, long ms)
@@ -165,7 +151,7 @@ static bool held_add(relay_ctx *rc, const event *e, const char *why)
     if (wait > HOLD_MAX_S)
         wait = HOLD_MAX_S;
     h->strikes++;
-    h->until = mono_s() + wait;
+    h->until = clock_mono_s() + wait;
     h->from_seq = e->seq;
     h->from_id = e->id;
     h->caught_up = false;
@@ -176,7 +162,7 @@ static bool held_add(relay_ctx *rc, const event *e, const char *why)
 
 int relay_held_now(relay_ctx *rc, const char **ids, size_t *lens)
 {
-    double now = mono_s();
+    double now = clock_mono_s();
     int n = 0;
     for (int i = 0; i < rc->nheld; i++)
         if (rc->held[i].until > now) {
@@ -255,7 +241,7 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
         size_t n = line_up(rc, b);
         if (!sink_publish(rc->out, rc->send, rc->chained, n, rc->res))
             o.redis_lost = true;
-        double acked = now_s();
+        double acked = clock_real_s();
         for (size_t k = 0; k < n; k++) {
             rc->last_res[rc->send_idx[k]] = rc->res[k];
             switch (rc->res[k]) {

@@ -34,5 +34,7 @@ void store_set_err(store *s, const char *what, const char *why);
  * with s->err and s->sqlstate set. A broken or timed-out connection is closed. */
 PGresult *store_run(store *s, const char *what, const char *sql, int n, const char *const *params);
 bool store_run_cmd(store *s, const char *what, const char *sql, int n, const char *const *params);
+/* Rolls back the transaction in progress, keeping the error that made us do it. */
+void store_rollback(store *s);
 
 #endif

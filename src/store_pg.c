@@ -290,6 +290,17 @@ bool store_run_cmd(store *s, const char *what, const char *sql, int n, const cha
     return r != NULL;
 }
 
+void store_rollback(store *s)
+{
+    char keep[sizeof s->err], state[sizeof s->sqlstate];
+    memcpy(keep, s->err, sizeof keep);
+    memcpy(state, s->sqlstate, sizeof state);
+    if (store_connected(s) && !store_run_cmd(s, "rollback", "ROLLBACK", 0, NULL))
+        log_warn("%s", s->err);
+    memcpy(s->err, keep, sizeof keep);
+    memcpy(s->sqlstate, state, sizeof state);
+}
+
 /* ---- wake-ups and leadership ----------------------------------------------------- */
 
 bool store_listen(store *s)
@@ -734,6 +745,65 @@ bool store_low_water(store *s, long long *low)
     return ok;
 }
 
+bool store_may_vacuum(store *s, bool *may)
+{
+    PGresult *r = store_run(s, "may vacuum",
+                            "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class"
+                            " WHERE oid = to_regclass('run_outbox')",
+                            0, NULL);
+    if (!r)
+        return false;
+    *may = PQntuples(r) == 1 && PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    return true;
+}
+
+bool store_vacuum_begin(store *s)
+{
+    s->sqlstate[0] = '\0';
+    if (!s->conn) {
+        store_set_err(s, "vacuum", "not connected");
+        return false;
+    }
+    if (!PQsendQuery(s->conn, "VACUUM (SKIP_LOCKED) run_outbox") ||
+        flush_all(s, store_now_ms() + s->timeout_ms) != 1) {
+        store_set_err(s, "vacuum", PQerrorMessage(s->conn));
+        store_disconnect(s);
+        return false;
+    }
+    return true;
+}
+
+bool store_vacuum_poll(store *s, bool *done)
+{
+    *done = false;
+    if (!s->conn) {
+        store_set_err(s, "vacuum", "not connected");
+        return false;
+    }
+    if (!PQconsumeInput(s->conn)) {
+        store_set_err(s, "vacuum", PQerrorMessage(s->conn));
+        store_disconnect(s);
+        return false;
+    }
+    bool ok = true;
+    while (!PQisBusy(s->conn)) {
+        PGresult *r = PQgetResult(s->conn);
+        if (!r) {
+            *done = true;
+            break;
+        }
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            store_set_err(s, "vacuum", PQresultErrorMessage(r));
+            ok = false;
+        }
+        PQclear(r);
+    }
+    if (!ok)
+        store_disconnect(s);
+    return ok;
+}
+
 bool store_mark_published(store *s, const long long *ids, size_t n)
 {
     if (n == 0)
@@ -905,11 +975,7 @@ bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
                             2, params);
     if (!r || !store_run_cmd(s, "prune", "COMMIT", 0, NULL)) {
         PQclear(r);
-        char keep[sizeof s->err];
-        memcpy(keep, s->err, sizeof keep);
-        if (store_connected(s) && !store_run_cmd(s, "rollback", "ROLLBACK", 0, NULL))
-            log_warn("%s", s->err);
-        memcpy(s->err, keep, sizeof keep);
+        store_rollback(s);
         return false;
     }
     *deleted = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
@@ -950,11 +1016,7 @@ bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t 
                       2, dparams);
     }
     if (!r || !d || !store_run_cmd(s, "forget idle runs", "COMMIT", 0, NULL)) {
-        char keep[sizeof s->err];
-        memcpy(keep, s->err, sizeof keep);
-        if (store_connected(s) && !store_run_cmd(s, "rollback", "ROLLBACK", 0, NULL))
-            log_warn("%s", s->err);
-        memcpy(s->err, keep, sizeof keep);
+        store_rollback(s);
         PQclear(r);
         PQclear(d);
         return false;

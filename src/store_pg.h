@@ -105,6 +105,16 @@ bool store_asleep(const store *s);
 /* The low water a previous leader stored: every event below it is published. */
 bool store_low_water(store *s, long long *low) WUR;
 
+/* VACUUM of run_outbox on a connection of its own, without waiting: marks and
+ * retention leave dead row versions that only VACUUM makes room of for new rows,
+ * and autovacuum looks at a table once a minute at best. store_may_vacuum says
+ * whether this session's role owns the table (only an owner may vacuum it). */
+bool store_may_vacuum(store *s, bool *may) WUR;
+bool store_vacuum_begin(store *s) WUR;
+/* *done once the VACUUM started last has finished. Never waits; false (the
+ * connection is then closed) if it failed. */
+bool store_vacuum_poll(store *s, bool *done) WUR;
+
 /* Marks the given events published, in one statement. */
 bool store_mark_published(store *s, const long long *ids, size_t n) WUR;
 /* Adds attempts to the given events and records the error, in one statement. */

@@ -153,19 +153,6 @@ static void pause_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* Rolls back, keeping the error that made us do it. */
-static void rollback_keep_err(store *s)
-{
-    char keep[sizeof s->err];
-    memcpy(keep, s->err, sizeof keep);
-    char state[sizeof s->sqlstate];
-    memcpy(state, s->sqlstate, sizeof state);
-    if (store_connected(s) && !store_run_cmd(s, "rollback", "ROLLBACK", 0, NULL))
-        log_warn("%s", s->err);
-    memcpy(s->err, keep, sizeof keep);
-    memcpy(s->sqlstate, state, sizeof state);
-}
-
 /* Applies one migration in one transaction. Returns 1 applied, 0 failed. */
 static int apply(store *s, const struct migration *m)
 {
@@ -188,7 +175,7 @@ static int apply(store *s, const struct migration *m)
         if (ok)
             return 1;
         bool busy = !strcmp(s->sqlstate, "55P03"); /* lock_not_available */
-        rollback_keep_err(s);
+        store_rollback(s);
         if (!busy || !store_connected(s))
             return 0;
         if (attempt == MIGRATE_LOCK_ATTEMPTS) {

@@ -4,10 +4,11 @@
 # with the old Last-Event-ID gets it; once the run has had no rows and no event for
 # --counter-retention, its counter goes too (nothing grows with the number of runs
 # ever written), and the run, if it writes again, starts over at seq 1, which the
-# relay publishes (its Redis mark from the first life does not stop it).
+# relay publishes (its Redis mark from the first life does not stop it). The leader
+# vacuums the table itself once enough rows were marked or deleted (--vacuum-after).
 . "$(dirname "$0")/lib.sh"
 new_db
-start_relay relay --retention 1s --counter-retention 5s
+start_relay relay --retention 1s --counter-retention 5s --vacuum-after 100
 start_sse sse
 redis-cli -p "$REDIS_PORT" subscribe run:c-1 >"$WORK/c1.msgs" &
 listener=$!
@@ -28,6 +29,12 @@ done
 counters=$(q "SELECT count(*) FROM run_outbox_seq")
 [[ $counters == 201 ]] || fail "want 201 kept counters, have $counters"
 "$OUTBOXD" status | grep -q "run counters: *201" || fail "status does not show the counters: $("$OUTBOXD" status)"
+for _ in $(seq 1 50); do
+  [[ $(q "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'run_outbox'") -ge 1 ]] && break
+  sleep 0.1
+done
+[[ $(q "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'run_outbox'") -ge 1 ]] ||
+  fail "the leader did not vacuum run_outbox after --vacuum-after 100: $(grep vacuum "$WORK/relay.log")"
 
 # The run writes again: seq 4, and a stream resuming after 3 gets it.
 curl -s -N --max-time 4 -H 'Last-Event-ID: 3' "http://127.0.0.1:$SSE_PORT/runs/c-1/events" >"$WORK/resume" &

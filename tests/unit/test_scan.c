@@ -13,6 +13,23 @@
 
 static event ev[64];
 static batch rows;
+static scan sc;
+
+/* Every test starts from an empty scan at low water 1. */
+static int setup(void **state)
+{
+    (void)state;
+    scan_init(&sc);
+    scan_reset(&sc, 1);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    scan_free(&sc);
+    return 0;
+}
 
 /* rows: ids[0..n) with flags */
 static void make_rows(const long long *ids, const unsigned *flags, size_t n)
@@ -27,9 +44,6 @@ static void make_rows(const long long *ids, const unsigned *flags, size_t n)
 static void test_missing_ids_become_gaps(void **state)
 {
     (void)state;
-    scan sc;
-    scan_init(&sc);
-    scan_reset(&sc, 1);
     const long long ids[] = {1, 2, 5, 6, 9};
     make_rows(ids, NULL, 5);
     store_seen seen = {.xmin = 100, .tag = 110};
@@ -42,15 +56,11 @@ static void test_missing_ids_become_gaps(void **state)
     assert_int_equal(sc.hi[1], 8);
     assert_int_equal(sc.until[0], 110);
     assert_int_equal(scan_low(&sc), 3);
-    scan_free(&sc);
 }
 
 static void test_a_late_commit_fills_its_gap_and_the_rest_stays(void **state)
 {
     (void)state;
-    scan sc;
-    scan_init(&sc);
-    scan_reset(&sc, 1);
     const long long ids[] = {1, 5};
     make_rows(ids, NULL, 2);
     store_seen s1 = {.xmin = 100, .tag = 110};
@@ -67,15 +77,11 @@ static void test_a_late_commit_fills_its_gap_and_the_rest_stays(void **state)
     assert_int_equal(sc.hi[0], 2);
     assert_int_equal(sc.lo[1], 4);
     assert_int_equal(sc.hi[1], 4);
-    scan_free(&sc);
 }
 
 static void test_gap_closes_once_every_older_transaction_ended(void **state)
 {
     (void)state;
-    scan sc;
-    scan_init(&sc);
-    scan_reset(&sc, 1);
     const long long ids[] = {1, 4};
     make_rows(ids, NULL, 2);
     store_seen s1 = {.xmin = 100, .tag = 110};
@@ -91,15 +97,11 @@ static void test_gap_closes_once_every_older_transaction_ended(void **state)
     assert_true(scan_apply(&sc, &rows, &s3));
     assert_int_equal(sc.ngaps, 0);
     assert_int_equal(scan_low(&sc), 5);
-    scan_free(&sc);
 }
 
 static void test_untagged_gap_stays_until_a_later_transaction_tags_it(void **state)
 {
     (void)state;
-    scan sc;
-    scan_init(&sc);
-    scan_reset(&sc, 1);
     /* A read without a transaction id of its own (nothing to mark). */
     const long long ids[] = {1, 4};
     make_rows(ids, NULL, 2);
@@ -120,15 +122,11 @@ static void test_untagged_gap_stays_until_a_later_transaction_tags_it(void **sta
     store_seen s4 = {.xmin = 1000010, .tag = 0};
     assert_true(scan_apply(&sc, &rows, &s4));
     assert_int_equal(sc.ngaps, 0);
-    scan_free(&sc);
 }
 
 static void test_rows_beyond_the_frontier_read_do_not_move_it(void **state)
 {
     (void)state;
-    scan sc;
-    scan_init(&sc);
-    scan_reset(&sc, 1);
     /* The frontier part read 1..3 (its limit); a run's catch-up read id 9. */
     const long long ids[] = {1, 2, 3, 9};
     const unsigned f[] = {STORE_ROW_FRONTIER, STORE_ROW_FRONTIER, STORE_ROW_FRONTIER, STORE_ROW_CATCHUP};
@@ -137,15 +135,11 @@ static void test_rows_beyond_the_frontier_read_do_not_move_it(void **state)
     assert_true(scan_apply(&sc, &rows, &s));
     assert_int_equal(sc.frontier, 3);
     assert_int_equal(sc.ngaps, 0);
-    scan_free(&sc);
 }
 
 static void test_many_gaps_are_merged_never_dropped(void **state)
 {
     (void)state;
-    scan sc;
-    scan_init(&sc);
-    scan_reset(&sc, 1);
     /* Every other id missing, far more gaps than kept. */
     static event big[2 * SCAN_GAPS_MAX + 10];
     size_t n = 0;
@@ -162,15 +156,11 @@ static void test_many_gaps_are_merged_never_dropped(void **state)
             in = sc.lo[g] <= id && id <= sc.hi[g];
         assert_true(in);
     }
-    scan_free(&sc);
 }
 
 static void test_rewind_reads_again(void **state)
 {
     (void)state;
-    scan sc;
-    scan_init(&sc);
-    scan_reset(&sc, 1);
     const long long ids[] = {1, 3, 10, 12};
     make_rows(ids, NULL, 4);
     store_seen s = {.xmin = 1, .tag = 2};
@@ -180,19 +170,18 @@ static void test_rewind_reads_again(void **state)
     assert_int_equal(sc.ngaps, 2); /* 2 and 4 */
     assert_int_equal(sc.hi[1], 4);
     assert_int_equal(scan_low(&sc), 2);
-    scan_free(&sc);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_missing_ids_become_gaps),
-        cmocka_unit_test(test_a_late_commit_fills_its_gap_and_the_rest_stays),
-        cmocka_unit_test(test_gap_closes_once_every_older_transaction_ended),
-        cmocka_unit_test(test_untagged_gap_stays_until_a_later_transaction_tags_it),
-        cmocka_unit_test(test_rows_beyond_the_frontier_read_do_not_move_it),
-        cmocka_unit_test(test_many_gaps_are_merged_never_dropped),
-        cmocka_unit_test(test_rewind_reads_again),
+        cmocka_unit_test_setup_teardown(test_missing_ids_become_gaps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_late_commit_fills_its_gap_and_the_rest_stays, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gap_closes_once_every_older_transaction_ended, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_untagged_gap_stays_until_a_later_transaction_tags_it, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rows_beyond_the_frontier_read_do_not_move_it, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_gaps_are_merged_never_dropped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rewind_reads_again, setup, teardown),
     };
     return cmocka_run_group_tests_name("scan", tests, NULL, NULL);
 }
