@@ -3,7 +3,7 @@
 CC ?= cc
 BUILD ?= build
 SANITIZE ?=
-PKGS = libpq hiredis libevent libevent_pthreads
+PKGS = libpq hiredis libevent libevent_pthreads libevent_openssl libssl libcrypto jansson
 OPT ?= -O2
 CFLAGS_BASE = -std=c11 -D_GNU_SOURCE -g $(OPT) -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 	-Isrc $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -15,10 +15,11 @@ ifeq ($(SANITIZE),1)
 endif
 override CFLAGS := $(CFLAGS_BASE) $(CPPFLAGS) $(CFLAGS)
 
-CORE = buf log config event metrics store_pg store_schema redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_replay sse_redis sse_workers sse_page
+CORE = buf log config event metrics store_pg store_schema redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_replay sse_redis sse_workers sse_page \
+	sse_auth sse_reply jwks jwt http_client auth auth_forward
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse obx_listen
-UNIT = test_buf test_config test_relay test_scan test_metrics test_sse
+UNIT = test_buf test_config test_relay test_scan test_metrics test_sse test_jwt test_auth test_auth_forward
 
 .PHONY: all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
@@ -39,8 +40,12 @@ $(BUILD)/obx_%: tests/tools/obx_%.c tests/tools/*.h $(BUILD)/buf.o $(BUILD)/metr
 $(BUILD)/test_buf: tests/unit/test_buf.c $(BUILD)/buf.o $(BUILD)/event.o
 $(BUILD)/test_config: tests/unit/test_config.c $(BUILD)/config.o $(BUILD)/log.o $(BUILD)/buf.o
 $(BUILD)/test_metrics: tests/unit/test_metrics.c $(BUILD)/metrics.o $(BUILD)/buf.o
-$(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_run.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_workers.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
-	$(BUILD)/log.o $(BUILD)/config.o $(BUILD)/store_pg.o
+$(BUILD)/test_jwt: tests/unit/test_jwt.c $(BUILD)/jwt.o $(BUILD)/jwks.o
+$(BUILD)/test_auth_forward: tests/unit/test_auth_forward.c $(BUILD)/auth_forward.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/buf.o
+$(BUILD)/test_auth: tests/unit/test_auth.c $(BUILD)/auth.o $(BUILD)/auth_forward.o $(BUILD)/http_client.o \
+	$(BUILD)/jwt.o $(BUILD)/jwks.o $(BUILD)/log.o $(BUILD)/buf.o $(BUILD)/metrics.o
+$(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_auth.o $(BUILD)/sse_reply.o $(BUILD)/sse_run.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_workers.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
+	$(BUILD)/log.o $(BUILD)/config.o $(BUILD)/store_pg.o $(BUILD)/auth.o $(BUILD)/auth_forward.o $(BUILD)/http_client.o $(BUILD)/jwt.o $(BUILD)/jwks.o
 $(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay_batch.o $(BUILD)/event.o \
 	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o
 $(BUILD)/test_scan: tests/unit/test_scan.c $(BUILD)/relay_scan.o
@@ -69,9 +74,11 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	@bash scripts/demo.sh
 
+# BENCH_SSE_AUTH=0 skips the gateway's authorization cost (bench/sse_auth.sh).
 bench: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/run.sh
+	@[ "$${BENCH_SSE_AUTH:-1}" = 0 ] || bash bench/sse_auth.sh
 
 # Gateway scale: 100,000 idle streams over workers, and a hot run fanned out to 10,000
 # streams, each beside the single-process gateway (bench/scale.sh; a few minutes).

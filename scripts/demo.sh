@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: a local PostgreSQL and Redis (in .run/), the schema, the relay, the SSE
-# gateway with its viewer page, and a producer writing events to three demo runs; a
+# gateway with its viewer page and authorization on (a JWKS generated here, and a demo
+# token for the demo runs), and a producer writing events to three demo runs; a
 # subscriber prints what Redis carries.
 # Runs until Ctrl-C (or for DEMO_SECONDS), then stops everything it started.
 set -euo pipefail
@@ -31,7 +32,18 @@ pids+=($!)
 
 port=${DEMO_PORT:-8080}
 while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-"$bin/outboxd" sse --listen "127.0.0.1:$port" --stats-interval 60s 2>"$dir/sse.log" &
+# Authorization: an HMAC key in a JWKS file, and a token (HS256, made here with the
+# openssl command line) that may read the demo runs for an hour.
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+key_hex=$(openssl rand -hex 32)
+secret=$(printf '%b' "$(printf '%s' "$key_hex" | sed 's/../\\x&/g')" | b64url)
+printf '{"keys":[{"kty":"oct","kid":"demo","alg":"HS256","k":"%s"}]}\n' "$secret" >"$dir/jwks.json"
+header=$(printf '{"alg":"HS256","kid":"demo","typ":"JWT"}' | b64url)
+payload=$(printf '{"sub":"demo","aud":"outboxd-demo","exp":%d,"runs":["demo-*"]}' $(($(date +%s) + 3600)) | b64url)
+signature=$(printf '%s.%s' "$header" "$payload" | openssl dgst -sha256 -mac HMAC -macopt "hexkey:$key_hex" -binary | b64url)
+token="$header.$payload.$signature"
+"$bin/outboxd" sse --listen "127.0.0.1:$port" --stats-interval 60s --auth jwt --auth-jwks "$dir/jwks.json" \
+  --auth-audience outboxd-demo --auth-query-token 2>"$dir/sse.log" &
 pids+=($!)
 
 # A producer: a few events per second across three runs, like a job orchestrator.
@@ -46,11 +58,13 @@ pids+=($!)
 
 cat <<EOT
 
-outboxd demo is running. Watch a run in your browser:
+outboxd demo is running, with authorization on (a JWKS made for this demo in $dir/jwks.json).
+Watch a run in your browser (the page takes its token from the URL fragment):
 
-    http://127.0.0.1:$port/runs/demo-1
+    http://127.0.0.1:$port/runs/demo-1#token=$token
 
-  raw stream: curl -N http://127.0.0.1:$port/runs/demo-1/events
+  raw stream: curl -N -H "Authorization: Bearer $token" http://127.0.0.1:$port/runs/demo-1/events
+  without the token the gateway answers 401: curl -i http://127.0.0.1:$port/runs/demo-1/events
   DATABASE_URL=$DATABASE_URL
   REDIS_URL=$REDIS_URL
   logs:      $dir/relay.log $dir/sse.log

@@ -3,6 +3,7 @@
 
 #include "log.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
 #include <libpq-fe.h>
@@ -30,6 +31,7 @@ typedef struct setting {
 
 static const char *const level_choices[] = {"error", "warn", "info", "debug", NULL};
 static const char *const format_choices[] = {"text", "json", NULL};
+static const char *const auth_choices[] = {"none", "jwt", "forward", NULL};
 
 #define OFF(f) offsetof(config, f)
 #define DAY_MS (24L * 3600 * 1000)
@@ -76,9 +78,39 @@ static const setting settings[] = {
     {"client-buffer", "OUTBOXD_CLIENT_BUFFER", T_INT, CMD_SSE, "262144", 1024, 1L << 30, 0, NULL,
      OFF(client_buffer), "bytes one stream may queue before it is caught up from PostgreSQL"},
     {"cors-origin", "OUTBOXD_CORS_ORIGIN", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(cors_origin),
-     "value of Access-Control-Allow-Origin (unset = no CORS header)"},
+     "origins allowed to read streams from other sites: exact origins (https://app.example), comma-separated, "
+     "with credentials; * = any origin, never with credentials (unset = no CORS)"},
     {"max-clients", "OUTBOXD_MAX_CLIENTS", T_INT, CMD_SSE, "10000", 1, 1000000, 0, NULL,
      OFF(max_clients), "open streams at most (all workers together); further streams end at once with retry: 5000 (browsers come back)"},
+    {"auth", "OUTBOXD_AUTH", T_ENUM, CMD_SSE, "none", 0, 0, 0, auth_choices, OFF(auth),
+     "who may read a run: none (anyone who reaches the gateway: loopback only unless --allow-anonymous), "
+     "jwt (a signed token whose runs claim covers it) or forward (the application at --auth-url says)"},
+    {"auth-jwks", "OUTBOXD_AUTH_JWKS", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(auth_jwks),
+     "JWKS file of the keys that sign tokens (each key with kty, kid, alg); SIGHUP reloads it"},
+    {"auth-jwks-url", "OUTBOXD_AUTH_JWKS_URL", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(auth_jwks_url),
+     "https:// URL of an identity provider's JWKS, refreshed on its max-age and on an unknown kid (at most every 30 s)"},
+    {"auth-audience", "OUTBOXD_AUTH_AUDIENCE", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(auth_audience),
+     "when set, a token's aud must contain it"},
+    {"auth-issuer", "OUTBOXD_AUTH_ISSUER", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(auth_issuer),
+     "when set, a token's iss must equal it"},
+    {"auth-leeway", "OUTBOXD_AUTH_LEEWAY", T_DURATION, CMD_SSE, "30s", 0, 600000, 1000, NULL, OFF(auth_leeway_ms),
+     "clock skew allowed when checking exp, nbf and iat"},
+    {"auth-cookie", "OUTBOXD_AUTH_COOKIE", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(auth_cookie),
+     "name of a cookie that carries the token (tried after Authorization: Bearer)"},
+    {"auth-query-token", "OUTBOXD_AUTH_QUERY_TOKEN", T_BOOL, CMD_SSE, "false", 0, 0, 0, NULL,
+     OFF(auth_query_token), "also take the token from ?access_token= (tried last; never logged)"},
+    {"auth-expiry-warning", "OUTBOXD_AUTH_EXPIRY_WARNING", T_DURATION, CMD_SSE, "60s", 0, 86400000, 1000, NULL,
+     OFF(auth_expiry_warning_ms), "a stream gets event: auth-expiring this long before its token's exp"},
+    {"auth-url", "OUTBOXD_AUTH_URL", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(auth_url),
+     "forward mode: http(s) URL the gateway GETs with the browser's Cookie and Authorization; 2xx allows"},
+    {"auth-timeout", "OUTBOXD_AUTH_TIMEOUT", T_DURATION, CMD_SSE, "2s", 100, 60000, 1000, NULL,
+     OFF(auth_timeout_ms), "timeout of each forward-auth call and JWKS download (a timeout denies)"},
+    {"auth-cache-size", "OUTBOXD_AUTH_CACHE_SIZE", T_INT, CMD_SSE, "10000", 1, 10000000, 0, NULL,
+     OFF(auth_cache_size), "forward-auth answers kept (per credential and run), besides those open streams use"},
+    {"allow-anonymous", "OUTBOXD_ALLOW_ANONYMOUS", T_BOOL, CMD_SSE, "false", 0, 0, 0, NULL, OFF(allow_anonymous),
+     "with --auth none, allow a --listen address other than loopback (anyone who reaches it reads every run)"},
+    {"public-runs", "OUTBOXD_PUBLIC_RUNS", T_STR, CMD_SSE, NULL, 0, 0, 0, NULL, OFF(public_runs),
+     "comma-separated run id prefixes that anyone may read, whatever --auth says"},
 
     {"workers", "OUTBOXD_WORKERS", T_INT, CMD_SSE, "0", 0, 1024, 0, NULL, OFF(workers),
      "gateway processes sharing the port (SO_REUSEPORT), supervised; 0 = one per core, 1 = no supervisor"},
@@ -102,6 +134,11 @@ static const setting settings[] = {
      "delete published events older than this (required; e.g. 7d)"},
     {"json", NULL, T_BOOL, CMD_STATUS, "false", 0, 0, 0, NULL, OFF(json), "print JSON"},
     {"reason", NULL, T_STR, CMD_SKIP, NULL, 0, 0, 0, NULL, OFF(reason), "why the event is skipped (logged)"},
+    {"jti", NULL, T_STR, CMD_REVOKE, NULL, 0, 0, 0, NULL, OFF(jti), "revoke the token with this jti claim"},
+    {"sub", NULL, T_STR, CMD_REVOKE, NULL, 0, 0, 0, NULL, OFF(sub), "revoke every token with this sub claim"},
+    {"until", NULL, T_STR, CMD_REVOKE, "24h", 0, 0, 0, NULL, OFF(until),
+     "refuse those tokens until this time: a duration from now (2h) or a timestamp (2026-12-01T00:00:00Z); "
+     "at least the longest lifetime of the tokens you issue"},
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -125,6 +162,49 @@ bool config_parse_listen(const char *s, char *host, size_t cap, int *port)
         return false;
     *port = (int)p;
     return true;
+}
+
+bool config_host_is_loopback(const char *host)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (!strcasecmp(host, "localhost"))
+        return true;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+}
+
+/* Whether s is an origin as browsers send it: scheme://host[:port], nothing after. */
+static bool valid_origin(const char *s, size_t n)
+{
+    const char *sep = memmem(s, n, "://", 3);
+    if (!sep || sep == s || (size_t)(sep + 3 - s) >= n)
+        return false;
+    for (const char *p = sep + 3; p < s + n; p++)
+        if (*p == '/' || *p == '?' || *p == '#' || *p == ' ' || *p == '*' || (unsigned char)*p < 0x21)
+            return false;
+    return true;
+}
+
+/* Checks a comma-separated list with check(item, len) on each item (none empty). */
+static bool each_item(const char *list, bool (*check)(const char *, size_t))
+{
+    if (!*list)
+        return false;
+    for (const char *p = list;; p++) {
+        size_t n = strcspn(p, ",");
+        if (n == 0 || (check && !check(p, n)))
+            return false;
+        p += n;
+        if (!*p)
+            return true;
+    }
+}
+
+static bool public_prefix_ok(const char *s, size_t n)
+{
+    return !(n == 1 && s[0] == '*');
 }
 
 bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms)
@@ -436,6 +516,43 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
         snprintf(err, errlen, "--listen: '%s' is not HOST:PORT", cfg->listen);
         return false;
     }
+    if (cmd & CMD_SSE) {
+        if (!config_host_is_loopback(host) && cfg->auth == AUTH_NONE && !cfg->allow_anonymous) {
+            snprintf(err, errlen,
+                     "--listen %s is not a loopback address, and with --auth none anyone who reaches it "
+                     "reads every run: choose --auth jwt or --auth forward, or pass --allow-anonymous to "
+                     "serve without authorization",
+                     cfg->listen);
+            return false;
+        }
+        if (cfg->auth == AUTH_JWT && !cfg->auth_jwks && !cfg->auth_jwks_url) {
+            snprintf(err, errlen, "--auth jwt needs --auth-jwks PATH or --auth-jwks-url URL (the signing keys)");
+            return false;
+        }
+        if (cfg->auth_jwks_url && strncmp(cfg->auth_jwks_url, "https://", 8) != 0) {
+            snprintf(err, errlen, "--auth-jwks-url must be an https:// URL (keys fetched in clear could be forged)");
+            return false;
+        }
+        if (cfg->auth == AUTH_FORWARD &&
+            (!cfg->auth_url || (strncmp(cfg->auth_url, "http://", 7) && strncmp(cfg->auth_url, "https://", 8)))) {
+            snprintf(err, errlen, "--auth forward needs --auth-url http(s)://HOST[:PORT]/PATH");
+            return false;
+        }
+        if (cfg->cors_origin && strcmp(cfg->cors_origin, "*") != 0 && !each_item(cfg->cors_origin, valid_origin)) {
+            snprintf(err, errlen, "--cors-origin: want exact origins such as https://app.example:8443, "
+                                  "comma-separated (no path, no wildcard), or * alone");
+            return false;
+        }
+        if (cfg->public_runs && !each_item(cfg->public_runs, public_prefix_ok)) {
+            snprintf(err, errlen, "--public-runs: want non-empty run id prefixes, comma-separated "
+                                  "(to make every run public use --auth none)");
+            return false;
+        }
+    }
+    if ((cmd & CMD_REVOKE) && !cfg->jti == !cfg->sub) {
+        snprintf(err, errlen, "name what to revoke: --jti ID or --sub SUBJECT (one of them)");
+        return false;
+    }
     if ((cmd & CMD_RELAY) && cfg->http_listen && !config_parse_listen(cfg->http_listen, host, sizeof host, &port)) {
         snprintf(err, errlen, "--http-listen: '%s' is not HOST:PORT", cfg->http_listen);
         return false;
@@ -509,7 +626,8 @@ void config_print_markdown(void)
         unsigned cmd;
         const char *name;
     } cmds[] = {{CMD_RELAY, "relay"}, {CMD_SSE, "sse"},     {CMD_MIGRATE, "migrate"}, {CMD_EMIT, "emit"},
-                {CMD_STATUS, "status"}, {CMD_RETRY, "retry"}, {CMD_SKIP, "skip"},       {CMD_PRUNE, "prune"}};
+                {CMD_STATUS, "status"}, {CMD_RETRY, "retry"}, {CMD_SKIP, "skip"},       {CMD_PRUNE, "prune"},
+                {CMD_REVOKE, "revoke"}};
     printf("# Configuration\n\n"
            "Generated by `outboxd settings` from the settings table in `src/config.c`; a test\n"
            "fails when this file and the binary disagree (regenerate with `make docs`).\n\n"

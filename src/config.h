@@ -18,8 +18,13 @@ enum command {
     CMD_RETRY = 1 << 5,
     CMD_SKIP = 1 << 6,
     CMD_PRUNE = 1 << 7,
+    CMD_REVOKE = 1 << 8,
 };
-#define CMD_ALL (CMD_MIGRATE | CMD_RELAY | CMD_SSE | CMD_EMIT | CMD_STATUS | CMD_RETRY | CMD_SKIP | CMD_PRUNE)
+#define CMD_ALL                                                                                              \
+    (CMD_MIGRATE | CMD_RELAY | CMD_SSE | CMD_EMIT | CMD_STATUS | CMD_RETRY | CMD_SKIP | CMD_PRUNE | CMD_REVOKE)
+
+/* The gateway's authorization modes (--auth). */
+enum auth_mode { AUTH_NONE, AUTH_JWT, AUTH_FORWARD };
 
 typedef struct redis_url {
     char host[256];
@@ -55,6 +60,25 @@ typedef struct config {
     char *replica_url;
     long workers;
     long replica_wait_ms;
+
+    int auth;            /* enum auth_mode */
+    char *auth_jwks;
+    char *auth_jwks_url;
+    char *auth_audience;
+    char *auth_issuer;
+    long auth_leeway_ms;
+    char *auth_cookie;
+    bool auth_query_token;
+    long auth_expiry_warning_ms;
+    char *auth_url;
+    long auth_timeout_ms;
+    long auth_cache_size;
+    bool allow_anonymous;
+    char *public_runs;
+
+    char *jti;
+    char *sub;
+    char *until;
 
     bool json;
     char *reason;
@@ -105,6 +129,9 @@ void config_log(const config *cfg, enum command cmd);
 bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t errlen) WUR;
 /* Splits HOST:PORT (or [IPv6]:PORT) into host and port. */
 bool config_parse_listen(const char *s, char *host, size_t cap, int *port) WUR;
+/* Whether a --listen host (as config_parse_listen gives it) is a loopback address:
+ * localhost, 127.0.0.0/8 or ::1. Names other than localhost are not resolved. */
+bool config_host_is_loopback(const char *host);
 /* Parses "250ms", "10s", "5m", "2h", "7d" or a bare number of default_unit_ms each. */
 bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms) WUR;
 

@@ -166,6 +166,41 @@ static int cmd_prune(const config *cfg, char **pos)
     return 0;
 }
 
+static int cmd_revoke(const config *cfg, char **pos)
+{
+    (void)pos;
+    const char *value = cfg->jti ? cfg->jti : cfg->sub;
+    if (!*value || strlen(value) > 4096) {
+        fprintf(stderr, "outboxd revoke: the %s must be 1 to 4096 bytes\n", cfg->jti ? "jti" : "sub");
+        return 2;
+    }
+    long ms = 0;
+    if (config_parse_duration(cfg->until, 1000, &ms) && ms <= 0) {
+        fprintf(stderr, "outboxd revoke: --until must be in the future\n");
+        return 2;
+    }
+    store *s = open_store(cfg, "revoke");
+    if (!s)
+        return 1;
+    char until[64];
+    if (!store_revoke(s, cfg->sub != NULL, value, ms, cfg->until, until, sizeof until)) {
+        const char *state = store_sqlstate(s);
+        bool no_table = !strcmp(state, "42P01");
+        /* A time PostgreSQL cannot read (22...), or one in the past (no SQLSTATE), is bad input. */
+        int code = no_table ? 1 : !strncmp(state, "22", 2) || !*state ? 2 : 1;
+        if (no_table)
+            fprintf(stderr, "outboxd revoke: the schema has no revocations table: run 'outboxd migrate'\n");
+        else
+            fprintf(stderr, "outboxd revoke: %s\n", store_errstr(s));
+        store_free(s);
+        return code;
+    }
+    printf("revoked %s %s until %s; gateways end its streams and refuse it until then\n",
+           cfg->sub ? "every token of sub" : "the token with jti", value, until);
+    store_free(s);
+    return 0;
+}
+
 static int cmd_relay(const config *cfg, char **pos)
 {
     (void)pos;
@@ -193,7 +228,9 @@ static const command_def commands[] = {
      "stream runs to browsers as Server-Sent Events (and a viewer page)",
      "Serves each run's events as Server-Sent Events at GET /runs/{run_id}/events (resume with\n"
      "the Last-Event-ID header or ?last_event_id=N), a viewer page at GET /runs/{run_id}, and\n"
-     "GET /healthz. Live from Redis, replayed from PostgreSQL: every event once, in order.",
+     "GET /healthz. Live from Redis, replayed from PostgreSQL: every event once, in order.\n"
+     "--auth jwt|forward decides who may read a run (401/403 otherwise); with --auth none the\n"
+     "gateway listens only on loopback unless --allow-anonymous. SIGHUP reloads --auth-jwks.",
      0, cmd_sse},
     {"emit", CMD_EMIT, "outboxd emit [options] RUN_ID JSON",
      "write one event (for scripts and tests)",
@@ -215,6 +252,12 @@ static const command_def commands[] = {
      "Deletes published events older than DURATION now, in batches of 5,000 (the relay's\n"
      "--retention does the same continuously). Unpublished events are never deleted.",
      0, cmd_prune},
+    {"revoke", CMD_REVOKE, "outboxd revoke (--jti ID | --sub SUBJECT) [--until TIME] [options]",
+     "refuse a token, or a subject's tokens, on every gateway",
+     "Records in PostgreSQL that the token with this jti (or every token with this sub) is\n"
+     "refused until TIME, and notifies every gateway: their open streams of such tokens end\n"
+     "with event: auth-revoked within a second, and new ones get 401 until then.",
+     0, cmd_revoke},
     {"status", CMD_STATUS, "outboxd status [options]",
      "backlog, rate, leader, blocked runs, table size",
      "Shows backlog, oldest unpublished age, publish rate, leader, runs with failed attempts\n"

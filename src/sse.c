@@ -1,9 +1,13 @@
 /* SSE gateway on libevent's HTTP server: routes, opening streams, /healthz and
- * /metrics, signals and the event loop. How a stream gets its events is in
- * sse_run.c (the run cache), sse_replay.c (PostgreSQL) and sse_redis.c (live). */
+ * /metrics, signals and the event loop. Who may open a stream is decided in
+ * sse_auth.c; how a stream gets its events is in sse_run.c (the run cache),
+ * sse_replay.c (PostgreSQL) and sse_redis.c (live). */
 #include "sse.h"
 
+#include "auth.h"
 #include "clock.h"
+#include "sse_auth.h"
+#include "sse_reply.h"
 #include "sse_run.h"
 #include "sse_workers.h"
 
@@ -53,11 +57,12 @@ static struct {
     bool stopping;
     struct evhttp *http;
     struct evhttp_bound_socket *sock;
-    struct event *poll_timer, *heartbeat_timer, *stats_timer, *publish_timer, *sig_term, *sig_int,
+    struct event *poll_timer, *heartbeat_timer, *stats_timer, *publish_timer, *sig_term, *sig_int, *sig_hup,
         *stop_timer;
     stats_slot *slots; /* with --workers: every worker's slot; NULL in a single process */
     int nslots, my_slot;
 } hs;
+
 
 /* Streams open in the whole gateway, counting st->streams for this process. With
  * workers the others' counts are as of their last open or publish (at most
@@ -329,29 +334,35 @@ bool sse_parse_last_id(const char *s, long long *out)
     return true;
 }
 
-static void add_common_headers(struct evhttp_request *req)
+static void start_stream(struct evhttp_request *req, const char *run_id, size_t len, long long last,
+                         const auth_grant *g)
 {
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    if (hs.cfg->cors_origin) {
-        evhttp_add_header(h, "Access-Control-Allow-Origin", hs.cfg->cors_origin);
-        evhttp_add_header(h, "Access-Control-Allow-Headers", "Last-Event-ID, Cache-Control");
-        evhttp_add_header(h, "Access-Control-Allow-Methods", "GET, OPTIONS");
+    auth_grant grant = *g;
+    runs_stats st;
+    runs_get_stats(&st);
+    if (gateway_streams(&st) >= hs.cfg->max_clients) {
+        /* Not 503: any non-200 answer stops an EventSource for good. A stream that
+         * ends at once with a retry hint makes the browser come back in 5 s. */
+        auth_grant_release(&grant);
+        sse_reply_retry_later(req, NULL, "this gateway is full; reconnect later");
+        return;
     }
-}
-
-static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *content_type,
-                       const char *body)
-{
-    add_common_headers(req);
+    client *c = stream_new(req, run_id, len, last, &grant);
+    if (!c) {
+        auth_grant_release(&grant);
+        sse_reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
+        return;
+    }
+    if (hs.slots)
+        atomic_store_explicit(&hs.slots[hs.my_slot].streams_now, st.streams + 1, memory_order_relaxed);
+    sse_reply_cors(req);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "Content-Type", content_type);
+    evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
     evhttp_add_header(h, "Cache-Control", "no-cache");
-    struct evbuffer *b = evbuffer_new();
-    if (b)
-        evbuffer_add(b, body, strlen(body));
-    evhttp_send_reply(req, code, reason, b);
-    if (b)
-        evbuffer_free(b);
+    evhttp_add_header(h, "X-Accel-Buffering", "no");
+    evhttp_send_reply_start(req, 200, "OK");
+    stream_start(c);
+    sse_auth_opened(c); /* auth-expiring at once for a short-lived token */
 }
 
 static void open_stream(struct evhttp_request *req, const char *run_id, size_t len)
@@ -363,7 +374,7 @@ static void open_stream(struct evhttp_request *req, const char *run_id, size_t l
     const char *hdr = evhttp_find_header(in, "Last-Event-ID");
     if (hdr && *hdr) {
         if (!sse_parse_last_id(hdr, &last)) {
-            reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8",
+            sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8",
                        "Last-Event-ID must be a non-negative integer (the seq of the last event seen)\n");
             return;
         }
@@ -371,41 +382,20 @@ static void open_stream(struct evhttp_request *req, const char *run_id, size_t l
         const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
         struct evkeyvalq params = {0}; /* parse_query_str initializes it; zeroed is an empty list */
         if (query && evhttp_parse_query_str(query, &params) != 0) {
-            reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", "malformed query string\n");
+            sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", "malformed query string\n");
             return;
         }
         const char *q = evhttp_find_header(&params, "last_event_id");
         bool ok = !q || !*q || sse_parse_last_id(q, &last);
         evhttp_clear_headers(&params);
         if (!ok) {
-            reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8",
+            sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8",
                        "last_event_id must be a non-negative integer (the seq of the last event seen)\n");
             return;
         }
     }
-    runs_stats st;
-    runs_get_stats(&st);
-    if (gateway_streams(&st) >= hs.cfg->max_clients) {
-        /* Not 503: any non-200 answer stops an EventSource for good. A stream that
-         * ends at once with a retry hint makes the browser come back in 5 s. */
-        reply_text(req, 200, "OK", "text/event-stream; charset=utf-8",
-                   "retry: 5000\n: this gateway is full; reconnect later\n\n");
-        return;
-    }
-    client *c = stream_new(req, run_id, len, last);
-    if (!c) {
-        reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
-        return;
-    }
-    if (hs.slots)
-        atomic_store_explicit(&hs.slots[hs.my_slot].streams_now, st.streams + 1, memory_order_relaxed);
-    add_common_headers(req);
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
-    evhttp_add_header(h, "Cache-Control", "no-cache");
-    evhttp_add_header(h, "X-Accel-Buffering", "no");
-    evhttp_send_reply_start(req, 200, "OK");
-    stream_start(c);
+    /* Authorization before anything of the run: not one event byte goes out first. */
+    sse_auth_open(req, run_id, len, last);
 }
 
 static void on_request(struct evhttp_request *req, void *arg)
@@ -415,26 +405,26 @@ static void on_request(struct evhttp_request *req, void *arg)
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path) {
-        reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", "malformed request URI\n");
+        sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", "malformed request URI\n");
         return;
     }
     char *run_id = malloc(SSE_MAX_RUN_ID + 1);
     if (!run_id) {
-        reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
+        sse_reply_text(req, 503, "Service Unavailable", "text/plain; charset=utf-8", "out of memory\n");
         return;
     }
     size_t len;
     const char *bad;
     sse_route route = sse_parse_path(path, run_id, SSE_MAX_RUN_ID + 1, &len, &bad);
     if (route == ROUTE_NOT_FOUND) {
-        reply_text(req, 404, "Not Found", "text/plain; charset=utf-8",
+        sse_reply_text(req, 404, "Not Found", "text/plain; charset=utf-8",
                    "not found: the streams are at /runs/{run_id}/events\n");
     } else if (method == EVHTTP_REQ_OPTIONS) {
-        add_common_headers(req);
+        sse_reply_cors(req);
         evhttp_send_reply(req, 204, "No Content", NULL);
     } else if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, OPTIONS");
-        reply_text(req, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET is served here\n");
+        sse_reply_text(req, 405, "Method Not Allowed", "text/plain; charset=utf-8", "only GET is served here\n");
     } else if (route == ROUTE_HEALTH) {
         runs_stats st;
         gateway_stats(&st);
@@ -442,7 +432,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         snprintf(body, sizeof body,
                  "{\"status\":\"ok\",\"streams\":%d,\"redis\":\"%s\",\"postgresql\":\"%s\"}\n", st.streams,
                  st.redis_up ? "up" : "down", st.database_up ? "up" : "down");
-        reply_text(req, 200, "OK", "application/json", body);
+        sse_reply_text(req, 200, "OK", "application/json", body);
     } else if (route == ROUTE_METRICS) {
         runs_stats st;
         gateway_stats(&st);
@@ -473,20 +463,21 @@ static void on_request(struct evhttp_request *req, void *arg)
                   prom_gauge(&m, "outboxd_sse_redis_up", "1 while the Redis subscription is healthy.",
                              st.redis_up) &&
                   prom_gauge(&m, "outboxd_sse_database_up", "1 while the PostgreSQL connection is up.",
-                             st.database_up);
+                             st.database_up) &&
+                  auth_metrics(&m);
         if (ok)
-            reply_text(req, 200, "OK", "text/plain; version=0.0.4", m.data);
+            sse_reply_text(req, 200, "OK", "text/plain; version=0.0.4", m.data);
         else
-            reply_text(req, 500, "Internal Server Error", "text/plain", "out of memory\n");
+            sse_reply_text(req, 500, "Internal Server Error", "text/plain", "out of memory\n");
         buf_free(&m);
     } else if (bad) {
         char body[128];
         snprintf(body, sizeof body, "bad run id: %s (at most %d bytes of UTF-8)\n", bad, SSE_MAX_RUN_ID);
-        reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", body);
+        sse_reply_text(req, 400, "Bad Request", "text/plain; charset=utf-8", body);
     } else if (route == ROUTE_VIEWER) {
-        reply_text(req, 200, "OK", "text/html; charset=utf-8", sse_viewer_html);
+        sse_reply_text(req, 200, "OK", "text/html; charset=utf-8", sse_viewer_html);
     } else if (method == EVHTTP_REQ_HEAD) {
-        reply_text(req, 200, "OK", "text/event-stream; charset=utf-8", "");
+        sse_reply_text(req, 200, "OK", "text/event-stream; charset=utf-8", "");
     } else {
         open_stream(req, run_id, len);
     }
@@ -508,11 +499,16 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     (void)arg;
-    if (hs.stopping) {
+    if (hs.stopping && sig != SIGHUP) {
         static const char msg[] = "outboxd: second signal, exiting at once\n";
         if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
         }
         _exit(1);
+    }
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: reloading the authorization keys");
+        auth_reload();
+        return;
     }
     log_info("signal %d: closing streams (browsers resume with Last-Event-ID elsewhere)", (int)sig);
     admin_sd_notify("STOPPING=1");
@@ -523,7 +519,9 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         evhttp_del_accept_socket(hs.http, hs.sock);
         hs.sock = NULL;
     }
-    /* End every stream cleanly; what is queued still goes out before the loop ends. */
+    /* End every stream cleanly; what is queued still goes out before the loop ends.
+     * Streams still waiting for forward-auth are told to come back. */
+    sse_auth_cancel();
     streams_end_all();
     struct timeval flush = {0, 200000};
     event_base_loopexit(hs.base, &flush);
@@ -580,8 +578,19 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
         log_error("cannot create the event loop");
         return 1;
     }
+    char err[512];
+    if (!auth_start(hs.base, cfg, err, sizeof err)) {
+        log_error("authorization: %s", err);
+        auth_stop();
+        evhttp_free(hs.http);
+        event_base_free(hs.base);
+        return 2;
+    }
+    sse_reply_init(cfg);
     evhttp_set_gencb(hs.http, on_request, NULL);
-    evhttp_set_max_headers_size(hs.http, 16384);
+    /* Room for a hostile 100 KB token to reach the verifier and get its 401 (a
+     * request's headers are read whole before we see them: this bounds that). */
+    evhttp_set_max_headers_size(hs.http, 256 * 1024);
     evhttp_set_max_body_size(hs.http, 4096);
     evhttp_set_timeout(hs.http, 60);
     evhttp_set_allowed_methods(hs.http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_OPTIONS |
@@ -589,6 +598,7 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
                                             EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
     hs.sock = listen_on(host, port, slots != NULL);
     if (!hs.sock) {
+        auth_stop();
         evhttp_free(hs.http);
         event_base_free(hs.base);
         return 1;
@@ -599,6 +609,7 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
     hs.stop_timer = evtimer_new(hs.base, on_stop_timeout, NULL);
     hs.sig_term = evsignal_new(hs.base, SIGTERM, on_signal, NULL);
     hs.sig_int = evsignal_new(hs.base, SIGINT, on_signal, NULL);
+    hs.sig_hup = evsignal_new(hs.base, SIGHUP, on_signal, NULL);
     struct timeval poll = clock_tv_ms(DEGRADED_POLL_MS), hb = clock_tv_ms(cfg->heartbeat_ms),
                    st = clock_tv_ms(slots ? STATS_PUBLISH_MS : cfg->stats_interval_ms);
     event_add(hs.poll_timer, &poll);
@@ -607,12 +618,17 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
         event_add(hs.stats_timer, &st);
     event_add(hs.sig_term, NULL);
     event_add(hs.sig_int, NULL);
+    event_add(hs.sig_hup, NULL);
 
     if (!slots) {
         log_info("sse gateway listening on http://%s/ (pid %d)", cfg->listen, (int)getpid());
         config_log(cfg, CMD_SSE);
     }
     if (!runs_start(hs.base, cfg)) {
+        log_error("cannot create the gateway's timers");
+        return 1;
+    }
+    if (!sse_auth_start(hs.base, cfg, start_stream)) {
         log_error("cannot create the gateway's timers");
         return 1;
     }
@@ -623,14 +639,18 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
     event_base_dispatch(hs.base);
 
     on_stats(-1, 0, NULL);
+    sse_auth_cancel();
     evhttp_free(hs.http); /* closes the connections: their close callbacks free the streams */
     runs_stop();
+    sse_auth_stop();
+    auth_stop();
     event_free(hs.poll_timer);
     event_free(hs.heartbeat_timer);
     event_free(hs.stats_timer);
     event_free(hs.stop_timer);
     event_free(hs.sig_term);
     event_free(hs.sig_int);
+    event_free(hs.sig_hup);
     event_base_free(hs.base);
     if (!slots)
         log_info("sse gateway stopped");
@@ -676,8 +696,17 @@ static bool port_available(const config *cfg)
 
 int sse_main(const config *cfg)
 {
+    char err[512];
+    if (!auth_check_config(cfg, err, sizeof err)) {
+        fprintf(stderr, "outboxd sse: authorization: %s\n", err);
+        return 2;
+    }
     long nofile = workers_raise_nofile();
     int n = cfg->workers > 0 ? (int)cfg->workers : workers_default_count();
+    if (n > 1 && cfg->auth != AUTH_NONE && !auth_share_init()) {
+        log_error("cannot share authorization state between workers: %s", strerror(errno));
+        return 1;
+    }
     if (n == 1)
         return serve(cfg, NULL, 1, 0);
     if (!port_available(cfg))

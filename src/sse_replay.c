@@ -9,7 +9,10 @@
  * query, shared by every read queued before it was sent) and reads from the standby
  * only once its replay position has reached L, checked before the read takes its
  * snapshot. A standby that stays behind for --replica-wait is skipped: the read goes
- * to the primary. The primary stays the source of truth; without it no read starts. */
+ * to the primary. The primary stays the source of truth; without it no read starts.
+ *
+ * The primary connection also carries the revocation watch (replay_watch_revocations):
+ * LISTEN, and the list of revocations in force, sent between reads. */
 #include "sse_replay.h"
 
 #include "clock.h"
@@ -68,10 +71,15 @@ static struct {
     uint64_t lsn_sent, lsn_have;
     uint64_t lsn, replica_lsn;
     unsigned long long reads, replica_reads, fallbacks;
+    /* the revocation watch */
+    void (*revocations)(const auth_revocation *rows, int n);
+    bool want_listen, want_revocations;
+    enum { CTL_NONE, CTL_LISTEN, CTL_REVOCATIONS } control; /* in flight on the primary */
 } rp;
 
 static void kick(void);
 static void watch(pgc *c, short what);
+static void control_done(PGresult *res);
 
 /* "X/Y" (pg_lsn as text) -> 64-bit position; false for NULL or junk. */
 static bool parse_lsn(const PGresult *res, uint64_t *out)
@@ -127,6 +135,8 @@ static void fail(pgc *c, const char *what)
     c->state = PG_DOWN;
     if (c == &rp.replica)
         rp.replica_lsn = 0;
+    else
+        rp.control = CTL_NONE; /* the watch starts again when the primary is back */
     struct timeval tv = clock_tv_ms(clock_backoff(&c->backoff_ms));
     evtimer_add(c->timer, &tv);
     kick(); /* without the standby, reads go to the primary */
@@ -318,6 +328,9 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
             log_info("postgresql (gateway, %s): connected", c->role);
             if (c == &rp.replica)
                 rp.replica_usable = true;
+            /* Notifications sent while we were away are lost: read the list again. */
+            if (c == &rp.primary && rp.revocations)
+                rp.want_listen = rp.want_revocations = true;
             watch(c, EV_READ);
             kick();
             return;
@@ -340,10 +353,15 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
         return;
     }
     PGnotify *nt;
-    while ((nt = PQnotifies(c->pg)) != NULL)
+    while ((nt = PQnotifies(c->pg)) != NULL) {
+        if (rp.revocations && c == &rp.primary && !strcmp(nt->relname, STORE_REVOKE_CHANNEL))
+            rp.want_revocations = true;
         PQfreemem(nt);
-    if (c->state != PG_BUSY)
+    }
+    if (c->state != PG_BUSY) {
+        kick();
         return;
+    }
     /* Collect results without ever blocking: PQgetResult only when not busy. */
     PGresult *res;
     for (;;) {
@@ -359,7 +377,10 @@ static void on_io(evutil_socket_t fd, short what, void *arg)
     evtimer_del(c->timer);
     c->state = PG_IDLE;
     bool lost = PQstatus(c->pg) != CONNECTION_OK;
-    on_result(c, last);
+    if (c == &rp.primary && rp.control != CTL_NONE)
+        control_done(last);
+    else
+        on_result(c, last);
     if (lost && c->state == PG_IDLE)
         fail(c, "connection");
     kick();
@@ -403,10 +424,54 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         fail(c, "timed out");
 }
 
-/* Starts the next queued read when nothing is in flight and the primary is up. */
+/* The revocation watch's statement finished with res. */
+static void control_done(PGresult *res)
+{
+    int op = rp.control;
+    rp.control = CTL_NONE;
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        /* No table (a schema older than this binary) or another error: say so; the
+         * list is read again after the next reconnect or notification. */
+        log_error("postgresql (gateway, primary): %s: %s", op == CTL_LISTEN ? "listen for revocations" : "read revocations",
+                  res ? PQresultErrorMessage(res) : "no result");
+        PQclear(res);
+        return;
+    }
+    int n = op == CTL_REVOCATIONS ? PQntuples(res) : 0;
+    auth_revocation *rows = op == CTL_REVOCATIONS ? calloc((size_t)(n ? n : 1), sizeof *rows) : NULL;
+    if (op == CTL_REVOCATIONS && !rows) {
+        log_error("postgresql (gateway, primary): out of memory reading %d revocations", n);
+        rp.want_revocations = true;
+    } else if (rows) {
+        for (int i = 0; i < n; i++) {
+            rows[i].is_sub = PQgetvalue(res, i, 0)[0] == 't';
+            rows[i].value = PQgetvalue(res, i, 1);
+            rows[i].len = (size_t)PQgetlength(res, i, 1);
+            rows[i].until = strtoll(PQgetvalue(res, i, 2), NULL, 10);
+        }
+        rp.revocations(rows, n);
+    }
+    free(rows);
+    PQclear(res);
+}
+
+/* Starts the next queued read when nothing is in flight and the primary is up; the
+ * revocation watch's statements go first, between reads. */
 static void kick(void)
 {
-    while (!rp.current && rp.primary.state == PG_IDLE && rp.q_head) {
+    if (!rp.current && rp.control == CTL_NONE && rp.primary.state == PG_IDLE &&
+        (rp.want_listen || rp.want_revocations)) {
+        bool listen = rp.want_listen;
+        rp.control = listen ? CTL_LISTEN : CTL_REVOCATIONS;
+        if (listen)
+            rp.want_listen = false;
+        else
+            rp.want_revocations = false;
+        pgc_send(&rp.primary, listen ? "LISTEN " STORE_REVOKE_CHANNEL : store_revocations_sql, 0, NULL);
+        return;
+    }
+    while (!rp.current && rp.control == CTL_NONE && rp.primary.state == PG_IDLE && rp.q_head) {
         replay_job *j = rp.q_head;
         rp.q_head = j->next;
         if (!rp.q_head)
@@ -494,6 +559,13 @@ bool replay_start(struct event_base *base, const config *cfg, const replay_handl
     if (!rp.recheck || !pgc_init(&rp.primary, "primary", cfg->database_url))
         return false;
     return !cfg->replica_url || pgc_init(&rp.replica, "replica", cfg->replica_url);
+}
+
+void replay_watch_revocations(void (*cb)(const auth_revocation *rows, int n))
+{
+    rp.revocations = cb;
+    rp.want_listen = rp.want_revocations = true;
+    kick();
 }
 
 void replay_stop(void)

@@ -6,6 +6,7 @@
 #ifndef OUTBOXD_SSE_REPLAY_H
 #define OUTBOXD_SSE_REPLAY_H
 
+#include "auth.h"
 #include "config.h"
 
 #include <event2/event.h>
@@ -56,5 +57,9 @@ typedef struct replay_counts {
     bool replica_up;                      /* a standby is connected and used */
 } replay_counts;
 void replay_get_counts(replay_counts *out);
+/* Keeps cb told of the revocations in force: the primary connection LISTENs for
+ * revocations and reads the whole list after every (re)connect and every
+ * notification, between reads. */
+void replay_watch_revocations(void (*cb)(const auth_revocation *rows, int n));
 
 #endif

@@ -57,6 +57,7 @@ struct client {
     bool need_fetch; /* waits for a PostgreSQL read */
     bool paused;     /* over its buffer cap; resumes when the socket drains */
     bool ended;      /* evhttp_send_reply_end was called (shutdown) */
+    auth_grant grant;
     client *prev, *next;
 };
 
@@ -399,6 +400,7 @@ static void client_close(client *c)
         c->next->prev = c->prev;
     r->nclients--;
     gw.nclients--;
+    auth_grant_release(&c->grant);
     free(c);
     run_maybe_release(r);
 }
@@ -415,7 +417,7 @@ static void on_client_closed(struct evhttp_connection *conn, void *arg)
     client_close(c);
 }
 
-client *stream_new(struct evhttp_request *req, const char *id, size_t n, long long last)
+client *stream_new(struct evhttp_request *req, const char *id, size_t n, long long last, const auth_grant *grant)
 {
     run *r = run_get(id, n);
     client *c = r ? calloc(1, sizeof *c) : NULL;
@@ -428,6 +430,7 @@ client *stream_new(struct evhttp_request *req, const char *id, size_t n, long lo
     c->req = req;
     c->conn = evhttp_request_get_connection(req);
     c->last = last;
+    c->grant = *grant;
     c->next = r->clients;
     if (r->clients)
         r->clients->prev = c;
@@ -455,6 +458,53 @@ void stream_start(client *c)
     }
     run_subscribe(c->r);
     client_pump(c);
+}
+
+void streams_each(void (*fn)(client *c, auth_grant *g, long long last, void *arg), void *arg)
+{
+    /* fn may end its stream, which frees it and perhaps its run: walk a snapshot. */
+    client **all = malloc(((size_t)gw.nclients + 1) * sizeof *all);
+    int n = 0;
+    for (int b = 0; all && b < RUN_BUCKETS; b++)
+        for (run *r = gw.buckets[b]; r; r = r->hnext)
+            for (client *c = r->clients; c; c = c->next)
+                if (!c->ended)
+                    all[n++] = c;
+    for (int i = 0; i < n; i++)
+        fn(all[i], &all[i]->grant, all[i]->last, arg);
+    free(all);
+}
+
+auth_grant *stream_grant(client *c)
+{
+    return &c->grant;
+}
+
+long long stream_last(const client *c)
+{
+    return c->last;
+}
+
+void stream_notice(client *c, const char *name, const char *data)
+{
+    struct evbuffer *out = evbuffer_new();
+    if (out) {
+        evbuffer_add_printf(out, "event: %s\ndata: %s\n\n", name, data);
+        client_send(c, out);
+        evbuffer_free(out);
+    }
+}
+
+void stream_finish(client *c, const char *name, const char *data)
+{
+    stream_notice(c, name, data);
+    struct evhttp_request *req = c->req;
+    /* The stream goes now rather than when its connection closes: a browser may send
+     * its next request on the same connection. */
+    evhttp_connection_set_closecb(c->conn, NULL, NULL);
+    c->ended = true;
+    client_close(c);
+    evhttp_send_reply_end(req);
 }
 
 void streams_end_all(void)

@@ -4,6 +4,7 @@
 #ifndef OUTBOXD_SSE_RUN_H
 #define OUTBOXD_SSE_RUN_H
 
+#include "auth.h"
 #include "config.h"
 
 #include <event2/event.h>
@@ -28,9 +29,21 @@ bool runs_start(struct event_base *base, const config *cfg) __attribute__((warn_
 /* Frees everything; call after the HTTP server (and with it every stream) is gone. */
 void runs_stop(void);
 
-/* A stream of run id[0..n) after seq `last`; NULL when out of memory. */
-client *stream_new(struct evhttp_request *req, const char *id, size_t n, long long last);
+/* A stream of run id[0..n) after seq `last`, authorized by *grant (which the stream
+ * takes over: it releases it when it ends); NULL when out of memory. */
+client *stream_new(struct evhttp_request *req, const char *id, size_t n, long long last, const auth_grant *grant);
 void stream_start(client *c);
+
+/* Calls fn for every open stream with its grant and the last seq it was sent. fn may
+ * call stream_notice and stream_finish on that stream (and only that one). */
+void streams_each(void (*fn)(client *c, auth_grant *g, long long last, void *arg), void *arg);
+/* The stream's grant (its authorization state), and the last seq it was sent. */
+auth_grant *stream_grant(client *c);
+long long stream_last(const client *c);
+/* Sends an in-band event without an id (event: NAME, data: DATA) on the stream. */
+void stream_notice(client *c, const char *name, const char *data);
+/* Sends a last event, ends the stream's reply and frees the stream. */
+void stream_finish(client *c, const char *name, const char *data);
 /* Ends every stream's reply (shutdown); no more events are sent. */
 void streams_end_all(void);
 

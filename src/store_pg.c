@@ -937,6 +937,41 @@ bool store_skip(store *s, const char *run_id, long long seq, const char *reason,
                      3, params, n);
 }
 
+const char store_revocations_sql[] =
+    "SELECT kind = 'sub', value, ceil(extract(epoch FROM until))::bigint FROM outboxd_revocations"
+    " WHERE until > now() ORDER BY id LIMIT 1000000";
+
+bool store_revoke(store *s, bool is_sub, const char *value, long until_ms, const char *until_text,
+                  char *until_out, size_t until_len)
+{
+    char ms[32];
+    snprintf(ms, sizeof ms, "%ld milliseconds", until_ms);
+    const char *params[] = {is_sub ? "sub" : "jti", value, until_ms > 0 ? ms : until_text};
+    /* One statement, so one transaction: the row and the notification go together. */
+    PGresult *r = store_run(s, "revoke",
+                      until_ms > 0
+                          ? "WITH r AS (INSERT INTO outboxd_revocations (kind, value, until)"
+                            "  SELECT $1, $2, now() + $3::interval RETURNING until),"
+                            " gone AS (DELETE FROM outboxd_revocations WHERE until < now() - interval '1 day')"
+                            " SELECT to_char(until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+                            "  pg_notify('" STORE_REVOKE_CHANNEL "', '') FROM r"
+                          : "WITH r AS (INSERT INTO outboxd_revocations (kind, value, until)"
+                            "  SELECT $1, $2, $3::timestamptz WHERE $3::timestamptz > now() RETURNING until),"
+                            " gone AS (DELETE FROM outboxd_revocations WHERE until < now() - interval '1 day')"
+                            " SELECT to_char(until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+                            "  pg_notify('" STORE_REVOKE_CHANNEL "', '') FROM r",
+                      3, params);
+    if (!r)
+        return false;
+    bool ok = PQntuples(r) == 1;
+    if (ok)
+        snprintf(until_out, until_len, "%s", PQgetvalue(r, 0, 0));
+    else
+        store_set_err(s, "revoke", "--until is not in the future");
+    PQclear(r);
+    return ok;
+}
+
 bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
 {
     /* Through the primary key, whatever the statistics say (store_prepare_relay). */

@@ -9,8 +9,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 #define STORE_NOTIFY_CHANNEL "outboxd"
+/* Gateways LISTEN here; `outboxd revoke` notifies in the transaction that records it. */
+#define STORE_REVOKE_CHANNEL "outboxd_revoke"
 
 typedef struct store store;
 
@@ -149,6 +151,16 @@ bool store_retry(store *s, const char *run_id, long long *n) WUR;
 bool store_skip(store *s, const char *run_id, long long seq, const char *reason, long long *n) WUR;
 /* Whether a "retry" wake-up arrived since the last call. */
 bool store_take_retry(store *s);
+
+/* Records a revocation: the token with jti `value` (or every token with sub `value`
+ * when is_sub) is refused until `until`, a duration from now ("2h", parsed by the
+ * caller into until_ms > 0) or else a timestamp PostgreSQL reads (until_ms = 0).
+ * Notifies every gateway in the same transaction. until_out gets the time as text.
+ * Also deletes revocations that ended more than a day ago. */
+bool store_revoke(store *s, bool is_sub, const char *value, long until_ms, const char *until_text,
+                  char *until_out, size_t until_len) WUR;
+/* The gateway's revocation list ($none; returns is_sub, value, until as Unix seconds). */
+extern const char store_revocations_sql[];
 
 /* Deletes, among the `limit` oldest published events, those published more than
  * older_than_ms ago (with the earlier published events of their runs), in one

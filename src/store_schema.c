@@ -114,6 +114,19 @@ static const char migration_2[] =
     "  pg_get_serial_sequence(quote_ident(current_schema()) || '.run_outbox', 'id'));"
     " END $do$;";
 
+/* Migration 3: revoked tokens, by jti or by sub, each until a time. Gateways read the
+ * rows in force at every (re)connect and on every NOTIFY outboxd_revoke, so a
+ * revocation made while a gateway was away still reaches it; rows past their time
+ * are deleted by the next `outboxd revoke`. */
+static const char migration_3[] =
+    "CREATE TABLE outboxd_revocations ("
+    "  id BIGSERIAL PRIMARY KEY,"
+    "  kind TEXT NOT NULL CHECK (kind IN ('jti', 'sub')),"
+    "  value TEXT NOT NULL CHECK (value <> '' AND length(value) <= 4096),"
+    "  until TIMESTAMPTZ NOT NULL,"
+    "  created_at TIMESTAMPTZ NOT NULL DEFAULT now());"
+    "CREATE INDEX outboxd_revocations_until ON outboxd_revocations (until);";
+
 static const struct migration {
     int version;
     const char *name;
@@ -123,6 +136,7 @@ static const struct migration {
 } migrations[] = {
     {1, "outbox table, per-run seq, notify trigger", migration_1, false, false},
     {2, "lighter insert trigger, HOT marks, notify only a waiting relay", migration_2, true, true},
+    {3, "revoked tokens", migration_3, false, false},
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
@@ -136,13 +150,36 @@ _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
 #define MIGRATE_LOCK_PAUSE_MS 300
 #define MIGRATE_LOCK_ATTEMPTS 100
 
-static bool schema_version(store *s, int *version)
+/* *complete: the highest version up to which every migration is recorded; *newest:
+ * the highest recorded. They differ when a database was migrated by a build that
+ * had a later migration but not an earlier one (3 before 2). */
+static bool schema_version(store *s, int *complete, int *newest)
 {
     PGresult *r = store_run(s, "read schema version",
-                            "SELECT coalesce(max(version), 0) FROM outboxd_migrations", 0, NULL);
+                            "SELECT version FROM outboxd_migrations ORDER BY version", 0, NULL);
     if (!r)
         return false;
-    *version = atoi(PQgetvalue(r, 0, 0));
+    *complete = *newest = 0;
+    for (int i = 0; i < PQntuples(r); i++) {
+        int v = atoi(PQgetvalue(r, i, 0));
+        if (v == *complete + 1)
+            *complete = v;
+        *newest = v;
+    }
+    PQclear(r);
+    return true;
+}
+
+static bool recorded(store *s, int version, bool *yes)
+{
+    char ver[24];
+    snprintf(ver, sizeof ver, "%d", version);
+    const char *params[] = {ver};
+    PGresult *r = store_run(s, "read schema version",
+                            "SELECT count(*) FROM outboxd_migrations WHERE version = $1::int", 1, params);
+    if (!r)
+        return false;
+    *yes = atoi(PQgetvalue(r, 0, 0)) > 0;
     PQclear(r);
     return true;
 }
@@ -230,22 +267,25 @@ bool store_migrate(store *s, int *from, int *to)
                        " applied_at timestamptz NOT NULL DEFAULT now())",
                        0, NULL))
         goto done;
-    int v;
-    if (!schema_version(s, &v))
+    int v, newest;
+    if (!schema_version(s, &v, &newest))
         goto done;
     *from = *to = v;
-    if (v > STORE_SCHEMA_VERSION) {
+    if (newest > STORE_SCHEMA_VERSION) {
         snprintf(s->err, sizeof s->err,
-                 "database schema is at version %d, newer than this binary's %d: upgrade outboxd", v,
+                 "database schema is at version %d, newer than this binary's %d: upgrade outboxd", newest,
                  STORE_SCHEMA_VERSION);
         goto done;
     }
     for (int i = 0; i < NMIGRATIONS; i++) {
-        if (migrations[i].version <= v)
+        bool done_already = migrations[i].version <= v;
+        if (!done_already && !recorded(s, migrations[i].version, &done_already))
+            goto done;
+        if (done_already)
             continue;
         if (!apply(s, &migrations[i]))
             goto done;
-        *to = migrations[i].version;
+        *to = STORE_SCHEMA_VERSION;
         /* A fresh install has no older relays to stop. */
         stop_relays = stop_relays || (migrations[i].stops_relays && v > 0);
         log_info("applied migration %d (%s)", migrations[i].version, migrations[i].name);
@@ -268,18 +308,22 @@ done:
 
 bool store_check_schema(store *s, char *epoch, size_t epoch_len)
 {
-    int v;
-    if (!schema_version(s, &v)) {
+    int v, newest;
+    if (!schema_version(s, &v, &newest)) {
         if (!strcmp(s->sqlstate, "42P01"))
             snprintf(s->err, sizeof s->err, "the outboxd schema is not installed: run 'outboxd migrate'");
         return false;
     }
+    if (newest > STORE_SCHEMA_VERSION) {
+        snprintf(s->err, sizeof s->err,
+                 "database schema is at version %d, newer than this binary's %d: upgrade outboxd", newest,
+                 STORE_SCHEMA_VERSION);
+        return false;
+    }
     if (v != STORE_SCHEMA_VERSION) {
         snprintf(s->err, sizeof s->err,
-                 v < STORE_SCHEMA_VERSION
-                     ? "database schema is at version %d, this binary needs %d: run 'outboxd migrate'"
-                     : "database schema is at version %d, newer than this binary's %d: upgrade outboxd",
-                 v, STORE_SCHEMA_VERSION);
+                 "database schema is at version %d, this binary needs %d: run 'outboxd migrate'", v,
+                 STORE_SCHEMA_VERSION);
         return false;
     }
     /* The timeline joins the epoch: after a promotion or a point-in-time restore the

@@ -192,3 +192,62 @@ leader_pid() {
      WHERE l.locktype = 'advisory' AND l.classid = 1868724324 AND l.objid = 2 AND l.granted
        AND a.application_name LIKE 'outboxd-relay-%'"
 }
+
+# ---- authorization helpers ----------------------------------------------------------
+JOSE="$ROOT/tests/jose/jwt.mjs"
+# jose_keys DIR [KID_PREFIX]: keys of every algorithm (npm jose): DIR/jwks.json, DIR/private.json.
+jose_keys() { node "$JOSE" keys "$@" || fail "jose could not make keys"; }
+# mint DIR < SPEC: fills the associative array TOK from lines "LABEL sign KID CLAIMS" or
+# "LABEL hostile NAME CLAIMS" (CLAIMS may say "exp":"+60" for 60 s from now).
+declare -A TOK
+mint() {
+  local dir=$1 label token
+  while read -r label token; do TOK[$label]=$token; done < <(node "$JOSE" many "$dir" || echo "MINT_FAILED x")
+  [[ -z "${TOK[MINT_FAILED]:-}" ]] || fail "jose could not mint tokens"
+}
+# http_code URL [curl args...]: the status code; the body in $WORK/body, headers in $WORK/headers.
+http_code() {
+  local url=$1; shift
+  curl -s -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' --max-time 3 "$@" "$url" || true
+}
+# start_node NAME ARGS...: tests/jose/server.mjs in the background, waits until it listens.
+start_node() {
+  local name=$1; shift
+  node "$ROOT/tests/jose/server.mjs" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  NODE_PID=$!
+  PIDS+=("$NODE_PID")
+  for _ in $(seq 1 200); do grep -q listening "$WORK/$name.out" 2>/dev/null && return 0; sleep 0.05; done
+  fail "$name did not start: $(cat "$WORK/$name.err")"
+}
+# test_ca DIR: a throw-away CA and a server certificate for 127.0.0.1 (DIR/ca.pem, server.pem, server.key).
+test_ca() {
+  local d=$1
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=outboxd-test-ca \
+    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null || fail "cannot make a test CA"
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null || fail "cannot make a server key"
+  printf 'subjectAltName=IP:127.0.0.1\n' >"$d/ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$d/ext" -out "$d/server.pem" 2>/dev/null || fail "cannot sign the server certificate"
+}
+# stream_ok URL TOKEN: 200 with the first event of the run within 2 s.
+stream_ok() {
+  [[ $(http_code "$1" --max-time 2 -H "Authorization: Bearer $2") == 200 ]] && grep -q '^id: ' "$WORK/body"
+}
+# sse_checked_under_load "LOAD ARGS" OBX_SSE ARGS...: the checking SSE client (obx_sse
+# --check) opens its streams, then obx_load runs with LOAD ARGS; fails unless every
+# stream saw every event once, in order. The client's summary is in $WORK/sse.out.
+sse_checked_under_load() {
+  local load=$1 cpid rc=0; shift
+  rm -f "$WORK/sse.ready"
+  "$BUILD/obx_sse" --port "$SSE_PORT" --ready-file "$WORK/sse.ready" --check "$@" >"$WORK/sse.out" 2>"$WORK/sse.err" &
+  cpid=$!; PIDS+=("$cpid")
+  for _ in $(seq 1 100); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
+  # shellcheck disable=SC2086
+  "$BUILD/obx_load" $load >"$WORK/load.out"
+  info "$(cat "$WORK/load.out")"
+  wait "$cpid" || rc=$?
+  info "sse: $(cat "$WORK/sse.out")"
+  [[ $rc -eq 0 ]] || fail "SSE check failed (lost, repeated or reordered events): $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
+}

@@ -6,8 +6,10 @@
 new_db   # migrates once
 
 out=$("$OUTBOXD" migrate)
-[[ "$out" == *"up to date (version 2)"* ]] || fail "second migrate said: $out"
-[[ $(q "SELECT count(*) FROM outboxd_migrations") == 2 ]] || fail "migrations recorded twice"
+[[ "$out" == *"up to date (version 3)"* ]] || fail "second migrate said: $out"
+# Migrations 1, 2 and 3, each once.
+[[ $(q "SELECT string_agg(version::text, ',' ORDER BY version) FROM outboxd_migrations") == 1,2,3 ]] ||
+  fail "migrations recorded: $(q "SELECT string_agg(version::text, ',' ORDER BY version) FROM outboxd_migrations")"
 
 # The contract's columns, with their types and nullability.
 cols=$(q "SELECT string_agg(column_name || ':' || data_type || ':' || is_nullable, ',' ORDER BY ordinal_position)

@@ -6,15 +6,8 @@
 new_db
 start_relay relay
 start_sse sse
-"$BUILD/obx_sse" --port "$SSE_PORT" --prefix live --runs 20 --per-run 1 --cut-after 200 --cut-ms 700 \
-  --idle-ms 3000 --max-seconds 60 --ready-file "$WORK/sse.ready" --check >"$WORK/sse.out" 2>"$WORK/sse.err" &
-cpid=$!; PIDS+=("$cpid")
-for _ in $(seq 1 100); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
-"$BUILD/obx_load" --rate 1000 --runs 20 --conns 8 --seconds 8 --prefix live >"$WORK/load.out"
-info "$(cat "$WORK/load.out")"
-rc=0; wait "$cpid" || rc=$?
-info "sse: $(cat "$WORK/sse.out")"
-[[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
+sse_checked_under_load "--rate 1000 --runs 20 --conns 8 --seconds 8 --prefix live" \
+  --prefix live --runs 20 --per-run 1 --cut-after 200 --cut-ms 700 --idle-ms 3000 --max-seconds 60
 p99=$(field p99 "$WORK/sse.out")
 awk -v p="$p99" 'BEGIN { exit !(p < 500) }' || fail "commit->SSE p99 $p99 ms"
 kill -TERM "$SSE_PID"; wait "$SSE_PID" || fail "gateway exit code"

@@ -6,7 +6,9 @@
 ulimit -n 8192 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 new_db
 start_relay relay
-start_sse sse
+# One process: reads are shared by the streams of a run within a process (each of
+# --workers N would read each run once).
+start_sse sse --workers 1
 rss0=$(rss_kb "$SSE_PID")
 "$BUILD/obx_sse" --port "$SSE_PORT" --prefix many --runs 100 --per-run 10 --idle-ms 4000 --max-seconds 90 \
   --ready-file "$WORK/sse.ready" --check >"$WORK/sse.out" 2>"$WORK/sse.err" &

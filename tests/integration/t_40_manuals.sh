@@ -55,7 +55,7 @@ expect_completion() { # expect_completion "WANTED" WORD...
   got=$(complete_words "$@")
   [[ "$got" == "$want" ]] || fail "completing '$*': got '$got', want '$want'"
 }
-expect_completion "relay retry" outboxd re
+expect_completion "relay retry revoke" outboxd re
 expect_completion "settings skip sse status" outboxd s
 expect_completion "--batch-size" outboxd relay --bat
 expect_completion "" outboxd sse --no-li # relay-only flag

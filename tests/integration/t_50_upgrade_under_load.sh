@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Upgrade from v0.1.0 under load (docs/UPGRADING.md): a schema made by the v0.1.0
 # build, a v0.1.0 relay publishing, 1,000 events/s from 8 writers over 50 runs; then
-# this build's `migrate` (schema 1 -> 2) and its relay. A writer's transaction holds
+# this build's `migrate` (schema 1 -> 3) and its relay. A writer's transaction holds
 # the table for 2 s as migrate starts: migrate waits for it in short tries while the
 # other inserts go on. No insert fails or waits more than a second; the subscriber
 # gets every event once, in order per run, across the switch (the long transaction's
@@ -37,7 +37,7 @@ t0=$EPOCHREALTIME
 "$OUTBOXD" migrate >"$WORK/migrate.out" 2>"$WORK/migrate.log" || fail "migrate under load: $(cat "$WORK/migrate.log")"
 ms=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", (b - a) * 1000}')
 info "migrate: $(cat "$WORK/migrate.out") in $ms ms"
-grep -q "migrated from version 1 to 2" "$WORK/migrate.out" || fail "migrate said: $(cat "$WORK/migrate.out")"
+grep -q "migrated from version 1 to 3" "$WORK/migrate.out" || fail "migrate said: $(cat "$WORK/migrate.out")"
 grep -q "run_outbox is busy" "$WORK/migrate.log" && ((ms >= 1500)) ||
   fail "migrate did not wait for the long transaction ($ms ms): $(cat "$WORK/migrate.log")"
 wait "$long" || fail "the long transaction failed: $(cat "$WORK/long.out")"

@@ -5,6 +5,11 @@
  * point exactly once, in seq order. Latency = arrival - payload "t" (insert time).
  *   obx_sse --port P [--prefix P] [--runs N] [--per-run K] [--from SEQ] [--idle-ms MS]
  *           [--max-seconds S] [--cut-after N] [--cut-ms MS] [--ready-file F] [--check]
+ *           [--token T] [--renew-token T] [--cookie C]
+ * With --token each request carries Authorization: Bearer T; a stream that receives
+ * event: auth-expired reconnects at once with --renew-token (and Last-Event-ID), as a
+ * browser that fetched a fresh token would. In-band auth-* events are counted, not
+ * checked as run events. --cookie sends a Cookie header (forward-auth).
  * Prints one summary line; exits 1 if the check fails. Loopback only. */
 #include "obx_common.h"
 #include "metrics.h"
@@ -33,10 +38,13 @@ typedef struct stream {
     size_t linelen;
     long long cur_id;
     bool has_data;
+    char event[64]; /* the event: field of the event being read */
     char data[1 << 16];
     size_t datalen;
     bool opened, cut_done;
     int reconnects;
+    int expiring, expired, revoked; /* in-band auth events seen */
+    long long expired_at_us;
     int port_idx;
 } stream;
 
@@ -51,11 +59,39 @@ static double max_seconds = 60;
 static const char *ready_file;
 static histogram lat;
 static long bad_status;
+static const char *token, *renew_token, *cookie;
 
 static void open_stream(stream *s);
+static void cut_now(evutil_socket_t fd, short what, void *arg);
+
+/* An in-band authorization event: counted; auth-expired makes the stream come back
+ * with the renewed token. */
+static void on_auth_event(stream *s)
+{
+    if (!strcmp(s->event, "auth-expiring"))
+        s->expiring++;
+    else if (!strcmp(s->event, "auth-revoked"))
+        s->revoked++;
+    else if (!strcmp(s->event, "auth-expired")) {
+        s->expired++;
+        s->expired_at_us = obx_now_us();
+        if (renew_token) {
+            token = renew_token;
+            event_base_once(base, -1, EV_TIMEOUT, cut_now, s, NULL);
+        }
+    }
+}
 
 static void on_event(stream *s)
 {
+    if (s->event[0]) {
+        on_auth_event(s);
+        s->event[0] = '\0';
+        s->has_data = false;
+        s->datalen = 0;
+        s->cur_id = -1;
+        return;
+    }
     if (!s->has_data)
         return;
     if (s->cur_id < 0)
@@ -97,7 +133,9 @@ static void on_line(stream *s, char *l, size_t n)
         *colon = '\0';
     if (*v == ' ')
         v++;
-    if (!strcmp(l, "id")) {
+    if (!strcmp(l, "event")) {
+        snprintf(s->event, sizeof s->event, "%s", v);
+    } else if (!strcmp(l, "id")) {
         s->cur_id = strtoll(v, NULL, 10);
     } else if (!strcmp(l, "data")) {
         size_t vl = strlen(v);
@@ -207,6 +245,13 @@ static void open_stream(stream *s)
     struct evkeyvalq *h = evhttp_request_get_output_headers(s->req);
     evhttp_add_header(h, "Host", "127.0.0.1");
     evhttp_add_header(h, "Accept", "text/event-stream");
+    if (token) {
+        char auth[16384];
+        snprintf(auth, sizeof auth, "Bearer %s", token);
+        evhttp_add_header(h, "Authorization", auth);
+    }
+    if (cookie)
+        evhttp_add_header(h, "Cookie", cookie);
     char path[512];
     if (s->reconnects++ == 0) {
         snprintf(path, sizeof path, "/runs/%s/events?last_event_id=%lld", s->run, s->from);
@@ -219,6 +264,7 @@ static void open_stream(stream *s)
         s->has_data = false;
         s->datalen = 0;
         s->cur_id = -1;
+        s->event[0] = '\0';
     }
     evhttp_make_request(s->conn, s->req, EVHTTP_REQ_GET, path);
 }
@@ -258,6 +304,9 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "--cut-after")) cut_after = atol(v);
         else if (!strcmp(k, "--cut-ms")) cut_ms = atol(v);
         else if (!strcmp(k, "--ready-file")) ready_file = v;
+        else if (!strcmp(k, "--token")) token = v;
+        else if (!strcmp(k, "--renew-token")) renew_token = v;
+        else if (!strcmp(k, "--cookie")) cookie = v;
         else { fprintf(stderr, "obx_sse: unknown option %s\n", k); return 2; }
     }
     struct rlimit rl;
@@ -285,6 +334,13 @@ int main(int argc, char **argv)
     event_base_dispatch(base);
 
     long lost = 0, dups = 0, disorder = 0, unexpected = 0, received = 0, noid = 0, short_streams = 0;
+    long expiring = 0, expired = 0, revoked = 0, expired_streams = 0;
+    for (int i = 0; i < nstreams; i++) {
+        expiring += streams[i].expiring;
+        expired += streams[i].expired;
+        revoked += streams[i].revoked;
+        expired_streams += streams[i].expired > 0;
+    }
     PGconn *pg = check ? PQconnectdb(getenv("DATABASE_URL") ? getenv("DATABASE_URL") : "") : NULL;
     for (int i = 0; i < nstreams; i++) {
         stream *s = &streams[i];
@@ -327,8 +383,10 @@ int main(int argc, char **argv)
     if (pg)
         PQfinish(pg);
     printf("streams=%d opened=%d bad_status=%ld received=%ld lost=%ld duplicates=%ld out_of_order=%ld "
-           "unexpected=%ld without_id=%ld reopened=%ld latency_ms p50=%.2f p99=%.2f p999=%.2f max=%.2f\n",
-           nstreams, opened, bad_status, received, lost, dups, disorder, unexpected, noid, reopened,
+           "unexpected=%ld without_id=%ld reopened=%ld auth_expiring=%ld auth_expired=%ld expired_streams=%ld "
+           "auth_revoked=%ld latency_ms p50=%.2f p99=%.2f p999=%.2f max=%.2f\n",
+           nstreams, opened, bad_status, received, lost, dups, disorder, unexpected, noid, reopened, expiring, expired,
+           expired_streams, revoked,
            hist_quantile(&lat, 0.5) / 1e3, hist_quantile(&lat, 0.99) / 1e3, hist_quantile(&lat, 0.999) / 1e3,
            lat.max_us / 1e3);
     for (int i = 0; i < nstreams; i++) {

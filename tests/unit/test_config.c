@@ -118,6 +118,52 @@ static void test_urls_are_checked_before_connecting(void **state)
     assert_non_null(strstr(err, "DATABASE_URL"));
 }
 
+/* Secure by default: without authorization the gateway stays on loopback. */
+static void test_gateway_auth_settings(void **state)
+{
+    (void)state;
+    char *open_any[] = {"--listen", "0.0.0.0:8080"};
+    assert_false(load(CMD_SSE, 2, open_any));
+    assert_non_null(strstr(err, "--allow-anonymous"));
+    char *open6[] = {"--listen", "[::]:8080"};
+    assert_false(load(CMD_SSE, 2, open6));
+    char *host[] = {"--listen", "gateway.example:8080"};
+    assert_false(load(CMD_SSE, 2, host));
+    const char *loop[] = {"127.0.0.1:1", "127.8.9.10:1", "[::1]:1", "localhost:1", "LOCALHOST:1"};
+    for (size_t i = 0; i < sizeof loop / sizeof loop[0]; i++) {
+        char *argv[] = {"--listen", (char *)loop[i]};
+        assert_true(load(CMD_SSE, 2, argv));
+    }
+    char *anon[] = {"--listen", "0.0.0.0:8080", "--allow-anonymous"};
+    assert_true(load(CMD_SSE, 3, anon));
+    char *jwt[] = {"--listen", "0.0.0.0:8080", "--auth", "jwt", "--auth-jwks", "/etc/keys.json"};
+    assert_true(load(CMD_SSE, 6, jwt));
+    assert_int_equal(cfg.auth, AUTH_JWT);
+    assert_int_equal(cfg.auth_leeway_ms, 30000);
+    assert_int_equal(cfg.auth_expiry_warning_ms, 60000);
+    char *nokeys[] = {"--auth", "jwt"};
+    assert_false(load(CMD_SSE, 2, nokeys));
+    char *http_jwks[] = {"--auth", "jwt", "--auth-jwks-url", "http://idp.example/jwks"};
+    assert_false(load(CMD_SSE, 4, http_jwks));
+    assert_non_null(strstr(err, "https"));
+    char *fwd[] = {"--auth", "forward"};
+    assert_false(load(CMD_SSE, 2, fwd));
+    char *cors_ok[] = {"--cors-origin", "https://a.example,http://b.example:8080"};
+    assert_true(load(CMD_SSE, 2, cors_ok));
+    const char *bad_cors[] = {"https://a.example/", "https://*.example", "a.example", "https://a.example,,x://y", ""};
+    for (size_t i = 0; i < sizeof bad_cors / sizeof bad_cors[0]; i++) {
+        char *argv[] = {"--cors-origin", (char *)bad_cors[i]};
+        assert_false(load(CMD_SSE, 2, argv));
+    }
+    char *pub[] = {"--public-runs", "*"};
+    assert_false(load(CMD_SSE, 2, pub));
+    char *revoke_none[] = {"--until", "1h"};
+    assert_false(load(CMD_REVOKE, 2, revoke_none));
+    char *revoke_jti[] = {"--jti", "abc"};
+    assert_true(load(CMD_REVOKE, 2, revoke_jti));
+    assert_string_equal(cfg.until, "24h");
+}
+
 static void test_durations(void **state)
 {
     (void)state;
@@ -154,6 +200,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_flag_overrides_environment, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_values_name_the_setting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_urls_are_checked_before_connecting, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gateway_auth_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_durations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_positionals_and_help, setup, teardown),
     };
