@@ -15,7 +15,7 @@ ifeq ($(SANITIZE),1)
 endif
 override CFLAGS := $(CFLAGS_BASE) $(CPPFLAGS) $(CFLAGS)
 
-CORE = buf log config event metrics store_pg store_schema redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_replay sse_redis sse_workers sse_page \
+CORE = buf log config event metrics store_pg store_relay store_schema redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_replay sse_redis sse_workers sse_page \
 	sse_auth sse_reply jwks jwt http_client auth auth_forward
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 TOOLS = obx_load obx_sub obx_sse obx_listen

@@ -1,6 +1,6 @@
-/* What the store's source files (store_pg.c, store_schema.c) share and nobody else
- * sees: the handle's layout, the advisory lock keys, and the helpers that send one
- * statement and await its result within the store's timeout. */
+/* What the store's source files (store_pg.c, store_relay.c, store_schema.c) share
+ * and nobody else sees: the handle's layout, the advisory lock keys, and the helpers
+ * that send one statement and await its result within the store's timeout. */
 #ifndef OUTBOXD_STORE_INT_H
 #define OUTBOXD_STORE_INT_H
 
@@ -34,6 +34,12 @@ void store_set_err(store *s, const char *what, const char *why);
  * with s->err and s->sqlstate set. A broken or timed-out connection is closed. */
 PGresult *store_run(store *s, const char *what, const char *sql, int n, const char *const *params);
 bool store_run_cmd(store *s, const char *what, const char *sql, int n, const char *const *params);
+/* Pushes what libpq has buffered to the server: 1 done, 0 timed out, -1 broken. */
+int store_flush_all(store *s, long long deadline);
+/* Sends nothing: waits for the result of the statement already sent, within the
+ * store's timeout. Returns the last result (caller frees) or NULL on failure, in
+ * which case a broken or timed-out connection has been closed. */
+PGresult *store_await_result(store *s, const char *what);
 /* Rolls back the transaction in progress, keeping the error that made us do it. */
 void store_rollback(store *s);
 
