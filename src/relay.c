@@ -27,9 +27,13 @@
 #include <unistd.h>
 
 #define STANDBY_RETRY_MS 500
-/* While a writer's transaction is open, the relay cannot wait for a NOTIFY (that
- * writer will not send one): it reads again after 1 ms, doubling up to this. */
-#define BUSY_NAP_MAX_MS 8
+/* While a writer's transaction that did not notify is open, the relay cannot wait
+ * for a NOTIFY (writers notify only while it waits): it reads again after 1, 2, 4 and
+ * 8 ms (the writer is most likely committing), then every BUSY_POLL_MS (or the poll
+ * interval if shorter) until it can wait again: a writer that keeps its transaction
+ * open, or a prepared one, would otherwise have it read 125 times a second. */
+#define BUSY_QUICK_NAPS 4
+#define BUSY_POLL_MS 100
 /* In a backlog, the marks of one batch are spread over this many cycle statements
  * (by id modulo MARK_SPLIT): each statement then updates a quarter of a page's rows,
  * which fits the page's free space (fillfactor 80) and keeps every mark a HOT update.
@@ -115,6 +119,10 @@ typedef struct relay_public {
     double oldest_age_s;
     bool leader, db_up;
     int held;
+    size_t gaps;
+    double gap_age_s, gap_blocker_age_s;
+    int gap_blocker_pid;
+    bool gap_blocker_prepared;
     const config *cfg;
 } relay_public;
 
@@ -150,6 +158,7 @@ typedef struct relay_state {
     mark_ring marks;
     bool recheck;        /* the wake-up lock is taken: the next read decides whether to wait */
     int busy_naps;
+    double said_busy, said_gaps_full; /* when those were last logged */
     double low_saved_at;
     long long low_saved;
     char forget_cursor[512];
@@ -285,14 +294,19 @@ static void log_stats(relay_state *r, bool final)
     double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
     log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu failures=%llu "
              "retries=%llu pruned=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
-             "backlog=%lld oldest_unpublished_s=%.3f gaps=%zu",
+             "backlog=%lld oldest_unpublished_s=%.3f gaps=%zu oldest_gap_s=%.3f gap_blocker=%s%.0d "
+             "gap_blocker_s=%.3f",
              final ? " (final)" : "", r->leader ? "leader" : "standby",
              (unsigned long long)st->published, rate, (unsigned long long)st->duplicates,
              (unsigned long long)st->failures, (unsigned long long)st->retries,
              (unsigned long long)st->pruned, hist_quantile(&st->latency, 0.5) / 1e3, hist_quantile(&st->latency, 0.99) / 1e3,
              st->latency.max_us / 1e3, (unsigned long long)st->batches,
              st->batch_time.count ? st->batch_time.sum_us / (double)st->batch_time.count / 1e3 : 0,
-             st->batch_time.max_us / 1e3, backlog, oldest, r->leader ? r->sc.ngaps : 0);
+             st->batch_time.max_us / 1e3, backlog, oldest, r->leader ? r->sc.ngaps : 0,
+             r->leader ? scan_oldest_gap_s(&r->sc, now) : 0,
+             !r->leader || !r->sc.blocker ? "none" : r->sc.blocker_prepared ? "prepared" : "pid:",
+             r->leader && r->sc.blocker ? r->sc.blocker_pid : 0,
+             r->leader && r->sc.blocker ? r->sc.blocker_age_s : 0);
     hist_reset(&st->latency);
     hist_reset(&st->batch_time);
     r->last_stats = now;
@@ -326,7 +340,9 @@ static void refresh_backlog(relay_state *r)
     r->next_backlog = clock_mono_s() + 2;
     const char *runs[RELAY_HELD_MAX];
     size_t lens[RELAY_HELD_MAX];
-    long long seqs[RELAY_HELD_MAX], from = scan_low(&r->sc);
+    /* From the frontier (and the batch in flight) on: gaps hold no rows that were read,
+     * and one kept open for long would make this read every row above it. */
+    long long seqs[RELAY_HELD_MAX], from = r->sc.frontier + 1;
     for (int h = 0; h < r->rc.nheld; h++) {
         runs[h] = r->rc.held[h].run_id;
         lens[h] = r->rc.held[h].len;
@@ -383,6 +399,11 @@ static void publish_state(relay_state *r)
     pub.leader = r->leader;
     pub.db_up = store_connected(r->rc.db);
     pub.held = r->rc.nheld;
+    pub.gaps = r->leader ? r->sc.ngaps : 0;
+    pub.gap_age_s = r->leader ? scan_oldest_gap_s(&r->sc, clock_mono_s()) : 0;
+    pub.gap_blocker_pid = r->leader && r->sc.blocker ? r->sc.blocker_pid : 0;
+    pub.gap_blocker_age_s = r->leader && r->sc.blocker ? r->sc.blocker_age_s : 0;
+    pub.gap_blocker_prepared = r->leader && r->sc.blocker && r->sc.blocker_prepared;
     pthread_mutex_unlock(&pub.mu);
 }
 
@@ -418,6 +439,18 @@ static bool render_metrics(buf *b, void *arg)
                       p.held) &&
            prom_gauge(b, "outboxd_database_up", "1 while the relay's PostgreSQL connection is up.",
                       p.db_up ? 1 : 0) &&
+           prom_gauge(b, "outboxd_gaps", "Ranges of missing ids below the leader's frontier that it reads again.",
+                      (double)p.gaps) &&
+           prom_gauge(b, "outboxd_gap_oldest_age_seconds", "Age of the oldest of those gaps (0 when none).",
+                      p.gap_age_s) &&
+           prom_gauge(b, "outboxd_gap_blocker_pid",
+                      "Backend of the oldest transaction writing run_outbox that holds gaps open (0 when none, "
+                      "or when it is a prepared transaction).",
+                      p.gap_blocker_pid) &&
+           prom_gauge(b, "outboxd_gap_blocker_age_seconds",
+                      "How long that transaction has been open or prepared (0 when none).", p.gap_blocker_age_s) &&
+           prom_gauge(b, "outboxd_gap_blocker_prepared", "1 when that transaction is a prepared (two-phase) one.",
+                      p.gap_blocker_prepared ? 1 : 0) &&
            prom_histogram(b, "outboxd_publish_latency_seconds",
                           "From created_at to Redis acknowledging the publish.", &st->latency_total) &&
            prom_histogram(b, "outboxd_batch_duration_seconds", "From read to published, per non-empty batch.",
@@ -552,6 +585,32 @@ static size_t catch_up_runs(relay_state *r, const char **runs, size_t *lens, lon
     return n;
 }
 
+/* Before a cycle: the writers' horizon when gaps wait longer than the xmin rule
+ * closes them (relay_scan.h), and the window of gaps the statement reads again. */
+static bool gaps_before_cycle(relay_state *r)
+{
+    double now = clock_mono_s();
+    if (scan_check_due(&r->sc, now)) {
+        store_writers w;
+        if (!store_outbox_writers(r->rc.db, &w)) {
+            lose_db(r);
+            backoff(r);
+            return false;
+        }
+        scan_writers(&r->sc, &w, now);
+    }
+    if (!scan_probe(&r->sc, r->limit))
+        log_error("out of memory for the relay's gaps: this cycle reads none of them again");
+    if (scan_frontier_limit(&r->sc, r->limit) < r->limit && now - r->said_gaps_full >= 10) {
+        r->said_gaps_full = now;
+        log_error("%zu gaps (ids missing below the frontier) wait for transactions that write run_outbox to end; "
+                  "new events wait until gaps close. Oldest writer: %s %d, open %.0f s",
+                  r->sc.ngaps, r->sc.blocker_prepared ? "prepared transaction" : "backend pid",
+                  r->sc.blocker_pid, r->sc.blocker_age_s);
+    }
+    return true;
+}
+
 /* One cycle of the leader. In a backlog (the last read was full) the statement runs
  * while Redis takes `cur`; otherwise `cur` goes out first, then, after a short pause
  * that lets a trickle gather, the statement marks it and reads on. Returns how long
@@ -577,6 +636,8 @@ static long leader_cycle(relay_state *r)
             rc->held[h].until = 0;
     }
 
+    if (!gaps_before_cycle(r))
+        return -1;
     const char *cu_runs[RELAY_HELD_MAX];
     size_t cu_lens[RELAY_HELD_MAX];
     long long cu_seqs[RELAY_HELD_MAX];
@@ -596,10 +657,11 @@ static long leader_cycle(relay_state *r)
         .mark = marking,
         .nmark = nmarking,
         .after = r->sc.frontier,
-        .limit = r->limit,
-        .gap_lo = r->sc.lo,
-        .gap_hi = r->sc.hi,
-        .ngaps = r->sc.ngaps,
+        .limit = scan_frontier_limit(&r->sc, r->limit),
+        .gap_lo = r->sc.probe_lo,
+        .gap_hi = r->sc.probe_hi,
+        .ngaps = r->sc.probe_n,
+        .gap_rows = r->sc.probe_rows,
         .cu_run = cu_runs,
         .cu_len = cu_lens,
         .cu_seq = cu_seqs,
@@ -634,7 +696,7 @@ static long leader_cycle(relay_state *r)
     if (overlap)
         relay_record_failures(rc);
     r->cycle++;
-    if (!scan_apply(&r->sc, rows, &seen)) {
+    if (!scan_apply(&r->sc, rows, &seen, clock_mono_s())) {
         log_error("out of memory for the relay's gaps: reading again from %lld", scan_low(&r->sc));
         batch_clear(rows);
         return -1;
@@ -705,10 +767,18 @@ static long leader_cycle(relay_state *r)
         return 0;
     }
     /* A writer that did not notify has not committed yet: read again soon. */
-    long ms = 1L << (r->busy_naps < 3 ? r->busy_naps : 3);
-    r->busy_naps++;
-    nap(ms < BUSY_NAP_MAX_MS ? ms : BUSY_NAP_MAX_MS);
-    return -1;
+    if (r->busy_naps < BUSY_QUICK_NAPS) {
+        nap(1L << r->busy_naps++);
+        return -1;
+    }
+    if (r->busy_naps++ == BUSY_QUICK_NAPS && clock_mono_s() - r->said_busy >= 60) {
+        r->said_busy = clock_mono_s();
+        log_info("a transaction that inserted into run_outbox without notifying is still open (writers do not "
+                 "notify until it ends; a prepared one holds on until COMMIT PREPARED): reading every %ld ms "
+                 "meanwhile",
+                 r->cfg->poll_interval_ms < BUSY_POLL_MS ? r->cfg->poll_interval_ms : BUSY_POLL_MS);
+    }
+    return r->cfg->poll_interval_ms < BUSY_POLL_MS ? r->cfg->poll_interval_ms : BUSY_POLL_MS;
 }
 
 /* One pass of the loop; returns how long to wait for a NOTIFY before the next (ms),

@@ -65,8 +65,9 @@ typedef struct store_cycle {
     size_t nmark;
     long long after;       /* read every row with id > after (published ones too) ... */
     long limit;            /* ... at most this many */
-    const long long *gap_lo, *gap_hi; /* read every row with id in gap_lo[i]..gap_hi[i] */
+    const long long *gap_lo, *gap_hi; /* read the rows with id in gap_lo[i]..gap_hi[i] ... */
     size_t ngaps;
+    long gap_rows;         /* ... the gap_rows lowest of each */
     const char *const *cu_run; /* read run cu_run[i]'s unpublished rows from seq cu_seq[i] on ... */
     const size_t *cu_len;
     const long long *cu_seq;
@@ -89,6 +90,19 @@ typedef struct store_seen {
     unsigned long long tag;  /* the statement's own transaction id, taken after its snapshot;
                               * 0 when it had none (nothing to mark, need_tag false) */
 } store_seen;
+
+/* The transactions that hold a lock on run_outbox and have a transaction id: every
+ * writer of the outbox holds one from before its trigger draws an id until it ends
+ * (relay_scan.h says what the relay makes of it). One look at pg_locks. */
+typedef struct store_writers {
+    unsigned long long horizon; /* min(the lowest such transaction id, the look's snapshot xmax) */
+    long long count;            /* how many such transactions */
+    unsigned long long oldest;  /* the lowest of them (0 when none) ... */
+    int oldest_pid;             /* ... its backend (0 for a prepared transaction) */
+    bool oldest_prepared;
+    double oldest_age_s;        /* how long it has been open (or prepared); 0 when not visible */
+} store_writers;
+bool store_outbox_writers(store *s, store_writers *w) WUR;
 
 /* Sends one cycle statement and returns without waiting: the caller publishes to
  * Redis meanwhile. store_cycle_end waits for it and fills b with its rows in id

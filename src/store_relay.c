@@ -75,7 +75,8 @@ static const char cycle_sql[] =
     "                   WHERE id > $2::bigint ORDER BY id LIMIT $3::int) o"
     "  UNION ALL "
     CYCLE_ROW(2) " FROM unnest($4::bigint[], $5::bigint[]) g(lo, hi)"
-    "   CROSS JOIN LATERAL (SELECT " CYCLE_COLS " FROM run_outbox WHERE id BETWEEN g.lo AND g.hi) o"
+    "   CROSS JOIN LATERAL (SELECT " CYCLE_COLS " FROM run_outbox WHERE id BETWEEN g.lo AND g.hi"
+    "    ORDER BY id LIMIT $12::int) o"
     "  UNION ALL "
     CYCLE_ROW(4) " FROM unnest($6::text[], $7::bigint[]) c(run, seq)"
     "   CROSS JOIN LATERAL (SELECT " CYCLE_COLS " FROM run_outbox"
@@ -138,11 +139,12 @@ bool store_cycle_begin(store *s, const store_cycle *c)
         store_set_err(s, "cycle", "not connected");
         return false;
     }
-    char after[24], limit[24], cu_limit[24], low[24];
+    char after[24], limit[24], cu_limit[24], low[24], gap_rows[24];
     snprintf(after, sizeof after, "%lld", c->after);
     snprintf(limit, sizeof limit, "%ld", c->limit);
     snprintf(cu_limit, sizeof cu_limit, "%ld", c->cu_limit > 0 ? c->cu_limit : 1);
     snprintf(low, sizeof low, "%lld", c->low_water);
+    snprintf(gap_rows, sizeof gap_rows, "%ld", c->gap_rows > 0 ? c->gap_rows : 1);
     buf mark, glo, ghi, runs, seqs;
     buf_init(&mark, 0);
     buf_init(&glo, 0);
@@ -156,8 +158,8 @@ bool store_cycle_begin(store *s, const store_cycle *c)
         store_set_err(s, "cycle", "out of memory");
     } else {
         const char *params[] = {mark.data, after, limit, glo.data, ghi.data, runs.data, seqs.data, cu_limit,
-                                low, c->wake ? "true" : "false", c->need_tag ? "true" : "false"};
-        ok = PQsendQueryPrepared(s->conn, "outboxd_cycle", 11, params, NULL, NULL, 1) != 0;
+                                low, c->wake ? "true" : "false", c->need_tag ? "true" : "false", gap_rows};
+        ok = PQsendQueryPrepared(s->conn, "outboxd_cycle", 12, params, NULL, NULL, 1) != 0;
         if (!ok)
             store_set_err(s, "cycle", PQerrorMessage(s->conn));
         else if (store_flush_all(s, store_now_ms() + s->timeout_ms) != 1) {
@@ -339,6 +341,53 @@ bool store_cycle_end(store *s, batch *b, store_seen *seen)
     b->owner = cr;
     b->owner_free = free_cycle_rows;
     return true;
+}
+
+/* Transaction ids in pg_locks are 32 bits wide; the snapshot's xmax (a full id) tells
+ * their epoch: every running transaction lies within 2^31 of it, above or below. */
+#define FULL_XID(x) "(c.nx + (" x "::text::bigint - c.nx % 4294967296 + 6442450944) % 4294967296 - 2147483648)"
+
+bool store_outbox_writers(store *s, store_writers *w)
+{
+    memset(w, 0, sizeof *w);
+    /* A transaction's lowest id held (ExclusiveLock on its own ids) is its top-level
+     * one, which a subtransaction that wrote the row got its id after. Locks of a
+     * prepared transaction show without a pid. */
+    PGresult *r = store_run(
+        s, "look for writers of run_outbox (pg_locks)",
+        "WITH c AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS nx),"
+        " t AS (SELECT l.virtualtransaction AS vx, l.pid, min(" FULL_XID("l.transactionid") ") AS xid"
+        "       FROM pg_locks l, c WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted"
+        "       GROUP BY l.virtualtransaction, l.pid),"
+        " w AS (SELECT DISTINCT t.xid, t.pid FROM pg_locks l"
+        "       JOIN t ON t.vx = l.virtualtransaction AND t.pid IS NOT DISTINCT FROM l.pid"
+        "       WHERE l.locktype = 'relation' AND l.relation = 'run_outbox'::regclass"
+        "         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())),"
+        " o AS (SELECT w.xid, w.pid, coalesce(extract(epoch FROM now() - a.xact_start),"
+        "                                     extract(epoch FROM now() - p.prepared), 0)::float8 AS age"
+        "       FROM w LEFT JOIN pg_stat_activity a ON a.pid = w.pid"
+        "       LEFT JOIN pg_prepared_xacts p ON w.pid IS NULL AND p.transaction::text::bigint = w.xid % 4294967296"
+        "       ORDER BY w.xid LIMIT 1)"
+        " SELECT least(c.nx, o.xid), (SELECT count(*) FROM w), o.xid, coalesce(o.pid, 0), o.pid IS NULL, o.age"
+        " FROM c LEFT JOIN o ON true",
+        0, NULL);
+    if (!r)
+        return false;
+    bool ok = PQntuples(r) == 1 && PQnfields(r) == 6;
+    if (ok) {
+        w->horizon = strtoull(PQgetvalue(r, 0, 0), NULL, 10);
+        w->count = strtoll(PQgetvalue(r, 0, 1), NULL, 10);
+        if (w->count > 0) {
+            w->oldest = strtoull(PQgetvalue(r, 0, 2), NULL, 10);
+            w->oldest_pid = atoi(PQgetvalue(r, 0, 3));
+            w->oldest_prepared = PQgetvalue(r, 0, 4)[0] == 't';
+            w->oldest_age_s = strtod(PQgetvalue(r, 0, 5), NULL);
+        }
+    } else {
+        store_set_err(s, "look for writers of run_outbox", "unexpected result shape");
+    }
+    PQclear(r);
+    return ok;
 }
 
 bool store_sleep(store *s, bool *asleep)
