@@ -28,11 +28,13 @@
 
 #define STANDBY_RETRY_MS 500
 /* While a writer's transaction that did not notify is open, the relay cannot wait
- * for a NOTIFY (writers notify only while it waits): it reads again after 1, 2, 4 and
- * 8 ms (the writer is most likely committing), then every BUSY_POLL_MS (or the poll
- * interval if shorter) until it can wait again: a writer that keeps its transaction
- * open, or a prepared one, would otherwise have it read 125 times a second. */
-#define BUSY_QUICK_NAPS 4
+ * for a NOTIFY (writers notify only while it waits): it reads again after 1 ms,
+ * doubling up to 8, for BUSY_QUICK_S (the writer is most likely committing), then
+ * every BUSY_POLL_MS (or the poll interval if shorter) until it can wait again: a
+ * writer that keeps its transaction open, or a prepared one, would otherwise have it
+ * read 125 times a second for as long as that lasts. */
+#define BUSY_NAP_MAX_MS 8
+#define BUSY_QUICK_S 0.25
 #define BUSY_POLL_MS 100
 /* In a backlog, the marks of one batch are spread over this many cycle statements
  * (by id modulo MARK_SPLIT): each statement then updates a quarter of a page's rows,
@@ -158,6 +160,7 @@ typedef struct relay_state {
     mark_ring marks;
     bool recheck;        /* the wake-up lock is taken: the next read decides whether to wait */
     int busy_naps;
+    double busy_since;   /* when the relay last found it could not wait */
     double said_busy, said_gaps_full; /* when those were last logged */
     double low_saved_at;
     long long low_saved;
@@ -767,17 +770,23 @@ static long leader_cycle(relay_state *r)
         return 0;
     }
     /* A writer that did not notify has not committed yet: read again soon. */
-    if (r->busy_naps < BUSY_QUICK_NAPS) {
-        nap(1L << r->busy_naps++);
+    double now = clock_mono_s();
+    if (r->busy_naps == 0)
+        r->busy_since = now;
+    if (now - r->busy_since < BUSY_QUICK_S) {
+        long ms = 1L << (r->busy_naps < 3 ? r->busy_naps : 3);
+        r->busy_naps++;
+        nap(ms < BUSY_NAP_MAX_MS ? ms : BUSY_NAP_MAX_MS);
         return -1;
     }
-    if (r->busy_naps++ == BUSY_QUICK_NAPS && clock_mono_s() - r->said_busy >= 60) {
-        r->said_busy = clock_mono_s();
+    if (r->busy_naps > 0 && now - r->said_busy >= 60) {
+        r->said_busy = now;
         log_info("a transaction that inserted into run_outbox without notifying is still open (writers do not "
                  "notify until it ends; a prepared one holds on until COMMIT PREPARED): reading every %ld ms "
                  "meanwhile",
                  r->cfg->poll_interval_ms < BUSY_POLL_MS ? r->cfg->poll_interval_ms : BUSY_POLL_MS);
     }
+    r->busy_naps = -1; /* the slow phase: busy_since stays until the relay reads rows or waits */
     return r->cfg->poll_interval_ms < BUSY_POLL_MS ? r->cfg->poll_interval_ms : BUSY_POLL_MS;
 }
 

@@ -37,7 +37,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* Gap ranges kept (32 bytes each): gaps pile up only while a transaction that writes
+/* Gap ranges kept (32 bytes each, twice: scan_apply builds the next list beside the
+ * last): gaps pile up only while a transaction that writes
  * the outbox stays open and other inserts roll back. At the cap the frontier stops
  * (new rows wait; nothing is lost or sent twice) until gaps close. */
 #define SCAN_GAPS_MAX (1 << 20)
