@@ -49,13 +49,11 @@ long long scan_low(const scan *sc)
     return sc->ngaps && sc->gap[0].lo <= sc->frontier ? sc->gap[0].lo : sc->frontier + 1;
 }
 
+/* Gaps are found in id order as the frontier moves up, and a split keeps the time of
+ * the gap it came from: the lowest gap is the oldest. */
 double scan_oldest_gap_s(const scan *sc, double now)
 {
-    double oldest = now;
-    for (size_t i = 0; i < sc->ngaps; i++)
-        if (sc->gap[i].since < oldest)
-            oldest = sc->gap[i].since;
-    return now - oldest;
+    return sc->ngaps ? now - sc->gap[0].since : 0;
 }
 
 void scan_rewind(scan *sc, long long from)

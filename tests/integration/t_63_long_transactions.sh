@@ -68,9 +68,18 @@ sleep 0.3
 psql -X -q "$DATABASE_URL" -c "INSERT INTO run_outbox (run_id, payload) VALUES ('lt-slow', '{\"n\":2}')" \
   >"$WORK/slow2.out" 2>&1 &
 slow2=$!
-"$BUILD/obx_load" --rate 100 --runs 5 --conns 2 --seconds 2 --rollback-pct 10 --prefix lt-side >"$WORK/side.out"
-[[ $(metric outboxd_gap_blocker_pid) -gt 0 ]] ||
-  fail "the slow writer should show as the oldest writer holding gaps open: $(grep -o 'gaps=.*' "$WORK/relay.log" | tail -1)"
+"$BUILD/obx_load" --rate 100 --runs 5 --conns 2 --seconds 2 --rollback-pct 10 --prefix lt-side >"$WORK/side.out" &
+side=$!
+blocker=0
+while kill -0 "$slow" 2>/dev/null && ((blocker == 0)); do
+  blocker=$(metric outboxd_gap_blocker_pid)
+  blocker=${blocker:-0}
+  sleep 0.1
+done
+((blocker > 0)) ||
+  fail "the slow writer was never shown as the oldest writer holding gaps open: $(grep -o 'gaps=.*' "$WORK/relay.log" | tail -1)"
+info "the slow writer holds gaps open: gap_blocker_pid=$blocker"
+wait "$side" || fail "the load beside the slow writer failed"
 wait "$slow" || fail "the slow writer failed: $(cat "$WORK/slow.out")"
 wait "$slow2" || fail "the writer queued behind it failed: $(cat "$WORK/slow2.out")"
 below=$(q "SELECT count(*) FROM run_outbox WHERE id > (SELECT id FROM run_outbox WHERE run_id = 'lt-slow' AND seq = 1)
