@@ -295,6 +295,7 @@ static void log_stats(relay_state *r, bool final)
     long long backlog = r->leader ? r->backlog : -1;
     double oldest = r->leader ? r->oldest_age_s : 0;
     double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
+    /* gap_blocker=none, prepared or pid:N (%.0d prints nothing for 0). */
     log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu failures=%llu "
              "retries=%llu pruned=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
              "backlog=%lld oldest_unpublished_s=%.3f gaps=%zu oldest_gap_s=%.3f gap_blocker=%s%.0d "
