@@ -177,7 +177,8 @@ bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t 
 
 /* Inserts one event; the database assigns id and seq. */
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq) WUR;
-/* Writes a human-readable (or JSON) status report to stdout. */
-bool store_print_status(store *s, bool json) WUR;
+/* Writes a human-readable (or JSON) status report to stdout. extra (may be NULL) is
+ * written last: lines of text, or JSON members (`"name":value,...`) of the object. */
+bool store_print_status(store *s, bool json, const char *extra) WUR;
 
 #endif
