@@ -19,15 +19,20 @@
  * says its predecessor was in an earlier call, needs the mark to be its direct
  * predecessor (seq - 1), or a failed predecessor would be overtaken. Returns one
  * number per event (1 published, 0 duplicate, -1 held back behind one that did not
- * go out, -2 failed), then the error of the failed one, if any.
+ * go out, -2 failed), then the error of the failed PUBLISH and the error of the SET
+ * of the mark (each false when there was none).
  *
  * PUBLISH comes before the mark moves past it: Redis does not undo a script's earlier
  * writes when a later command fails, so a refused PUBLISH (an ACL rule, a cluster
  * slot) must not leave a mark that would pass the event off as published. A PUBLISH
  * that fails stops the run there, and the mark is set to the last event that went
- * out. The "#!lua" line (Redis 7) declares the script as writing, so a read-only
- * replica or an out-of-memory primary refuses it before it runs rather than after
- * its PUBLISH. */
+ * out. The "#!lua" line (Redis 7) declares the script as writing, so a primary that
+ * may not take writes now (a read-only replica, out of memory, too few replicas for
+ * min-replicas-to-write, a failed snapshot with stop-writes-on-bgsave-error) refuses
+ * it before it runs rather than after its PUBLISHes. What that cannot see, a user
+ * whose ACL lets it PUBLISH but not SET (or a server without "#!lua"), makes the SET
+ * fail after the events went out: it is a pcall, and its error comes back beside the
+ * events, which count as published, so that they are not sent again and again. */
 #define SHEBANG "#!lua\n"
 const char redis_sink_publish_script[] =
     SHEBANG
@@ -58,8 +63,13 @@ const char redis_sink_publish_script[] =
     "  end\n"
     "  need = true\n"
     "end\n"
-    "if last then redis.call('SET', KEYS[1], last, 'PX', ARGV[2]) end\n"
-    "if err then out[#out + 1] = err end\n"
+    "local merr = false\n"
+    "if last then\n"
+    "  local r = redis.pcall('SET', KEYS[1], last, 'PX', ARGV[2])\n"
+    "  if type(r) == 'table' and r.err then merr = r.err end\n"
+    "end\n"
+    "out[#out + 1] = err or false\n"
+    "out[#out + 1] = merr\n"
     "return out\n";
 
 /* A run's events go in calls of at most this many (a continuation is chained). */
@@ -84,6 +94,7 @@ struct sink {
     sentinel_watch watch;
     bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
     bool wait_refused_said;
+    bool marks_failing;   /* the last mark written (or not) was refused */
     char sha[41];
     char err[1024];
     struct {
@@ -240,6 +251,35 @@ static void note_refusal(sink *k, const char *reply)
     snprintf(k->err, sizeof k->err, "publish: %s", why);
 }
 
+/* The events of a call went out but Redis refused to write the run's mark: they
+ * count as published (PostgreSQL marks them, nothing is sent again), and what is
+ * lost meanwhile is the de-duplication of a re-send after a crash or a lost reply.
+ * Said once until marks are written again; counted every time. */
+static void note_mark_refused(sink *k, const event *e, const char *reply)
+{
+    k->counters.mark_failures++;
+    if (k->marks_failing)
+        return;
+    k->marks_failing = true;
+    char why[400];
+    redis_explain_error(reply, why, sizeof why);
+    log_warn("redis: run %.*s: its events went out but its mark could not be written (%s); they are marked "
+             "published and not sent again, but until marks can be written a re-send after a crash is not "
+             "recognised as a duplicate (counted in outboxd_redis_mark_failures_total)",
+             (int)e->run_id_len, e->run_id, why);
+}
+
+/* A call that published and raised its mark while marks were failing. */
+static void note_mark_written(sink *k, const redisReply *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (r->element[i]->type == REDIS_REPLY_INTEGER && r->element[i]->integer == 1) {
+            k->marks_failing = false;
+            log_info("redis: run marks are written again");
+            return;
+        }
+}
+
 /* Reads the replies of calls[0..ncalls) (and of the WAIT after them when wait),
  * mapping each event's number to a pub_result. */
 static bool read_replies(sink *k, const event *const *evs, const call *calls, size_t ncalls, bool wait,
@@ -259,9 +299,25 @@ static bool read_replies(sink *k, const event *const *evs, const call *calls, si
             sink_disconnect(k);
             return false;
         }
-        if (r->type == REDIS_REPLY_ARRAY && r->elements >= n) {
+        const char *merr = r->type == REDIS_REPLY_ARRAY && r->elements > n + 1 &&
+                                   r->element[n + 1]->type == REDIS_REPLY_STRING
+                               ? r->element[n + 1]->str
+                               : NULL;
+        if (merr && !strncmp(merr, "READONLY", 8)) {
+            /* A replica (a server without "#!lua" runs the script there): what it
+             * published reached only its own subscribers. As a refused call. */
+            for (size_t i = 0; i < n; i++)
+                o[i] = PUB_UNSENT;
+            note_uncertain(k, evs, first, first + n);
+            reconnect = true;
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, merr);
+        } else if (r->type == REDIS_REPLY_ARRAY && r->elements >= n) {
             const char *why = r->elements > n && r->element[n]->type == REDIS_REPLY_STRING ? r->element[n]->str
                                                                                            : "unexpected reply";
+            if (merr)
+                note_mark_refused(k, evs[first], merr);
+            else if (k->marks_failing && r->element[0]->type == REDIS_REPLY_INTEGER)
+                note_mark_written(k, r, n);
             for (size_t i = 0; i < n; i++) {
                 redisReply *e = r->element[i];
                 long long v = e->type == REDIS_REPLY_INTEGER ? e->integer : -3;

@@ -36,6 +36,10 @@ typedef struct sink_counters {
     unsigned long long wait_short;
     /* Connections made to a primary other than the previous one (failovers). */
     unsigned long long primary_changes;
+    /* Script calls whose events were published but whose run mark Redis refused to
+     * write (an ACL user without SET, a server without "#!lua" refusing writes):
+     * those events count as published. */
+    unsigned long long mark_failures;
 } sink_counters;
 
 /* Publishes through the endpoint e (not owned; it must outlive the sink), with the

@@ -290,12 +290,12 @@ static void log_stats(relay_state *r, bool final)
     sink_counters sc;
     sink_get_counters(r->rc.out, &sc);
     log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu "
-             "possible_duplicates=%llu failures=%llu "
+             "possible_duplicates=%llu mark_failures=%llu failures=%llu "
              "retries=%llu pruned=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
              "backlog=%lld oldest_unpublished_s=%.3f gaps=%zu",
              final ? " (final)" : "", r->leader ? "leader" : "standby",
              (unsigned long long)st->published, rate, (unsigned long long)st->duplicates,
-             sc.possible_duplicates,
+             sc.possible_duplicates, sc.mark_failures,
              (unsigned long long)st->failures, (unsigned long long)st->retries,
              (unsigned long long)st->pruned, hist_quantile(&st->latency, 0.5) / 1e3, hist_quantile(&st->latency, 0.99) / 1e3,
              st->latency.max_us / 1e3, (unsigned long long)st->batches,
@@ -426,6 +426,11 @@ static bool render_metrics(buf *b, void *arg)
            prom_counter(b, "outboxd_redis_wait_short_total",
                         "Batches whose WAIT saw fewer replicas than --redis-wait-replicas in time.",
                         (double)p.redis.wait_short) &&
+           prom_counter(b, "outboxd_redis_mark_failures_total",
+                        "Script calls whose events were published but whose run mark Redis refused to write "
+                        "(an ACL user without SET): they count as published; a re-send after a crash is not "
+                        "recognised as a duplicate meanwhile.",
+                        (double)p.redis.mark_failures) &&
            prom_counter(b, "outboxd_batches_total", "Non-empty batches processed.", (double)st->batches) &&
            prom_counter(b, "outboxd_events_pruned_total", "Published events deleted by --retention.",
                         (double)st->pruned) &&
