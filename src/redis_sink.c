@@ -10,12 +10,16 @@
 #include <string.h>
 
 /* One call per run per batch: KEYS[1] = the run's mark key; ARGV = channel, mark ttl
- * in ms, chained, then id, seq, message for each of the run's events in order.
- * The mark is "id:seq" of the last event published for the run. Ids and seqs only
- * grow within a run in commit order, so an event at or below the mark in both was
+ * in ms, chained, origin, then id, seq, message for each of the run's events in order.
+ * The mark is "id:seq:origin" of the last event published for the run. Ids and seqs
+ * only grow within a run in commit order, so an event at or below the mark in both was
  * published already. One above it in either is new: if the database numbering went
  * back (a restore, a re-created table), that costs at most a duplicate, never a
- * silently dropped event. Every event but the first, and the first when `chained`
+ * silently dropped event. The origin (the cluster's system identifier and the
+ * database's oid) tells a logical copy of the database, which keeps the epoch of the
+ * key, from the original: a mark of another origin is no mark. A mark without one
+ * (written by v0.1.0, or by a relay that may not read the identifier) still counts,
+ * so that an upgrade keeps the marks set just before it. Every event but the first, and the first when `chained`
  * says its predecessor was in an earlier call, needs the mark to be its direct
  * predecessor (seq - 1), or a failed predecessor would be overtaken. Returns one
  * number per event (1 published, 0 duplicate, -1 held back behind one that did not
@@ -38,13 +42,15 @@ const char redis_sink_publish_script[] =
     SHEBANG
     "local m = redis.call('GET', KEYS[1])\n"
     "local mid, mseq\n"
+    "local origin = ARGV[4]\n"
     "if m then\n"
-    "  local a, b = string.match(m, '^(%d+):(%d+)$')\n"
-    "  mid, mseq = tonumber(a), tonumber(b)\n"
+    "  local a, b, o = string.match(m, '^(%d+):(%d+):?(.*)$')\n"
+    "  if a and (o == '' or origin == '' or o == origin) then mid, mseq = tonumber(a), tonumber(b) end\n"
     "end\n"
+    "if origin ~= '' then origin = ':' .. origin end\n"
     "local out, err, stop, last = {}, nil, false, nil\n"
     "local need = ARGV[3] == '1'\n"
-    "for i = 4, #ARGV, 3 do\n"
+    "for i = 5, #ARGV, 3 do\n"
     "  local id, seq = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"
     "  if mid and id <= mid and seq <= mseq then\n"
     "    out[#out + 1] = 0\n"
@@ -57,7 +63,7 @@ const char redis_sink_publish_script[] =
     "      stop, err = true, r.err\n"
     "      out[#out + 1] = -2\n"
     "    else\n"
-    "      mid, mseq, last = id, seq, ARGV[i] .. ':' .. ARGV[i + 1]\n"
+    "      mid, mseq, last = id, seq, ARGV[i] .. ':' .. ARGV[i + 1] .. origin\n"
     "      out[#out + 1] = 1\n"
     "    end\n"
     "  end\n"
@@ -87,6 +93,7 @@ struct sink {
     char wait_timeout[24];
     char ttl[24];
     char epoch[64];
+    char origin[48]; /* "system identifier.database oid", or "" */
     bool announce;
     rconn *c;
     redis_addr addr;      /* where c is connected */
@@ -118,13 +125,14 @@ sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool ann
     snprintf(k->wait_timeout, sizeof k->wait_timeout, "%ld", cfg->redis_wait_timeout_ms);
     snprintf(k->ttl, sizeof k->ttl, "%ld", cfg->mark_ttl_ms);
     sentinel_watch_init(&k->watch, e);
-    sink_set_epoch(k, epoch);
+    sink_set_epoch(k, epoch, "");
     return k;
 }
 
-void sink_set_epoch(sink *k, const char *epoch)
+void sink_set_epoch(sink *k, const char *epoch, const char *origin)
 {
     snprintf(k->epoch, sizeof k->epoch, "%s", epoch ? epoch : "");
+    snprintf(k->origin, sizeof k->origin, "%s", origin ? origin : "");
 }
 
 void sink_free(sink *k)
@@ -412,7 +420,7 @@ typedef struct call_args {
 static bool append_call(sink *k, const event *const *evs, size_t first, size_t n, bool chained, call_args *a,
                         size_t *queued)
 {
-    size_t argc = 7 + 3 * n;
+    size_t argc = 8 + 3 * n;
     if (argc > a->cap) {
         const char **v = realloc(a->argv, argc * sizeof *v);
         if (v)
@@ -448,6 +456,7 @@ static bool append_call(sink *k, const event *const *evs, size_t first, size_t n
     ARG(buf_puts(t, "run:") && buf_append(t, e0->run_id, e0->run_id_len));
     ARG(buf_puts(t, k->ttl));
     ARG(buf_puts(t, chained ? "1" : "0"));
+    ARG(buf_puts(t, k->origin));
     for (size_t i = 0; i < n; i++) {
         const event *e = evs[first + i];
         ARG(buf_printf(t, "%lld", e->id));

@@ -48,7 +48,9 @@ typedef struct sink_counters {
  * sink, not its readiness probes). Free with sink_free. */
 sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce);
 void sink_free(sink *k);
-void sink_set_epoch(sink *k, const char *epoch);
+/* epoch names the marks' keys; origin (copied; "" = unknown) is written into each
+ * mark, and a mark of another origin is passed over as no mark (redis_sink.c). */
+void sink_set_epoch(sink *k, const char *epoch, const char *origin);
 void sink_get_counters(const sink *k, sink_counters *out);
 /* True while Redis refuses every event for the user's ACL (the last publish call had
  * ACL denials and no success); *why then names the refusal (owned by the sink). */

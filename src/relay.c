@@ -247,8 +247,8 @@ static void lose_db(relay_state *r)
 static bool connect_db(relay_state *r)
 {
     store *db = r->rc.db;
-    char epoch[64];
-    if (!store_connect(db) || !store_check_schema(db, epoch, sizeof epoch) || !store_prepare_relay(db) ||
+    char epoch[64], origin[48];
+    if (!store_connect(db) || !store_check_schema(db, epoch, sizeof epoch, origin, sizeof origin) || !store_prepare_relay(db) ||
         (!r->cfg->no_listen && !store_listen(db))) {
         log_warn("postgresql: %s", store_errstr(db));
         store_disconnect(db);
@@ -270,7 +270,7 @@ static bool connect_db(relay_state *r)
         store_disconnect(db);
         return false;
     }
-    sink_set_epoch(r->rc.out, epoch);
+    sink_set_epoch(r->rc.out, epoch, origin);
     r->leader = false;
     r->said_standby = false;
     log_info("postgresql: connected (%s)", r->cfg->no_listen ? "poll only" : "listening");

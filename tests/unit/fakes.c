@@ -59,7 +59,7 @@ redis_endpoint *redis_endpoint_new(const config *cfg, char *err, size_t errlen)
 }
 void redis_endpoint_free(redis_endpoint *e) { free(e); }
 void sink_free(sink *k) { free(k); }
-void sink_set_epoch(sink *k, const char *epoch) { (void)k, (void)epoch; }
+void sink_set_epoch(sink *k, const char *epoch, const char *origin) { (void)k, (void)epoch, (void)origin; }
 bool sink_connected(const sink *k) { return k->connected; }
 void sink_disconnect(sink *k) { k->connected = false; }
 const char *sink_errstr(const sink *k) { (void)k; return "fake error"; }
