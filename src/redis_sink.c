@@ -109,7 +109,7 @@ struct sink {
     } uncertain[UNCERTAIN_RANGES];
     int nuncertain, next_uncertain;
     sink_counters counters;
-    bool acl_refused; /* in the current publish call */
+    bool refused; /* in the current publish call: an ACL denial, or no writes taken */
     bool refusing;
     char refusal[1024];
 };
@@ -250,10 +250,13 @@ typedef struct call {
 } call;
 
 /* An event the script did not publish because Redis refused it: the reason goes to
- * k->err, and an ACL denial is noted for sink_refusing. */
+ * k->err. An ACL denial, or a primary that takes no writes now (too few replicas for
+ * min-replicas-to-write, out of memory, a failed snapshot), refuses every run alike:
+ * noted for sink_refusing. */
 static void note_refusal(sink *k, const char *reply)
 {
-    k->acl_refused |= redis_error_is_acl(reply);
+    k->refused |= redis_error_is_acl(reply) || !strncmp(reply, "NOREPLICAS", 10) || !strncmp(reply, "OOM", 3) ||
+                  !strncmp(reply, "MISCONF", 7);
     char why[400];
     redis_explain_error(reply, why, sizeof why);
     snprintf(k->err, sizeof k->err, "publish: %s", why);
@@ -392,8 +395,8 @@ static bool read_replies(sink *k, const event *const *evs, const call *calls, si
     return true;
 }
 
-/* After a publish call: refusing while the user's ACL denied events and nothing went
- * out. (One event Redis cannot take, e.g. its mark key holding something else, holds
+/* After a publish call: refusing while Redis refused events for every run (the
+ * user's ACL, or writes refused) and nothing went out. (One event Redis cannot take, e.g. its mark key holding something else, holds
  * back its run but says nothing about the others.) */
 static void note_outcome(sink *k, const pub_result *out, size_t n)
 {
@@ -402,7 +405,7 @@ static void note_outcome(sink *k, const pub_result *out, size_t n)
         went |= out[i] == PUB_OK || out[i] == PUB_DUP;
     if (went)
         k->refusing = false;
-    else if (k->acl_refused) {
+    else if (k->refused) {
         k->refusing = true;
         snprintf(k->refusal, sizeof k->refusal, "%s", k->err);
     }
@@ -481,7 +484,7 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
 {
     for (size_t i = 0; i < n; i++)
         out[i] = PUB_UNSENT;
-    k->acl_refused = false;
+    k->refused = false;
     redis_addr to;
     if (k->c && sentinel_watch_switched(&k->watch, &k->addr, &to) &&
         (strcmp(to.host, k->addr.host) || to.port != k->addr.port)) {

@@ -52,8 +52,9 @@ void sink_free(sink *k);
  * mark, and a mark of another origin is passed over as no mark (redis_sink.c). */
 void sink_set_epoch(sink *k, const char *epoch, const char *origin);
 void sink_get_counters(const sink *k, sink_counters *out);
-/* True while Redis refuses every event for the user's ACL (the last publish call had
- * ACL denials and no success); *why then names the refusal (owned by the sink). */
+/* True while Redis refuses every event, for the user's ACL or because it takes no
+ * writes now (NOREPLICAS, OOM, MISCONF): the last publish call had such refusals and
+ * no success. *why then names the refusal (owned by the sink). */
 bool sink_refusing(const sink *k, const char **why);
 
 bool sink_connect(sink *k) WUR;

@@ -454,7 +454,7 @@ static bool render_metrics(buf *b, void *arg)
 
 /* Ready = the database connection is up, the Redis primary takes a connection now
  * (TLS, AUTH, ROLE, the script), and Redis has not refused every event lately (an
- * ACL denial). */
+ * ACL denial, or writes refused: NOREPLICAS, OOM, MISCONF). */
 static bool check_ready(buf *body, void *arg)
 {
     (void)arg;

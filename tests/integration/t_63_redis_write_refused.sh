@@ -3,7 +3,7 @@
 # the same path as OOM, MISCONF or READONLY): the publish script is declared as
 # writing ("#!lua"), so Redis refuses it before any PUBLISH. Subscribers receive
 # nothing while it refuses, the refusal is logged and recorded on the rows, the runs
-# are held back, no mark moves; once writes are allowed again every event arrives
+# are held back, no mark moves, /readyz says 503 "refusing"; once writes are allowed again every event arrives
 # exactly once, in order (a script that published, then failed on its mark, was
 # re-sent after every hold).
 . "$(dirname "$0")/lib.sh"
@@ -18,7 +18,9 @@ PIDS+=("$!")
 start_sub sub --port "$WR_PORT" --prefix wr --expect 39 --idle-ms 30000 --max-seconds 120 --check
 for _ in $(seq 1 100); do grep -q '^"psubscribe"' "$WORK/raw.out" && break; sleep 0.05; done
 raw() { grep -c '^"pmessage"' "$WORK/raw.out" || true; }
-start_relay relay --redis-timeout 500ms
+hport=$(pick_port)
+h="http://127.0.0.1:$hport"
+start_relay relay --redis-timeout 500ms --http-listen "127.0.0.1:$hport"
 
 # 1. Writes allowed: events flow, marks are set.
 for i in $(seq 1 3); do for r in 1 2 3; do "$OUTBOXD" emit "wr-$r" "{\"phase\":1,\"i\":$i}" >/dev/null; done; done
@@ -44,10 +46,13 @@ errs=$(q "SELECT count(*) FROM run_outbox WHERE attempts > 0 AND last_error LIKE
 retries=$(grep -c "run wr-1 held back" "$WORK/relay.log" || true)
 ((retries >= 2)) || fail "run wr-1 tried only $retries time(s) in 4 s of refusal"
 kill -0 "$RELAY_PID" || fail "the relay died"
+r=$(readyz "$h")
+[[ $r == "503 not ready"*"redis=refusing"*"NOREPLICAS"* ]] || fail "/readyz while writes are refused: $r"
 
 # 3. Writes allowed again: everything arrives once, in order.
 rc CONFIG SET min-replicas-to-write 0 >/dev/null
 wait_drained 70
+[[ $(readyz "$h") == "200 ready"* ]] || fail "/readyz once writes are allowed: $(readyz "$h")"
 for i in $(seq 1 10); do "$OUTBOXD" emit "wr-$(( i % 3 + 1 ))" "{\"phase\":3,\"i\":$i}" >/dev/null; done
 wait_drained 10
 for _ in $(seq 1 40); do [[ $(raw) == 39 ]] && break; sleep 0.05; done
