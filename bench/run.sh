@@ -12,7 +12,10 @@
 #   2. wake-up: commit->subscriber latency at 1,000 and 10,000 events/s (obx_load,
 #      obx_sub --check: nothing lost, repeated or reordered);
 #   3. drain: a pre-filled backlog, events/s and the CPU per event of the relay, its
-#      PostgreSQL backend and Redis.
+#      PostgreSQL backend and Redis;
+#   4. Redis transports: drain and 1,000/s latency of the previous release's relay and
+#      of this one over plaintext, over TLS, and with --redis-wait-replicas 1 against a
+#      replica, all against one more Redis with a plaintext and a TLS port.
 # Environment:
 #   BASELINE_REF (v0.1.0)      the release to compare with
 #   BENCH_EVENTS (200000)      events pre-filled for each drain
@@ -20,7 +23,7 @@
 #   BENCH_STEADY_SECONDS (10)  length of each steady-load run
 #   BENCH_PRODUCER_SECONDS (5) length of each pgbench run
 #   BENCH_PRODUCER_REPEAT (3)  repetitions of each producer measurement (median)
-#   BENCH_PARTS (producer,steady,drain)  which parts to run
+#   BENCH_PARTS (producer,steady,drain,transports)  which parts to run
 #   BENCH_KEEP (0)             1 keeps the work directory (logs, raw outputs)
 #   BUILD (build)              where this tree's outboxd, obx_load and obx_sub are
 set -Eeuo pipefail
@@ -35,7 +38,7 @@ REPEAT=${BENCH_REPEAT:-3}
 STEADY_S=${BENCH_STEADY_SECONDS:-10}
 PROD_S=${BENCH_PRODUCER_SECONDS:-5}
 PROD_REPEAT=${BENCH_PRODUCER_REPEAT:-3}
-PARTS=${BENCH_PARTS:-producer,steady,drain}
+PARTS=${BENCH_PARTS:-producer,steady,drain,transports}
 REF=${BASELINE_REF:-v0.1.0}
 DRAIN_RUNS=100
 STEADY_RUNS=50
@@ -50,10 +53,12 @@ done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/outboxd-bench.XXXXXX")
 chmod 755 "$WORK"
 STACK="$WORK/stack"
+TR_PIDS=()
 cleanup() {
-  # Only this shell's own background jobs that are still running.
+  # Only this shell's own background jobs that are still running, and the Redis
+  # servers part 4 started.
   local p
-  for p in $(jobs -p); do
+  for p in $(jobs -p) "${TR_PIDS[@]}"; do
     kill -9 "$p" 2>/dev/null || true
   done
   bash "$ROOT/scripts/stack.sh" stop "$STACK" >/dev/null 2>&1 || true
@@ -66,6 +71,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+free_port() { # a free loopback port below the ephemeral range
+  local p
+  for _ in $(seq 1 100); do
+    p=$((10000 + RANDOM % 22000))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
+  done
+  return 1
+}
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
@@ -127,10 +140,13 @@ reset_data() {
 }
 
 # start_relay VERSION LOG [flags]: that version's relay on its database; pid in RELAY_PID.
+# RELAY_EXTRA (flags) and SUB_EXTRA (obx_sub flags) let part 4 vary the transport.
+RELAY_EXTRA=()
+SUB_EXTRA=()
 start_relay() {
   local v=$1 log=$2
   shift 2
-  DATABASE_URL=${URL[$v]} "${BIN[$v]}" relay "$@" >"$log" 2>&1 &
+  DATABASE_URL=${URL[$v]} "${BIN[$v]}" relay "$@" "${RELAY_EXTRA[@]}" >"$log" 2>&1 &
   RELAY_PID=$!
 }
 
@@ -199,13 +215,14 @@ run_producers() {
 # ---- 2. steady load ------------------------------------------------------------------
 
 declare -A STEADY
-steady_once() { # VERSION RATE
-  local v=$1 rate=$2 tag="steady-$1-$2"
+steady_once() { # VERSION RATE [KEY]: the result goes to STEADY[KEY] (VERSION-RATE)
+  local v=$1 rate=$2 key=${3:-$1-$2}
+  local tag="steady-$key"
   reset_data "$v"
   start_relay "$v" "$WORK/relay-$tag.log"
   relay_backend "${URL[$v]}" >/dev/null
   rm -f "$WORK/$tag.ready"
-  DATABASE_URL=${URL[$v]} "$BUILD/obx_sub" --port "$REDIS_PORT" --prefix steady --ready-file "$WORK/$tag.ready" \
+  DATABASE_URL=${URL[$v]} "$BUILD/obx_sub" --port "$REDIS_PORT" "${SUB_EXTRA[@]}" --prefix steady --ready-file "$WORK/$tag.ready" \
     --max-seconds $((STEADY_S + 90)) --check >"$WORK/$tag.sub" 2>"$WORK/$tag.sub.err" &
   local sub=$!
   for _ in $(seq 1 200); do [[ -f "$WORK/$tag.ready" ]] && break; sleep 0.05; done
@@ -230,7 +247,7 @@ steady_once() { # VERSION RATE
     [[ "$(kv "$f" "$sub_line")" == 0 ]] || check="$f=$(kv "$f" "$sub_line")"
   done
   lat=${sub_line##*latency_ms }
-  STEADY[$v-$rate]="$(kv rate "$(cat "$WORK/$tag.load")") $(kv received "$sub_line") $(kv p50 "$lat") $(kv p99 "$lat") \
+  STEADY[$key]="$(kv rate "$(cat "$WORK/$tag.load")") $(kv received "$sub_line") $(kv p50 "$lat") $(kv p99 "$lat") \
 $(kv p999 "$lat") $(kv max "$lat") $(calc %.1f "($c1 - $c0) / $HZ / ($t1 - $t0) * 100") \
 $(calc %.1f "($b1 - $b0) / $HZ / ($t1 - $t0) * 100") $check"
   say "  $tag: $(cat "$WORK/$tag.load") | $sub_line"
@@ -263,15 +280,16 @@ prefill() {
 }
 
 declare -A DRAIN
-# drain_once VERSION: appends "rate secs relay_ns backend_ns redis_ns hwm_kb others_ns"
+# drain_once VERSION [KEY]: appends "rate secs relay_ns backend_ns redis_ns hwm_kb others_ns"
+# to drain-KEY.txt (KEY = VERSION)
 drain_once() {
-  local v=$1
+  local v=$1 key=${2:-$1}
   prefill "$v" "$N"
   local r0 t0 out be s0
   r0=$(ticks "$REDIS_PID")
   s0=$(sys_busy_ns)
   t0=$EPOCHREALTIME
-  start_relay "$v" "$WORK/relay-drain-$v.log"
+  start_relay "$v" "$WORK/relay-drain-$key.log"
   be=$(relay_backend "${URL[$v]}")
   out=$(DATABASE_URL=${URL[$v]} "$WORK/bench_tool" wait-drained --since "$t0" --timeout $((N / 1000 + 120))) ||
     die "drain $v: $out"
@@ -288,7 +306,7 @@ drain_once() {
   stop_pid "$RELAY_PID" "${URL[$v]}"
   [[ $(q "${URL[$v]}" -c "SELECT count(*) FROM run_outbox WHERE published_at IS NULL") == 0 ]] ||
     die "drain $v: rows left unpublished"
-  echo "$(calc %.0f "$N / $secs") $secs $relay_t $be_t $redis_t $hwm $others" >>"$WORK/drain-$v.txt"
+  echo "$(calc %.0f "$N / $secs") $secs $relay_t $be_t $redis_t $hwm $others" >>"$WORK/drain-$key.txt"
   say "  drain ${NAME[$v]}: $(calc %.0f "$N / $secs") events/s, PostgreSQL $(calc %.2f "$be_t / $N / 1000") us/event"
 }
 
@@ -302,6 +320,96 @@ run_drains() {
   done
 }
 
+# ---- 4. Redis transports -------------------------------------------------------------
+
+median_line() { # the line with the median first field, of the lines on stdin
+  sort -t' ' -k1,1g | awk '{l[NR] = $0} END {print l[int((NR + 1) / 2)]}'
+}
+
+# One more Redis with a plaintext and a TLS port (certificates from a throw-away CA),
+# and a second one that becomes its replica for the WAIT measurements. Each variant
+# runs the drain of part 3 (median of REPEAT) and the 1,000/s load of part 2 (REPEAT
+# runs, the one with the median p99 shown), interleaved so that a burst of other load
+# spreads over all of them. The baseline relay is the build of part 1's comparisons.
+declare -A TRANSPORT TRANGE
+run_transports() {
+  local pki="$WORK/pki"
+  mkdir -p "$pki"
+  (
+    cd "$pki"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.crt -days 2 \
+      -subj "/CN=bench CA" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr \
+      -subj "/CN=127.0.0.1" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\n' >ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext \
+      -out server.crt 2>/dev/null
+  ) || die "openssl"
+  local pp tp rp
+  pp=$(free_port); tp=$(free_port); rp=$(free_port)
+  redis-server --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$WORK" --port "$pp" \
+    --tls-port "$tp" --tls-cert-file "$pki/server.crt" --tls-key-file "$pki/server.key" \
+    --tls-ca-cert-file "$pki/ca.crt" --tls-auth-clients no --pidfile "$WORK/tr.pid" --logfile "$WORK/tr.log"
+  redis-server --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$WORK" --port "$rp" \
+    --pidfile "$WORK/trr.pid" --logfile "$WORK/trr.log"
+  for _ in $(seq 1 100); do [[ -s "$WORK/tr.pid" && -s "$WORK/trr.pid" ]] && break; sleep 0.05; done
+  TR_PIDS=("$(cat "$WORK/tr.pid")" "$(cat "$WORK/trr.pid")")
+  local trpid=${TR_PIDS[0]} v i phase
+  # variant -> version (binary and database), Redis URL, relay flags, subscriber flags
+  declare -A ver url rflags sflags
+  ver=([base]=base [plain]=cur [tls]=cur [repl]=cur [wait1]=cur)
+  url=([base]=redis://127.0.0.1:$pp/0 [plain]=redis://127.0.0.1:$pp/0 [tls]=rediss://127.0.0.1:$tp/0
+    [repl]=redis://127.0.0.1:$pp/0 [wait1]=redis://127.0.0.1:$pp/0)
+  rflags=([tls]="--redis-tls-ca $pki/ca.crt" [wait1]="--redis-wait-replicas 1")
+  sflags=([tls]="--port $tp --tls-ca $pki/ca.crt")
+  one() { # one drain|steady VARIANT [RUN]
+    local -a rf sf
+    read -r -a rf <<<"${rflags[$2]:-}"
+    read -r -a sf <<<"${sflags[$2]:-}"
+    RELAY_EXTRA=("${rf[@]}")
+    SUB_EXTRA=("${sf[@]}")
+    if [[ $1 == drain ]]; then
+      REDIS_URL=${url[$2]} REDIS_PORT=$pp REDIS_PID=$trpid drain_once "${ver[$2]}" "tr-$2"
+    else
+      REDIS_URL=${url[$2]} REDIS_PORT=$pp steady_once "${ver[$2]}" 1000 "tr-$2-$3"
+      echo "${STEADY[tr-$2-$3]}" >>"$WORK/steady-tr-$2.txt"
+    fi
+    RELAY_EXTRA=()
+    SUB_EXTRA=()
+  }
+  for phase in alone replica; do
+    local vs=(base plain tls)
+    if [[ $phase == replica ]]; then
+      vs=(repl wait1)
+      redis-cli -p "$rp" replicaof 127.0.0.1 "$pp" >/dev/null
+      for _ in $(seq 1 200); do
+        redis-cli -p "$rp" info replication | grep -q master_link_status:up && break
+        sleep 0.05
+      done
+    fi
+    for ((i = 1; i <= REPEAT; i++)); do
+      for v in "${vs[@]}"; do
+        say "transports $i/$REPEAT: drain, $v"
+        one drain "$v"
+      done
+    done
+    for ((i = 1; i <= REPEAT; i++)); do
+      for v in "${vs[@]}"; do
+        say "transports $i/$REPEAT: steady 1000/s, $v"
+        one steady "$v" "$i"
+      done
+    done
+  done
+  for v in base plain tls repl wait1; do
+    TRANSPORT[$v]=$(median_line <"$WORK/drain-tr-$v.txt")
+    # By p99 (field 4): "p99 line" sorted, the key dropped again.
+    STEADY[tr-$v]=$(awk '{print $4, $0}' "$WORK/steady-tr-$v.txt" | median_line | cut -d' ' -f2-)
+    TRANGE[$v]=$(cut -d' ' -f1 "$WORK/drain-tr-$v.txt" | range)
+  done
+  kill -9 "${TR_PIDS[@]}" 2>/dev/null || true
+  TR_PIDS=()
+}
+
 # ---- run -------------------------------------------------------------------------------
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
@@ -312,6 +420,7 @@ T_START=$SECONDS
 part producer && run_producers
 part steady && run_steady
 part drain && run_drains
+part transports && run_transports
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$((SECONDS - T_START))
 
@@ -376,6 +485,35 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
         "$(calc %.1f "$hwm / 1024")"
     done
     printf '  drain ratio, this tree / %s: %.2fx\n' "$REF" "$(calc %.4f "${DRAIN[cur]} / ${DRAIN[base]}")"
+  fi
+  if part transports; then
+    echo
+    echo "4. REDIS TRANSPORTS  (one more Redis with a plaintext and a TLS port; drain as in part 3, median of $REPEAT,"
+    echo "   interleaved; steady 1,000/s as in part 2 ($REPEAT runs each, interleaved, the run with the median p99 shown),"
+    echo "   the subscriber on the same transport as the relay; wait: --redis-wait-replicas 1 with one replica attached)"
+    printf '  %-42s %9s %15s %7s %7s %8s  %8s %7s %7s %8s %7s  %s\n' "variant" "drain/s" "range" "relay" "Redis" \
+      "vs base" "achieved" "p50 ms" "p99 ms" "p99.9 ms" "relay %" "check"
+    row_tr() { # label key
+      local l=${TRANSPORT[$2]} st=${STEADY[tr-$2]:-"? ? ? ? ? ? ? ? ?"} rg=${TRANGE[$2]}
+      printf '  %-42s %9s %15s %7s %7s %7sx  %7s/s %7s %7s %8s %6s%%  %s\n' "$1" "$(thousands "$(fld 1 "$l")")" \
+        "$(thousands "${rg%-*}")-$(thousands "${rg#*-}")" \
+        "$(calc %.3f "$(fld 3 "$l") / $HZ / $N * 100000")" "$(calc %.3f "$(fld 5 "$l") / $HZ / $N * 100000")" \
+        "$(calc %.2f "$(fld 1 "$l") / $(fld 1 "${TRANSPORT[base]}")")" "$(fld 1 "$st")" "$(fld 3 "$st")" \
+        "$(fld 4 "$st")" "$(fld 5 "$st")" "$(fld 7 "$st")" "$(fld 9 "$st")"
+    }
+    row_tr "${NAME[base]} relay, plaintext" base
+    row_tr "this relay, plaintext" plain
+    row_tr "this relay, TLS (rediss://)" tls
+    row_tr "this relay, plaintext, replica attached" repl
+    row_tr "this relay, --redis-wait-replicas 1" wait1
+    echo "   (relay, Redis = CPU seconds per 100k events in the drain; relay % = relay CPU at 1,000/s, % of one core)"
+    printf '   ratios: plaintext/baseline drain %.2fx, p99 %.2fx;  TLS/plaintext drain %.2fx, p99 %.2fx;  wait/replica drain %.2fx, p99 %.2fx\n' \
+      "$(calc %.4f "$(fld 1 "${TRANSPORT[plain]}") / $(fld 1 "${TRANSPORT[base]}")")" \
+      "$(calc %.4f "$(fld 4 "${STEADY[tr-plain]}") / $(fld 4 "${STEADY[tr-base]}")")" \
+      "$(calc %.4f "$(fld 1 "${TRANSPORT[tls]}") / $(fld 1 "${TRANSPORT[plain]}")")" \
+      "$(calc %.4f "$(fld 4 "${STEADY[tr-tls]}") / $(fld 4 "${STEADY[tr-plain]}")")" \
+      "$(calc %.4f "$(fld 1 "${TRANSPORT[wait1]}") / $(fld 1 "${TRANSPORT[repl]}")")" \
+      "$(calc %.4f "$(fld 4 "${STEADY[tr-wait1]}") / $(fld 4 "${STEADY[tr-repl]}")")"
   fi
   echo
 } | tee "$WORK/table.txt"

@@ -8,8 +8,8 @@ set -euo pipefail
 packages=(
   gcc libc6-dev make pkg-config       # compiler and build (gcc brings ASan/UBSan)
   libpq-dev libhiredis-dev libevent-dev libcmocka-dev
-  libssl-dev libjansson-dev           # OpenSSL 3 (token signatures, TLS) and jansson (JSON)
-  openssl                             # test keys and certificates
+  libssl-dev libjansson-dev           # OpenSSL 3 (TLS to Redis, token signatures) and jansson (JSON)
+  openssl                             # the CLI makes test keys and certificates
   postgresql redis-server redis-tools # servers for tests and the demo
   procps iproute2 curl                # pkill/ps, ss, and an HTTP client for tests
   chromium                            # headless browser test of the viewer page

@@ -35,12 +35,31 @@ static const char *const auth_choices[] = {"none", "jwt", "forward", NULL};
 
 #define OFF(f) offsetof(config, f)
 #define DAY_MS (24L * 3600 * 1000)
+/* The commands that talk to Redis. */
+#define CMD_REDIS (CMD_RELAY | CMD_SSE | CMD_STATUS)
 
 static const setting settings[] = {
     {"database-url", "DATABASE_URL", T_STR, CMD_ALL, "postgresql:///outboxd", 0, 0, 0, NULL,
      OFF(database_url), "PostgreSQL connection URI or conninfo string (libpq)"},
-    {"redis-url", "REDIS_URL", T_STR, CMD_RELAY | CMD_SSE, "redis://127.0.0.1:6379/0", 0,
-     0, 0, NULL, OFF(redis_url), "Redis URL: redis://[[user]:password@]host[:port][/db], user and password percent-encoded"},
+    {"redis-url", "REDIS_URL", T_STR, CMD_REDIS, "redis://127.0.0.1:6379/0", 0, 0, 0, NULL, OFF(redis_url),
+     "Redis URL: redis://[[user]:password@]host[:port][/db] (plaintext) or rediss://... (TLS); user and "
+     "password percent-encoded"},
+    {"redis-tls-ca", "OUTBOXD_REDIS_TLS_CA", T_STR, CMD_REDIS, NULL, 0, 0, 0, NULL, OFF(redis_tls_ca),
+     "PEM file of the CA certificates the Redis server's certificate must chain to (rediss:// only; unset = "
+     "the system's CA store)"},
+    {"redis-tls-cert", "OUTBOXD_REDIS_TLS_CERT", T_STR, CMD_REDIS, NULL, 0, 0, 0, NULL, OFF(redis_tls_cert),
+     "PEM file of a client certificate (and chain) for servers that require one; needs --redis-tls-key"},
+    {"redis-tls-key", "OUTBOXD_REDIS_TLS_KEY", T_STR, CMD_REDIS, NULL, 0, 0, 0, NULL, OFF(redis_tls_key),
+     "PEM file of the private key of --redis-tls-cert"},
+    {"redis-tls-server-name", "OUTBOXD_REDIS_TLS_SERVER_NAME", T_STR, CMD_REDIS, NULL, 0, 0, 0, NULL,
+     OFF(redis_tls_server_name),
+     "name sent as SNI and required in the server's certificate (unset = the host connected to); the "
+     "certificate and this name are always verified"},
+    {"redis-sentinel", "OUTBOXD_REDIS_SENTINEL", T_STR, CMD_REDIS, NULL, 0, 0, 0, NULL, OFF(redis_sentinel),
+     "HOST:PORT[,HOST:PORT...] of Redis Sentinels that name the primary (with --redis-sentinel-master); "
+     "the URL's host and port are then unused, its user, password, db and TLS still apply"},
+    {"redis-sentinel-master", "OUTBOXD_REDIS_SENTINEL_MASTER", T_STR, CMD_REDIS, NULL, 0, 0, 0, NULL,
+     OFF(redis_sentinel_master), "name of the primary the sentinels monitor"},
     {"log-level", "OUTBOXD_LOG_LEVEL", T_ENUM, CMD_ALL, "info", 0, 0, 0, level_choices, OFF(log_level),
      "error, warn, info or debug"},
     {"log-format", "OUTBOXD_LOG_FORMAT", T_ENUM, CMD_ALL, "text", 0, 0, 0, format_choices,
@@ -66,10 +85,16 @@ static const setting settings[] = {
      "longest wait for the batch in flight after SIGTERM/SIGINT"},
     {"pg-timeout", "OUTBOXD_PG_TIMEOUT", T_DURATION, CMD_ALL, "5s", 100, 600000, 1000, NULL,
      OFF(pg_timeout_ms), "timeout of each PostgreSQL connect and statement"},
-    {"redis-timeout", "OUTBOXD_REDIS_TIMEOUT", T_DURATION, CMD_RELAY | CMD_SSE, "1s",
+    {"redis-timeout", "OUTBOXD_REDIS_TIMEOUT", T_DURATION, CMD_REDIS, "1s",
      10, 600000, 1000, NULL, OFF(redis_timeout_ms), "timeout of each Redis connect and command"},
     {"mark-ttl", "OUTBOXD_MARK_TTL", T_DURATION, CMD_RELAY, "1d", 1000, 365 * DAY_MS, 1000, NULL,
      OFF(mark_ttl_ms), "how long Redis keeps a run's de-duplication mark after its last event"},
+    {"redis-wait-replicas", "OUTBOXD_REDIS_WAIT_REPLICAS", T_INT, CMD_RELAY, "0", 0, 100, 0, NULL,
+     OFF(redis_wait_replicas),
+     "after each batch, WAIT until this many replicas hold its marks (and messages) before marking it "
+     "published in PostgreSQL (0 = do not wait; docs/GUARANTEES.md)"},
+    {"redis-wait-timeout", "OUTBOXD_REDIS_WAIT_TIMEOUT", T_DURATION, CMD_RELAY, "100ms", 1, 60000, 1, NULL,
+     OFF(redis_wait_timeout_ms), "longest WAIT per batch; fewer replicas in time is counted, not retried"},
 
     {"listen", "OUTBOXD_LISTEN", T_STR, CMD_SSE, "127.0.0.1:8080", 0, 0, 0, NULL, OFF(listen),
      "HOST:PORT the SSE gateway listens on"},
@@ -207,6 +232,27 @@ static bool public_prefix_ok(const char *s, size_t n)
     return !(n == 1 && s[0] == '*');
 }
 
+bool config_parse_addrs(const char *s, redis_addr *out, int max, int *n)
+{
+    *n = 0;
+    while (*s) {
+        size_t len = strcspn(s, ",");
+        char item[300];
+        if (len == 0 || len >= sizeof item || *n >= max)
+            return false;
+        memcpy(item, s, len);
+        item[len] = '\0';
+        redis_addr *a = &out[*n];
+        if (!config_parse_listen(item, a->host, sizeof a->host, &a->port) || !a->host[0] || a->port < 1)
+            return false;
+        (*n)++;
+        s += len;
+        if (*s == ',' && !*++s)
+            return false; /* a trailing comma */
+    }
+    return *n > 0;
+}
+
 bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms)
 {
     errno = 0;
@@ -269,11 +315,15 @@ bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t e
     memset(out, 0, sizeof *out);
     out->port = 6379;
     const char *p = url;
-    if (strncmp(p, "redis://", 8) != 0) {
-        snprintf(err, errlen, "must start with redis:// (rediss:// TLS is not supported)");
+    if (!strncmp(p, "redis://", 8)) {
+        p += 8;
+    } else if (!strncmp(p, "rediss://", 9)) {
+        out->tls = true;
+        p += 9;
+    } else {
+        snprintf(err, errlen, "must start with redis:// (plaintext) or rediss:// (TLS)");
         return false;
     }
-    p += 8;
     const char *at = strrchr(p, '@');
     if (at) {
         const char *colon = memchr(p, ':', (size_t)(at - p));
@@ -503,10 +553,44 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
     if (!check_pg_url("--database-url (DATABASE_URL)", cfg->database_url, err, errlen) ||
         (cfg->replica_url && !check_pg_url("--replica-url (OUTBOXD_REPLICA_URL)", cfg->replica_url, err, errlen)))
         return false;
-    if (cmd & (CMD_RELAY | CMD_SSE)) {
+    if (cmd & CMD_REDIS) {
         char why[128];
         if (!config_parse_redis_url(cfg->redis_url, &cfg->redis, why, sizeof why)) {
             snprintf(err, errlen, "--redis-url (REDIS_URL): %s", why); /* the URL may hold a password */
+            return false;
+        }
+        /* TLS is asked for by the URL alone: a TLS file next to a redis:// URL is a
+         * mistake to report, not a reason to upgrade (or to ignore it). */
+        const char *tls_flag = cfg->redis_tls_ca       ? "--redis-tls-ca"
+                               : cfg->redis_tls_cert   ? "--redis-tls-cert"
+                               : cfg->redis_tls_key    ? "--redis-tls-key"
+                               : cfg->redis_tls_server_name ? "--redis-tls-server-name"
+                                                            : NULL;
+        if (tls_flag && !cfg->redis.tls) {
+            snprintf(err, errlen, "%s is set but --redis-url (REDIS_URL) is redis://, plaintext: use rediss:// "
+                     "for TLS", tls_flag);
+            return false;
+        }
+        if ((cfg->redis_tls_cert != NULL) != (cfg->redis_tls_key != NULL)) {
+            snprintf(err, errlen, "--redis-tls-cert and --redis-tls-key go together: give both or neither");
+            return false;
+        }
+        if (cfg->redis_tls_server_name && !cfg->redis_tls_server_name[0]) {
+            snprintf(err, errlen, "--redis-tls-server-name must not be empty");
+            return false;
+        }
+        if ((cfg->redis_sentinel != NULL) != (cfg->redis_sentinel_master != NULL)) {
+            snprintf(err, errlen, "--redis-sentinel and --redis-sentinel-master go together: give both or neither");
+            return false;
+        }
+        if (cfg->redis_sentinel &&
+            !config_parse_addrs(cfg->redis_sentinel, cfg->sentinels, REDIS_MAX_SENTINELS, &cfg->nsentinels)) {
+            snprintf(err, errlen, "--redis-sentinel: '%s' is not HOST:PORT[,HOST:PORT...] (at most %d)",
+                     cfg->redis_sentinel, REDIS_MAX_SENTINELS);
+            return false;
+        }
+        if (cfg->redis_sentinel_master && !cfg->redis_sentinel_master[0]) {
+            snprintf(err, errlen, "--redis-sentinel-master must not be empty");
             return false;
         }
     }
@@ -606,7 +690,8 @@ void config_log(const config *cfg, enum command cmd)
         switch (s->type) {
         case T_STR:
             if (!strcmp(s->name, "redis-url"))
-                log_info("setting %s = redis://%s:%d/%d%s", s->name, cfg->redis.host, cfg->redis.port,
+                log_info("setting %s = %s://%s%s%s:%d/%d%s", s->name, cfg->redis.tls ? "rediss" : "redis",
+                         cfg->redis.user, cfg->redis.user[0] ? "@" : "", cfg->redis.host, cfg->redis.port,
                          cfg->redis.db, cfg->redis.password[0] ? " (with password)" : "");
             else
                 log_info("setting %s = %s", s->name,

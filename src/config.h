@@ -30,9 +30,17 @@ typedef struct redis_url {
     char host[256];
     int port;
     int db;
+    bool tls;           /* rediss:// */
     char user[128];     /* empty: AUTH with the password alone */
     char password[256];
 } redis_url;
+
+/* A HOST:PORT, e.g. one of --redis-sentinel's. */
+typedef struct redis_addr {
+    char host[256];
+    int port;
+} redis_addr;
+#define REDIS_MAX_SENTINELS 16
 
 typedef struct config {
     char *database_url;
@@ -51,6 +59,14 @@ typedef struct config {
     long pg_timeout_ms;
     long redis_timeout_ms;
     long mark_ttl_ms;
+    char *redis_tls_ca;
+    char *redis_tls_cert;
+    char *redis_tls_key;
+    char *redis_tls_server_name;
+    char *redis_sentinel;
+    char *redis_sentinel_master;
+    long redis_wait_replicas;
+    long redis_wait_timeout_ms;
 
     char *listen;
     long heartbeat_ms;
@@ -89,6 +105,8 @@ typedef struct config {
     long older_than_ms;
 
     redis_url redis; /* parsed from redis_url by config_load */
+    redis_addr sentinels[REDIS_MAX_SENTINELS]; /* parsed from redis_sentinel */
+    int nsentinels;
 } config;
 
 /* Fills cfg from defaults, then the environment, then argv (flags of command cmd).
@@ -124,14 +142,18 @@ bool config_doc_at(size_t i, config_doc *out);
 /* Logs the effective settings of cmd at info level, hiding passwords. */
 void config_log(const config *cfg, enum command cmd);
 
-/* redis://[[user]:password@]host[:port][/db] -> out (user and password
- * percent-decoded). Returns false with a reason that never repeats the password. */
+/* redis://[[user]:password@]host[:port][/db] (or rediss://, TLS) -> out (user and
+ * password percent-decoded). Returns false with a reason that never repeats the
+ * password. */
 bool config_parse_redis_url(const char *url, redis_url *out, char *err, size_t errlen) WUR;
 /* Splits HOST:PORT (or [IPv6]:PORT) into host and port. */
 bool config_parse_listen(const char *s, char *host, size_t cap, int *port) WUR;
 /* Whether a --listen host (as config_parse_listen gives it) is a loopback address:
  * localhost, 127.0.0.0/8 or ::1. Names other than localhost are not resolved. */
 bool config_host_is_loopback(const char *host);
+/* HOST:PORT[,HOST:PORT...] -> out[0..*n) (at most max); false on a bad or empty item
+ * or too many. */
+bool config_parse_addrs(const char *s, redis_addr *out, int max, int *n) WUR;
 /* Parses "250ms", "10s", "5m", "2h", "7d" or a bare number of default_unit_ms each. */
 bool config_parse_duration(const char *s, long default_unit_ms, long *out_ms) WUR;
 

@@ -1,9 +1,11 @@
 /* outboxd entry point: parses the command and its settings, then hands over to the
  * module that does the work. Exit codes: 0 success, 1 runtime failure, 2 bad usage,
  * bad configuration or bad input. */
+#include "buf.h"
 #include "config.h"
 #include "log.h"
 #include "manual.h"
+#include "redis_endpoint.h"
 #include "relay.h"
 #include "sse.h"
 #include "store_pg.h"
@@ -97,13 +99,42 @@ static int cmd_emit(const config *cfg, char **pos)
     return 0;
 }
 
+/* The Redis part of `outboxd status`: whether the primary takes a connection now,
+ * where it is, and how it is reached; as text lines or JSON members. */
+static void redis_status(const config *cfg, buf *out)
+{
+    char err[512], where[300] = "";
+    redis_addr a;
+    redis_endpoint *e = redis_endpoint_new(cfg, err, sizeof err);
+    bool up = e && redis_endpoint_probe(e, &a, err, sizeof err);
+    if (up)
+        snprintf(where, sizeof where, "%s:%d", a.host, a.port);
+    const char *how = e ? redis_endpoint_describe(e) : "";
+    bool ok = cfg->json ? buf_printf(out, "\"redis\":{\"up\":%s,\"primary\":", up ? "true" : "false") &&
+                              (up ? buf_json_string(out, where, strlen(where)) : buf_puts(out, "null")) &&
+                              buf_puts(out, ",\"connection\":") && buf_json_string(out, how, strlen(how)) &&
+                              buf_puts(out, ",\"error\":") &&
+                              (up ? buf_puts(out, "null") : buf_json_string(out, err, strlen(err))) &&
+                              buf_puts(out, "}")
+                        : up ? buf_printf(out, "redis:                 up, primary %s (%s)\n", where, how)
+                             : buf_printf(out, "redis:                 down: %s\n", err);
+    if (!ok)
+        buf_reset(out);
+    redis_endpoint_free(e);
+}
+
 static int cmd_status(const config *cfg, char **pos)
 {
     (void)pos;
     store *s = open_store(cfg, "status");
     if (!s)
         return 1;
-    if (!store_print_status(s, cfg->json))
+    buf redis;
+    buf_init(&redis, 0);
+    redis_status(cfg, &redis);
+    bool ok = store_print_status(s, cfg->json, redis.len ? redis.data : NULL);
+    buf_free(&redis);
+    if (!ok)
         return fail_store(s, "status");
     store_free(s);
     return 0;
@@ -259,9 +290,9 @@ static const command_def commands[] = {
      "with event: auth-revoked within a second, and new ones get 401 until then.",
      0, cmd_revoke},
     {"status", CMD_STATUS, "outboxd status [options]",
-     "backlog, rate, leader, blocked runs, table size",
-     "Shows backlog, oldest unpublished age, publish rate, leader, runs with failed attempts\n"
-     "and table size.",
+     "backlog, rate, leader, blocked runs, table size, Redis",
+     "Shows backlog, oldest unpublished age, publish rate, leader, runs with failed attempts,\n"
+     "table size, and whether the Redis primary takes a connection (and where it is).",
      0, cmd_status},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])

@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "event.h"
+#include "redis_endpoint.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -25,10 +26,36 @@ extern const char redis_sink_publish_script[];
 
 typedef struct sink sink;
 
-/* epoch (copied) keeps marks of different databases apart. Free with sink_free. */
-sink *sink_new(const redis_url *url, long timeout_ms, long mark_ttl_ms, const char *epoch);
+/* Counters kept by the sink (never reset). */
+typedef struct sink_counters {
+    /* Events published again (a mark-less PUB_OK) after an attempt whose reply was
+     * lost with the connection: each may have reached subscribers twice, if the
+     * first attempt ran and its mark was lost in a failover. An upper bound. */
+    unsigned long long possible_duplicates;
+    /* Batches whose WAIT saw fewer replicas than --redis-wait-replicas in time. */
+    unsigned long long wait_short;
+    /* Connections made to a primary other than the previous one (failovers). */
+    unsigned long long primary_changes;
+    /* Script calls whose events were published but whose run mark Redis refused to
+     * write (an ACL user without SET, a server without "#!lua" refusing writes):
+     * those events count as published. */
+    unsigned long long mark_failures;
+} sink_counters;
+
+/* Publishes through the endpoint e (not owned; it must outlive the sink), with the
+ * mark TTL and WAIT settings of cfg. epoch (copied) keeps marks of different
+ * databases apart. announce: log each new primary connected to (the relay's own
+ * sink, not its readiness probes). Free with sink_free. */
+sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce);
 void sink_free(sink *k);
-void sink_set_epoch(sink *k, const char *epoch);
+/* epoch names the marks' keys; origin (copied; "" = unknown) is written into each
+ * mark, and a mark of another origin is passed over as no mark (redis_sink.c). */
+void sink_set_epoch(sink *k, const char *epoch, const char *origin);
+void sink_get_counters(const sink *k, sink_counters *out);
+/* True while Redis refuses every event, for the user's ACL or because it takes no
+ * writes now (NOREPLICAS, OOM, MISCONF): the last publish call had such refusals and
+ * no success. *why then names the refusal (owned by the sink). */
+bool sink_refusing(const sink *k, const char **why);
 
 bool sink_connect(sink *k) WUR;
 bool sink_connected(const sink *k);
@@ -37,7 +64,8 @@ const char *sink_errstr(const sink *k);
 
 /* Publishes evs[0..n) in order, pipelined. chained[i] says that evs[i]'s predecessor
  * in its run is an earlier entry of this call, so it may go out only if that one did.
- * Fills out[i]. Returns false if the connection was lost (it is then closed). */
+ * Fills out[i]. Returns false if the connection was lost (it is then closed). With
+ * sentinels, first moves to a primary they have announced meanwhile. */
 bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out) WUR;
 
 #endif

@@ -125,7 +125,11 @@ typedef struct relay_public {
     double gap_age_s, gap_blocker_age_s;
     int gap_blocker_pid;
     bool gap_blocker_prepared;
+    sink_counters redis;
+    bool redis_refusing;
+    char redis_refusal[1024];
     const config *cfg;
+    redis_endpoint *endpoint;
 } relay_public;
 
 static relay_public pub = {.mu = PTHREAD_MUTEX_INITIALIZER, .backlog = -1};
@@ -255,8 +259,8 @@ static void lose_db(relay_state *r)
 static bool connect_db(relay_state *r)
 {
     store *db = r->rc.db;
-    char epoch[64];
-    if (!store_connect(db) || !store_check_schema(db, epoch, sizeof epoch) || !store_prepare_relay(db) ||
+    char epoch[64], origin[48];
+    if (!store_connect(db) || !store_check_schema(db, epoch, sizeof epoch, origin, sizeof origin) || !store_prepare_relay(db) ||
         (!r->cfg->no_listen && !store_listen(db))) {
         log_warn("postgresql: %s", store_errstr(db));
         store_disconnect(db);
@@ -278,7 +282,7 @@ static bool connect_db(relay_state *r)
         store_disconnect(db);
         return false;
     }
-    sink_set_epoch(r->rc.out, epoch);
+    sink_set_epoch(r->rc.out, epoch, origin);
     r->leader = false;
     r->said_standby = false;
     log_info("postgresql: connected (%s)", r->cfg->no_listen ? "poll only" : "listening");
@@ -295,13 +299,17 @@ static void log_stats(relay_state *r, bool final)
     long long backlog = r->leader ? r->backlog : -1;
     double oldest = r->leader ? r->oldest_age_s : 0;
     double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
+    sink_counters sc;
+    sink_get_counters(r->rc.out, &sc);
     /* gap_blocker=none, prepared or pid:N (%.0d prints nothing for 0). */
-    log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu failures=%llu "
+    log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu "
+             "possible_duplicates=%llu mark_failures=%llu failures=%llu "
              "retries=%llu pruned=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
              "backlog=%lld oldest_unpublished_s=%.3f gaps=%zu oldest_gap_s=%.3f gap_blocker=%s%.0d "
              "gap_blocker_s=%.3f",
              final ? " (final)" : "", r->leader ? "leader" : "standby",
              (unsigned long long)st->published, rate, (unsigned long long)st->duplicates,
+             sc.possible_duplicates, sc.mark_failures,
              (unsigned long long)st->failures, (unsigned long long)st->retries,
              (unsigned long long)st->pruned, hist_quantile(&st->latency, 0.5) / 1e3, hist_quantile(&st->latency, 0.99) / 1e3,
              st->latency.max_us / 1e3, (unsigned long long)st->batches,
@@ -408,6 +416,10 @@ static void publish_state(relay_state *r)
     pub.gap_blocker_pid = r->leader && r->sc.blocker ? r->sc.blocker_pid : 0;
     pub.gap_blocker_age_s = r->leader && r->sc.blocker ? r->sc.blocker_age_s : 0;
     pub.gap_blocker_prepared = r->leader && r->sc.blocker && r->sc.blocker_prepared;
+    const char *why;
+    sink_get_counters(r->rc.out, &pub.redis);
+    pub.redis_refusing = sink_refusing(r->rc.out, &why);
+    snprintf(pub.redis_refusal, sizeof pub.redis_refusal, "%s", why);
     pthread_mutex_unlock(&pub.mu);
 }
 
@@ -428,6 +440,22 @@ static bool render_metrics(buf *b, void *arg)
                         (double)st->failures) &&
            prom_counter(b, "outboxd_publish_retries_total", "Extra publish attempts made within batches.",
                         (double)st->retries) &&
+           prom_counter(b, "outboxd_redis_possible_duplicates_total",
+                        "Events published again after an attempt whose reply was lost, found without a mark: "
+                        "each may have reached Redis subscribers twice (marks lost in a failover); browsers "
+                        "never see a repeat.",
+                        (double)p.redis.possible_duplicates) &&
+           prom_counter(b, "outboxd_redis_primary_changes_total",
+                        "Connections made to a Redis primary other than the previous one (failovers).",
+                        (double)p.redis.primary_changes) &&
+           prom_counter(b, "outboxd_redis_wait_short_total",
+                        "Batches whose WAIT saw fewer replicas than --redis-wait-replicas in time.",
+                        (double)p.redis.wait_short) &&
+           prom_counter(b, "outboxd_redis_mark_failures_total",
+                        "Script calls whose events were published but whose run mark Redis refused to write "
+                        "(an ACL user without SET): they count as published; a re-send after a crash is not "
+                        "recognised as a duplicate meanwhile.",
+                        (double)p.redis.mark_failures) &&
            prom_counter(b, "outboxd_batches_total", "Non-empty batches processed.", (double)st->batches) &&
            prom_counter(b, "outboxd_events_pruned_total", "Published events deleted by --retention.",
                         (double)st->pruned) &&
@@ -461,20 +489,26 @@ static bool render_metrics(buf *b, void *arg)
                           &st->batch_time_total);
 }
 
-/* Ready = the database connection is up and Redis answers PING now. */
+/* Ready = the database connection is up, the Redis primary takes a connection now
+ * (TLS, AUTH, ROLE, the script), and Redis has not refused every event lately (an
+ * ACL denial, or writes refused: NOREPLICAS, OOM, MISCONF). */
 static bool check_ready(buf *body, void *arg)
 {
     (void)arg;
     pthread_mutex_lock(&pub.mu);
-    bool db = pub.db_up, leader = pub.leader;
+    bool db = pub.db_up, leader = pub.leader, refusing = pub.redis_refusing;
+    char refusal[sizeof pub.redis_refusal];
+    memcpy(refusal, pub.redis_refusal, sizeof refusal);
     const config *cfg = pub.cfg;
+    redis_endpoint *ep = pub.endpoint;
     pthread_mutex_unlock(&pub.mu);
-    sink *probe = sink_new(&cfg->redis, cfg->redis_timeout_ms, cfg->mark_ttl_ms, "");
+    sink *probe = sink_new(ep, cfg, "", false);
     bool redis = probe && sink_connect(probe);
-    bool ok = db && redis;
+    const char *why = !probe ? "out of memory" : !redis ? sink_errstr(probe) : refusing ? refusal : "";
+    bool ok = db && redis && !refusing;
     if (!buf_printf(body, "%s role=%s database=%s redis=%s%s%s\n", ok ? "ready" : "not ready",
-                    leader ? "leader" : "standby", db ? "up" : "down", redis ? "up" : "down",
-                    redis || !probe ? "" : ": ", redis || !probe ? "" : sink_errstr(probe)))
+                    leader ? "leader" : "standby", db ? "up" : "down",
+                    !redis ? "down" : refusing ? "refusing" : "up", why[0] ? ": " : "", why))
         ok = false;
     sink_free(probe);
     return ok;
@@ -827,6 +861,10 @@ static long relay_step(relay_state *r)
         r->limit = r->cfg->batch_size;
         log_info("leader: this relay publishes");
         log_debug("reading from id %lld, the low water the last leader stored", low);
+        /* Connect now, so that a Redis that cannot be used is reported before there
+         * is anything to publish. */
+        if (!sink_connected(rc->out) && !sink_connect(rc->out))
+            log_warn("redis: %s", sink_errstr(rc->out));
     }
     return leader_cycle(r);
 }
@@ -846,15 +884,22 @@ int relay_main(const config *cfg)
      * which relay process holds the leader lock. */
     char appname[64];
     snprintf(appname, sizeof appname, "outboxd-relay-%d", (int)getpid());
+    char err[512];
+    redis_endpoint *ep = redis_endpoint_new(cfg, err, sizeof err);
+    if (!ep) {
+        log_error("redis: %s", err);
+        return 2;
+    }
     store *db = store_new(cfg->database_url, appname, cfg->pg_timeout_ms);
     snprintf(appname, sizeof appname, "outboxd-vacuum-%d", (int)getpid());
     r.vac = store_new(cfg->database_url, appname, cfg->pg_timeout_ms);
-    sink *out = sink_new(&cfg->redis, cfg->redis_timeout_ms, cfg->mark_ttl_ms, "");
+    sink *out = sink_new(ep, cfg, "", true);
     if (!db || !out || !r.vac) {
         log_error("out of memory");
         store_free(db);
         store_free(r.vac);
         sink_free(out);
+        redis_endpoint_free(ep);
         return 1;
     }
     relay_ctx_init(&r.rc, cfg, db, out, wake_pipe[0], &stop_requested);
@@ -865,10 +910,10 @@ int relay_main(const config *cfg)
     log_info("relay starting (pid %d)", (int)getpid());
     config_log(cfg, CMD_RELAY);
     pub.cfg = cfg;
+    pub.endpoint = ep;
     admin *http = NULL;
     int rc = 1;
     if (cfg->http_listen) {
-        char err[256];
         admin_handlers h = {.metrics = render_metrics, .ready = check_ready};
         if (!(http = admin_start(cfg->http_listen, &h, err, sizeof err))) {
             log_error("%s", err);
@@ -920,6 +965,7 @@ out:
     store_free(db);
     store_free(r.vac); /* a VACUUM under way finishes on its own */
     sink_free(out);
+    redis_endpoint_free(ep);
     close(wake_pipe[0]);
     close(wake_pipe[1]);
     if (rc == 0 || r.fatal)

@@ -110,10 +110,8 @@ static void stats_sum(const stats_slot *slots, int n, runs_stats *out)
     out->redis_up = out->database_up = out->replica_up = true;
     for (int i = 0; i < n; i++) {
         runs_stats s;
-        if (!slot_read(&slots[i], &s)) {
-            out->redis_up = out->database_up = out->replica_up = false;
-            continue;
-        }
+        if (!slot_read(&slots[i], &s))
+            continue; /* nothing published there (yet): the parent's slot until a worker exits */
         out->streams += s.streams;
         out->runs += s.runs;
         out->streams_opened += s.streams_opened;

@@ -1,7 +1,9 @@
-/* The gateway's Redis Pub/Sub subscriber: one connection, channels subscribed and
- * unsubscribed on request, every message and confirmation handed to the handlers.
- * It knows channels, not runs. It reconnects by itself with backoff; after it comes
- * back (handlers.up) the caller subscribes again what it still wants. */
+/* The gateway's Redis Pub/Sub subscriber: channels subscribed and unsubscribed on
+ * request, every message and confirmation handed to the handlers. It knows channels,
+ * not runs. It reconnects by itself with backoff (to the primary the sentinels name,
+ * when configured; over TLS for rediss://); after it comes back (handlers.up) the
+ * caller subscribes again what it still wants. Sharded messages (smessage) and
+ * confirmations (ssubscribe, sunsubscribe) go to the same handlers. */
 #ifndef OUTBOXD_SSE_REDIS_H
 #define OUTBOXD_SSE_REDIS_H
 
@@ -14,7 +16,8 @@
 typedef struct sub_handlers {
     void (*message)(const char *channel, size_t chlen, const char *msg, size_t len);
     void (*subscribed)(const char *channel, size_t chlen);
-    /* Confirms an unsubscribe (ours, or one the server decided). */
+    /* Confirms an unsubscribe: ours, or one the server decided (a slot that moved),
+     * after which the caller subscribes again if it still wants the channel. */
     void (*unsubscribed)(const char *channel, size_t chlen);
     /* Connected: nothing is subscribed yet. */
     void (*up)(void);

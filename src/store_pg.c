@@ -571,7 +571,7 @@ bool store_emit(store *s, const char *run_id, const char *json, long long *id, l
     return true;
 }
 
-bool store_print_status(store *s, bool json)
+bool store_print_status(store *s, bool json, const char *extra)
 {
     char sql[1024];
     snprintf(sql, sizeof sql,
@@ -639,7 +639,8 @@ bool store_print_status(store *s, bool json)
                             PQgetvalue(blocked, i, 3)) &&
                  buf_json_string(&out, PQgetvalue(blocked, i, 4), (size_t)PQgetlength(blocked, i, 4)) &&
                  buf_puts(&out, "}");
-        ok = ok && buf_puts(&out, "]}\n");
+        ok = ok && buf_puts(&out, "]") && (!extra || (buf_puts(&out, ",") && buf_puts(&out, extra))) &&
+             buf_puts(&out, "}\n");
     } else {
         ok = buf_printf(&out,
                         "backlog:               %lld unpublished\n"
@@ -658,6 +659,7 @@ bool store_print_status(store *s, bool json)
                             PQgetvalue(blocked, i, 0), PQgetvalue(blocked, i, 1),
                             PQgetvalue(blocked, i, 2), PQgetvalue(blocked, i, 3),
                             PQgetvalue(blocked, i, 4));
+        ok = ok && (!extra || buf_puts(&out, extra));
     }
     if (ok)
         fputs(out.data, stdout);

@@ -32,8 +32,10 @@ const char *store_sqlstate(const store *s);
  * versions before and after. Fails on a schema newer than this binary. */
 bool store_migrate(store *s, int *from, int *to) WUR;
 /* Checks that the schema is installed and at the version this binary speaks, and
- * reads the database's epoch (a random id made by migrate) into epoch. */
-bool store_check_schema(store *s, char *epoch, size_t epoch_len) WUR;
+ * reads the database's epoch (a random id made by migrate, and the timeline) into
+ * epoch, and its origin ("system identifier.database oid"; "" when the role may not
+ * read the identifier) into origin. */
+bool store_check_schema(store *s, char *epoch, size_t epoch_len, char *origin, size_t origin_len) WUR;
 
 bool store_listen(store *s) WUR;
 /* Whether consecutive statements reach the same server session. A transaction-
@@ -191,7 +193,8 @@ bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t 
 
 /* Inserts one event; the database assigns id and seq. */
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq) WUR;
-/* Writes a human-readable (or JSON) status report to stdout. */
-bool store_print_status(store *s, bool json) WUR;
+/* Writes a human-readable (or JSON) status report to stdout. extra (may be NULL) is
+ * written last: lines of text, or JSON members (`"name":value,...`) of the object. */
+bool store_print_status(store *s, bool json, const char *extra) WUR;
 
 #endif

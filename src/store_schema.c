@@ -306,7 +306,7 @@ done:
     return ok;
 }
 
-bool store_check_schema(store *s, char *epoch, size_t epoch_len)
+bool store_check_schema(store *s, char *epoch, size_t epoch_len, char *origin, size_t origin_len)
 {
     int v, newest;
     if (!schema_version(s, &v, &newest)) {
@@ -327,16 +327,24 @@ bool store_check_schema(store *s, char *epoch, size_t epoch_len)
         return false;
     }
     /* The timeline joins the epoch: after a promotion or a point-in-time restore the
-     * sequences may be behind marks already in Redis, so marks start afresh. */
+     * sequences may be behind marks already in Redis, so marks start afresh. A logical
+     * copy (pg_dump, CREATE DATABASE ... TEMPLATE) keeps both; its origin differs. The
+     * origin stays out of the key, which must remain the one v0.1.0 wrote. */
     PGresult *r = store_run(s, "read epoch",
-                            "SELECT epoch || '.' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+                            "SELECT epoch || '.' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8),"
+                            " CASE WHEN has_function_privilege('pg_catalog.pg_control_system()', 'EXECUTE')"
+                            "  THEN (SELECT system_identifier::text FROM pg_catalog.pg_control_system()) || '.' ||"
+                            "   (SELECT oid::text FROM pg_catalog.pg_database WHERE datname = current_database())"
+                            "  ELSE '' END"
                             " FROM outboxd_meta",
                             0, NULL);
     if (!r)
         return false;
     bool ok = PQntuples(r) == 1;
-    if (ok)
+    if (ok) {
         snprintf(epoch, epoch_len, "%s", PQgetvalue(r, 0, 0));
+        snprintf(origin, origin_len, "%s", PQgetvalue(r, 0, 1));
+    }
     else
         snprintf(s->err, sizeof s->err, "outboxd_meta has no row: the schema is damaged");
     PQclear(r);

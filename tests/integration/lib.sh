@@ -251,3 +251,105 @@ sse_checked_under_load() {
   info "sse: $(cat "$WORK/sse.out")"
   [[ $rc -eq 0 ]] || fail "SSE check failed (lost, repeated or reordered events): $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
 }
+
+# ---- Redis as run in production: TLS, ACL users, sentinels ----------------------------
+
+# make_pki DIR: a throw-away CA (ca.crt) made with the openssl command line; a server
+# certificate for redis.test and 127.0.0.1 (server.crt, server.key; not for
+# localhost); a client certificate (client.crt, client.key); and a second CA that
+# signed none of them (other-ca.crt).
+make_pki() {
+  local d=$1
+  mkdir -p "$d"
+  (
+    cd "$d"
+    key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+    key ca.key; key other-ca.key; key server.key; key client.key
+    openssl req -x509 -new -key ca.key -out ca.crt -days 2 -subj "/CN=outboxd test CA" 2>/dev/null
+    openssl req -x509 -new -key other-ca.key -out other-ca.crt -days 2 -subj "/CN=outboxd other CA" 2>/dev/null
+    openssl req -new -key server.key -out server.csr -subj "/CN=redis.test" 2>/dev/null
+    printf 'subjectAltName=DNS:redis.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile server.ext \
+      -out server.crt 2>/dev/null
+    openssl req -new -key client.key -out client.csr -subj "/CN=outboxd" 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile client.ext \
+      -out client.crt 2>/dev/null
+  ) || fail "openssl could not make the test certificates"
+  [[ -s "$d/client.crt" ]] || fail "openssl could not make the test certificates"
+}
+
+# start_redis NAME plain|tls [redis-server args...]: a Redis of this test's own on a
+# free port ($R_PORT; TLS only with tls, using the certificates in $PKI), stopped when
+# the test ends. Its log is $WORK/NAME.redis.out.
+start_redis() {
+  local name=$1 mode=$2 try pid; shift 2
+  for try in 1 2 3 4 5; do
+    R_PORT=$(pick_port)
+    local ports=(--port "$R_PORT")
+    [[ $mode == tls ]] && ports=(--port 0 --tls-port "$R_PORT" --tls-cert-file "$PKI/server.crt"
+      --tls-key-file "$PKI/server.key" --tls-ca-cert-file "$PKI/ca.crt" --tls-auth-clients no)
+    rm -f "$WORK/$name.pid"
+    redis-server --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$WORK" \
+      --pidfile "$WORK/$name.pid" --logfile "$WORK/$name.redis.out" "${ports[@]}" "$@" || fail "redis $name"
+    for _ in $(seq 1 100); do [[ -s "$WORK/$name.pid" ]] && break; sleep 0.02; done
+    pid=$(cat "$WORK/$name.pid" 2>/dev/null || true)
+    [[ -n "$pid" ]] && PIDS+=("$pid")
+    for _ in $(seq 1 100); do
+      grep -q "Ready to accept connections" "$WORK/$name.redis.out" 2>/dev/null && return 0
+      [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null && break
+      sleep 0.05
+    done
+    grep -q "Address already in use" "$WORK/$name.redis.out" || break
+  done
+  fail "redis $name did not start: $(tail -3 "$WORK/$name.redis.out")"
+}
+
+# acl_rules WHO: the user line for outboxd-WHO from docs/OPERATIONS.md, with the
+# password WHO-pw: the tests use the documented rules exactly as written.
+acl_rules() {
+  local line
+  line=$(grep -m1 "^user outboxd-$1 " "$ROOT/docs/OPERATIONS.md") || fail "no ACL for outboxd-$1 in docs/OPERATIONS.md"
+  echo "${line/>[A-Z_]*PASSWORD/>$1-pw}"
+}
+
+# readyz URL: "CODE BODY" of the relay's /readyz.
+readyz() { curl -s -o "$WORK/readyz.body" -w '%{http_code}' --max-time 5 "$1/readyz"; echo " $(cat "$WORK/readyz.body")"; }
+
+# start_sentinels NAME MASTER_PORT: three sentinels watching the primary as "$NAME"
+# (down after 1 s, quorum 2), on free ports ($SENTINELS = "127.0.0.1:p1,..."); waits
+# until each knows the replica and the other two, so that a failover can be agreed.
+start_sentinels() {
+  local name=$1 mport=$2 i p pid
+  SENTINELS=""
+  SENTINEL_PORTS=()
+  for i in 1 2 3; do
+    p=$(pick_port)
+    cat >"$WORK/sentinel$i.conf" <<EOC
+port $p
+bind 127.0.0.1
+daemonize yes
+pidfile $WORK/sentinel$i.pid
+logfile $WORK/sentinel$i.redis.out
+dir $WORK
+sentinel monitor $name 127.0.0.1 $mport 2
+sentinel down-after-milliseconds $name 1000
+sentinel failover-timeout $name 10000
+sentinel parallel-syncs $name 1
+EOC
+    redis-server "$WORK/sentinel$i.conf" --sentinel || fail "sentinel $i"
+    for _ in $(seq 1 100); do [[ -s "$WORK/sentinel$i.pid" ]] && break; sleep 0.02; done
+    pid=$(cat "$WORK/sentinel$i.pid")
+    PIDS+=("$pid")
+    SENTINEL_PORTS+=("$p")
+    SENTINELS+="${SENTINELS:+,}127.0.0.1:$p"
+  done
+  local deadline=$((SECONDS + 30))
+  for p in "${SENTINEL_PORTS[@]}"; do
+    until [[ $(redis-cli -p "$p" sentinel master "$name" 2>/dev/null | awk 'prev == "num-other-sentinels" {print} {prev = $0}') == 2 &&
+             $(redis-cli -p "$p" sentinel master "$name" 2>/dev/null | awk 'prev == "num-slaves" {print} {prev = $0}') -ge 1 ]]; do
+      ((SECONDS < deadline)) || fail "sentinel on $p did not see the replica and the other sentinels in 30 s"
+      sleep 0.2
+    done
+  done
+}

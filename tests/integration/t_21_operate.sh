@@ -23,7 +23,9 @@ after=$(metric outboxd_events_published_total)
 ((after >= before + 500)) || fail "published counter moved from $before to $after for 500 events"
 [[ $(metric outboxd_publish_latency_seconds_count) -ge 500 ]] || fail "latency histogram did not count the events"
 [[ $(metric outboxd_leader) == 1 ]] || fail "outboxd_leader is not 1"
-curl -s "$h/metrics" | grep -q '^outboxd_publish_latency_seconds_bucket{le="0.01"}' || fail "histogram buckets missing"
+# Read whole first: grep -q leaving early would fail curl (SIGPIPE) under pipefail.
+curl -s "$h/metrics" >"$WORK/metrics"
+grep -q '^outboxd_publish_latency_seconds_bucket{le="0.01"}' "$WORK/metrics" || fail "histogram buckets missing"
 for m in outboxd_publish_failures_total outboxd_publish_retries_total outboxd_backlog_events \
          outboxd_oldest_unpublished_age_seconds outboxd_batch_duration_seconds_count; do
   [[ -n "$(metric $m)" ]] || fail "metric $m missing"

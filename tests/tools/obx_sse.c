@@ -10,7 +10,8 @@
  * event: auth-expired reconnects at once with --renew-token (and Last-Event-ID), as a
  * browser that fetched a fresh token would. In-band auth-* events are counted, not
  * checked as run events. --cookie sends a Cookie header (forward-auth).
- * Prints one summary line; exits 1 if the check fails. Loopback only. */
+ * SIGTERM ends the wait early (then checks). Prints one summary line; exits 1 if the
+ * check fails. Loopback only. */
 #include "obx_common.h"
 #include "metrics.h"
 
@@ -22,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/resource.h>
 
 typedef struct stream {
@@ -269,11 +271,15 @@ static void open_stream(stream *s)
     evhttp_make_request(s->conn, s->req, EVHTTP_REQ_GET, path);
 }
 
+static volatile sig_atomic_t stop;
+static void on_signal(int sig) { (void)sig; stop = 1; }
+
 static void tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
     long long now = obx_now_us();
-    if (now - start_us > (long long)(max_seconds * 1e6) || (last_event_us && now - last_event_us > idle_ms * 1000))
+    if (stop || now - start_us > (long long)(max_seconds * 1e6) ||
+        (last_event_us && now - last_event_us > idle_ms * 1000))
         event_base_loopbreak(base);
 }
 
@@ -283,6 +289,7 @@ int main(int argc, char **argv)
     int runs = 1, per_run = 1;
     long long from = 0;
     bool check = false;
+    signal(SIGTERM, on_signal);
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         if (!strcmp(k, "--check")) { check = true; continue; }

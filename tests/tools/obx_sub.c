@@ -1,16 +1,25 @@
-/* Checking subscriber for tests and benchmarks. PSUBSCRIBEs to run:* (reconnecting
- * and re-subscribing if Redis goes away), records every message with its arrival
- * time, and with --check compares what arrived against run_outbox:
- * lost, duplicated, out of order (per run, in arrival order), unexpected (not in the
- * table, e.g. a rolled-back event). Latency = arrival - payload "t" (insert time).
- *   obx_sub [--host H] [--port P] [--password PW] [--pattern run:*] [--prefix P]
- *           [--expect N] [--idle-ms MS] [--max-seconds S] [--ready-file F] [--check]
+/* Checking subscriber for tests and benchmarks. PSUBSCRIBEs to run:* on one Redis, or
+ * on several nodes at once (--nodes: a primary and its replicas, which all deliver
+ * what the primary publishes), reconnecting and re-subscribing when a node goes away;
+ * records every message with its arrival time and node, and with --check compares
+ * what arrived against run_outbox: lost (on no node), duplicated (twice on one node),
+ * out of order (per node and run, a first arrival below a seq that came before),
+ * unexpected (not in the table, e.g. a rolled-back event). With several nodes (list
+ * the primary first) it also reports "republished": events that arrived on a later
+ * node more than 500 ms after an earlier node delivered them, i.e. published again
+ * on a new primary after a failover (a replica's copy comes within milliseconds),
+ * which a subscriber that follows the primary sees twice. Latency = first arrival - payload
+ * "t" (insert time). Connections go through outboxd's own Redis layer, so TLS works.
+ *   obx_sub [--host H] [--port P] [--nodes H:P,H:P...] [--user U] [--password PW]
+ *           [--tls-ca F [--tls-cert F --tls-key F] [--tls-server-name N]]
+ *           [--pattern run:*] [--prefix P] [--expect N] [--idle-ms MS] [--max-seconds S]
+ *           [--ready-file F] [--check]
  * Exits 0 when the check passes (or was not asked for), 1 when it fails. */
 #include "obx_common.h"
 #include "metrics.h"
+#include "redis_conn.h"
 
 #include <errno.h>
-#include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <poll.h>
 #include <signal.h>
@@ -19,10 +28,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#define MAX_NODES 8
+#define REPUBLISHED_GAP_US 500000
+
 typedef struct rec {
     char *run_id;
     size_t run_len;
     long long id, seq, t, recv, arrival;
+    int node;
 } rec;
 
 static rec *recs;
@@ -30,37 +43,40 @@ static size_t nrec, caprec;
 static volatile sig_atomic_t stop;
 static void on_signal(int s) { (void)s; stop = 1; }
 
-static redisContext *subscribe(const char *host, int port, const char *pw, const char *pattern)
+static rconn *subscribe(const redis_addr *a, const redis_tls *tls, const char *user, const char *pw,
+                        const char *pattern)
 {
-    struct timeval tv = {1, 0};
-    redisContext *c = redisConnectWithTimeout(host, port, tv);
-    if (!c || c->err) {
-        if (c) redisFree(c);
+    char err[512];
+    rconn *c = rconn_connect(a->host, a->port, tls, 1000, err, sizeof err);
+    if (!c)
         return NULL;
-    }
     redisReply *r;
     if (pw && *pw) {
         /* A server without a password refuses AUTH: carry on, PSUBSCRIBE tells. */
-        r = redisCommand(c, "AUTH %s", pw);
+        const char *argv[] = {"AUTH", user ? user : "", pw};
+        r = user ? rconn_command(c, 3, argv, NULL) : rconn_command(c, 2, (const char *[]){"AUTH", pw}, NULL);
         if (r) freeReplyObject(r);
-        if (c->err) { redisFree(c); return NULL; }
+        if (rconn_broken(c)) { rconn_free(c); return NULL; }
     }
-    r = redisCommand(c, "PSUBSCRIBE %s", pattern);
+    r = rconn_command(c, 2, (const char *[]){"PSUBSCRIBE", pattern}, NULL);
     bool ok = r && r->type == REDIS_REPLY_ARRAY;
     if (r) freeReplyObject(r);
-    if (!ok) { redisFree(c); return NULL; }
+    if (!ok) { rconn_free(c); return NULL; }
     return c;
 }
 
 static int cmp_id(const void *a, const void *b)
 {
     const rec *x = a, *y = b;
-    return x->id < y->id ? -1 : x->id > y->id;
+    if (x->id != y->id) return x->id < y->id ? -1 : 1;
+    if (x->node != y->node) return x->node < y->node ? -1 : 1;
+    return x->arrival < y->arrival ? -1 : x->arrival > y->arrival;
 }
 
 static int cmp_run_arrival(const void *a, const void *b)
 {
     const rec *x = a, *y = b;
+    if (x->node != y->node) return x->node < y->node ? -1 : 1;
     size_t n = x->run_len < y->run_len ? x->run_len : y->run_len;
     int c = memcmp(x->run_id, y->run_id, n);
     if (c == 0 && x->run_len != y->run_len) c = x->run_len < y->run_len ? -1 : 1;
@@ -70,18 +86,26 @@ static int cmp_run_arrival(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    const char *host = "127.0.0.1", *pw = NULL, *pattern = "run:*", *prefix = "", *ready = NULL;
+    const char *host = "127.0.0.1", *user = NULL, *pw = NULL, *pattern = "run:*", *prefix = "", *ready = NULL;
+    const char *nodes_arg = NULL, *ca = NULL, *cert = NULL, *key = NULL, *server_name = NULL;
     int port = 6379;
     long expect = 0, idle_ms = 0;
     double max_seconds = 60;
-    bool check = false;
+    bool check = false, tls_on = false;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         if (!strcmp(k, "--check")) { check = true; continue; }
+        if (!strcmp(k, "--tls")) { tls_on = true; continue; }
         i++;
         if (!strcmp(k, "--host")) host = v;
         else if (!strcmp(k, "--port")) port = atoi(v);
+        else if (!strcmp(k, "--nodes")) nodes_arg = v;
+        else if (!strcmp(k, "--user")) user = v;
         else if (!strcmp(k, "--password")) pw = v;
+        else if (!strcmp(k, "--tls-ca")) { ca = v; tls_on = true; }
+        else if (!strcmp(k, "--tls-cert")) cert = v;
+        else if (!strcmp(k, "--tls-key")) key = v;
+        else if (!strcmp(k, "--tls-server-name")) server_name = v;
         else if (!strcmp(k, "--pattern")) pattern = v;
         else if (!strcmp(k, "--prefix")) prefix = v;
         else if (!strcmp(k, "--expect")) expect = atol(v);
@@ -90,59 +114,104 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "--ready-file")) ready = v;
         else { fprintf(stderr, "obx_sub: unknown option %s\n", k); return 2; }
     }
+    redis_addr nodes[MAX_NODES];
+    int nnodes = 1;
+    if (nodes_arg) {
+        if (!config_parse_addrs(nodes_arg, nodes, MAX_NODES, &nnodes)) {
+            fprintf(stderr, "obx_sub: bad --nodes %s\n", nodes_arg);
+            return 2;
+        }
+    } else {
+        snprintf(nodes[0].host, sizeof nodes[0].host, "%s", host);
+        nodes[0].port = port;
+    }
+    redis_tls *tls = NULL;
+    if (tls_on) {
+        char err[512];
+        if (!(tls = redis_tls_new(ca, cert, key, server_name, err, sizeof err))) {
+            fprintf(stderr, "obx_sub: %s\n", err);
+            return 2;
+        }
+    }
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
+    signal(SIGPIPE, SIG_IGN);
     long long start = obx_now_us(), last = 0;
     long reconnects = -1;
-    redisContext *c = NULL;
+    rconn *c[MAX_NODES] = {0};
+    bool ever[MAX_NODES] = {0}, said_ready = false;
+    long long retry_at[MAX_NODES] = {0};
     while (!stop) {
         long long now = obx_now_us();
         if (now - start > (long long)(max_seconds * 1e6)) break;
         if (expect && (long)nrec >= expect) break;
         if (idle_ms && last && now - last > idle_ms * 1000) break;
-        if (!c) {
-            c = subscribe(host, port, pw, pattern);
-            if (!c) { usleep(20000); continue; }
-            reconnects++;
-            if (ready) {
-                FILE *f = fopen(ready, "w");
-                if (f) fclose(f);
-            }
-        }
-        redisReply *r = NULL;
-        if (redisGetReplyFromReader(c, (void **)&r) != REDIS_OK) { redisFree(c); c = NULL; continue; }
-        if (!r) {
-            struct pollfd p = {.fd = c->fd, .events = POLLIN};
-            if (poll(&p, 1, 50) > 0 && redisBufferRead(c) != REDIS_OK) { redisFree(c); c = NULL; }
-            continue;
-        }
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 && !strcmp(r->element[0]->str, "pmessage")) {
-            obx_msg m = {0};
-            if (obx_parse(r->element[3]->str, &m) &&
-                (m.run_id_len < strlen(prefix) || memcmp(m.run_id, prefix, strlen(prefix)))) {
-                free(m.run_id); /* another test's run */
-            } else if (m.run_id) {
-                if (nrec == caprec) {
-                    caprec = caprec ? caprec * 2 : 4096;
-                    recs = realloc(recs, caprec * sizeof *recs);
+        struct pollfd p[MAX_NODES];
+        int np = 0, idx[MAX_NODES];
+        bool all = true;
+        for (int n = 0; n < nnodes; n++) {
+            if (!c[n] && now >= retry_at[n]) {
+                c[n] = subscribe(&nodes[n], tls, user, pw, pattern);
+                if (c[n]) {
+                    reconnects++;
+                    ever[n] = true;
+                } else {
+                    retry_at[n] = now + 20000;
                 }
-                last = obx_now_us();
-                recs[nrec] = (rec){m.run_id, m.run_id_len, m.id, m.seq, m.t, last, (long long)nrec};
-                nrec++;
-            } else {
-                fprintf(stderr, "obx_sub: not an outboxd message: %.80s\n", r->element[3]->str);
+            }
+            all &= ever[n];
+            if (!c[n])
+                continue;
+            for (;;) {
+                redisReply *r = NULL;
+                int got = rconn_reply_nowait(c[n], &r);
+                if (got < 0) { rconn_free(c[n]); c[n] = NULL; break; }
+                if (got == 0) break;
+                if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 && !strcmp(r->element[0]->str, "pmessage")) {
+                    obx_msg m = {0};
+                    if (obx_parse(r->element[3]->str, &m) &&
+                        (m.run_id_len < strlen(prefix) || memcmp(m.run_id, prefix, strlen(prefix)))) {
+                        free(m.run_id); /* another test's run */
+                    } else if (m.run_id) {
+                        if (nrec == caprec) {
+                            caprec = caprec ? caprec * 2 : 4096;
+                            recs = realloc(recs, caprec * sizeof *recs);
+                        }
+                        last = obx_now_us();
+                        recs[nrec] = (rec){m.run_id, m.run_id_len, m.id, m.seq, m.t, last, (long long)nrec, n};
+                        nrec++;
+                    } else {
+                        fprintf(stderr, "obx_sub: not an outboxd message: %.80s\n", r->element[3]->str);
+                    }
+                }
+                freeReplyObject(r);
+            }
+            if (c[n]) {
+                p[np] = (struct pollfd){.fd = rconn_fd(c[n]), .events = POLLIN};
+                idx[np++] = n;
             }
         }
-        freeReplyObject(r);
+        (void)idx;
+        if (all && ready && !said_ready) {
+            FILE *f = fopen(ready, "w");
+            if (f) fclose(f);
+            said_ready = true;
+        }
+        if (np == 0 || np < nnodes)
+            poll(p, (nfds_t)np, 20);
+        else
+            poll(p, (nfds_t)np, 50);
     }
-    if (c) redisFree(c);
+    for (int n = 0; n < nnodes; n++)
+        rconn_free(c[n]);
+    redis_tls_free(tls);
 
+    long lost = 0, dups = 0, disorder = 0, unexpected = 0, expected = -1, republished = 0;
     histogram h;
     hist_reset(&h);
+    long node_recv[MAX_NODES] = {0};
     for (size_t i = 0; i < nrec; i++)
-        if (recs[i].t > 0) hist_record(&h, (double)(recs[i].recv - recs[i].t));
-
-    long lost = 0, dups = 0, disorder = 0, unexpected = 0, expected = -1;
+        node_recv[recs[i].node]++;
     if (check) {
         PGconn *pg = PQconnectdb(getenv("DATABASE_URL") ? getenv("DATABASE_URL") : "");
         const char *params[] = {prefix};
@@ -156,39 +225,82 @@ int main(int argc, char **argv)
         }
         int n = PQntuples(res);
         expected = n;
-        /* Order per run, in arrival order. */
+        /* Order per node and run, in arrival order: a first arrival below the highest
+         * seq seen before it (a repeat is a duplicate, counted below). */
         qsort(recs, nrec, sizeof *recs, cmp_run_arrival);
-        for (size_t i = 1; i < nrec; i++)
-            if (recs[i].run_len == recs[i - 1].run_len &&
-                !memcmp(recs[i].run_id, recs[i - 1].run_id, recs[i].run_len) && recs[i].seq <= recs[i - 1].seq) {
-                if (disorder < 5)
-                    fprintf(stderr, "obx_sub: out of order in run %.*s: seq %lld after %lld\n",
-                            (int)recs[i].run_len, recs[i].run_id, recs[i].seq, recs[i - 1].seq);
-                disorder++;
+        long long top = 0;
+        for (size_t i = 0; i < nrec; i++) {
+            bool same = i > 0 && recs[i].node == recs[i - 1].node && recs[i].run_len == recs[i - 1].run_len &&
+                        !memcmp(recs[i].run_id, recs[i - 1].run_id, recs[i].run_len);
+            if (!same)
+                top = 0;
+            if (recs[i].seq < top) {
+                bool repeat = false;
+                for (size_t j = i; j-- > 0 && recs[j].node == recs[i].node && recs[j].run_len == recs[i].run_len &&
+                                   !memcmp(recs[j].run_id, recs[i].run_id, recs[i].run_len) && !repeat;)
+                    repeat = recs[j].seq == recs[i].seq;
+                if (!repeat) {
+                    if (disorder < 5)
+                        fprintf(stderr, "obx_sub: out of order on node %d in run %.*s: seq %lld after %lld\n",
+                                recs[i].node, (int)recs[i].run_len, recs[i].run_id, recs[i].seq, top);
+                    disorder++;
+                }
             }
-        /* Lost / duplicated / unexpected: merge by id. */
+            if (recs[i].seq > top)
+                top = recs[i].seq;
+        }
+        /* Lost / duplicated / unexpected: merge by id (then node, then arrival). */
         qsort(recs, nrec, sizeof *recs, cmp_id);
         size_t j = 0;
         for (int i = 0; i < n; i++) {
             long long id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
             while (j < nrec && recs[j].id < id) { unexpected++; j++; }
-            long seen = 0;
-            while (j < nrec && recs[j].id == id) { seen++; j++; }
-            if (seen == 0) {
+            size_t first = j;
+            long long lo = 0, early[MAX_NODES] = {0}; /* first arrival on each node (0: none) */
+            while (j < nrec && recs[j].id == id) {
+                if (j > first && recs[j].node == recs[j - 1].node) {
+                    if (dups < 5)
+                        fprintf(stderr, "obx_sub: id %lld twice on node %d\n", id, recs[j].node);
+                    dups++;
+                } else {
+                    early[recs[j].node] = recs[j].recv;
+                }
+                lo = j == first || recs[j].recv < lo ? recs[j].recv : lo;
+                j++;
+            }
+            if (j == first) {
                 if (lost < 5) fprintf(stderr, "obx_sub: lost id %lld\n", id);
                 lost++;
+            } else {
+                /* Published again on a later node (a new primary) well after an earlier
+                 * node (the old one) delivered it: not a replica's copy. */
+                bool again = false;
+                for (int a = 0; a < nnodes && !again; a++)
+                    for (int b = a + 1; b < nnodes && !again; b++)
+                        again = early[a] && early[b] && early[b] - early[a] > REPUBLISHED_GAP_US;
+                republished += again;
+                if (recs[first].t > 0)
+                    hist_record(&h, (double)(lo - recs[first].t));
             }
-            if (seen > 1) dups += seen - 1;
         }
         unexpected += (long)(nrec - j);
         PQclear(res);
         PQfinish(pg);
+    } else {
+        for (size_t i = 0; i < nrec; i++)
+            if (recs[i].t > 0) hist_record(&h, (double)(recs[i].recv - recs[i].t));
     }
     printf("received=%zu expected=%ld lost=%ld duplicates=%ld out_of_order=%ld unexpected=%ld "
-           "reconnects=%ld latency_ms p50=%.2f p99=%.2f p999=%.2f max=%.2f\n",
+           "reconnects=%ld latency_ms p50=%.2f p99=%.2f p999=%.2f max=%.2f",
            nrec, expected, lost, dups, disorder, unexpected, reconnects < 0 ? 0 : reconnects,
            hist_quantile(&h, 0.5) / 1e3, hist_quantile(&h, 0.99) / 1e3, hist_quantile(&h, 0.999) / 1e3,
            h.max_us / 1e3);
+    if (nnodes > 1) {
+        printf(" republished=%ld", republished);
+        for (int n = 0; n < nnodes; n++)
+            printf(" node%d=%ld", n, node_recv[n]);
+    }
+    printf("\n");
     for (size_t i = 0; i < nrec; i++) free(recs[i].run_id);
     free(recs);
     return check && (lost || dups || disorder || unexpected) ? 1 : 0;

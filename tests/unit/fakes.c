@@ -36,13 +36,30 @@ static mark *find_mark(const event *e)
 }
 
 /* ---- sink ---- */
-sink *sink_new(const redis_url *url, long timeout_ms, long ttl, const char *epoch)
+sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce)
 {
-    (void)url, (void)timeout_ms, (void)ttl, (void)epoch;
+    (void)e, (void)cfg, (void)epoch, (void)announce;
     return calloc(1, sizeof(sink));
 }
+void sink_get_counters(const sink *k, sink_counters *out)
+{
+    (void)k;
+    memset(out, 0, sizeof *out);
+}
+bool sink_refusing(const sink *k, const char **why)
+{
+    (void)k;
+    *why = "";
+    return false;
+}
+redis_endpoint *redis_endpoint_new(const config *cfg, char *err, size_t errlen)
+{
+    (void)cfg, (void)err, (void)errlen;
+    return calloc(1, sizeof(redis_endpoint));
+}
+void redis_endpoint_free(redis_endpoint *e) { free(e); }
 void sink_free(sink *k) { free(k); }
-void sink_set_epoch(sink *k, const char *epoch) { (void)k, (void)epoch; }
+void sink_set_epoch(sink *k, const char *epoch, const char *origin) { (void)k, (void)epoch, (void)origin; }
 bool sink_connected(const sink *k) { return k->connected; }
 void sink_disconnect(sink *k) { k->connected = false; }
 const char *sink_errstr(const sink *k) { (void)k; return "fake error"; }

@@ -164,6 +164,56 @@ static void test_gateway_auth_settings(void **state)
     assert_string_equal(cfg.until, "24h");
 }
 
+/* rediss:// is TLS, redis:// is plaintext; TLS files never upgrade a redis:// URL. */
+static void test_redis_tls_and_sentinel_settings(void **state)
+{
+    (void)state;
+    setenv("REDIS_URL", "rediss://relay:pw@cache.example:6380/2", 1);
+    assert_true(load(CMD_RELAY, 0, NULL));
+    assert_true(cfg.redis.tls);
+    assert_string_equal(cfg.redis.host, "cache.example");
+    assert_int_equal(cfg.redis.port, 6380);
+    assert_string_equal(cfg.redis.user, "relay");
+    char *tls[] = {"--redis-tls-ca", "/ca.pem", "--redis-tls-cert", "/c.pem", "--redis-tls-key", "/k.pem",
+                   "--redis-tls-server-name", "redis.internal"};
+    assert_true(load(CMD_SSE, 8, tls));
+    assert_string_equal(cfg.redis_tls_server_name, "redis.internal");
+    assert_true(load(CMD_STATUS, 2, tls)); /* every command that talks to Redis takes them */
+    assert_false(load(CMD_RELAY, 4, tls));
+    assert_non_null(strstr(err, "--redis-tls-cert and --redis-tls-key go together"));
+    setenv("REDIS_URL", "redis://cache.example:6380/2", 1);
+    assert_true(load(CMD_RELAY, 0, NULL));
+    assert_false(cfg.redis.tls);
+    assert_false(load(CMD_RELAY, 2, tls));
+    assert_non_null(strstr(err, "--redis-tls-ca is set but"));
+    assert_non_null(strstr(err, "use rediss://"));
+    setenv("REDIS_URL", "redis+tls://h", 1);
+    assert_false(load(CMD_RELAY, 0, NULL));
+    setenv("REDIS_URL", "rediss://", 1);
+    assert_false(load(CMD_RELAY, 0, NULL));
+    unsetenv("REDIS_URL");
+
+    char *sen[] = {"--redis-sentinel", "10.0.0.1:26379,[::1]:26380,s3:1", "--redis-sentinel-master", "main"};
+    assert_true(load(CMD_RELAY, 4, sen));
+    assert_int_equal(cfg.nsentinels, 3);
+    assert_string_equal(cfg.sentinels[1].host, "::1");
+    assert_int_equal(cfg.sentinels[1].port, 26380);
+    assert_string_equal(cfg.sentinels[2].host, "s3");
+    assert_false(load(CMD_RELAY, 2, sen));
+    assert_non_null(strstr(err, "go together"));
+    static const char *const bad[] = {"", "h", "h:", ":1", "h:0", "h:1,", "h:1,,g:2", "h:1 ,g:2", "h:70000"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *argv[] = {"--redis-sentinel", (char *)bad[i], "--redis-sentinel-master", "main"};
+        assert_false(load(CMD_SSE, 4, argv));
+        assert_non_null(strstr(err, "--redis-sentinel"));
+    }
+    char *wait[] = {"--redis-wait-replicas", "1", "--redis-wait-timeout", "50ms"};
+    assert_true(load(CMD_RELAY, 4, wait));
+    assert_int_equal(cfg.redis_wait_replicas, 1);
+    assert_int_equal(cfg.redis_wait_timeout_ms, 50);
+    assert_false(load(CMD_SSE, 2, wait)); /* the gateway publishes nothing */
+}
+
 static void test_durations(void **state)
 {
     (void)state;
@@ -201,6 +251,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_values_name_the_setting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_urls_are_checked_before_connecting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gateway_auth_settings, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_tls_and_sentinel_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_durations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_positionals_and_help, setup, teardown),
     };

@@ -45,7 +45,7 @@ static int setup(void **state)
     cfg.max_attempts = 3;
     no_stop = 0;
     fs = store_new("", "", 0);
-    fk = sink_new(NULL, 0, 0, "");
+    fk = sink_new(NULL, &cfg, "", false);
     relay_ctx_init(&rc, &cfg, fs, fk, -1, &no_stop);
     return 0;
 }
