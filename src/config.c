@@ -68,7 +68,8 @@ static const setting settings[] = {
     {"poll-interval-ms", "OUTBOXD_POLL_INTERVAL_MS", T_INT, CMD_RELAY, "200", 1, 60000, 0, NULL,
      OFF(poll_interval_ms), "milliseconds between polls when no NOTIFY wakes the relay"},
     {"notify-coalesce-ms", "OUTBOXD_NOTIFY_COALESCE_MS", T_INT, CMD_RELAY, "2", 0, 1000, 0, NULL,
-     OFF(notify_coalesce_ms), "after a NOTIFY, wait this long so that commits arriving together share a batch"},
+     OFF(notify_coalesce_ms),
+     "after a NOTIFY or a batch smaller than the limit, wait this long so that events arriving together share a batch"},
     {"batch-size", "OUTBOXD_BATCH_SIZE", T_INT, CMD_RELAY, "100", 1, 100000, 0, NULL,
      OFF(batch_size), "events fetched per poll when the outbox is quiet"},
     {"max-batch-size", "OUTBOXD_MAX_BATCH_SIZE", T_INT, CMD_RELAY, "2000", 1, 100000, 0, NULL,
@@ -150,6 +151,13 @@ static const setting settings[] = {
      "HOST:PORT for /metrics, /healthz and /readyz (unset = no HTTP endpoint)"},
     {"retention", "OUTBOXD_RETENTION", T_DURATION, CMD_RELAY, "7d", 0, 3650 * DAY_MS, 1000, NULL,
      OFF(retention_ms), "the leader deletes published events older than this (0 = keep forever)"},
+    {"vacuum-after", "OUTBOXD_VACUUM_AFTER", T_INT, CMD_RELAY, "20000", 0, 1000000000, 0, NULL, OFF(vacuum_after),
+     "the leader runs VACUUM on run_outbox (if its role owns it) once this many events were marked or deleted "
+     "since the last one (0 = leave it to autovacuum)"},
+    {"counter-retention", "OUTBOXD_COUNTER_RETENTION", T_DURATION, CMD_RELAY, "30d", 0, 3650 * DAY_MS, 1000,
+     NULL, OFF(counter_retention_ms),
+     "the leader forgets the last seq of a run with no events left and none newer than this (0 = never); "
+     "such a run, if it writes again, starts over at seq 1"},
     {"older-than", NULL, T_DURATION, CMD_PRUNE, NULL, 0, 3650 * DAY_MS, 1000, NULL, OFF(older_than_ms),
      "delete published events older than this (required; e.g. 7d)"},
     {"json", NULL, T_BOOL, CMD_STATUS, "false", 0, 0, 0, NULL, OFF(json), "print JSON"},

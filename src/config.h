@@ -101,6 +101,8 @@ typedef struct config {
     char *reason;
     char *http_listen;
     long retention_ms;
+    long counter_retention_ms;
+    long vacuum_after;
     long older_than_ms;
 
     redis_url redis; /* parsed from redis_url by config_load */

@@ -1,6 +1,7 @@
 /* Fakes of the relay's neighbours (store_pg, redis_sink) for unit tests. The fake
  * sink applies the publish script's rules (mark = last published id per run, chained
- * events need their predecessor) and can be told to fail. */
+ * events need their predecessor) and can be told to fail; it delivers in the order it
+ * is given, which is the order of the calls the real sink makes. */
 #ifndef FAKES_H
 #define FAKES_H
 
@@ -20,9 +21,6 @@ typedef struct fake_world {
     int connects;
     bool refuse_connect;
     /* store */
-    long long marked[FAKE_MAX];
-    int nmarked;
-    bool fail_mark;
     long long failed_ids[FAKE_MAX];
     int nfailed;
     int failed_attempts;
