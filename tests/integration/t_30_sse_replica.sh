@@ -18,7 +18,7 @@ trap 'standby_stop; cleanup' EXIT
 as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PGPORT" -U postgres -D "$sdir" -R -X stream -c fast \
   >"$WORK/basebackup.log" 2>&1 || fail "pg_basebackup: $(cat "$WORK/basebackup.log")"
 as_pg "$PGBIN/pg_ctl" -D "$sdir" -l "$WORK/standby.log" -w -t 30 \
-  -o "-p $sport -c listen_addresses=127.0.0.1 -k $sdir -c hot_standby=on -c max_connections=300 -c fsync=off" start >/dev/null ||
+  -o "-p $sport -c listen_addresses=127.0.0.1 -k $sdir -c hot_standby=on -c max_connections=300 -c max_prepared_transactions=16 -c fsync=off" start >/dev/null ||
   fail "standby did not start: $(tail -5 "$WORK/standby.log")"
 REPLICA_URL="postgresql://postgres@127.0.0.1:$sport/${DATABASE_URL##*/}"
 [[ $(psql -X -qtA "$REPLICA_URL" -c "SELECT pg_is_in_recovery()") == t ]] || fail "the standby is not in recovery"
