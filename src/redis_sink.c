@@ -1,15 +1,20 @@
 /* The sink on our blocking Redis connection (redis_conn.c), reaching the primary
- * through redis_endpoint.c (TLS, sentinels). */
+ * through redis_endpoint.c (TLS, sentinels), or each run's primary through
+ * redis_cluster.c (a batch split by node). */
 #include "redis_sink.h"
 
 #include "buf.h"
 #include "log.h"
+#include "redis_cluster.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* KEYS[1] = the run's mark key. ARGV = channel, id, seq, message, ttl ms, chained.
+/* KEYS[1] = the run's mark key. ARGV = channel, id, seq, message, ttl ms, chained,
+ * and the publishing command (PUBLISH when absent; SPUBLISH for sharded Pub/Sub, in
+ * a cluster with the mark key in the channel's slot, so that the script stays on
+ * one node).
  * The mark is "id:seq" of the last event published for the run. Ids and seqs only
  * grow within a run in commit order, so an event at or below the mark in both was
  * published already. One above it in either is new: if the database numbering went
@@ -35,7 +40,7 @@ const char redis_sink_publish_script[] =
     "elseif ARGV[6] == '1' then\n"
     "  return -1\n"
     "end\n"
-    "redis.call('PUBLISH', ARGV[1], ARGV[4])\n"
+    "redis.call(ARGV[7] or 'PUBLISH', ARGV[1], ARGV[4])\n"
     "redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[3], 'PX', ARGV[5])\n"
     "return 1\n";
 
@@ -53,8 +58,24 @@ struct sink {
     char ttl[24];
     char epoch[64];
     bool announce;
-    rconn *c;
+    rconn *c;             /* with a cluster: the node being published to, lent by it */
     redis_addr addr;      /* where c is connected */
+    cluster *cl;          /* --redis-cluster, else NULL */
+    bool sharded;         /* SPUBLISH */
+    bool refresh;         /* re-read the slot map before the next publish */
+    bool asking;          /* send ASKING before each command (an ASK redirection) */
+    bool said_map;
+    struct {              /* scratch of a cluster publish, sized to the largest call */
+        size_t cap;
+        uint16_t *node;
+        size_t *idx;
+        const event **evs;
+        bool *chained;
+        pub_result *out;
+        int *ask;         /* index into ask_to, or -1 */
+    } s;
+    redis_addr ask_to[8];
+    int nask_to;
     redis_addr last_addr; /* the primary of the previous connection ("" before the first) */
     sentinel_watch watch;
     bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
@@ -71,6 +92,9 @@ struct sink {
     char refusal[1024];
 };
 
+static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen);
+static void note_ask(sink *k, size_t i, const redis_addr *to);
+
 sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce)
 {
     sink *k = calloc(1, sizeof *k);
@@ -83,6 +107,13 @@ sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool ann
     snprintf(k->ttl, sizeof k->ttl, "%ld", cfg->mark_ttl_ms);
     sentinel_watch_init(&k->watch, e);
     sink_set_epoch(k, epoch);
+    k->sharded = config_redis_sharded(cfg);
+    if (cfg->redis_cluster &&
+        !(k->cl = cluster_new(cfg->cluster_seeds, cfg->ncluster_seeds, &e->url, e->tls, e->timeout_ms,
+                              cluster_conn_ready, k))) {
+        free(k);
+        return NULL;
+    }
     return k;
 }
 
@@ -97,18 +128,35 @@ void sink_free(sink *k)
         return;
     sink_disconnect(k);
     sentinel_watch_close(&k->watch);
+    cluster_free(k->cl);
+    free(k->s.node);
+    free(k->s.idx);
+    free(k->s.evs);
+    free(k->s.chained);
+    free(k->s.out);
+    free(k->s.ask);
     free(k);
+}
+
+/* Drops the connection in use after an error; with a cluster, only that node's, and
+ * the map is read again before the next publish (a failover, a moved slot). */
+static void drop_conn(sink *k)
+{
+    rconn_free(k->c);
+    k->c = NULL;
+    k->refresh = k->cl != NULL;
 }
 
 void sink_disconnect(sink *k)
 {
-    rconn_free(k->c);
-    k->c = NULL;
+    drop_conn(k);
+    if (k->cl)
+        cluster_reset(k->cl);
 }
 
 bool sink_connected(const sink *k)
 {
-    return k->c != NULL;
+    return k->cl ? cluster_has_map(k->cl) : k->c != NULL;
 }
 
 const char *sink_errstr(const sink *k)
@@ -127,15 +175,16 @@ bool sink_refusing(const sink *k, const char **why)
     return k->refusing;
 }
 
-/* Loads the publish script; a server before Redis 7 gets it without "#!lua". */
-static bool load_script(sink *k)
+/* Loads the publish script on c (at addr); a server before Redis 7 gets it without
+ * "#!lua". */
+static bool load_script(sink *k, rconn *c, const redis_addr *addr)
 {
     for (;;) {
         const char *src = redis_sink_publish_script + (k->legacy_script ? sizeof SHEBANG - 1 : 0);
         const char *argv[] = {"SCRIPT", "LOAD", src};
-        redisReply *r = rconn_command(k->c, 3, argv, NULL);
+        redisReply *r = rconn_command(c, 3, argv, NULL);
         if (!r) {
-            snprintf(k->err, sizeof k->err, "SCRIPT LOAD: %s", rconn_errstr(k->c));
+            snprintf(k->err, sizeof k->err, "SCRIPT LOAD: %s", rconn_errstr(c));
             return false;
         }
         bool ok = r->type == REDIS_REPLY_STRING && r->len == 40;
@@ -148,18 +197,46 @@ static bool load_script(sink *k)
         } else {
             char why[400];
             redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", why, sizeof why);
-            snprintf(k->err, sizeof k->err, "%s:%d: SCRIPT LOAD: %s", k->addr.host, k->addr.port, why);
+            snprintf(k->err, sizeof k->err, "%s:%d: SCRIPT LOAD: %s", addr->host, addr->port, why);
         }
         freeReplyObject(r);
         return ok;
     }
 }
 
-bool sink_connect(sink *k)
+/* Every new connection to a cluster node loads the script there (NOSCRIPT after a
+ * failover or a flush drops the connection, so the next one loads it again). */
+static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen)
+{
+    sink *k = arg;
+    if (load_script(k, c, at))
+        return true;
+    snprintf(err, errlen, "%s", k->err);
+    return false;
+}
+
+/* Reads the slot map (first connections are made as batches need them). */
+static bool cluster_connect(sink *k)
 {
     sink_disconnect(k);
+    if (!cluster_refresh(k->cl, k->err, sizeof k->err))
+        return false;
+    k->refresh = false;
+    if (k->announce && !k->said_map) {
+        log_info("redis: cluster slot map read: %d primaries (%s, %s Pub/Sub)", cluster_get_map(k->cl)->nnodes,
+                 redis_endpoint_describe(k->ep), k->sharded ? "sharded" : "global");
+        k->said_map = true;
+    }
+    return true;
+}
+
+bool sink_connect(sink *k)
+{
+    if (k->cl)
+        return cluster_connect(k);
+    sink_disconnect(k);
     k->c = redis_endpoint_connect(k->ep, &k->addr, k->err, sizeof k->err);
-    if (!k->c || !load_script(k)) {
+    if (!k->c || !load_script(k, k->c, &k->addr)) {
         sink_disconnect(k);
         return false;
     }
@@ -207,12 +284,20 @@ static bool read_replies(sink *k, const event *const *evs, size_t from, size_t t
     bool reconnect = false;
     for (size_t i = from; i < to; i++) {
         redisReply *r = rconn_reply(k->c);
+        if (r && k->asking) {
+            /* ASKING's +OK; a refusal shows in the command's own reply (MOVED). */
+            freeReplyObject(r);
+            r = rconn_reply(k->c);
+        }
+        int slot;
+        redis_addr to_node;
+        enum cluster_redirect redirect;
         if (!r) {
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
             for (size_t j = i; j < to; j++)
                 out[j] = PUB_UNSENT;
             note_uncertain(k, evs, i, to);
-            sink_disconnect(k);
+            drop_conn(k);
             return false;
         }
         if (r->type == REDIS_REPLY_INTEGER) {
@@ -230,6 +315,21 @@ static bool read_replies(sink *k, const event *const *evs, size_t from, size_t t
             if (k->legacy_script && !strncmp(r->str, "READONLY", 8))
                 note_uncertain(k, evs, i, i + 1);
             reconnect = true;
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
+        } else if (r->type == REDIS_REPLY_ERROR && k->cl &&
+                   (redirect = cluster_parse_redirect(r->str, &slot, &to_node)) != REDIRECT_NONE) {
+            /* The slot is elsewhere: for good (MOVED: the map is read again and the
+             * event retried), or while it migrates (ASK: retried once on the target). */
+            out[i] = PUB_UNSENT;
+            if (redirect == REDIRECT_MOVED)
+                k->refresh = true;
+            else
+                note_ask(k, i, &to_node);
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
+        } else if (r->type == REDIS_REPLY_ERROR && k->cl && cluster_error_is_retry(r->str)) {
+            /* TRYAGAIN, CLUSTERDOWN: the relay's backoff retries it. */
+            out[i] = PUB_UNSENT;
+            k->refresh = true;
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
         } else {
             out[i] = PUB_FAILED;
@@ -251,7 +351,7 @@ static bool read_replies(sink *k, const event *const *evs, size_t from, size_t t
                 if (out[i] == PUB_OK || out[i] == PUB_DUP)
                     out[i] = PUB_UNSENT;
             note_uncertain(k, evs, from, to);
-            sink_disconnect(k);
+            drop_conn(k);
             return false;
         }
         if (r->type != REDIS_REPLY_INTEGER || r->integer < k->wait_replicas) {
@@ -271,7 +371,7 @@ static bool read_replies(sink *k, const event *const *evs, size_t from, size_t t
         freeReplyObject(r);
     }
     if (reconnect) {
-        sink_disconnect(k);
+        drop_conn(k);
         return false;
     }
     return true;
@@ -293,23 +393,10 @@ static void note_outcome(sink *k, const pub_result *out, size_t n)
     }
 }
 
-bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
+/* Publishes evs[0..n) in order on k->c, pipelined; false when the connection was
+ * lost (it is then dropped). */
+static bool publish_on(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
-    for (size_t i = 0; i < n; i++)
-        out[i] = PUB_UNSENT;
-    k->acl_refused = false;
-    redis_addr to;
-    if (k->c && sentinel_watch_switched(&k->watch, &k->addr, &to) &&
-        (strcmp(to.host, k->addr.host) || to.port != k->addr.port)) {
-        log_info("redis: the sentinels announce a new primary at %s:%d: leaving %s:%d", to.host, to.port,
-                 k->addr.host, k->addr.port);
-        if (!sink_connect(k))
-            return false;
-    }
-    if (!k->c) {
-        snprintf(k->err, sizeof k->err, "publish: not connected");
-        return false;
-    }
     buf key, channel, msg;
     buf_init(&key, 0);
     buf_init(&channel, 0);
@@ -326,18 +413,21 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
         buf_reset(&key);
         buf_reset(&channel);
         buf_reset(&msg);
-        if (!buf_printf(&key, "outboxd:%s:mark:", k->epoch) ||
-            !buf_append(&key, e->run_id, e->run_id_len) || !buf_puts(&channel, "run:") ||
+        bool key_ok = k->cl ? cluster_mark_key(&key, k->epoch, e->run_id, e->run_id_len)
+                            : buf_printf(&key, "outboxd:%s:mark:", k->epoch) &&
+                                  buf_append(&key, e->run_id, e->run_id_len);
+        if (!key_ok || !buf_puts(&channel, "run:") ||
             !buf_append(&channel, e->run_id, e->run_id_len) || !event_format_message(&msg, e)) {
             snprintf(k->err, sizeof k->err, "publish: out of memory");
             ok = false;
             break;
         }
         const char *argv[] = {"EVALSHA", k->sha, "1", key.data, channel.data, id, seq,
-                              msg.data, k->ttl, chained[i] ? "1" : "0"};
+                              msg.data, k->ttl, chained[i] ? "1" : "0", "SPUBLISH"};
         size_t lens[] = {7, strlen(k->sha), 1, key.len, channel.len, strlen(id), strlen(seq),
-                         msg.len, strlen(k->ttl), 1};
-        if (!rconn_append(k->c, 10, argv, lens)) {
+                         msg.len, strlen(k->ttl), 1, 8};
+        if ((k->asking && !rconn_append(k->c, 1, (const char *[]){"ASKING"}, NULL)) ||
+            !rconn_append(k->c, k->sharded ? 11 : 10, argv, lens)) {
             snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
             ok = false;
             break;
@@ -360,11 +450,182 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
     }
     if (!ok && k->c) {
         /* Commands may be queued without replies read: the connection is out of step. */
-        sink_disconnect(k);
+        drop_conn(k);
     }
-    note_outcome(k, out, n);
     buf_free(&key);
     buf_free(&channel);
     buf_free(&msg);
+    return ok;
+}
+
+/* An ASK redirection of the event at index i of the current group: retried on to. */
+static void note_ask(sink *k, size_t i, const redis_addr *to)
+{
+    if (k->asking)
+        return; /* retried once only: the next attempt reads the map again */
+    int t;
+    for (t = 0; t < k->nask_to; t++)
+        if (k->ask_to[t].port == to->port && !strcmp(k->ask_to[t].host, to->host))
+            break;
+    if (t == k->nask_to) {
+        if (t == (int)(sizeof k->ask_to / sizeof k->ask_to[0]))
+            return; /* too many targets at once: retried with the next attempt */
+        k->ask_to[k->nask_to++] = *to;
+    }
+    k->s.ask[i] = t;
+}
+
+static bool scratch_reserve(sink *k, size_t n)
+{
+    if (n <= k->s.cap)
+        return true;
+#define GROW(f) ((k->s.f = realloc(k->s.f, n * sizeof *k->s.f)) != NULL)
+    if (!(GROW(node) && GROW(idx) && GROW(evs) && GROW(chained) && GROW(out) && GROW(ask)))
+        return false;
+#undef GROW
+    k->s.cap = n;
+    return true;
+}
+
+/* Publishes the group evs[0..n) (one node's events, in batch order) on node v of the
+ * map, then retries once, with ASKING, those that a migrating slot sent elsewhere.
+ * False when the node could not be reached or its connection was lost. */
+static bool publish_node(sink *k, int v, const event **evs, bool *chained, size_t n, pub_result *out)
+{
+    const cluster_map *m = cluster_get_map(k->cl);
+    k->addr = m->node[v];
+    k->c = cluster_take(k->cl, v, k->err, sizeof k->err);
+    if (!k->c) {
+        k->refresh = true;
+        return false;
+    }
+    k->nask_to = 0;
+    for (size_t i = 0; i < n; i++)
+        k->s.ask[i] = -1;
+    bool ok = publish_on(k, evs, chained, n, out);
+    if (k->c)
+        cluster_put(k->cl, v, k->c);
+    k->c = NULL;
+    for (int t = 0; t < k->nask_to; t++) {
+        /* The events sent to one target keep their batch order: a run's events all
+         * went there, or the earlier ones published here (their mark moved along). */
+        const event **aevs = malloc(n * sizeof *aevs);
+        bool *ach = malloc(n * sizeof *ach);
+        size_t *aidx = malloc(n * sizeof *aidx);
+        pub_result *res = malloc(n * sizeof *res);
+        size_t an = 0;
+        for (size_t i = 0; aevs && ach && aidx && res && i < n; i++)
+            if (k->s.ask[i] == t) {
+                aevs[an] = evs[i];
+                ach[an] = chained[i];
+                res[an] = PUB_UNSENT;
+                aidx[an++] = i;
+            }
+        k->addr = k->ask_to[t];
+        if (an && (k->c = cluster_connect_at(k->cl, &k->ask_to[t], k->err, sizeof k->err))) {
+            k->asking = true;
+            (void)publish_on(k, aevs, ach, an, res);
+            k->asking = false;
+            rconn_free(k->c);
+            k->c = NULL;
+            for (size_t i = 0; i < an; i++)
+                out[aidx[i]] = res[i];
+        }
+        free(aevs);
+        free(ach);
+        free(aidx);
+        free(res);
+    }
+    return ok;
+}
+
+/* Splits a batch by the primary that owns each run's channel slot and publishes each
+ * part on its node. Each run lives on one node, so its order and the chained rule
+ * hold within its part; a node that is down or failing over leaves only its runs
+ * unsent. */
+static bool publish_cluster(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
+{
+    if ((k->refresh || !cluster_has_map(k->cl)) && !cluster_connect(k))
+        return false;
+    if (!scratch_reserve(k, n)) {
+        snprintf(k->err, sizeof k->err, "publish: out of memory");
+        return false;
+    }
+    const cluster_map *m = cluster_get_map(k->cl);
+    buf ch;
+    buf_init(&ch, 0);
+    for (size_t i = 0; i < n; i++) {
+        buf_reset(&ch);
+        if (!buf_puts(&ch, "run:") || !buf_append(&ch, evs[i]->run_id, evs[i]->run_id_len)) {
+            buf_free(&ch);
+            snprintf(k->err, sizeof k->err, "publish: out of memory");
+            return false;
+        }
+        k->s.node[i] = m->owner[cluster_key_slot(ch.data, ch.len)];
+    }
+    buf_free(&ch);
+    bool ok = true;
+    char unowned[200] = "";
+    for (size_t first = 0; first < n; first++) {
+        uint16_t v = k->s.node[first];
+        bool seen = false;
+        for (size_t j = 0; j < first && !seen; j++)
+            seen = k->s.node[j] == v;
+        if (seen)
+            continue;
+        if (v == CLUSTER_NO_NODE) {
+            snprintf(unowned, sizeof unowned, "run %.*s: its slot has no primary now (a shard down or failing over)",
+                     (int)(evs[first]->run_id_len > 64 ? 64 : evs[first]->run_id_len), evs[first]->run_id);
+            k->refresh = true;
+            continue;
+        }
+        size_t gn = 0;
+        const event **gevs = k->s.evs;
+        bool *gch = k->s.chained;
+        pub_result *gout = k->s.out;
+        size_t *gidx = k->s.idx;
+        for (size_t i = first; i < n; i++)
+            if (k->s.node[i] == v) {
+                gevs[gn] = evs[i];
+                gch[gn] = chained[i];
+                gout[gn] = PUB_UNSENT;
+                gidx[gn++] = i;
+            }
+        if (!publish_node(k, v, gevs, gch, gn, gout))
+            ok = false;
+        for (size_t j = 0; j < gn; j++)
+            out[gidx[j]] = gout[j];
+    }
+    if (unowned[0]) {
+        snprintf(k->err, sizeof k->err, "%s", unowned);
+        ok = false;
+    }
+    return ok;
+}
+
+bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = PUB_UNSENT;
+    k->acl_refused = false;
+    if (k->cl) {
+        bool ok = publish_cluster(k, evs, chained, n, out);
+        note_outcome(k, out, n);
+        return ok;
+    }
+    redis_addr to;
+    if (k->c && sentinel_watch_switched(&k->watch, &k->addr, &to) &&
+        (strcmp(to.host, k->addr.host) || to.port != k->addr.port)) {
+        log_info("redis: the sentinels announce a new primary at %s:%d: leaving %s:%d", to.host, to.port,
+                 k->addr.host, k->addr.port);
+        if (!sink_connect(k))
+            return false;
+    }
+    if (!k->c) {
+        snprintf(k->err, sizeof k->err, "publish: not connected");
+        return false;
+    }
+    bool ok = publish_on(k, evs, chained, n, out);
+    note_outcome(k, out, n);
     return ok;
 }
