@@ -219,6 +219,10 @@ bool cluster_parse_shards(const redisReply *r, const redis_addr *asked, bool tls
                 snprintf(err, errlen, "CLUSTER SHARDS: shard %zu: a slot that is not a number", i);
                 goto fail;
             }
+        /* A shard without slots (a new node, a replica not yet attached, which
+         * Redis lists as a shard of its own) serves nothing: not a node to keep. */
+        if (slots->elements == 0)
+            continue;
         const redisReply *pn = shard_primary(nodes);
         char host[256];
         int port, node = -1;

@@ -149,7 +149,9 @@ static void test_shards_healthy_and_failing(void **state)
     (void)state;
     cluster_map *m = malloc(sizeof *m);
     char err[256];
-    arr(4);
+    arr(5);
+    /* a shard without slots: no node */
+    arr(4), str("slots"), arr(0), str("nodes"), arr(1), shard_node("10.0.0.9", 7009, 0, "master", "online");
     /* a: two ranges, a primary and a replica */
     arr(4), str("slots"), arr(4), num(0), num(4999), num(15000), num(16383);
     str("nodes"), arr(2), shard_node("10.0.0.1", 7001, 0, "replica", "online"),

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Redis Cluster (3 primaries, 3 replicas): 1,000 events/s over 500 runs spread over
+# every shard. The relay, given one seed, routes each run to the primary owning its
+# channel's slot: the backlog drains, every run's mark sits in its channel's slot
+# (CLUSTER KEYSLOT) on that primary and names the run's last event, every primary
+# published. Then the same through --redis-pubsub global (PUBLISH, broadcast to every
+# node), checked by a subscriber on a replica of another shard: nothing lost, nothing
+# out of order.
+. "$(dirname "$0")/lib.sh"
+new_db
+start_cluster c
+SEED="127.0.0.1:${CLUSTER_PORTS[0]}"
+start_relay relay --redis-cluster "$SEED" --redis-timeout 500ms
+wait_log "$WORK/relay.log" "cluster slot map read: 3 primaries (plaintext, cluster, sharded Pub/Sub)" 10
+start_load --rate 1000 --runs 500 --conns 8 --seconds 8 --prefix cl
+wait "$LOAD_PID"
+info "$(cat "$WORK/load.out")"
+wait_drained 20
+
+# Every run's mark: in its channel's slot, on the primary that owns it, equal to the
+# run's last id:seq.
+epoch=$(q "SELECT epoch || '.' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) FROM outboxd_meta")
+q "SELECT run_id, max(id) || ':' || max(seq) FROM run_outbox GROUP BY run_id ORDER BY run_id" | tr '|' ' ' >"$WORK/last"
+(($(wc -l <"$WORK/last") == 500)) || fail "expected 500 runs, got $(wc -l <"$WORK/last")"
+bad=0 checked=0
+while read -r run want; do
+  key="outboxd:$epoch:mark:{run:$run}"
+  if ((checked < 20)); then
+    ks=$(redis-cli -p "${CLUSTER_PORTS[0]}" cluster keyslot "$key")
+    cs=$(redis-cli -p "${CLUSTER_PORTS[0]}" cluster keyslot "run:$run")
+    [[ $ks == "$cs" ]] || fail "mark key $key in slot $ks, its channel run:$run in slot $cs"
+  fi
+  echo "GET $key"
+  checked=$((checked + 1))
+done <"$WORK/last" | redis-cli -c -p "${CLUSTER_PORTS[0]}" 2>&1 | grep -v "^-> Redirected" >"$WORK/marks"
+paste -d' ' "$WORK/last" "$WORK/marks" | awk '$2 != $3 {bad++; if (bad < 5) print "run " $1 ": last " $2 ", mark " $3 > "/dev/stderr"} END {exit bad > 0}' ||
+  fail "marks do not name each run's last event"
+for p in "${CLUSTER_PORTS[@]:0:3}"; do
+  calls=$(redis-cli -p "$p" info commandstats | grep -o 'cmdstat_evalsha:calls=[0-9]*' | cut -d= -f2 || true)
+  info "primary $p: ${calls:-0} EVALSHA"
+  ((${calls:-0} > 0)) || fail "primary $p published nothing: runs not spread over the shards"
+done
+stop_relay "$RELAY_PID" 5
+
+# Global Pub/Sub: PUBLISH reaches every node, so a subscriber on any one sees it all.
+start_relay relay2 --redis-cluster "$SEED" --redis-pubsub global --redis-timeout 500ms
+wait_log "$WORK/relay2.log" "(plaintext, cluster, global Pub/Sub)" 10
+start_sub sub --port "${CLUSTER_PORTS[4]}" --prefix gl --idle-ms 3000 --max-seconds 40 --check
+start_load --rate 1000 --runs 500 --conns 8 --seconds 5 --prefix gl
+wait "$LOAD_PID"
+info "$(cat "$WORK/load.out")"
+wait_sub sub "$SUB_PID"
+wait_drained 10
+stop_relay "$RELAY_PID" 5
