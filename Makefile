@@ -19,7 +19,7 @@ CORE = buf log config event metrics store_pg redis_tls redis_conn redis_endpoint
 	sse sse_run sse_replay sse_redis sse_workers sse_page sse_auth sse_reply jwks jwt http_client auth auth_forward
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 # The Redis connection layer, for the unit tests that link a module using it.
-REDIS_OBJ = $(BUILD)/redis_aconn.o $(BUILD)/redis_pubsub.o $(BUILD)/redis_endpoint.o $(BUILD)/redis_conn.o $(BUILD)/redis_tls.o
+REDIS_OBJ = $(BUILD)/redis_cluster.o $(BUILD)/redis_aconn.o $(BUILD)/redis_pubsub.o $(BUILD)/redis_endpoint.o $(BUILD)/redis_conn.o $(BUILD)/redis_tls.o
 TOOLS = obx_load obx_sub obx_sse
 UNIT = test_buf test_config test_relay test_metrics test_sse test_jwt test_auth test_auth_forward test_redis_conn test_redis_pubsub test_redis_cluster
 
