@@ -1,21 +1,13 @@
 #!/usr/bin/env bash
-# Redis Cluster (3 primaries, 3 replicas): 1,000 events/s over 500 runs spread over
-# every shard. The relay, given one seed, routes each run to the primary owning its
-# channel's slot: the backlog drains, every run's mark sits in its channel's slot
-# (CLUSTER KEYSLOT) on that primary and names the run's last event, every primary
-# published. Then the same through --redis-pubsub global (PUBLISH, broadcast to every
-# node), checked by a subscriber on a replica of another shard: nothing lost, nothing
-# out of order.
+# Redis Cluster (3 primaries, 3 replicas; tests/integration/cluster.sh): 1,000 events/s
+# over 500 runs spread over every shard, watched through two gateways: 0 lost, 0
+# duplicated, 0 out of order at the browser. Then every run's mark sits in its
+# channel's slot (CLUSTER KEYSLOT) on the primary that owns it and names the run's
+# last event, and every primary published. Last, --redis-pubsub global (PUBLISH,
+# broadcast to every node), checked by a subscriber on a replica.
 . "$(dirname "$0")/lib.sh"
-new_db
-start_cluster c
-SEED="127.0.0.1:${CLUSTER_PORTS[0]}"
-start_relay relay --redis-cluster "$SEED" --redis-timeout 500ms
-wait_log "$WORK/relay.log" "cluster slot map read: 3 primaries (plaintext, cluster, sharded Pub/Sub)" 10
-start_load --rate 1000 --runs 500 --conns 8 --seconds 8 --prefix cl
-wait "$LOAD_PID"
-info "$(cat "$WORK/load.out")"
-wait_drained 20
+. "$(dirname "$0")/cluster.sh"
+cluster_scenario steady
 
 # Every run's mark: in its channel's slot, on the primary that owns it, equal to the
 # run's last id:seq.
@@ -40,10 +32,9 @@ for p in "${CLUSTER_PORTS[@]:0:3}"; do
   info "primary $p: ${calls:-0} EVALSHA"
   ((${calls:-0} > 0)) || fail "primary $p published nothing: runs not spread over the shards"
 done
-stop_relay "$RELAY_PID" 5
 
 # Global Pub/Sub: PUBLISH reaches every node, so a subscriber on any one sees it all.
-start_relay relay2 --redis-cluster "$SEED" --redis-pubsub global --redis-timeout 500ms
+start_relay relay2 "${CL[@]}" --redis-pubsub global --redis-timeout 500ms
 wait_log "$WORK/relay2.log" "(plaintext, cluster, global Pub/Sub)" 10
 start_sub sub --port "${CLUSTER_PORTS[4]}" --prefix gl --idle-ms 3000 --max-seconds 40 --check
 start_load --rate 1000 --runs 500 --conns 8 --seconds 5 --prefix gl

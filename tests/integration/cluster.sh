@@ -1,0 +1,102 @@
+# The Redis Cluster scenario, sourced by t_70 (steady), t_71 (CLUSTER FAILOVER of one
+# shard) and t_72 (the slot of a busy run migrated): 3 primaries and 3 replicas; the
+# relay and two gateways (one worker each) given two seeds; 1,000 events/s over 500
+# runs for 12 s, the fault 4 s in. SSE clients on every run, spread over both
+# gateways, check that nothing is lost, repeated or out of order at the browser.
+# cluster_scenario steady|failover|reshard
+cluster_scenario() {
+  local fault=$1
+  new_db
+  start_cluster c
+  CL=(--redis-cluster "127.0.0.1:${CLUSTER_PORTS[0]},127.0.0.1:${CLUSTER_PORTS[1]}" --redis-timeout 500ms)
+  local hport
+  hport=$(pick_port)
+  start_relay relay "${CL[@]}" --http-listen "127.0.0.1:$hport"
+  wait_log "$WORK/relay.log" "cluster slot map read: 3 primaries (plaintext, cluster, sharded Pub/Sub)" 10
+  start_sse gw1 "${CL[@]}" --workers 1
+  local port1=$SSE_PORT pid1=$SSE_PID
+  start_sse gw2 "${CL[@]}" --workers 1
+  local port2=$SSE_PORT pid2=$SSE_PID
+  wait_log "$WORK/gw1.log" "subscribing on the 3 primaries of the cluster (plaintext, cluster, sharded Pub/Sub)" 10
+  wait_log "$WORK/gw2.log" "subscribing on the 3 primaries of the cluster" 10
+  "$BUILD/obx_sse" --ports "$port1,$port2" --prefix cl --runs 500 --per-run 1 --reconnect-ms 300 \
+    --idle-ms 6000 --max-seconds 80 --ready-file "$WORK/sse.ready" --check >"$WORK/sse.out" 2>"$WORK/sse.err" &
+  local spid=$!
+  PIDS+=("$spid")
+  for _ in $(seq 1 200); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
+  [[ -f "$WORK/sse.ready" ]] || fail "streams did not open"
+  start_load --rate 1000 --runs 500 --conns 8 --seconds 12 --prefix cl
+  sleep 4
+  # The busy run of the faults: cl-7, on the shard that owns its channel's slot.
+  local slot src
+  slot=$(redis-cli -p "${CLUSTER_PORTS[0]}" cluster keyslot run:cl-7)
+  src=$(cluster_primary_of "$slot") || fail "no primary serves slot $slot"
+  case $fault in
+    steady) ;;
+    failover) cluster_failover "$src" ;;
+    reshard) cluster_move_slot "$slot" "$src" ;;
+  esac
+  wait "$LOAD_PID" || fail "load generator failed"
+  info "$(cat "$WORK/load.out")"
+  local rc=0
+  wait "$spid" || rc=$?
+  info "sse: $(cat "$WORK/sse.out")"
+  [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
+  wait_drained 20
+  [[ $fault == steady ]] || {
+    local now
+    now=$(cluster_primary_of "$slot") || fail "no primary serves slot $slot after the $fault"
+    [[ $now != "$src" ]] || fail "slot $slot is still served by $src after the $fault"
+    info "RESULT $fault: slot $slot of run:cl-7 moved from $src to $now under load; SSE lost 0, duplicated 0, out of order 0"
+  }
+  kill -TERM "$pid1" "$pid2"
+  wait "$pid1" || fail "gateway 1 exit code"
+  wait "$pid2" || fail "gateway 2 exit code"
+  stop_relay "$RELAY_PID" 5
+}
+
+# cluster_failover PORT: a replica of the primary on PORT takes over (CLUSTER FAILOVER).
+cluster_failover() {
+  local src=$1 id rep p
+  id=$(redis-cli -p "$src" cluster myid)
+  for p in "${CLUSTER_PORTS[@]}"; do
+    redis-cli -p "$p" role 2>/dev/null | head -1 | grep -q slave || continue
+    [[ $(redis-cli -p "$p" cluster nodes | awk '$3 ~ /myself/ {print $4}') == "$id" ]] && rep=$p && break
+  done
+  [[ -n "${rep:-}" ]] || fail "no replica of $src"
+  redis-cli -p "$rep" cluster failover >/dev/null || fail "CLUSTER FAILOVER on $rep"
+  local deadline=$((SECONDS + 20))
+  until redis-cli -p "$rep" role | head -1 | grep -q master; do
+    ((SECONDS < deadline)) || fail "replica $rep not promoted within 20 s"
+    sleep 0.05
+  done
+  info "CLUSTER FAILOVER: $rep took over from $src at $(q "SELECT count(*) FROM run_outbox") events"
+}
+
+# cluster_move_slot SLOT PORT: migrates slot from the primary on PORT to another
+# primary (SETSLOT IMPORTING/MIGRATING, MIGRATE of its keys, SETSLOT NODE everywhere).
+cluster_move_slot() {
+  local slot=$1 src=$2 dst p sid did keys
+  for p in "${CLUSTER_PORTS[@]}"; do
+    [[ $p != "$src" ]] && redis-cli -p "$p" role | head -1 | grep -q master && dst=$p && break
+  done
+  sid=$(redis-cli -p "$src" cluster myid)
+  did=$(redis-cli -p "$dst" cluster myid)
+  redis-cli -p "$dst" cluster setslot "$slot" importing "$sid" >/dev/null || fail "SETSLOT IMPORTING"
+  redis-cli -p "$src" cluster setslot "$slot" migrating "$did" >/dev/null || fail "SETSLOT MIGRATING"
+  # Slowly, so that publishing goes on while the slot is half moved (ASK).
+  local moved=0
+  while :; do
+    keys=$(redis-cli -p "$src" cluster getkeysinslot "$slot" 1)
+    [[ -z $keys ]] && break
+    # shellcheck disable=SC2086
+    redis-cli -p "$src" migrate 127.0.0.1 "$dst" "" 0 5000 keys $keys >/dev/null || fail "MIGRATE"
+    moved=$((moved + 1))
+    sleep 0.2
+  done
+  sleep 0.5
+  for p in "$dst" "$src" "${CLUSTER_PORTS[@]}"; do
+    redis-cli -p "$p" cluster setslot "$slot" node "$did" >/dev/null 2>&1 || true
+  done
+  info "slot $slot ($moved keys) moved from $src to $dst at $(q "SELECT count(*) FROM run_outbox") events"
+}
