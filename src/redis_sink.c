@@ -218,15 +218,31 @@ static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *
 /* Reads the slot map (first connections are made as batches need them). */
 static bool cluster_connect(sink *k)
 {
-    sink_disconnect(k);
+    const cluster_map *m = cluster_get_map(k->cl);
+    redis_addr before[8];
+    int nbefore = m->nnodes < 8 ? m->nnodes : 8;
+    memcpy(before, m->node, (size_t)nbefore * sizeof *before);
+    /* The connections of nodes still primaries are kept (cluster_refresh). */
+    rconn_free(k->c);
+    k->c = NULL;
     if (!cluster_refresh(k->cl, k->err, sizeof k->err))
         return false;
     k->refresh = false;
-    if (k->announce && !k->said_map) {
-        log_info("redis: cluster slot map read: %d primaries (%s, %s Pub/Sub)", cluster_get_map(k->cl)->nnodes,
-                 redis_endpoint_describe(k->ep), k->sharded ? "sharded" : "global");
-        k->said_map = true;
+    bool changed = m->nnodes != nbefore;
+    for (int i = 0; i < nbefore && !changed; i++)
+        changed = strcmp(before[i].host, m->node[i].host) || before[i].port != m->node[i].port;
+    if (changed && k->said_map)
+        k->counters.primary_changes++;
+    if (k->announce && (changed || !k->said_map)) {
+        char list[512] = "";
+        for (int i = 0; i < m->nnodes; i++) {
+            size_t used = strlen(list);
+            snprintf(list + used, sizeof list - used, "%s%s:%d", i ? ", " : "", m->node[i].host, m->node[i].port);
+        }
+        log_info("redis: cluster slot map %s: %d primaries %s (%s, %s Pub/Sub)", k->said_map ? "changed" : "read",
+                 m->nnodes, list, redis_endpoint_describe(k->ep), k->sharded ? "sharded" : "global");
     }
+    k->said_map = true;
     return true;
 }
 

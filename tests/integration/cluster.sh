@@ -12,7 +12,7 @@ cluster_scenario() {
   local hport
   hport=$(pick_port)
   start_relay relay "${CL[@]}" --http-listen "127.0.0.1:$hport"
-  wait_log "$WORK/relay.log" "cluster slot map read: 3 primaries (plaintext, cluster, sharded Pub/Sub)" 10
+  wait_log "$WORK/relay.log" "cluster slot map read: 3 primaries .* (plaintext, cluster, sharded Pub/Sub)" 10
   start_sse gw1 "${CL[@]}" --workers 1
   local port1=$SSE_PORT pid1=$SSE_PID
   start_sse gw2 "${CL[@]}" --workers 1
@@ -47,7 +47,17 @@ cluster_scenario() {
     local now
     now=$(cluster_primary_of "$slot") || fail "no primary serves slot $slot after the $fault"
     [[ $now != "$src" ]] || fail "slot $slot is still served by $src after the $fault"
-    info "RESULT $fault: slot $slot of run:cl-7 moved from $src to $now under load; SSE lost 0, duplicated 0, out of order 0"
+    local metrics changes failures
+    metrics=$(curl -s "http://127.0.0.1:$hport/metrics")
+    changes=$(awk '$1 == "outboxd_redis_primary_changes_total" {print $2}' <<<"$metrics")
+    info "RESULT $fault: slot $slot of run:cl-7 moved from $src to $now under load; relay: primary changes" \
+      "$changes, $(grep -c "cluster slot map changed" "$WORK/relay.log" || true) map changes logged; SSE lost 0," \
+      "duplicated 0, out of order 0"
+    if [[ $fault == failover ]]; then
+      ((changes >= 1)) || fail "outboxd_redis_primary_changes_total = $changes after the failover"
+      grep -q "cluster slot map changed: 3 primaries .*127.0.0.1:$now" "$WORK/relay.log" ||
+        fail "the relay did not log the new primary $now"
+    fi
   }
   kill -TERM "$pid1" "$pid2"
   wait "$pid1" || fail "gateway 1 exit code"
