@@ -64,15 +64,19 @@ bool cluster_mark_key(buf *out, const char *epoch, const char *run_id, size_t le
     if (!memchr(run_id, '{', len) && !memchr(run_id, '}', len))
         return buf_printf(out, "outboxd:%s:mark:{run:", epoch) && buf_append(out, run_id, len) &&
                buf_puts(out, "}");
-    /* The channel's own slot, whatever its braces make of it; the tag goes first, so
-     * that nothing in the epoch or the id can come before it. */
+    /* The channel's own slot, whatever its braces make of it, as a tag of digits
+     * after the prefix (so that ACL key patterns such as ~outboxd:* still match), or
+     * first should the epoch hold a brace of its own (ours never does). */
     buf ch;
     buf_init(&ch, 0);
     bool ok = buf_puts(&ch, "run:") && buf_append(&ch, run_id, len);
     int slot = ok ? cluster_key_slot(ch.data, ch.len) : 0;
     buf_free(&ch);
     pthread_once(&slot_tag_once, slot_tag_fill);
-    return ok && buf_printf(out, "{%u}outboxd:%s:mark:run:", slot_tag[slot], epoch) && buf_append(out, run_id, len);
+    if (strpbrk(epoch, "{}"))
+        return ok && buf_printf(out, "{%u}outboxd:%s:mark:run:", slot_tag[slot], epoch) &&
+               buf_append(out, run_id, len);
+    return ok && buf_printf(out, "outboxd:%s:mark:{%u}run:", epoch, slot_tag[slot]) && buf_append(out, run_id, len);
 }
 
 /* ---- the map ------------------------------------------------------------------------- */

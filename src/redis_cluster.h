@@ -28,7 +28,8 @@ int cluster_key_slot(const char *key, size_t len);
 /* Appends the de-duplication mark key of a run in cluster mode: in the slot of the
  * run's channel run:<id>, so that the publish script touches only keys of the node
  * that owns the channel. outboxd:<epoch>:mark:{run:<id>} for a run id without braces;
- * a run id with braces gets a hash tag chosen for the channel's slot in front of it.
+ * a run id with braces gets a hash tag of digits chosen for the channel's slot:
+ * outboxd:<epoch>:mark:{<digits>}run:<id>.
  * False when out of memory. */
 bool cluster_mark_key(buf *out, const char *epoch, const char *run_id, size_t len) WUR;
 

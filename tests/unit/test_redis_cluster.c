@@ -132,6 +132,16 @@ static void test_mark_key_in_channel_slot(void **state)
     for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++)
         check_mark(hostile[i], strlen(hostile[i]), NULL);
     check_mark("a{\0}b", 5, NULL);
+    /* Hostile ids keep the key prefix, so that ACL key patterns (~outboxd:*) match. */
+    buf h;
+    buf_init(&h, 0);
+    assert_true(cluster_mark_key(&h, "3f2a.00000001", "a}b", 3));
+    assert_int_equal(strncmp(h.data, "outboxd:3f2a.00000001:mark:{", 28), 0);
+    buf_reset(&h);
+    /* An epoch with a brace of its own cannot hold the tag after it. */
+    assert_true(cluster_mark_key(&h, "e{1}", "a}b", 3));
+    assert_int_equal(cluster_key_slot(h.data, h.len), cluster_key_slot("run:a}b", 7));
+    buf_free(&h);
     /* Two ids whose channels share a tag still get two marks. */
     buf a, b;
     buf_init(&a, 0);
