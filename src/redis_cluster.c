@@ -467,7 +467,11 @@ bool cluster_refresh(cluster *cl, char *err, size_t errlen)
     buf_init(&all, 0);
     bool ok = false;
     int known = cl->map.nnodes;
+    double now = clock_mono_s();
     for (int k = 0; k < known + cl->nseeds && !ok; k++) {
+        /* A primary that just failed to connect is not asked (it may cost a timeout). */
+        if (k < known && now < cl->conn[k].retry_at)
+            continue;
         const redis_addr *a = k < known ? &cl->map.node[k] : &cl->seeds[k - known];
         char why[512];
         ok = ask_map(cl, a, m, why, sizeof why);

@@ -582,31 +582,28 @@ static bool publish_cluster(sink *k, const event *const *evs, const bool *chaine
     buf_free(&ch);
     bool ok = true;
     char unowned[200] = "";
-    for (size_t first = 0; first < n; first++) {
-        uint16_t v = k->s.node[first];
-        bool seen = false;
-        for (size_t j = 0; j < first && !seen; j++)
-            seen = k->s.node[j] == v;
-        if (seen)
-            continue;
-        if (v == CLUSTER_NO_NODE) {
+    for (size_t i = 0; i < n && !unowned[0]; i++)
+        if (k->s.node[i] == CLUSTER_NO_NODE) {
             snprintf(unowned, sizeof unowned, "run %.*s: its slot has no primary now (a shard down or failing over)",
-                     (int)(evs[first]->run_id_len > 64 ? 64 : evs[first]->run_id_len), evs[first]->run_id);
+                     (int)(evs[i]->run_id_len > 64 ? 64 : evs[i]->run_id_len), evs[i]->run_id);
             k->refresh = true;
-            continue;
         }
+    /* One pass per primary (a handful), each taking that node's events in order. */
+    for (int v = 0; v < m->nnodes; v++) {
         size_t gn = 0;
         const event **gevs = k->s.evs;
         bool *gch = k->s.chained;
         pub_result *gout = k->s.out;
         size_t *gidx = k->s.idx;
-        for (size_t i = first; i < n; i++)
+        for (size_t i = 0; i < n; i++)
             if (k->s.node[i] == v) {
                 gevs[gn] = evs[i];
                 gch[gn] = chained[i];
                 gout[gn] = PUB_UNSENT;
                 gidx[gn++] = i;
             }
+        if (gn == 0)
+            continue;
         if (!publish_node(k, v, gevs, gch, gn, gout))
             ok = false;
         for (size_t j = 0; j < gn; j++)

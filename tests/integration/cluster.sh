@@ -2,8 +2,13 @@
 # shard) and t_72 (the slot of a busy run migrated): 3 primaries and 3 replicas; the
 # relay and two gateways (one worker each) given two seeds; 1,000 events/s over 500
 # runs for 12 s, the fault 4 s in. SSE clients on every run, spread over both
-# gateways, check that nothing is lost, repeated or out of order at the browser.
-# cluster_scenario steady|failover|reshard
+# gateways, check that nothing is lost, repeated or out of order at the browser; a
+# Redis subscriber (SSUBSCRIBE on every node, primaries and replicas) that nothing is
+# lost or out of order in Redis itself (not for a slot migration: sharded Pub/Sub
+# does not carry a subscription over to the slot's new node, so messages published
+# there before the subscriber moves are lost to it, as Redis documents; browsers get
+# them from PostgreSQL).
+# cluster_scenario steady|failover|reshard|kill9
 cluster_scenario() {
   local fault=$1
   new_db
@@ -25,6 +30,8 @@ cluster_scenario() {
   PIDS+=("$spid")
   for _ in $(seq 1 200); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
   [[ -f "$WORK/sse.ready" ]] || fail "streams did not open"
+  [[ $fault == reshard || $fault == kill9 ]] ||
+    start_sub sub --nodes "$CLUSTER_NODES" --sharded 500 --prefix cl --idle-ms 6000 --max-seconds 80 --check
   start_load --rate 1000 --runs 500 --conns 8 --seconds 12 --prefix cl
   sleep 4
   # The busy run of the faults: cl-7, on the shard that owns its channel's slot.
@@ -35,6 +42,7 @@ cluster_scenario() {
     steady) ;;
     failover) cluster_failover "$src" ;;
     reshard) cluster_move_slot "$slot" "$src" ;;
+    kill9) cluster_kill9 "$src" ;;
   esac
   wait "$LOAD_PID" || fail "load generator failed"
   info "$(cat "$WORK/load.out")"
@@ -42,6 +50,7 @@ cluster_scenario() {
   wait "$spid" || rc=$?
   info "sse: $(cat "$WORK/sse.out")"
   [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
+  [[ $fault == reshard || $fault == kill9 ]] || wait_sub sub "$SUB_PID"
   wait_drained 20
   [[ $fault == steady ]] || {
     local now
@@ -53,7 +62,8 @@ cluster_scenario() {
     info "RESULT $fault: slot $slot of run:cl-7 moved from $src to $now under load; relay: primary changes" \
       "$changes, $(grep -c "cluster slot map changed" "$WORK/relay.log" || true) map changes logged; SSE lost 0," \
       "duplicated 0, out of order 0"
-    if [[ $fault == failover ]]; then
+    [[ $fault == kill9 ]] && cluster_others_flowed "$src"
+    if [[ $fault == failover || $fault == kill9 ]]; then
       ((changes >= 1)) || fail "outboxd_redis_primary_changes_total = $changes after the failover"
       grep -q "cluster slot map changed: 3 primaries .*127.0.0.1:$now" "$WORK/relay.log" ||
         fail "the relay did not log the new primary $now"
@@ -109,4 +119,40 @@ cluster_move_slot() {
     redis-cli -p "$p" cluster setslot "$slot" node "$did" >/dev/null 2>&1 || true
   done
   info "slot $slot ($moved keys) moved from $src to $dst at $(q "SELECT count(*) FROM run_outbox") events"
+}
+
+# cluster_kill9 PORT: kill -9 of the primary on PORT; its replica is promoted once the
+# cluster notices (cluster-node-timeout 2 s). KILL_T0 and the shard's runs
+# (KILLED_RUNS, a SQL list) are kept for cluster_others_flowed.
+cluster_kill9() {
+  local src=$1 i
+  KILLED_RUNS=$(for i in $(seq 0 499); do echo "CLUSTER KEYSLOT run:cl-$i"; done |
+    redis-cli -p "$src" | paste -d' ' <(seq 0 499) - | while read -r i s; do
+      [[ $(cluster_owner_cached "$s") == "$src" ]] && printf "'cl-%s'," "$i"; done)
+  KILLED_RUNS="(${KILLED_RUNS%,})"
+  [[ $KILLED_RUNS != "()" ]] || fail "no run on the shard of $src"
+  KILL_T0=$(date +%s.%N)
+  kill -9 "$(redis-cli -p "$src" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')"
+  info "kill -9 of the primary $src at $(q "SELECT count(*) FROM run_outbox") events"
+}
+
+# The slot ranges of the primary on PORT (cached for cluster_kill9's loop).
+cluster_owner_cached() {
+  [[ -n "${OWNER_TABLE:-}" ]] || OWNER_TABLE=$(redis-cli -p "${CLUSTER_PORTS[0]}" cluster nodes | awk '
+    $3 ~ /master/ { split($2, a, "[:@]"); for (i = 9; i <= NF; i++) if ($i !~ /^\[/) {
+      n = split($i, r, "-"); if (n == 1) r[2] = r[1]; print r[1], r[2], a[2] } }')
+  awk -v s="$1" '$1 <= s + 0 && s + 0 <= $2 {print $3; exit}' <<<"$OWNER_TABLE"
+}
+
+# While the killed shard had no primary, the runs of the other shards kept flowing:
+# events of theirs were published in the second after the kill, none of its own.
+cluster_others_flowed() {
+  local others own
+  others=$(q "SELECT count(*) FROM run_outbox WHERE published_at BETWEEN to_timestamp($KILL_T0 + 0.3)
+    AND to_timestamp($KILL_T0 + 1.3) AND run_id NOT IN $KILLED_RUNS")
+  own=$(q "SELECT count(*) FROM run_outbox WHERE published_at BETWEEN to_timestamp($KILL_T0 + 0.3)
+    AND to_timestamp($KILL_T0 + 1.3) AND run_id IN $KILLED_RUNS")
+  info "in the second after the kill: $others events of other shards' runs published, $own of the killed shard's"
+  ((others > 500)) || fail "other shards' runs did not keep flowing while one shard was down ($others published)"
+  ((own == 0)) || fail "$own events of the killed shard's runs were published while it had no primary"
 }
