@@ -19,7 +19,11 @@ int relay_main(const config *cfg);
 /* A run whose event Redis refused (an error reply for that command): its events are
  * left out of fetches until `until`, so that it holds back only itself. */
 #define RELAY_HELD_MAX 64
-#define RELAY_WAITING_MAX 64
+/* Runs whose first unpublished event is told apart after a batch (beyond it the next
+ * batch is fetched again whole). A Redis Cluster shard that is down leaves every run
+ * of its slots waiting, a third of all with three shards: enough for those, so that
+ * the other runs' events of the next batch still go out. */
+#define RELAY_WAITING_MAX 1024
 typedef struct held_run {
     char *run_id;
     size_t len;

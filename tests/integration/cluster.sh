@@ -125,23 +125,19 @@ cluster_move_slot() {
 # cluster notices (cluster-node-timeout 2 s). KILL_T0 and the shard's runs
 # (KILLED_RUNS, a SQL list) are kept for cluster_others_flowed.
 cluster_kill9() {
-  local src=$1 i
-  KILLED_RUNS=$(for i in $(seq 0 499); do echo "CLUSTER KEYSLOT run:cl-$i"; done |
-    redis-cli -p "$src" | paste -d' ' <(seq 0 499) - | while read -r i s; do
-      [[ $(cluster_owner_cached "$s") == "$src" ]] && printf "'cl-%s'," "$i"; done)
+  local src=$1 table
+  table=$(redis-cli -p "$src" cluster nodes | awk '
+    $3 ~ /master/ { split($2, a, "[:@]"); for (i = 9; i <= NF; i++) if ($i !~ /^\[/) {
+      n = split($i, r, "-"); if (n == 1) r[2] = r[1]; print r[1], r[2], a[2] } }')
+  KILLED_RUNS=$(for i in $(seq 0 499); do echo "CLUSTER KEYSLOT run:cl-$i"; done | redis-cli -p "$src" |
+    paste -d' ' <(seq 0 499) - | awk -v src="$src" -v t="$table" -v q="'" '
+      BEGIN { n = split(t, L, "\n"); for (k = 1; k <= n; k++) { split(L[k], f, " "); lo[k] = f[1]; hi[k] = f[2]; po[k] = f[3] } }
+      { for (k = 1; k <= n; k++) if ($2 + 0 >= lo[k] + 0 && $2 + 0 <= hi[k] + 0) { if (po[k] == src) printf "%scl-%s%s,", q, $1, q; break } }')
   KILLED_RUNS="(${KILLED_RUNS%,})"
   [[ $KILLED_RUNS != "()" ]] || fail "no run on the shard of $src"
   KILL_T0=$(date +%s.%N)
   kill -9 "$(redis-cli -p "$src" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')"
-  info "kill -9 of the primary $src at $(q "SELECT count(*) FROM run_outbox") events"
-}
-
-# The slot ranges of the primary on PORT (cached for cluster_kill9's loop).
-cluster_owner_cached() {
-  [[ -n "${OWNER_TABLE:-}" ]] || OWNER_TABLE=$(redis-cli -p "${CLUSTER_PORTS[0]}" cluster nodes | awk '
-    $3 ~ /master/ { split($2, a, "[:@]"); for (i = 9; i <= NF; i++) if ($i !~ /^\[/) {
-      n = split($i, r, "-"); if (n == 1) r[2] = r[1]; print r[1], r[2], a[2] } }')
-  awk -v s="$1" '$1 <= s + 0 && s + 0 <= $2 {print $3; exit}' <<<"$OWNER_TABLE"
+  info "kill -9 of the primary $src at $(q "SELECT count(*) FROM run_outbox") events ($(($(tr -cd , <<<"$KILLED_RUNS" | wc -c) + 1)) runs on its shard)"
 }
 
 # While the killed shard had no primary, the runs of the other shards kept flowing:
