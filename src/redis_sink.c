@@ -4,6 +4,7 @@
 #include "redis_sink.h"
 
 #include "buf.h"
+#include "clock.h"
 #include "log.h"
 #include "redis_cluster.h"
 
@@ -65,6 +66,7 @@ struct sink {
     bool refresh;         /* re-read the slot map before the next publish */
     bool asking;          /* send ASKING before each command (an ASK redirection) */
     bool said_map;
+    double refreshed_at;  /* when the map was last read (monotonic s) */
     struct {              /* scratch of a cluster publish, sized to the largest call */
         size_t cap;
         uint16_t *node;
@@ -225,12 +227,18 @@ static bool cluster_connect(sink *k)
     /* The connections of nodes still primaries are kept (cluster_refresh). */
     rconn_free(k->c);
     k->c = NULL;
+    k->refreshed_at = clock_mono_s();
     if (!cluster_refresh(k->cl, k->err, sizeof k->err))
         return false;
     k->refresh = false;
+    /* The same primaries in another order (nodes list them as they like) is no change. */
     bool changed = m->nnodes != nbefore;
-    for (int i = 0; i < nbefore && !changed; i++)
-        changed = strcmp(before[i].host, m->node[i].host) || before[i].port != m->node[i].port;
+    for (int i = 0; i < nbefore && !changed; i++) {
+        bool found = false;
+        for (int j = 0; j < m->nnodes && !found; j++)
+            found = !strcmp(before[i].host, m->node[j].host) && before[i].port == m->node[j].port;
+        changed = !found;
+    }
     if (changed && k->said_map)
         k->counters.primary_changes++;
     if (k->announce && (changed || !k->said_map)) {
@@ -512,6 +520,8 @@ static bool publish_node(sink *k, int v, const event **evs, bool *chained, size_
     k->addr = m->node[v];
     k->c = cluster_take(k->cl, v, k->err, sizeof k->err);
     if (!k->c) {
+        for (size_t i = 0; i < n; i++)
+            out[i] = PUB_NOROUTE;
         k->refresh = true;
         return false;
     }
@@ -561,7 +571,9 @@ static bool publish_node(sink *k, int v, const event **evs, bool *chained, size_
  * unsent. */
 static bool publish_cluster(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
-    if ((k->refresh || !cluster_has_map(k->cl)) && !cluster_connect(k))
+    /* While a node is down every batch asks for a fresh map: at most ten times a
+     * second, which is plenty to notice its replica taking over. */
+    if (((k->refresh && clock_mono_s() - k->refreshed_at >= 0.1) || !cluster_has_map(k->cl)) && !cluster_connect(k))
         return false;
     if (!scratch_reserve(k, n)) {
         snprintf(k->err, sizeof k->err, "publish: out of memory");
@@ -582,10 +594,12 @@ static bool publish_cluster(sink *k, const event *const *evs, const bool *chaine
     buf_free(&ch);
     bool ok = true;
     char unowned[200] = "";
-    for (size_t i = 0; i < n && !unowned[0]; i++)
+    for (size_t i = 0; i < n; i++)
         if (k->s.node[i] == CLUSTER_NO_NODE) {
-            snprintf(unowned, sizeof unowned, "run %.*s: its slot has no primary now (a shard down or failing over)",
-                     (int)(evs[i]->run_id_len > 64 ? 64 : evs[i]->run_id_len), evs[i]->run_id);
+            out[i] = PUB_NOROUTE;
+            if (!unowned[0])
+                snprintf(unowned, sizeof unowned, "run %.*s: its slot has no primary now (a shard down or failing over)",
+                         (int)(evs[i]->run_id_len > 64 ? 64 : evs[i]->run_id_len), evs[i]->run_id);
             k->refresh = true;
         }
     /* One pass per primary (a handful), each taking that node's events in order. */

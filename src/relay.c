@@ -28,6 +28,7 @@
 #define RETRY_BASE_MS 50
 #define RETRY_MAX_MS 1000
 #define HOLD_MAX_S 60.0
+#define PARK_S 0.25
 
 static double now_s(void)
 {
@@ -149,21 +150,42 @@ static void held_remove(relay_ctx *rc, int i)
     rc->held[i] = rc->held[--rc->nheld];
 }
 
-/* Holds back e's run after Redis refused its event: 1 s, doubling to HOLD_MAX_S. */
-static void held_add(relay_ctx *rc, const event *e, const char *why)
+/* The held entry of e's run, added if new; -1 when full or out of memory (the run is
+ * then simply retried with the next batch). */
+static int held_slot(relay_ctx *rc, const event *e)
 {
     int i = held_find(rc, e);
     if (i < 0) {
         if (rc->nheld == RELAY_HELD_MAX)
-            return; /* full: this run is simply retried with the next batch */
+            return -1;
         char *id = malloc(e->run_id_len + 1);
         if (!id)
-            return;
+            return -1;
         memcpy(id, e->run_id, e->run_id_len);
         id[e->run_id_len] = '\0';
         i = rc->nheld++;
         rc->held[i] = (held_run){.run_id = id, .len = e->run_id_len};
     }
+    return i;
+}
+
+/* Parks e's run for a moment: no reachable primary serves its slot (a cluster shard
+ * down or failing over). Not a refusal: no strike and no log line per run, but left
+ * out of the fetches meanwhile, so that its backlog does not crowd out other runs. */
+static void held_park(relay_ctx *rc, const event *e)
+{
+    int i = held_slot(rc, e);
+    double until = mono_s() + PARK_S;
+    if (i >= 0 && rc->held[i].until < until)
+        rc->held[i].until = until;
+}
+
+/* Holds back e's run after Redis refused its event: 1 s, doubling to HOLD_MAX_S. */
+static void held_add(relay_ctx *rc, const event *e, const char *why)
+{
+    int i = held_slot(rc, e);
+    if (i < 0)
+        return;
     held_run *h = &rc->held[i];
     double wait = 1.0;
     for (int k = 0; k < h->strikes && wait < HOLD_MAX_S; k++)
@@ -220,7 +242,7 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
         }
         size_t n = 0;
         for (size_t i = 0; i < b->n; i++)
-            if (!rc->done[i]) {
+            if (!rc->done[i] && rc->last_res[i] != PUB_NOROUTE) {
                 rc->send[n] = &b->ev[i];
                 rc->send_idx[n++] = i;
             }
@@ -245,6 +267,13 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
             case PUB_UNSENT:
                 rc->stats.failures++;
                 snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
+                break;
+            case PUB_NOROUTE:
+                /* Its shard has no primary to take it now: it waits for a later
+                 * batch, and does not hold this one's retries (nor other runs). */
+                rc->stats.failures++;
+                snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
+                left--;
                 break;
             case PUB_GAP:
                 break;
@@ -292,6 +321,8 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
             if (rc->last_res[rc->order[j]] == PUB_FAILED) {
                 o.event_failures++;
                 held_add(rc, &b->ev[rc->order[j]], last_error);
+            } else if (rc->last_res[rc->order[j]] == PUB_NOROUTE) {
+                held_park(rc, &b->ev[rc->order[j]]);
             }
         }
         log_warn("%zu of %zu events not published after %d attempts (%zu runs wait): %s", o.pending, b->n,

@@ -16,9 +16,10 @@
 /* Runs until SIGTERM or SIGINT; returns the process exit code. */
 int relay_main(const config *cfg);
 
-/* A run whose event Redis refused (an error reply for that command): its events are
- * left out of fetches until `until`, so that it holds back only itself. */
-#define RELAY_HELD_MAX 64
+/* A run whose event Redis refused (an error reply for that command), or whose cluster
+ * shard has no primary now: its events are left out of fetches until `until`, so that
+ * it holds back only itself. Room for every run of a shard that is down. */
+#define RELAY_HELD_MAX 1024
 /* Runs whose first unpublished event is told apart after a batch (beyond it the next
  * batch is fetched again whole). A Redis Cluster shard that is down leaves every run
  * of its slots waiting, a third of all with three shards: enough for those, so that

@@ -361,7 +361,7 @@ start_cluster() {
     while ! port_is_free "$p" || ! port_is_free $((p + 10000)); do p=$((10000 + RANDOM % 20000)); done
     mkdir -p "$WORK/$name$i"
     redis-server --bind 127.0.0.1 --port "$p" --save '' --appendonly no --daemonize yes --dir "$WORK/$name$i" \
-      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
       --pidfile "$WORK/$name$i.pid" --logfile "$WORK/$name$i.redis.out" "$@" || fail "cluster node $i"
     for _ in $(seq 1 100); do [[ -s "$WORK/$name$i.pid" ]] && break; sleep 0.02; done
     pid=$(cat "$WORK/$name$i.pid" 2>/dev/null || true)
@@ -381,6 +381,15 @@ start_cluster() {
   for p in "${CLUSTER_PORTS[@]}"; do
     until redis-cli -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok"; do
       ((SECONDS < deadline)) || fail "cluster node $p not ok within 30 s"
+      sleep 0.1
+    done
+  done
+  # Replicas in sync, or a failover of their primary could not happen (a replica that
+  # never synced does not stand for election).
+  for p in "${CLUSTER_PORTS[@]}"; do
+    redis-cli -p "$p" role | head -1 | grep -q slave || continue
+    until redis-cli -p "$p" info replication | grep -q "master_link_status:up"; do
+      ((SECONDS < deadline)) || fail "cluster replica $p not in sync within 30 s"
       sleep 0.1
     done
   done

@@ -128,6 +128,26 @@ static void test_persistent_failure_holds_back_only_its_run(void **state)
     assert_string_equal(held_ids[0], "a");
 }
 
+static void test_run_without_route_waits_without_retries(void **state)
+{
+    (void)state;
+    /* Run a's shard has no primary: its events wait for a later batch, offered once
+     * each (no retries that would hold the batch up), not counted as refused; the
+     * other runs go out. */
+    make_batch(three_runs, 6);
+    fw.noroute_run = "a";
+    batch_outcome o = process();
+    assert_int_equal(o.published, 3); /* b1, c1, b2 */
+    assert_int_equal(o.pending, 3);
+    assert_int_equal(fw.noroute_offered, 3);
+    assert_int_equal(o.event_failures, 0);
+    /* Parked: left out of the next fetches for a moment, alone. */
+    assert_int_equal(nheld, 1);
+    assert_string_equal(held_ids[0], "a");
+    for (int i = 0; i < fw.nmarked; i++)
+        assert_true(fw.marked[i] == 2 || fw.marked[i] == 4 || fw.marked[i] == 5);
+}
+
 static void test_lost_reply_is_not_delivered_twice(void **state)
 {
     (void)state;
@@ -212,6 +232,7 @@ int main(void)
         cmocka_unit_test_setup(test_redis_down_marks_nothing_and_records_attempts, setup),
         cmocka_unit_test_setup(test_failed_mark_reports_db_lost_and_redelivery_is_suppressed, setup),
         cmocka_unit_test_setup(test_next_batch_drops_runs_waiting_in_the_current_one, setup),
+        cmocka_unit_test_setup(test_run_without_route_waits_without_retries, setup),
     };
     return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
