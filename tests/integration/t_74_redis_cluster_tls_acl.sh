@@ -9,6 +9,14 @@
 new_db
 PKI="$WORK/pki"
 make_pki "$PKI"
+# Nodes verify each other's certificates on the cluster bus, as clients too: the
+# server certificate gets clientAuth beside serverAuth.
+(
+  cd "$PKI"
+  printf 'subjectAltName=DNS:redis.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n' >node.ext
+  openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile node.ext \
+    -out server.crt 2>/dev/null
+) || fail "openssl could not make the node certificate"
 cluster_rules() {
   local line
   line=$(grep "^user outboxd-$1 " "$ROOT/docs/OPERATIONS.md" | sed -n 2p)
