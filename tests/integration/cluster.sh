@@ -39,7 +39,9 @@ cluster_scenario() {
   slot=$(redis-cli -p "${CLUSTER_PORTS[0]}" cluster keyslot run:cl-7)
   src=$(cluster_primary_of "$slot") || fail "no primary serves slot $slot"
   case $fault in
-    steady) ;;
+    steady)
+      # The script cache of every primary flushed mid-load: NOSCRIPT, loaded again there.
+      for p in "${CLUSTER_PORTS[@]:0:3}"; do redis-cli -p "$p" script flush >/dev/null || fail "SCRIPT FLUSH"; done ;;
     failover) cluster_failover "$src" ;;
     reshard) cluster_move_slot "$slot" "$src" ;;
     kill9) cluster_kill9 "$src" ;;
@@ -52,6 +54,12 @@ cluster_scenario() {
   [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
   [[ $fault == reshard || $fault == kill9 ]] || wait_sub sub "$SUB_PID"
   wait_drained 20
+  if [[ $fault == steady ]]; then
+    for p in "${CLUSTER_PORTS[@]:0:3}"; do
+      loads=$(redis-cli -p "$p" info commandstats | grep -o 'cmdstat_script|load:calls=[0-9]*' | cut -d= -f2 || true)
+      ((${loads:-0} >= 2)) || fail "primary $p: the script was not loaded again after SCRIPT FLUSH (${loads:-0} loads)"
+    done
+  fi
   [[ $fault == steady ]] || {
     local now
     now=$(cluster_primary_of "$slot") || fail "no primary serves slot $slot after the $fault"

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Redis Cluster (3 primaries, 3 replicas; tests/integration/cluster.sh): 1,000 events/s
 # over 500 runs spread over every shard, watched through two gateways: 0 lost, 0
-# duplicated, 0 out of order at the browser. Then every run's mark sits in its
+# duplicated, 0 out of order at the browser and in Redis, with every primary's script
+# cache flushed mid-load (NOSCRIPT: loaded again there). Then every run's mark sits in its
 # channel's slot (CLUSTER KEYSLOT) on the primary that owns it and names the run's
 # last event, and every primary published. Last, --redis-pubsub global (PUBLISH,
-# broadcast to every node), checked by a subscriber on a replica.
+# broadcast to every node), checked by a subscriber on a replica and by SSE clients of
+# a gateway that SUBSCRIBEs on one seed.
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/cluster.sh"
 cluster_scenario steady
@@ -37,9 +39,20 @@ done
 start_relay relay2 "${CL[@]}" --redis-pubsub global --redis-timeout 500ms
 wait_log "$WORK/relay2.log" "(plaintext, cluster, global Pub/Sub)" 10
 start_sub sub --port "${CLUSTER_PORTS[4]}" --prefix gl --idle-ms 3000 --max-seconds 40 --check
+start_sse gwg "${CL[@]}" --redis-pubsub global --workers 1
+wait_log "$WORK/gwg.log" "subscribing on the primary at 127.0.0.1:${CLUSTER_PORTS[0]} (plaintext, cluster)" 10
+"$BUILD/obx_sse" --port "$SSE_PORT" --prefix gl --runs 100 --per-run 1 --idle-ms 3000 --max-seconds 40 \
+  --ready-file "$WORK/sseg.ready" --check >"$WORK/sseg.out" 2>"$WORK/sseg.err" &
+gpid=$!; PIDS+=("$gpid")
+for _ in $(seq 1 100); do [[ -f "$WORK/sseg.ready" ]] && break; sleep 0.05; done
 start_load --rate 1000 --runs 500 --conns 8 --seconds 5 --prefix gl
 wait "$LOAD_PID"
 info "$(cat "$WORK/load.out")"
 wait_sub sub "$SUB_PID"
+rc=0; wait "$gpid" || rc=$?
+info "sse (global): $(cat "$WORK/sseg.out")"
+[[ $rc -eq 0 ]] || fail "SSE check (global) failed: $(cat "$WORK/sseg.out") $(head -3 "$WORK/sseg.err")"
+live=$(curl -s "http://127.0.0.1:$SSE_PORT/metrics" | awk '$1 == "outboxd_sse_live_messages_total" {print $2}')
+((live > 0)) || fail "the global gateway got nothing live"
 wait_drained 10
 stop_relay "$RELAY_PID" 5
