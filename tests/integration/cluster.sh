@@ -81,6 +81,7 @@ cluster_scenario() {
   wait "$pid1" || fail "gateway 1 exit code"
   wait "$pid2" || fail "gateway 2 exit code"
   stop_relay "$RELAY_PID" 5
+  no_sanitizer_reports
 }
 
 # cluster_failover PORT: a replica of the primary on PORT takes over (CLUSTER FAILOVER).

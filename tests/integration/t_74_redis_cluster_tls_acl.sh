@@ -66,3 +66,4 @@ kill -TERM "$pid1" "$pid2"
 wait "$pid1" || fail "gateway 1 exit code"
 wait "$pid2" || fail "gateway 2 exit code"
 stop_relay "$RELAY_PID" 5
+no_sanitizer_reports
