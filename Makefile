@@ -15,13 +15,17 @@ ifeq ($(SANITIZE),1)
 endif
 override CFLAGS := $(CFLAGS_BASE) $(CPPFLAGS) $(CFLAGS)
 
-CORE = buf log config event metrics store_pg redis_tls redis_conn redis_endpoint redis_cluster redis_aconn redis_pubsub redis_sink admin_http relay \
-	sse sse_run sse_replay sse_redis sse_workers sse_page sse_auth sse_reply jwks jwt http_client auth auth_forward
+CORE = buf log config event metrics store_pg store_relay store_schema redis_tls redis_conn redis_endpoint redis_cluster \
+	redis_aconn redis_pubsub redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_cache sse_out sse_replay \
+	sse_redis sse_workers sse_page sse_auth sse_reply jwks jwt http_client auth auth_forward
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 # The Redis connection layer, for the unit tests that link a module using it.
-REDIS_OBJ = $(BUILD)/redis_cluster.o $(BUILD)/redis_aconn.o $(BUILD)/redis_pubsub.o $(BUILD)/redis_endpoint.o $(BUILD)/redis_conn.o $(BUILD)/redis_tls.o
-TOOLS = obx_load obx_sub obx_sse
-UNIT = test_buf test_config test_relay test_metrics test_sse test_jwt test_auth test_auth_forward test_redis_conn test_redis_pubsub test_redis_cluster
+REDIS_OBJ = $(BUILD)/redis_cluster.o $(BUILD)/redis_aconn.o $(BUILD)/redis_pubsub.o $(BUILD)/redis_endpoint.o \
+	$(BUILD)/redis_conn.o $(BUILD)/redis_tls.o
+TOOLS = obx_load obx_sub obx_sse obx_listen
+UNIT = test_buf test_config test_relay test_scan test_metrics test_sse test_sse_out test_jwt test_auth test_auth_forward \
+	test_redis_conn \
+	test_redis_pubsub test_redis_cluster
 
 .PHONY: all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
@@ -48,10 +52,12 @@ $(BUILD)/test_jwt: tests/unit/test_jwt.c $(BUILD)/jwt.o $(BUILD)/jwks.o
 $(BUILD)/test_auth_forward: tests/unit/test_auth_forward.c $(BUILD)/auth_forward.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/buf.o
 $(BUILD)/test_auth: tests/unit/test_auth.c $(BUILD)/auth.o $(BUILD)/auth_forward.o $(BUILD)/http_client.o \
 	$(BUILD)/jwt.o $(BUILD)/jwks.o $(BUILD)/log.o $(BUILD)/buf.o $(BUILD)/metrics.o
-$(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_auth.o $(BUILD)/sse_reply.o $(BUILD)/sse_run.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_workers.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
+$(BUILD)/test_sse: tests/unit/test_sse.c $(BUILD)/sse.o $(BUILD)/sse_auth.o $(BUILD)/sse_reply.o $(BUILD)/sse_run.o $(BUILD)/sse_cache.o $(BUILD)/sse_out.o $(BUILD)/sse_replay.o $(BUILD)/sse_redis.o $(BUILD)/sse_workers.o $(BUILD)/sse_page.o $(BUILD)/event.o $(BUILD)/buf.o $(BUILD)/metrics.o $(BUILD)/admin_http.o \
 	$(BUILD)/log.o $(BUILD)/config.o $(BUILD)/store_pg.o $(BUILD)/auth.o $(BUILD)/auth_forward.o $(BUILD)/http_client.o $(BUILD)/jwt.o $(BUILD)/jwks.o $(REDIS_OBJ)
-$(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay.o $(BUILD)/event.o \
-	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o $(BUILD)/config.o $(BUILD)/admin_http.o
+$(BUILD)/test_sse_out: tests/unit/test_sse_out.c $(BUILD)/sse_out.o $(BUILD)/sse_cache.o $(BUILD)/event.o $(BUILD)/buf.o
+$(BUILD)/test_relay: tests/unit/test_relay.c tests/unit/fakes.c $(BUILD)/relay_batch.o $(BUILD)/event.o \
+	$(BUILD)/buf.o $(BUILD)/log.o $(BUILD)/metrics.o
+$(BUILD)/test_scan: tests/unit/test_scan.c $(BUILD)/relay_scan.o
 # Built from the source with a 7-byte read, so that TLS records are read in pieces.
 $(BUILD)/test_redis_conn: override CFLAGS += -DRCONN_READ_CHUNK=7
 $(BUILD)/test_redis_conn: tests/unit/test_redis_conn.c src/redis_conn.c src/*.h $(BUILD)/redis_endpoint.o \
@@ -91,8 +97,9 @@ bench: deps
 	@bash bench/run.sh
 	@[ "$${BENCH_SSE_AUTH:-1}" = 0 ] || bash bench/sse_auth.sh
 
-# Gateway scale: 100,000 idle streams over workers, and a hot run fanned out to 10,000
-# streams, each beside the single-process gateway (bench/scale.sh; a few minutes).
+# Gateway scale: 100,000 idle streams over workers, a hot run fanned out to 10,000
+# streams, each beside the single-process gateway, and the per-event unit costs of
+# docs/SCALING.md (bench/scale.sh; about 6 minutes).
 bench-scale: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/scale.sh

@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # Retention soak, run by `make soak`: SOAK_EVENTS (1,000,000) events at SOAK_RATE
-# (5,000/s) over 100 runs through one relay with --retention SOAK_RETENTION (30s),
-# sampling the table every 10 s: rows, table and index sizes, dead tuples, backlog.
-# With retention keeping up, rows and sizes level off after the first window instead
-# of growing with the number of events. Starts its own servers (loopback only) and
-# stops them; bounded by the event count (about 200 s at the defaults).
+# (5,000/s) over SOAK_RUNS (100) runs through one relay with --retention
+# SOAK_RETENTION (30s) and --counter-retention SOAK_COUNTER_RETENTION (30s), sampling
+# the table every 10 s: rows, table and index sizes, the size of the live rows
+# themselves and the ratio of the two, dead tuples, backlog, run counters. With
+# retention keeping up (and the relay's VACUUM, --vacuum-after), rows and sizes level
+# off after the first window instead of growing with the number of events; after the
+# load the counters go too. Reports run counters and Redis keys before and after, and
+# the highest ratio while the load ran with a full window in the table. Starts its
+# own servers (loopback only) and stops them; about 5 minutes at the defaults.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
 EVENTS=${SOAK_EVENTS:-1000000}
 RATE=${SOAK_RATE:-5000}
+RUNS=${SOAK_RUNS:-100}
 RETENTION=${SOAK_RETENTION:-30s}
+COUNTERS=${SOAK_COUNTER_RETENTION:-30s}
+AFTER=${SOAK_AFTER_SAMPLES:-7} # samples after the load, 10 s apart
 dir=$(mktemp -d /tmp/outboxd-soak.XXXXXX)
 chmod 755 "$dir"
 pids=()
@@ -23,26 +30,46 @@ trap cleanup EXIT
 bash "$ROOT/scripts/stack.sh" start "$dir" >/dev/null
 . "$dir/env"
 "$BUILD/outboxd" migrate >/dev/null 2>&1
-"$BUILD/outboxd" relay --retention "$RETENTION" --stats-interval 10s 2>"$dir/relay.log" &
-pids+=($!)
-seconds=$((EVENTS / RATE))
-"$BUILD/obx_load" --rate "$RATE" --runs 100 --conns 4 --count "$EVENTS" --pad 200 --prefix soak >"$dir/load.out" &
-load=$!; pids+=("$load")
 q() { psql -X -qtA "$DATABASE_URL" -c "$1"; }
-echo "outboxd retention soak  $(date -u '+%Y-%m-%d %H:%M:%S UTC')  events=$EVENTS rate=$RATE/s retention=$RETENTION (~${seconds}s)"
-printf '%6s %10s %10s %10s %10s %10s %9s\n' secs inserted rows table_MB index_MB dead_tup backlog
+keys() { redis-cli -p "$REDIS_PORT" dbsize; }
+echo "outboxd retention soak  $(date -u '+%Y-%m-%d %H:%M:%S UTC')  events=$EVENTS rate=$RATE/s runs=$RUNS" \
+  "retention=$RETENTION counter-retention=$COUNTERS (~$((EVENTS / RATE))s of load)"
+echo "before: run counters $(q "SELECT count(*) FROM run_outbox_seq"), Redis keys $(keys)"
+"$BUILD/outboxd" relay --retention "$RETENTION" --counter-retention "$COUNTERS" --stats-interval 10s \
+  2>"$dir/relay.log" &
+pids+=($!)
+"$BUILD/obx_load" --rate "$RATE" --runs "$RUNS" --conns 4 --count "$EVENTS" --pad 200 --prefix soak >"$dir/load.out" &
+load=$!
+pids+=("$load")
+# live_MB: the rows' own bytes (pg_column_size of each row, its header included);
+# bloat = (table + indexes) / live.
+printf '%6s %10s %9s %9s %9s %8s %7s %9s %8s %9s\n' secs inserted rows table_MB index_MB live_MB bloat dead_tup \
+  backlog counters
 start=$SECONDS
-after=0
-while ((after < 4)); do  # sample while the load runs, then 40 s more
+after=0 max_bloat=0
+window_s=$(awk -v r="$RETENTION" 'BEGIN {n = r + 0; u = substr(r, length(n "") + 1);
+  print n * (u == "m" ? 60 : u == "h" ? 3600 : u == "ms" ? 0.001 : 1)}')
+while ((after < AFTER)); do # sample while the load runs, then AFTER more times
   sleep 10
   row=$(q "SELECT (SELECT coalesce(sum(last_seq), 0) FROM run_outbox_seq), count(*),
              round(pg_table_size('run_outbox') / 1048576.0, 1), round(pg_indexes_size('run_outbox') / 1048576.0, 1),
+             round(coalesce(sum(pg_column_size(r.*)), 0) / 1048576.0, 1),
              (SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'run_outbox'),
-             count(*) FILTER (WHERE published_at IS NULL) FROM run_outbox")
-  IFS='|' read -r inserted rows tmb imb dead backlog <<<"$row"
-  printf '%6d %10d %10d %10s %10s %10d %9d\n' $((SECONDS - start)) "$inserted" "$rows" "$tmb" "$imb" "$dead" "$backlog"
+             count(*) FILTER (WHERE published_at IS NULL), (SELECT count(*) FROM run_outbox_seq)
+           FROM run_outbox r")
+  IFS='|' read -r inserted rows tmb imb live dead backlog counters <<<"$row"
+  bloat=$(awk -v t="$tmb" -v i="$imb" -v l="$live" 'BEGIN {if (l > 0) printf "%.2f", (t + i) / l; else print "-"}')
+  printf '%6d %10d %9d %9s %9s %8s %7s %9d %8d %9d\n' $((SECONDS - start)) "$inserted" "$rows" "$tmb" "$imb" "$live" \
+    "$bloat" "$dead" "$backlog" "$counters"
+  # The ratio that counts: while the load runs and the table holds a full retention
+  # window (before, it is filling; after, it empties and keeps its pages for reuse).
+  if [[ $bloat != - ]] && kill -0 "$load" 2>/dev/null && ((SECONDS - start >= window_s + 10)); then
+    max_bloat=$(awk -v a="$max_bloat" -v b="$bloat" 'BEGIN {print (b > a ? b : a)}')
+  fi
   kill -0 "$load" 2>/dev/null || after=$((after + 1))
 done
 wait "$load" || true
 echo "load: $(cat "$dir/load.out")"
 echo "relay: $(grep 'stats:' "$dir/relay.log" | tail -1 | sed 's/.*stats: //')"
+echo "after: run counters $(q "SELECT count(*) FROM run_outbox_seq"), Redis keys $(keys) (marks expire after --mark-ttl, 1 day)"
+echo "highest (table + indexes) / live rows while the load ran and the table held a full window: ${max_bloat}x"

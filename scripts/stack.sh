@@ -44,7 +44,7 @@ start() {
   # fsync off: a test server loses nothing we care about in a crash of the machine,
   # and commits stay cheap enough for the load tests on a small VM.
   as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$dir/pg.log" -w -t 30 \
-    -o "-p $pgport -c listen_addresses=127.0.0.1 -k $pgdata -c fsync=off -c max_connections=300" start >/dev/null
+    -o "-p $pgport -c listen_addresses=127.0.0.1 -k $pgdata -c fsync=off -c max_connections=300 -c max_prepared_transactions=16" start >/dev/null
   as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres outboxd
 
   redis-server --port "$redisport" --bind 127.0.0.1 --save '' --appendonly no \

@@ -9,6 +9,14 @@
 #define BACKOFF_FIRST_MS 100
 #define BACKOFF_MAX_MS 2000
 
+/* Seconds since 1970 (what created_at is compared with). */
+static inline double clock_real_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
 /* Seconds on the monotonic clock. */
 static inline double clock_mono_s(void)
 {

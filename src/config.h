@@ -77,6 +77,7 @@ typedef struct config {
     char *listen;
     long heartbeat_ms;
     long client_buffer;
+    long stream_coalesce_ms;
     char *cors_origin;
     long max_clients;
     char *replica_url;
@@ -106,6 +107,8 @@ typedef struct config {
     char *reason;
     char *http_listen;
     long retention_ms;
+    long counter_retention_ms;
+    long vacuum_after;
     long older_than_ms;
 
     redis_url redis; /* parsed from redis_url by config_load */

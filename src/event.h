@@ -18,6 +18,7 @@ typedef struct event {
     const char *payload;    /* stored JSON text, verbatim */
     size_t payload_len;
     double created_epoch;   /* seconds since 1970, for latency */
+    unsigned flags;         /* how the relay's cycle read it (store_pg.h STORE_ROW_*) */
 } event;
 
 typedef struct batch {

@@ -12,39 +12,81 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* KEYS[1] = the run's mark key. ARGV = channel, id, seq, message, ttl ms, chained,
- * and the publishing command (PUBLISH when absent; SPUBLISH for sharded Pub/Sub, in
- * a cluster with the mark key in the channel's slot, so that the script stays on
- * one node).
- * The mark is "id:seq" of the last event published for the run. Ids and seqs only
- * grow within a run in commit order, so an event at or below the mark in both was
+/* One call per run per batch: KEYS[1] = the run's mark key; ARGV = channel, mark ttl
+ * in ms, chained, origin, then id, seq, message for each of the run's events in order.
+ * The mark is "id:seq:origin" of the last event published for the run. Ids and seqs
+ * only grow within a run in commit order, so an event at or below the mark in both was
  * published already. One above it in either is new: if the database numbering went
  * back (a restore, a re-created table), that costs at most a duplicate, never a
- * silently dropped event. A chained event
- * needs the mark to be its direct predecessor (seq - 1), or a failed predecessor in
- * the same pipeline would be overtaken. Returns 1 published, 0 duplicate, -1 gap.
+ * silently dropped event. The origin (the cluster's system identifier and the
+ * database's oid) tells a logical copy of the database, which keeps the epoch of the
+ * key, from the original: a mark of another origin is no mark. A mark without one
+ * (written by v0.1.0, or by a relay that may not read the identifier) still counts,
+ * so that an upgrade keeps the marks set just before it. Every event but the first, and the first when `chained`
+ * says its predecessor was in an earlier call, needs the mark to be its direct
+ * predecessor (seq - 1), or a failed predecessor would be overtaken. Returns one
+ * number per event (1 published, 0 duplicate, -1 held back behind one that did not
+ * go out, -2 failed), then the error of the failed PUBLISH and the error of the SET
+ * of the mark (each false when there was none).
  *
- * PUBLISH comes before SET: Redis does not undo a script's earlier writes when a
- * later command fails, so a refused PUBLISH (an ACL rule, a cluster slot) must not
- * leave a mark that would pass the event off as published. The "#!lua" line (Redis
- * 7) declares the script as writing, so a read-only replica or an out-of-memory
- * primary refuses it before it runs rather than after its PUBLISH. */
+ * PUBLISH comes before the mark moves past it: Redis does not undo a script's earlier
+ * writes when a later command fails, so a refused PUBLISH (an ACL rule, a cluster
+ * slot) must not leave a mark that would pass the event off as published. A PUBLISH
+ * that fails stops the run there, and the mark is set to the last event that went
+ * out. The "#!lua" line (Redis 7) declares the script as writing, so a primary that
+ * may not take writes now (a read-only replica, out of memory, too few replicas for
+ * min-replicas-to-write, a failed snapshot with stop-writes-on-bgsave-error) refuses
+ * it before it runs rather than after its PUBLISHes. What that cannot see, a user
+ * whose ACL lets it PUBLISH but not SET (or a server without "#!lua"), makes the SET
+ * fail after the events went out: it is a pcall, and its error comes back beside the
+ * events, which count as published, so that they are not sent again and again. */
 #define SHEBANG "#!lua\n"
-const char redis_sink_publish_script[] =
-    SHEBANG
-    "local m = redis.call('GET', KEYS[1])\n"
-    "local id = tonumber(ARGV[2])\n"
-    "if m then\n"
-    "  local mid, mseq = string.match(m, '^(%d+):(%d+)$')\n"
-    "  if mid and id <= tonumber(mid) and tonumber(ARGV[3]) <= tonumber(mseq) then return 0 end\n"
-    "  if ARGV[6] == '1' and (not mseq or tonumber(mseq) ~= tonumber(ARGV[3]) - 1) then return -1 end\n"
-    "elseif ARGV[6] == '1' then\n"
-    "  return -1\n"
-    "end\n"
-    "redis.call(ARGV[7] or 'PUBLISH', ARGV[1], ARGV[4])\n"
-    "redis.call('SET', KEYS[1], ARGV[2] .. ':' .. ARGV[3], 'PX', ARGV[5])\n"
-    "return 1\n";
+/* The same script with SPUBLISH for sharded Pub/Sub: in a cluster the mark key lives
+ * in the channel's slot (cluster_mark_key), so that the script stays on one node. */
+#define PUBLISH_SCRIPT(PUBLISH_CMD) \
+    SHEBANG \
+    "local m = redis.call('GET', KEYS[1])\n" \
+    "local mid, mseq\n" \
+    "local origin = ARGV[4]\n" \
+    "if m then\n" \
+    "  local a, b, o = string.match(m, '^(%d+):(%d+):?(.*)$')\n" \
+    "  if a and (o == '' or origin == '' or o == origin) then mid, mseq = tonumber(a), tonumber(b) end\n" \
+    "end\n" \
+    "if origin ~= '' then origin = ':' .. origin end\n" \
+    "local out, err, stop, last = {}, nil, false, nil\n" \
+    "local need = ARGV[3] == '1'\n" \
+    "for i = 5, #ARGV, 3 do\n" \
+    "  local id, seq = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n" \
+    "  if mid and id <= mid and seq <= mseq then\n" \
+    "    out[#out + 1] = 0\n" \
+    "  elseif stop or (need and (not mseq or mseq ~= seq - 1)) then\n" \
+    "    stop = true\n" \
+    "    out[#out + 1] = -1\n" \
+    "  else\n" \
+    "    local r = redis.pcall('" PUBLISH_CMD "', ARGV[1], ARGV[i + 2])\n" \
+    "    if type(r) == 'table' and r.err then\n" \
+    "      stop, err = true, r.err\n" \
+    "      out[#out + 1] = -2\n" \
+    "    else\n" \
+    "      mid, mseq, last = id, seq, ARGV[i] .. ':' .. ARGV[i + 1] .. origin\n" \
+    "      out[#out + 1] = 1\n" \
+    "    end\n" \
+    "  end\n" \
+    "  need = true\n" \
+    "end\n" \
+    "local merr = false\n" \
+    "if last then\n" \
+    "  local r = redis.pcall('SET', KEYS[1], last, 'PX', ARGV[2])\n" \
+    "  if type(r) == 'table' and r.err then merr = r.err end\n" \
+    "end\n" \
+    "out[#out + 1] = err or false\n" \
+    "out[#out + 1] = merr\n" \
+    "return out\n"
+const char redis_sink_publish_script[] = PUBLISH_SCRIPT("PUBLISH");
+static const char publish_script_sharded[] = PUBLISH_SCRIPT("SPUBLISH");
 
+/* A run's events go in calls of at most this many (a continuation is chained). */
+#define CALL_EVENTS 1000
 /* Bytes of commands queued before replies are read, so a batch of large payloads
  * does not pile up in hiredis's output buffer. */
 #define PIPELINE_BYTES (4u << 20)
@@ -58,13 +100,14 @@ struct sink {
     char wait_timeout[24];
     char ttl[24];
     char epoch[64];
+    char origin[48]; /* "system identifier.database oid", or "" */
     bool announce;
     rconn *c;             /* with a cluster: the node being published to, lent by it */
     redis_addr addr;      /* where c is connected */
     cluster *cl;          /* --redis-cluster, else NULL */
     bool sharded;         /* SPUBLISH */
     bool refresh;         /* re-read the slot map before the next publish */
-    bool asking;          /* send ASKING before each command (an ASK redirection) */
+    bool asking;          /* send ASKING before each call (an ASK redirection) */
     bool said_map;
     double refreshed_at;  /* when the map was last read (monotonic s) */
     struct {              /* scratch of a cluster publish, sized to the largest call */
@@ -82,6 +125,7 @@ struct sink {
     sentinel_watch watch;
     bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
     bool wait_refused_said;
+    bool marks_failing;   /* the last mark written (or not) was refused */
     char sha[41];
     char err[1024];
     struct {
@@ -89,7 +133,7 @@ struct sink {
     } uncertain[UNCERTAIN_RANGES];
     int nuncertain, next_uncertain;
     sink_counters counters;
-    bool acl_refused; /* in the current publish call */
+    bool refused; /* in the current publish call: an ACL denial, or no writes taken */
     bool refusing;
     char refusal[1024];
 };
@@ -108,7 +152,7 @@ sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool ann
     snprintf(k->wait_timeout, sizeof k->wait_timeout, "%ld", cfg->redis_wait_timeout_ms);
     snprintf(k->ttl, sizeof k->ttl, "%ld", cfg->mark_ttl_ms);
     sentinel_watch_init(&k->watch, e);
-    sink_set_epoch(k, epoch);
+    sink_set_epoch(k, epoch, "");
     k->sharded = config_redis_sharded(cfg);
     if (cfg->redis_cluster &&
         !(k->cl = cluster_new(cfg->cluster_seeds, cfg->ncluster_seeds, &e->url, e->tls, e->timeout_ms,
@@ -119,9 +163,10 @@ sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool ann
     return k;
 }
 
-void sink_set_epoch(sink *k, const char *epoch)
+void sink_set_epoch(sink *k, const char *epoch, const char *origin)
 {
     snprintf(k->epoch, sizeof k->epoch, "%s", epoch ? epoch : "");
+    snprintf(k->origin, sizeof k->origin, "%s", origin ? origin : "");
 }
 
 void sink_free(sink *k)
@@ -182,7 +227,8 @@ bool sink_refusing(const sink *k, const char **why)
 static bool load_script(sink *k, rconn *c, const redis_addr *addr)
 {
     for (;;) {
-        const char *src = redis_sink_publish_script + (k->legacy_script ? sizeof SHEBANG - 1 : 0);
+        const char *script = k->sharded ? publish_script_sharded : redis_sink_publish_script;
+        const char *src = script + (k->legacy_script ? sizeof SHEBANG - 1 : 0);
         const char *argv[] = {"SCRIPT", "LOAD", src};
         redisReply *r = rconn_command(c, 3, argv, NULL);
         if (!r) {
@@ -217,14 +263,14 @@ static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *
     return false;
 }
 
-/* Reads the slot map (first connections are made as batches need them). */
+/* Reads the slot map (connections are made as batches need them; those of nodes
+ * still primaries are kept). A changed set of primaries is logged and counted. */
 static bool cluster_connect(sink *k)
 {
     const cluster_map *m = cluster_get_map(k->cl);
     redis_addr before[8];
     int nbefore = m->nnodes < 8 ? m->nnodes : 8;
     memcpy(before, m->node, (size_t)nbefore * sizeof *before);
-    /* The connections of nodes still primaries are kept (cluster_refresh). */
     rconn_free(k->c);
     k->c = NULL;
     k->refreshed_at = clock_mono_s();
@@ -301,66 +347,139 @@ static bool was_uncertain(const sink *k, long long id)
     return false;
 }
 
-/* Reads the replies of out[from..to) (and of the WAIT after them when wait), mapping
- * each to a pub_result. */
-static bool read_replies(sink *k, const event *const *evs, size_t from, size_t to, bool wait, pub_result *out)
+/* One queued call: the events evs[first..first + n) of one run. */
+typedef struct call {
+    size_t first, n;
+} call;
+
+/* An event the script did not publish because Redis refused it: the reason goes to
+ * k->err. An ACL denial, or a primary that takes no writes now (too few replicas for
+ * min-replicas-to-write, out of memory, a failed snapshot), refuses every run alike:
+ * noted for sink_refusing. */
+static void note_refusal(sink *k, const char *reply)
+{
+    k->refused |= redis_error_is_acl(reply) || !strncmp(reply, "NOREPLICAS", 10) || !strncmp(reply, "OOM", 3) ||
+                  !strncmp(reply, "MISCONF", 7);
+    char why[400];
+    redis_explain_error(reply, why, sizeof why);
+    snprintf(k->err, sizeof k->err, "publish: %s", why);
+}
+
+/* The events of a call went out but Redis refused to write the run's mark: they
+ * count as published (PostgreSQL marks them, nothing is sent again), and what is
+ * lost meanwhile is the de-duplication of a re-send after a crash or a lost reply.
+ * Said once until marks are written again; counted every time. */
+static void note_mark_refused(sink *k, const event *e, const char *reply)
+{
+    k->counters.mark_failures++;
+    if (k->marks_failing)
+        return;
+    k->marks_failing = true;
+    char why[400];
+    redis_explain_error(reply, why, sizeof why);
+    log_warn("redis: run %.*s: its events went out but its mark could not be written (%s); they are marked "
+             "published and not sent again, but until marks can be written a re-send after a crash is not "
+             "recognised as a duplicate (counted in outboxd_redis_mark_failures_total)",
+             (int)e->run_id_len, e->run_id, why);
+}
+
+/* A call that published and raised its mark while marks were failing. */
+static void note_mark_written(sink *k, const redisReply *r, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (r->element[i]->type == REDIS_REPLY_INTEGER && r->element[i]->integer == 1) {
+            k->marks_failing = false;
+            log_info("redis: run marks are written again");
+            return;
+        }
+}
+
+/* Reads the replies of calls[0..ncalls) (and of the WAIT after them when wait),
+ * mapping each event's number to a pub_result. */
+static bool read_replies(sink *k, const event *const *evs, const call *calls, size_t ncalls, bool wait,
+                         pub_result *out)
 {
     bool reconnect = false;
-    for (size_t i = from; i < to; i++) {
+    size_t from = calls[0].first, to = calls[ncalls - 1].first + calls[ncalls - 1].n;
+    for (size_t c = 0; c < ncalls; c++) {
+        size_t first = calls[c].first, n = calls[c].n;
+        pub_result *o = out + first;
         redisReply *r = rconn_reply(k->c);
         if (r && k->asking) {
-            /* ASKING's +OK; a refusal shows in the command's own reply (MOVED). */
+            /* ASKING's +OK; a refusal shows in the call's own reply (MOVED). */
             freeReplyObject(r);
             r = rconn_reply(k->c);
         }
         int slot;
         redis_addr to_node;
-        enum cluster_redirect redirect;
+        enum cluster_redirect redirect = REDIRECT_NONE;
         if (!r) {
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
-            for (size_t j = i; j < to; j++)
+            for (size_t j = first; j < to; j++)
                 out[j] = PUB_UNSENT;
-            note_uncertain(k, evs, i, to);
+            note_uncertain(k, evs, first, to);
             drop_conn(k);
             return false;
         }
-        if (r->type == REDIS_REPLY_INTEGER) {
-            out[i] = r->integer == 1 ? PUB_OK : r->integer == 0 ? PUB_DUP : PUB_GAP;
-            if (out[i] == PUB_OK && k->nuncertain && was_uncertain(k, evs[i]->id))
-                k->counters.possible_duplicates++;
+        const char *merr = r->type == REDIS_REPLY_ARRAY && r->elements > n + 1 &&
+                                   r->element[n + 1]->type == REDIS_REPLY_STRING
+                               ? r->element[n + 1]->str
+                               : NULL;
+        if (merr && !strncmp(merr, "READONLY", 8)) {
+            /* A replica (a server without "#!lua" runs the script there): what it
+             * published reached only its own subscribers. As a refused call. */
+            for (size_t i = 0; i < n; i++)
+                o[i] = PUB_UNSENT;
+            note_uncertain(k, evs, first, first + n);
+            reconnect = true;
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, merr);
+        } else if (r->type == REDIS_REPLY_ARRAY && r->elements >= n) {
+            const char *why = r->elements > n && r->element[n]->type == REDIS_REPLY_STRING ? r->element[n]->str
+                                                                                           : "unexpected reply";
+            if (merr)
+                note_mark_refused(k, evs[first], merr);
+            else if (k->marks_failing && r->element[0]->type == REDIS_REPLY_INTEGER)
+                note_mark_written(k, r, n);
+            for (size_t i = 0; i < n; i++) {
+                redisReply *e = r->element[i];
+                long long v = e->type == REDIS_REPLY_INTEGER ? e->integer : -3;
+                o[i] = v == 1 ? PUB_OK : v == 0 ? PUB_DUP : v == -1 ? PUB_GAP : PUB_FAILED;
+                if (o[i] == PUB_OK && k->nuncertain && was_uncertain(k, evs[first + i]->id))
+                    k->counters.possible_duplicates++;
+                if (o[i] == PUB_FAILED)
+                    note_refusal(k, why);
+            }
         } else if (r->type == REDIS_REPLY_ERROR &&
                    (!strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
                     !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10))) {
-            /* Not about this event: the script cache was flushed, or this is no longer
-             * a usable primary (a failover). Reconnecting finds the primary again and
-             * loads the script. A legacy script may have run its PUBLISH before a
-             * replica refused its SET. */
-            out[i] = PUB_UNSENT;
+            /* Not about these events: the script cache was flushed, or this is no
+             * longer a usable primary (a failover). Reconnecting finds the primary
+             * again and loads the script. A legacy script may have run its PUBLISHes
+             * before a replica refused its SET. */
+            for (size_t i = 0; i < n; i++)
+                o[i] = PUB_UNSENT;
             if (k->legacy_script && !strncmp(r->str, "READONLY", 8))
-                note_uncertain(k, evs, i, i + 1);
+                note_uncertain(k, evs, first, first + n);
             reconnect = true;
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
         } else if (r->type == REDIS_REPLY_ERROR && k->cl &&
-                   (redirect = cluster_parse_redirect(r->str, &slot, &to_node)) != REDIRECT_NONE) {
+                   ((redirect = cluster_parse_redirect(r->str, &slot, &to_node)) != REDIRECT_NONE ||
+                    cluster_error_is_retry(r->str))) {
             /* The slot is elsewhere: for good (MOVED: the map is read again and the
-             * event retried), or while it migrates (ASK: retried once on the target). */
-            out[i] = PUB_UNSENT;
-            if (redirect == REDIRECT_MOVED)
+             * events retried), or while it migrates (ASK: retried once on the
+             * target); TRYAGAIN, CLUSTERDOWN: the relay's backoff retries them. */
+            for (size_t i = 0; i < n; i++) {
+                o[i] = PUB_UNSENT;
+                if (redirect == REDIRECT_ASK)
+                    note_ask(k, first + i, &to_node);
+            }
+            if (redirect != REDIRECT_ASK)
                 k->refresh = true;
-            else
-                note_ask(k, i, &to_node);
-            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
-        } else if (r->type == REDIS_REPLY_ERROR && k->cl && cluster_error_is_retry(r->str)) {
-            /* TRYAGAIN, CLUSTERDOWN: the relay's backoff retries it. */
-            out[i] = PUB_UNSENT;
-            k->refresh = true;
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
         } else {
-            out[i] = PUB_FAILED;
-            k->acl_refused |= r->type == REDIS_REPLY_ERROR && redis_error_is_acl(r->str);
-            char why[400];
-            redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply type", why, sizeof why);
-            snprintf(k->err, sizeof k->err, "publish: %s", why);
+            for (size_t i = 0; i < n; i++)
+                o[i] = PUB_FAILED;
+            note_refusal(k, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply type");
         }
         freeReplyObject(r);
     }
@@ -401,8 +520,8 @@ static bool read_replies(sink *k, const event *const *evs, size_t from, size_t t
     return true;
 }
 
-/* After a publish call: refusing while the user's ACL denied events and nothing went
- * out. (One event Redis cannot take, e.g. its mark key holding something else, holds
+/* After a publish call: refusing while Redis refused events for every run (the
+ * user's ACL, or writes refused) and nothing went out. (One event Redis cannot take, e.g. its mark key holding something else, holds
  * back its run but says nothing about the others.) */
 static void note_outcome(sink *k, const pub_result *out, size_t n)
 {
@@ -411,64 +530,120 @@ static void note_outcome(sink *k, const pub_result *out, size_t n)
         went |= out[i] == PUB_OK || out[i] == PUB_DUP;
     if (went)
         k->refusing = false;
-    else if (k->acl_refused) {
+    else if (k->refused) {
         k->refusing = true;
         snprintf(k->refusal, sizeof k->refusal, "%s", k->err);
     }
 }
 
-/* Publishes evs[0..n) in order on k->c, pipelined; false when the connection was
- * lost (it is then dropped). */
+/* Argument scratch for one call, grown as needed. */
+typedef struct call_args {
+    buf text; /* every argument, one after the other */
+    const char **argv;
+    size_t *len, *off, cap;
+} call_args;
+
+/* Queues one call for evs[first..first + n), all of one run; *queued grows by its
+ * size. False with the reason in k->err. */
+static bool append_call(sink *k, const event *const *evs, size_t first, size_t n, bool chained, call_args *a,
+                        size_t *queued)
+{
+    size_t argc = 8 + 3 * n;
+    if (argc > a->cap) {
+        const char **v = realloc(a->argv, argc * sizeof *v);
+        if (v)
+            a->argv = v;
+        size_t *l = realloc(a->len, argc * sizeof *l);
+        if (l)
+            a->len = l;
+        size_t *o = realloc(a->off, argc * sizeof *o);
+        if (o)
+            a->off = o;
+        if (!v || !l || !o)
+            goto oom;
+        a->cap = argc;
+    }
+    /* Arguments are written to one buffer (which may move as it grows) and pointed at
+     * once all are there. */
+    buf *t = &a->text;
+    buf_reset(t);
+    const event *e0 = evs[first];
+    size_t j = 0;
+#define ARG(expr)                                                                                                     \
+    do {                                                                                                              \
+        a->off[j] = t->len;                                                                                           \
+        if (!(expr))                                                                                                  \
+            goto oom;                                                                                                 \
+        a->len[j] = t->len - a->off[j];                                                                               \
+        j++;                                                                                                          \
+    } while (0)
+    ARG(buf_puts(t, "EVALSHA"));
+    ARG(buf_puts(t, k->sha));
+    ARG(buf_puts(t, "1"));
+    ARG(k->cl ? cluster_mark_key(t, k->epoch, e0->run_id, e0->run_id_len)
+              : buf_printf(t, "outboxd:%s:mark:", k->epoch) && buf_append(t, e0->run_id, e0->run_id_len));
+    ARG(buf_puts(t, "run:") && buf_append(t, e0->run_id, e0->run_id_len));
+    ARG(buf_puts(t, k->ttl));
+    ARG(buf_puts(t, chained ? "1" : "0"));
+    ARG(buf_puts(t, k->origin));
+    for (size_t i = 0; i < n; i++) {
+        const event *e = evs[first + i];
+        ARG(buf_printf(t, "%lld", e->id));
+        ARG(buf_printf(t, "%lld", e->seq));
+        ARG(event_format_message(t, e));
+    }
+#undef ARG
+    for (size_t i = 0; i < j; i++)
+        a->argv[i] = t->data + a->off[i];
+    if ((k->asking && !rconn_append(k->c, 1, (const char *[]){"ASKING"}, NULL)) ||
+        !rconn_append(k->c, (int)j, a->argv, a->len)) {
+        snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
+        return false;
+    }
+    *queued += t->len;
+    return true;
+oom:
+    snprintf(k->err, sizeof k->err, "publish: out of memory");
+    return false;
+}
+
+/* Publishes evs[0..n) on k->c, one call per run, pipelined; false when the
+ * connection was lost (it is then dropped). */
 static bool publish_on(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
-    buf key, channel, msg;
-    buf_init(&key, 0);
-    buf_init(&channel, 0);
-    buf_init(&msg, 0);
-    bool ok = true;
-    size_t sent_from = 0, queued = 0;
+    call_args args = {0};
+    buf_init(&args.text, 0);
+    size_t queued = 0, ncalls = 0, read_from = 0;
+    call *calls = malloc((n ? n : 1) * sizeof *calls);
+    bool ok = calls != NULL;
+    if (!ok)
+        snprintf(k->err, sizeof k->err, "publish: out of memory");
     char wait_n[24];
     snprintf(wait_n, sizeof wait_n, "%ld", k->wait_replicas);
-    for (size_t i = 0; i < n && ok; i++) {
-        const event *e = evs[i];
-        char id[24], seq[24];
-        snprintf(id, sizeof id, "%lld", e->id);
-        snprintf(seq, sizeof seq, "%lld", e->seq);
-        buf_reset(&key);
-        buf_reset(&channel);
-        buf_reset(&msg);
-        bool key_ok = k->cl ? cluster_mark_key(&key, k->epoch, e->run_id, e->run_id_len)
-                            : buf_printf(&key, "outboxd:%s:mark:", k->epoch) &&
-                                  buf_append(&key, e->run_id, e->run_id_len);
-        if (!key_ok || !buf_puts(&channel, "run:") ||
-            !buf_append(&channel, e->run_id, e->run_id_len) || !event_format_message(&msg, e)) {
-            snprintf(k->err, sizeof k->err, "publish: out of memory");
+    for (size_t i = 0; i < n && ok;) {
+        /* A call: this event and the chained ones after it, up to CALL_EVENTS. */
+        size_t len = 1;
+        while (i + len < n && chained[i + len] && len < CALL_EVENTS)
+            len++;
+        if (!append_call(k, evs, i, len, chained[i], &args, &queued)) {
             ok = false;
             break;
         }
-        const char *argv[] = {"EVALSHA", k->sha, "1", key.data, channel.data, id, seq,
-                              msg.data, k->ttl, chained[i] ? "1" : "0", "SPUBLISH"};
-        size_t lens[] = {7, strlen(k->sha), 1, key.len, channel.len, strlen(id), strlen(seq),
-                         msg.len, strlen(k->ttl), 1, 8};
-        if ((k->asking && !rconn_append(k->c, 1, (const char *[]){"ASKING"}, NULL)) ||
-            !rconn_append(k->c, k->sharded ? 11 : 10, argv, lens)) {
-            snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
-            ok = false;
-            break;
-        }
-        queued += msg.len + key.len + channel.len;
-        bool last = i + 1 == n;
-        if (queued >= PIPELINE_BYTES || last) {
-            /* WAIT once per call, after its last command: the marks (and messages)
-             * of the whole batch reach the replicas before it is marked published. */
-            bool wait = last && k->wait_replicas > 0;
+        calls[ncalls++] = (call){i, len};
+        i += len;
+        /* Bound what waits in the output buffer: read the replies so far. */
+        if (queued >= PIPELINE_BYTES || i == n) {
+            /* WAIT once per call of sink_publish, after its last command: the marks
+             * (and messages) of the whole batch reach the replicas before it is
+             * marked published. */
+            bool wait = i == n && k->wait_replicas > 0;
             if (wait && !rconn_append(k->c, 3, (const char *[]){"WAIT", wait_n, k->wait_timeout}, NULL)) {
                 snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
                 ok = false;
                 break;
             }
-            ok = read_replies(k, evs, sent_from, i + 1, wait, out);
-            sent_from = i + 1;
+            ok = read_replies(k, evs, calls + read_from, ncalls - read_from, wait, out);
+            read_from = ncalls;
             queued = 0;
         }
     }
@@ -476,9 +651,11 @@ static bool publish_on(sink *k, const event *const *evs, const bool *chained, si
         /* Commands may be queued without replies read: the connection is out of step. */
         drop_conn(k);
     }
-    buf_free(&key);
-    buf_free(&channel);
-    buf_free(&msg);
+    free(calls);
+    free(args.argv);
+    free(args.len);
+    free(args.off);
+    buf_free(&args.text);
     return ok;
 }
 
@@ -634,7 +811,7 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
 {
     for (size_t i = 0; i < n; i++)
         out[i] = PUB_UNSENT;
-    k->acl_refused = false;
+    k->refused = false;
     if (k->cl) {
         bool ok = publish_cluster(k, evs, chained, n, out);
         note_outcome(k, out, n);

@@ -38,6 +38,10 @@ typedef struct sink_counters {
     unsigned long long wait_short;
     /* Connections made to a primary other than the previous one (failovers). */
     unsigned long long primary_changes;
+    /* Script calls whose events were published but whose run mark Redis refused to
+     * write (an ACL user without SET, a server without "#!lua" refusing writes):
+     * those events count as published. */
+    unsigned long long mark_failures;
 } sink_counters;
 
 /* Publishes through the endpoint e (not owned; it must outlive the sink), with the
@@ -46,10 +50,13 @@ typedef struct sink_counters {
  * sink, not its readiness probes). Free with sink_free. */
 sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce);
 void sink_free(sink *k);
-void sink_set_epoch(sink *k, const char *epoch);
+/* epoch names the marks' keys; origin (copied; "" = unknown) is written into each
+ * mark, and a mark of another origin is passed over as no mark (redis_sink.c). */
+void sink_set_epoch(sink *k, const char *epoch, const char *origin);
 void sink_get_counters(const sink *k, sink_counters *out);
-/* True while Redis refuses every event for the user's ACL (the last publish call had
- * ACL denials and no success); *why then names the refusal (owned by the sink). */
+/* True while Redis refuses every event, for the user's ACL or because it takes no
+ * writes now (NOREPLICAS, OOM, MISCONF): the last publish call had such refusals and
+ * no success. *why then names the refusal (owned by the sink). */
 bool sink_refusing(const sink *k, const char **why);
 
 bool sink_connect(sink *k) WUR;

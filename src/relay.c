@@ -1,14 +1,19 @@
-/* The relay's main loop and batch logic.
+/* The relay's loop: leadership, the cycle, waiting, and the chores between cycles.
  *
- * One cycle: fetch the oldest unpublished events (id order), publish them pipelined,
- * mark those that went out with one UPDATE. Per-run order holds because the database
- * makes per-run id order equal commit order (see store_pg.c), the fetch is in id
- * order, and the sink refuses to publish an event whose predecessor in the same
- * pipeline did not go out. Leadership is a session advisory lock: standbys wait. */
+ * One cycle is one statement (store_cycle): it marks what went out and reads every
+ * row the relay has not seen, by id (relay_scan.h says how ids that commit late are
+ * not missed). Per-run order holds because the database makes per-run id order equal
+ * commit order (store_schema.c), events go out in id order per run, and a run whose
+ * event fails is held back whole (relay_batch.c). While a backlog drains, the
+ * statement runs while Redis takes the previous batch. When nothing is left, the
+ * relay takes the wake-up lock, reads once more, and waits for a NOTIFY: writers
+ * notify only then. Leadership is a session advisory lock: standbys wait. */
 #include "relay.h"
 
 #include "admin_http.h"
+#include "clock.h"
 #include "log.h"
+#include "relay_scan.h"
 
 #include <pthread.h>
 
@@ -18,381 +23,40 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
-#define BACKOFF_MIN_MS 100
-#define BACKOFF_MAX_MS 2000
 #define STANDBY_RETRY_MS 500
-#define RETRY_BASE_MS 50
-#define RETRY_MAX_MS 1000
-#define HOLD_MAX_S 60.0
-#define PARK_S 0.25
+/* While a writer's transaction that did not notify is open, the relay cannot wait
+ * for a NOTIFY (writers notify only while it waits): it reads again after 1 ms,
+ * doubling up to 8, for BUSY_QUICK_S (the writer is most likely committing), then
+ * every BUSY_POLL_MS (or the poll interval if shorter) until it can wait again: a
+ * writer that keeps its transaction open, or a prepared one, would otherwise have it
+ * read 125 times a second for as long as that lasts. */
+#define BUSY_NAP_MAX_MS 8
+#define BUSY_QUICK_S 0.25
+#define BUSY_POLL_MS 100
+/* In a backlog, the marks of one batch are spread over this many cycle statements
+ * (by id modulo MARK_SPLIT): each statement then updates a quarter of a page's rows,
+ * which fits the page's free space (fillfactor 80) and keeps every mark a HOT update.
+ * docs/BENCHMARKS.md measures it. */
+#define MARK_SPLIT 4
+#define LOW_WATER_EVERY_S 1.0
+#define FORGET_WINDOW 1000
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-/* Sleeps up to ms, returning early when a signal arrives on the wake pipe. */
-static void nap(int wake_fd, long ms)
-{
-    struct pollfd p = {.fd = wake_fd, .events = POLLIN};
-    if (poll(&p, wake_fd >= 0 ? 1 : 0, (int)ms) < 0 && errno != EINTR)
-        log_warn("poll: %s", strerror(errno));
-}
-
-void relay_ctx_init(relay_ctx *rc, const config *cfg, store *db, sink *out, int wake_fd,
-                    volatile sig_atomic_t *stop)
-{
-    memset(rc, 0, sizeof *rc);
-    rc->cfg = cfg;
-    rc->db = db;
-    rc->out = out;
-    rc->wake_fd = wake_fd;
-    rc->stop = stop;
-}
-
-void relay_ctx_free(relay_ctx *rc)
-{
-    for (int i = 0; i < rc->nheld; i++)
-        free(rc->held[i].run_id);
-    rc->nheld = 0;
-    free(rc->last_res);
-    free(rc->done_ids);
-    free(rc->send);
-    free(rc->send_idx);
-    free(rc->chained);
-    free(rc->done);
-    free(rc->res);
-    free(rc->ids);
-    free(rc->order);
-    rc->cap = 0;
-}
-
-/* Grows one scratch array to n elements of size; leaves it as it was on failure. */
-static bool grow(void *arrayp, size_t n, size_t size)
-{
-    void **p = arrayp;
-    void *q = realloc(*p, n * size);
-    if (!q)
-        return false;
-    *p = q;
-    return true;
-}
-
-static bool ctx_reserve(relay_ctx *rc, size_t n)
-{
-    if (n <= rc->cap)
-        return true;
-    bool ok = grow(&rc->send, n, sizeof *rc->send) && grow(&rc->send_idx, n, sizeof *rc->send_idx) &&
-              grow(&rc->chained, n, sizeof *rc->chained) && grow(&rc->done, n, sizeof *rc->done) &&
-              grow(&rc->res, n, sizeof *rc->res) && grow(&rc->last_res, n, sizeof *rc->last_res) &&
-              grow(&rc->ids, n, sizeof *rc->ids) && grow(&rc->done_ids, n, sizeof *rc->done_ids) &&
-              grow(&rc->order, n, sizeof *rc->order);
-    if (ok)
-        rc->cap = n;
-    return ok;
-}
-
-/* qsort context: the events being sent (qsort_r keeps this re-entrant). */
-static int cmp_by_run(const void *a, const void *b, void *arg)
-{
-    const event *const *send = arg;
-    size_t i = *(const size_t *)a, j = *(const size_t *)b;
-    const event *x = send[i], *y = send[j];
-    size_t n = x->run_id_len < y->run_id_len ? x->run_id_len : y->run_id_len;
-    int c = memcmp(x->run_id, y->run_id, n);
-    if (c == 0 && x->run_id_len != y->run_id_len)
-        c = x->run_id_len < y->run_id_len ? -1 : 1;
-    if (c == 0)
-        c = i < j ? -1 : i > j;
-    return c;
-}
-
-/* chained[k] = an earlier entry of send[] belongs to the same run. */
-static void mark_chained(relay_ctx *rc, size_t n)
-{
-    for (size_t k = 0; k < n; k++)
-        rc->order[k] = k;
-    qsort_r(rc->order, n, sizeof *rc->order, cmp_by_run, (void *)rc->send);
-    for (size_t k = 0; k < n; k++) {
-        size_t cur = rc->order[k];
-        rc->chained[cur] = false;
-        if (k > 0) {
-            const event *p = rc->send[rc->order[k - 1]], *e = rc->send[cur];
-            rc->chained[cur] = event_run_is(e, p->run_id, p->run_id_len);
-        }
-    }
-}
-
-static int held_find(const relay_ctx *rc, const event *e)
-{
-    for (int i = 0; i < rc->nheld; i++)
-        if (event_run_is(e, rc->held[i].run_id, rc->held[i].len))
-            return i;
-    return -1;
-}
-
-static void held_remove(relay_ctx *rc, int i)
-{
-    free(rc->held[i].run_id);
-    rc->held[i] = rc->held[--rc->nheld];
-}
-
-/* The held entry of e's run, added if new; -1 when full or out of memory (the run is
- * then simply retried with the next batch). */
-static int held_slot(relay_ctx *rc, const event *e)
-{
-    int i = held_find(rc, e);
-    if (i < 0) {
-        if (rc->nheld == RELAY_HELD_MAX)
-            return -1;
-        char *id = malloc(e->run_id_len + 1);
-        if (!id)
-            return -1;
-        memcpy(id, e->run_id, e->run_id_len);
-        id[e->run_id_len] = '\0';
-        i = rc->nheld++;
-        rc->held[i] = (held_run){.run_id = id, .len = e->run_id_len};
-    }
-    return i;
-}
-
-/* Parks e's run for a moment: no reachable primary serves its slot (a cluster shard
- * down or failing over). Not a refusal: no strike and no log line per run, but left
- * out of the fetches meanwhile, so that its backlog does not crowd out other runs. */
-static void held_park(relay_ctx *rc, const event *e)
-{
-    int i = held_slot(rc, e);
-    double until = mono_s() + PARK_S;
-    if (i >= 0 && rc->held[i].until < until)
-        rc->held[i].until = until;
-}
-
-/* Holds back e's run after Redis refused its event: 1 s, doubling to HOLD_MAX_S. */
-static void held_add(relay_ctx *rc, const event *e, const char *why)
-{
-    int i = held_slot(rc, e);
-    if (i < 0)
-        return;
-    held_run *h = &rc->held[i];
-    double wait = 1.0;
-    for (int k = 0; k < h->strikes && wait < HOLD_MAX_S; k++)
-        wait *= 2;
-    if (wait > HOLD_MAX_S)
-        wait = HOLD_MAX_S;
-    h->strikes++;
-    h->until = mono_s() + wait;
-    log_warn("run %.*s held back for %.0f s (event id %lld failed: %s); other runs go on", (int)h->len,
-             h->run_id, wait, e->id, why);
-}
-
-int relay_held_now(relay_ctx *rc, const char **ids, size_t *lens)
-{
-    double now = mono_s();
-    int n = 0;
-    for (int i = 0; i < rc->nheld; i++)
-        if (rc->held[i].until > now) {
-            ids[n] = rc->held[i].run_id;
-            lens[n++] = rc->held[i].len;
-        }
-    return n;
-}
-
-batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
-{
-    batch_outcome o = {0};
-    if (!ctx_reserve(rc, b->n)) {
-        log_error("out of memory for a batch of %zu events", b->n);
-        o.pending = b->n;
-        rc->nwaiting = RELAY_WAITING_MAX;
-        return o;
-    }
-    for (size_t i = 0; i < b->n; i++) {
-        rc->done[i] = false;
-        rc->last_res[i] = PUB_UNSENT;
-    }
-
-    char last_error[512] = "";
-    int attempt;
-    size_t left = b->n;
-    for (attempt = 1; left > 0 && attempt <= rc->cfg->max_attempts; attempt++) {
-        if (attempt > 1) {
-            if (*rc->stop)
-                break; /* shutting down: no retries, the rows stay for the next start */
-            rc->stats.retries++;
-            long wait = RETRY_BASE_MS << (attempt - 2 < 5 ? attempt - 2 : 5);
-            nap(rc->wake_fd, wait < RETRY_MAX_MS ? wait : RETRY_MAX_MS);
-        }
-        if (!sink_connected(rc->out) && !sink_connect(rc->out)) {
-            snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
-            o.redis_lost = true;
-            continue;
-        }
-        size_t n = 0;
-        for (size_t i = 0; i < b->n; i++)
-            if (!rc->done[i] && rc->last_res[i] != PUB_NOROUTE) {
-                rc->send[n] = &b->ev[i];
-                rc->send_idx[n++] = i;
-            }
-        mark_chained(rc, n);
-        if (!sink_publish(rc->out, rc->send, rc->chained, n, rc->res))
-            o.redis_lost = true;
-        double acked = now_s();
-        for (size_t k = 0; k < n; k++) {
-            rc->last_res[rc->send_idx[k]] = rc->res[k];
-            switch (rc->res[k]) {
-            case PUB_OK:
-                hist_record(&rc->stats.latency, (acked - rc->send[k]->created_epoch) * 1e6);
-                prom_hist_record(&rc->stats.latency_total, acked - rc->send[k]->created_epoch);
-                /* fall through */
-            case PUB_DUP:
-                if (rc->res[k] == PUB_DUP)
-                    rc->stats.duplicates++;
-                rc->done[rc->send_idx[k]] = true;
-                left--;
-                break;
-            case PUB_FAILED:
-            case PUB_UNSENT:
-                rc->stats.failures++;
-                snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
-                break;
-            case PUB_NOROUTE:
-                /* Its shard has no primary to take it now: it waits for a later
-                 * batch, and does not hold this one's retries (nor other runs). */
-                rc->stats.failures++;
-                snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
-                left--;
-                break;
-            case PUB_GAP:
-                break;
-            }
-        }
-    }
-
-    /* Test-only failpoint: die between PUBLISH and the marking UPDATE, the window in
-     * which a crash would repeat events without the marks in Redis. */
-    if (rc->crash_before_mark && left < b->n && ++rc->batches_until_crash >= 3)
-        raise(SIGKILL);
-
-    size_t nd = 0, nf = 0;
-    for (size_t i = 0; i < b->n; i++)
-        if (rc->done[i])
-            rc->done_ids[nd++] = b->ev[i].id;
-    o.published = nd;
-    o.pending = b->n - nd;
-    for (size_t i = 0; rc->nheld && i < b->n; i++) {
-        int h;
-        if (rc->done[i] && (h = held_find(rc, &b->ev[i])) >= 0)
-            held_remove(rc, h);
-    }
-
-    /* Record the failure on the first unpublished event of each run: the later ones
-     * only wait behind it. */
-    if (o.pending) {
-        for (size_t i = 0; i < b->n; i++) {
-            if (rc->done[i])
-                continue;
-            bool first = true;
-            for (size_t j = 0; j < nf && first; j++) {
-                const event *p = &b->ev[rc->order[j]];
-                first = !event_run_is(&b->ev[i], p->run_id, p->run_id_len);
-            }
-            if (first)
-                rc->order[nf++] = i;
-            if (nf >= RELAY_WAITING_MAX)
-                break; /* bounded: the rest are recorded when they are retried */
-        }
-        rc->nwaiting = nf;
-        for (size_t j = 0; j < nf; j++) {
-            rc->ids[j] = b->ev[rc->order[j]].id;
-            /* An error reply is about this event: hold its run back, let the others go. */
-            if (rc->last_res[rc->order[j]] == PUB_FAILED) {
-                o.event_failures++;
-                held_add(rc, &b->ev[rc->order[j]], last_error);
-            } else if (rc->last_res[rc->order[j]] == PUB_NOROUTE) {
-                held_park(rc, &b->ev[rc->order[j]]);
-            }
-        }
-        log_warn("%zu of %zu events not published after %d attempts (%zu runs wait): %s", o.pending, b->n,
-                 attempt - 1, nf, last_error[0] ? last_error : "unknown");
-        /* Written by relay_record_failures, once the connection is free (in the
-         * overlapped drain a statement is in flight while we publish). */
-        rc->nfailed = nf;
-        rc->failed_attempts = attempt - 1;
-        snprintf(rc->failed_error, sizeof rc->failed_error, "%s", last_error);
-    } else {
-        rc->nwaiting = 0;
-        rc->nfailed = 0;
-    }
-    return o;
-}
-
-void relay_record_failures(relay_ctx *rc)
-{
-    if (rc->nfailed && !store_record_failure(rc->db, rc->ids, rc->nfailed, rc->failed_attempts, rc->failed_error))
-        log_warn("%s", store_errstr(rc->db));
-    rc->nfailed = 0;
-}
-
-batch_outcome relay_process_batch(relay_ctx *rc, const batch *b)
-{
-    batch_outcome o = relay_publish_batch(rc, b);
-    relay_record_failures(rc);
-    if (o.published && !store_mark_published(rc->db, rc->done_ids, o.published)) {
-        /* Published but not marked: the next fetch returns them and the sink's marks
-         * turn them into duplicates that are not delivered again. */
-        log_warn("%s (%zu published events will be re-checked)", store_errstr(rc->db), o.published);
-        o.db_lost = true;
-        o.pending = b->n;
-        o.published = 0;
-        return o;
-    }
-    rc->stats.published += o.published;
-    return o;
-}
-
-/* Removes from `next` the events of runs that still wait in `cur` (the batch just
- * published): they were fetched before cur's outcome was known, and must not
- * overtake the event that failed. They come back with a later fetch. */
-void relay_drop_waiting_runs(relay_ctx *rc, const batch *cur, batch *next)
-{
-    if (cur->n == 0 || rc->nwaiting == 0)
-        return;
-    if (rc->nwaiting >= RELAY_WAITING_MAX) {
-        batch_clear(next); /* too many to tell apart: fetch again */
-        return;
-    }
-    size_t kept = 0;
-    for (size_t i = 0; i < next->n; i++) {
-        const event *e = &next->ev[i];
-        bool waits = false;
-        for (size_t j = 0; j < rc->nwaiting && !waits; j++) {
-            const event *w = &cur->ev[rc->order[j]];
-            waits = event_run_is(e, w->run_id, w->run_id_len);
-        }
-        if (!waits)
-            next->ev[kept++] = *e;
-    }
-    next->n = kept;
-}
-
-/* ---- process: signals, connections, loop ----------------------------------------- */
+/* ---- process: signals ------------------------------------------------------------- */
 
 static volatile sig_atomic_t stop_requested;
 static int wake_pipe[2] = {-1, -1};
 static long shutdown_timeout_s = 10;
+
+/* Sleeps up to ms, returning early when a signal arrives on the wake pipe. */
+static void nap(long ms)
+{
+    struct pollfd p = {.fd = wake_pipe[0], .events = POLLIN};
+    if (poll(&p, 1, (int)ms) < 0 && errno != EINTR)
+        log_warn("poll: %s", strerror(errno));
+}
 
 static void on_stop_signal(int sig)
 {
@@ -440,6 +104,15 @@ static bool install_signals(long timeout_ms)
     return sigaction(SIGPIPE, &sa, NULL) == 0;
 }
 
+static void drain_wake_pipe(void)
+{
+    char tmp[64];
+    while (read(wake_pipe[0], tmp, sizeof tmp) > 0) {
+    }
+}
+
+/* ---- state ------------------------------------------------------------------------ */
+
 /* What the admin thread may read, copied from the loop under `mu` after each step. */
 typedef struct relay_public {
     pthread_mutex_t mu;
@@ -448,6 +121,10 @@ typedef struct relay_public {
     double oldest_age_s;
     bool leader, db_up;
     int held;
+    size_t gaps;
+    double gap_age_s, gap_blocker_age_s;
+    int gap_blocker_pid;
+    bool gap_blocker_prepared;
     sink_counters redis;
     bool redis_refusing;
     char redis_refusal[1024];
@@ -457,6 +134,15 @@ typedef struct relay_public {
 
 static relay_public pub = {.mu = PTHREAD_MUTEX_INITIALIZER, .backlog = -1};
 
+/* Ids published and not yet marked: slot k goes with the cycle statement k (mod
+ * MARK_SPLIT). */
+typedef struct mark_ring {
+    long long *ids[MARK_SPLIT];
+    size_t n[MARK_SPLIT], cap[MARK_SPLIT];
+    long long *spare; /* the array of the slot last sent, reused for the next one */
+    size_t spare_cap;
+} mark_ring;
+
 typedef struct relay_state {
     relay_ctx rc;
     const config *cfg;
@@ -464,37 +150,117 @@ typedef struct relay_state {
     bool leader;
     bool said_standby;
     long backoff_ms;
-    double next_stats;
-    double last_stats;
-    double next_backlog;
-    double next_prune;
-    batch spare; /* the batch being fetched while another is published */
+    double next_stats, last_stats, next_backlog, next_prune;
     long long backlog;
     double oldest_age_s;
     uint64_t published_at_last_stats;
+    /* the leader's cycle */
+    scan sc;
+    batch rows[2];       /* what the last two cycles read; `cur` points into one of them */
+    unsigned long cycle;
+    batch cur;           /* read, to be published by the next step */
+    bool cur_full;       /* the read that gave `cur` was full: a backlog */
+    long limit;
+    mark_ring marks;
+    bool recheck;        /* the wake-up lock is taken: the next read decides whether to wait */
+    int busy_naps;
+    double busy_since;   /* when the relay last found it could not wait */
+    double said_busy, said_gaps_full; /* when those were last logged */
+    double low_saved_at;
+    long long low_saved;
+    char forget_cursor[512];
+    /* VACUUM of run_outbox on a connection of its own (--vacuum-after) */
+    store *vac;
+    int vac_may;         /* -1 not known yet, 0 this role does not own the table, 1 it does */
+    bool vac_running;
+    double vac_started, next_vacuum;
+    long long churn;     /* events marked or deleted since the last VACUUM started */
 } relay_state;
 
 static void backoff(relay_state *r)
 {
-    r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : BACKOFF_MIN_MS;
-    if (r->backoff_ms > BACKOFF_MAX_MS)
-        r->backoff_ms = BACKOFF_MAX_MS;
-    nap(wake_pipe[0], r->backoff_ms);
+    nap(clock_backoff(&r->backoff_ms));
 }
 
-static void drain_wake_pipe(void)
+static bool ring_add(mark_ring *m, unsigned long cycle, const long long *ids, size_t n, bool spread)
 {
-    char tmp[64];
-    while (read(wake_pipe[0], tmp, sizeof tmp) > 0) {
+    for (size_t i = 0; i < n; i++) {
+        size_t k = (cycle + (spread ? (unsigned long long)ids[i] % MARK_SPLIT : 0)) % MARK_SPLIT;
+        if (m->n[k] == m->cap[k]) {
+            size_t cap = m->cap[k] ? m->cap[k] * 2 : 256;
+            long long *p = realloc(m->ids[k], cap * sizeof *p);
+            if (!p)
+                return false;
+            m->ids[k] = p;
+            m->cap[k] = cap;
+        }
+        m->ids[k][m->n[k]++] = ids[i];
     }
+    return true;
 }
 
-/* Connects, checks the schema, LISTENs. A full poll follows, as after any re-LISTEN. */
+static size_t ring_count(const mark_ring *m)
+{
+    size_t n = 0;
+    for (int k = 0; k < MARK_SPLIT; k++)
+        n += m->n[k];
+    return n;
+}
+
+static void ring_clear(mark_ring *m)
+{
+    for (int k = 0; k < MARK_SPLIT; k++)
+        m->n[k] = 0;
+}
+
+static void ring_free(mark_ring *m)
+{
+    for (int k = 0; k < MARK_SPLIT; k++)
+        free(m->ids[k]);
+    free(m->spare);
+    memset(m, 0, sizeof *m);
+}
+
+/* Marks everything the ring holds, in standalone statements. */
+static bool ring_flush(relay_state *r)
+{
+    for (int k = 0; k < MARK_SPLIT; k++) {
+        if (r->marks.n[k] && !store_mark_published(r->rc.db, r->marks.ids[k], r->marks.n[k]))
+            return false;
+        r->rc.stats.published += r->marks.n[k];
+        r->churn += (long long)r->marks.n[k];
+        r->marks.n[k] = 0;
+    }
+    return true;
+}
+
+/* The leader's state goes with its session: a relay that leads again starts from the
+ * low water stored in the database. */
+static void drop_cycle_state(relay_state *r)
+{
+    ring_clear(&r->marks);
+    batch_clear(&r->cur);
+    batch_clear(&r->rows[0]);
+    batch_clear(&r->rows[1]);
+    relay_held_clear(&r->rc);
+    r->recheck = false;
+    r->cur_full = false;
+}
+
+static void lose_db(relay_state *r)
+{
+    log_warn("postgresql: %s", store_errstr(r->rc.db));
+    store_disconnect(r->rc.db);
+    r->leader = false;
+    drop_cycle_state(r);
+}
+
+/* Connects, checks the schema, prepares, LISTENs. */
 static bool connect_db(relay_state *r)
 {
     store *db = r->rc.db;
-    char epoch[64];
-    if (!store_connect(db) || !store_check_schema(db, epoch, sizeof epoch) ||
+    char epoch[64], origin[48];
+    if (!store_connect(db) || !store_check_schema(db, epoch, sizeof epoch, origin, sizeof origin) || !store_prepare_relay(db) ||
         (!r->cfg->no_listen && !store_listen(db))) {
         log_warn("postgresql: %s", store_errstr(db));
         store_disconnect(db);
@@ -516,71 +282,124 @@ static bool connect_db(relay_state *r)
         store_disconnect(db);
         return false;
     }
-    sink_set_epoch(r->rc.out, epoch);
+    sink_set_epoch(r->rc.out, epoch, origin);
     r->leader = false;
     r->said_standby = false;
     log_info("postgresql: connected (%s)", r->cfg->no_listen ? "poll only" : "listening");
     return true;
 }
 
+/* ---- chores between cycles ---------------------------------------------------------- */
+
 static void log_stats(relay_state *r, bool final)
 {
     relay_stats *st = &r->rc.stats;
-    double now = mono_s();
+    double now = clock_mono_s();
     double span = now - r->last_stats;
     long long backlog = r->leader ? r->backlog : -1;
     double oldest = r->leader ? r->oldest_age_s : 0;
     double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
     sink_counters sc;
     sink_get_counters(r->rc.out, &sc);
+    /* gap_blocker=none, prepared or pid:N (%.0d prints nothing for 0). */
     log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu "
-             "possible_duplicates=%llu failures=%llu "
+             "possible_duplicates=%llu mark_failures=%llu failures=%llu "
              "retries=%llu pruned=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
-             "backlog=%lld oldest_unpublished_s=%.3f",
+             "backlog=%lld oldest_unpublished_s=%.3f gaps=%zu oldest_gap_s=%.3f gap_blocker=%s%.0d "
+             "gap_blocker_s=%.3f",
              final ? " (final)" : "", r->leader ? "leader" : "standby",
              (unsigned long long)st->published, rate, (unsigned long long)st->duplicates,
-             sc.possible_duplicates,
+             sc.possible_duplicates, sc.mark_failures,
              (unsigned long long)st->failures, (unsigned long long)st->retries,
              (unsigned long long)st->pruned, hist_quantile(&st->latency, 0.5) / 1e3, hist_quantile(&st->latency, 0.99) / 1e3,
              st->latency.max_us / 1e3, (unsigned long long)st->batches,
              st->batch_time.count ? st->batch_time.sum_us / (double)st->batch_time.count / 1e3 : 0,
-             st->batch_time.max_us / 1e3, backlog, oldest);
+             st->batch_time.max_us / 1e3, backlog, oldest, r->leader ? r->sc.ngaps : 0,
+             r->leader ? scan_oldest_gap_s(&r->sc, now) : 0,
+             !r->leader || !r->sc.blocker ? "none" : r->sc.blocker_prepared ? "prepared" : "pid:",
+             r->leader && r->sc.blocker ? r->sc.blocker_pid : 0,
+             r->leader && r->sc.blocker ? r->sc.blocker_age_s : 0);
     hist_reset(&st->latency);
     hist_reset(&st->batch_time);
     r->last_stats = now;
     r->published_at_last_stats = st->published;
 }
 
-/* The leader's backlog, refreshed every 2 s for the stats line and /metrics. */
+/* The lowest id that may still need publishing or marking: what a relay that takes
+ * over reads from. */
+static long long low_water(relay_state *r)
+{
+    long long low = scan_low(&r->sc);
+    for (size_t i = 0; i < r->cur.n; i++)
+        if (r->cur.ev[i].id < low)
+            low = r->cur.ev[i].id;
+    for (int k = 0; k < MARK_SPLIT; k++)
+        for (size_t i = 0; i < r->marks.n[k]; i++)
+            if (r->marks.ids[k][i] < low)
+                low = r->marks.ids[k][i];
+    for (int h = 0; h < r->rc.nheld; h++)
+        if (r->rc.held[h].from_id < low)
+            low = r->rc.held[h].from_id;
+    return low;
+}
+
+/* The leader's backlog, refreshed every 2 s for the stats line and /metrics: rows
+ * from the frontier's low end on, and the held runs through their own rows. */
 static void refresh_backlog(relay_state *r)
 {
-    if (!r->leader || !store_connected(r->rc.db) || mono_s() < r->next_backlog)
+    if (!r->leader || !store_connected(r->rc.db) || clock_mono_s() < r->next_backlog)
         return;
-    r->next_backlog = mono_s() + 2;
-    if (!store_backlog(r->rc.db, &r->backlog, &r->oldest_age_s))
-        log_warn("postgresql: %s", store_errstr(r->rc.db));
+    r->next_backlog = clock_mono_s() + 2;
+    const char *runs[RELAY_HELD_MAX];
+    size_t lens[RELAY_HELD_MAX];
+    /* From the frontier (and the batch in flight) on: gaps hold no rows that were read,
+     * and one kept open for long would make this read every row above it. */
+    long long seqs[RELAY_HELD_MAX], from = r->sc.frontier + 1;
+    for (int h = 0; h < r->rc.nheld; h++) {
+        runs[h] = r->rc.held[h].run_id;
+        lens[h] = r->rc.held[h].len;
+        seqs[h] = r->rc.held[h].from_seq;
+    }
+    for (size_t i = 0; i < r->cur.n; i++)
+        if (r->cur.ev[i].id < from)
+            from = r->cur.ev[i].id;
+    if (!store_backlog(r->rc.db, from, r->sc.frontier, runs, lens, (size_t)r->rc.nheld, seqs, &r->backlog,
+                       &r->oldest_age_s))
+        lose_db(r);
 }
 
 /* Retention: once a second the leader deletes published rows past the window, a
- * thousand per statement, for at most 250 ms, so that publishing never waits long. */
+ * thousand per statement, for at most 250 ms, so that publishing never waits long;
+ * then it looks at a window of the counters of runs without rows. */
 static void prune_old(relay_state *r)
 {
     long keep = r->cfg->retention_ms;
-    if (keep <= 0 || !r->leader || !store_connected(r->rc.db) || mono_s() < r->next_prune)
+    if (!r->leader || !store_connected(r->rc.db) || clock_mono_s() < r->next_prune)
         return;
-    double start = mono_s();
+    double start = clock_mono_s();
     r->next_prune = start + 1;
     long long total = 0, n = 0;
-    do {
-        if (!store_prune(r->rc.db, keep, 1000, &n)) {
+    if (keep > 0) {
+        do {
+            if (!store_prune(r->rc.db, keep, 1000, &n)) {
+                log_warn("retention: %s", store_errstr(r->rc.db));
+                return;
+            }
+            total += n;
+        } while (n >= 1000 && clock_mono_s() - start < 0.25);
+        if (total)
+            log_debug("retention: deleted %lld published events older than %ld ms", total, keep);
+        r->rc.stats.pruned += (uint64_t)total;
+        r->churn += total;
+    }
+    if (r->cfg->counter_retention_ms > 0) {
+        long long gone;
+        if (!store_forget_runs(r->rc.db, r->cfg->counter_retention_ms, FORGET_WINDOW, r->forget_cursor,
+                               sizeof r->forget_cursor, &gone))
             log_warn("retention: %s", store_errstr(r->rc.db));
-            return;
-        }
-        total += n;
-    } while (n == 1000 && mono_s() - start < 0.25);
-    if (total)
-        log_debug("retention: deleted %lld published events older than %ld ms", total, keep);
-    r->rc.stats.pruned += (uint64_t)total;
+        else if (gone)
+            log_debug("retention: forgot %lld runs without events for %ld ms", gone, r->cfg->counter_retention_ms);
+    }
 }
 
 static void publish_state(relay_state *r)
@@ -592,6 +411,11 @@ static void publish_state(relay_state *r)
     pub.leader = r->leader;
     pub.db_up = store_connected(r->rc.db);
     pub.held = r->rc.nheld;
+    pub.gaps = r->leader ? r->sc.ngaps : 0;
+    pub.gap_age_s = r->leader ? scan_oldest_gap_s(&r->sc, clock_mono_s()) : 0;
+    pub.gap_blocker_pid = r->leader && r->sc.blocker ? r->sc.blocker_pid : 0;
+    pub.gap_blocker_age_s = r->leader && r->sc.blocker ? r->sc.blocker_age_s : 0;
+    pub.gap_blocker_prepared = r->leader && r->sc.blocker && r->sc.blocker_prepared;
     const char *why;
     sink_get_counters(r->rc.out, &pub.redis);
     pub.redis_refusing = sink_refusing(r->rc.out, &why);
@@ -627,11 +451,18 @@ static bool render_metrics(buf *b, void *arg)
            prom_counter(b, "outboxd_redis_wait_short_total",
                         "Batches whose WAIT saw fewer replicas than --redis-wait-replicas in time.",
                         (double)p.redis.wait_short) &&
+           prom_counter(b, "outboxd_redis_mark_failures_total",
+                        "Script calls whose events were published but whose run mark Redis refused to write "
+                        "(an ACL user without SET): they count as published; a re-send after a crash is not "
+                        "recognised as a duplicate meanwhile.",
+                        (double)p.redis.mark_failures) &&
            prom_counter(b, "outboxd_batches_total", "Non-empty batches processed.", (double)st->batches) &&
            prom_counter(b, "outboxd_events_pruned_total", "Published events deleted by --retention.",
                         (double)st->pruned) &&
            prom_gauge(b, "outboxd_backlog_events",
-                      "Unpublished events (counted up to 1e6; -1 when not the leader).", (double)p.backlog) &&
+                      "Unpublished events: ids above what the leader read, and unpublished rows below (-1 when "
+                      "not the leader).",
+                      (double)p.backlog) &&
            prom_gauge(b, "outboxd_oldest_unpublished_age_seconds",
                       "Age of the oldest unpublished event (0 when none).", p.oldest_age_s) &&
            prom_gauge(b, "outboxd_leader", "1 when this relay holds the leader lock and publishes.",
@@ -640,15 +471,27 @@ static bool render_metrics(buf *b, void *arg)
                       p.held) &&
            prom_gauge(b, "outboxd_database_up", "1 while the relay's PostgreSQL connection is up.",
                       p.db_up ? 1 : 0) &&
+           prom_gauge(b, "outboxd_gaps", "Ranges of missing ids below the leader's frontier that it reads again.",
+                      (double)p.gaps) &&
+           prom_gauge(b, "outboxd_gap_oldest_age_seconds", "Age of the oldest of those gaps (0 when none).",
+                      p.gap_age_s) &&
+           prom_gauge(b, "outboxd_gap_blocker_pid",
+                      "Backend of the oldest transaction writing run_outbox that holds gaps open (0 when none, "
+                      "or when it is a prepared transaction).",
+                      p.gap_blocker_pid) &&
+           prom_gauge(b, "outboxd_gap_blocker_age_seconds",
+                      "How long that transaction has been open or prepared (0 when none).", p.gap_blocker_age_s) &&
+           prom_gauge(b, "outboxd_gap_blocker_prepared", "1 when that transaction is a prepared (two-phase) one.",
+                      p.gap_blocker_prepared ? 1 : 0) &&
            prom_histogram(b, "outboxd_publish_latency_seconds",
                           "From created_at to Redis acknowledging the publish.", &st->latency_total) &&
-           prom_histogram(b, "outboxd_batch_duration_seconds", "From fetch to marked, per non-empty batch.",
+           prom_histogram(b, "outboxd_batch_duration_seconds", "From read to published, per non-empty batch.",
                           &st->batch_time_total);
 }
 
 /* Ready = the database connection is up, the Redis primary takes a connection now
  * (TLS, AUTH, ROLE, the script), and Redis has not refused every event lately (an
- * ACL denial). */
+ * ACL denial, or writes refused: NOREPLICAS, OOM, MISCONF). */
 static bool check_ready(buf *body, void *arg)
 {
     (void)arg;
@@ -671,143 +514,320 @@ static bool check_ready(buf *body, void *arg)
     return ok;
 }
 
-/* Time-driven chores between batches: backlog, retention, /metrics, the stats line. */
+/* Marks and retention leave dead row versions, and only VACUUM makes their room
+ * usable for new rows: without it the table grows by everything written between two
+ * visits of autovacuum (a minute at best). Once --vacuum-after events were marked or
+ * deleted, the leader starts a VACUUM on a connection of its own and goes on
+ * publishing; it only looks whether that one is done before it starts another.
+ * VACUUM reads only the pages changed since the last one. */
+static void vacuum_chore(relay_state *r)
+{
+    double now = clock_mono_s();
+    if (r->vac_running) {
+        bool done;
+        if (!store_vacuum_poll(r->vac, &done)) {
+            log_warn("vacuum: %s", store_errstr(r->vac));
+            r->vac_running = false;
+            r->next_vacuum = now + 10;
+        } else if (done) {
+            r->vac_running = false;
+            log_debug("vacuum of run_outbox took %.0f ms", (now - r->vac_started) * 1e3);
+        }
+        return;
+    }
+    if (r->cfg->vacuum_after <= 0 || !r->leader || r->vac_may == 0 || r->churn < r->cfg->vacuum_after ||
+        now < r->next_vacuum)
+        return;
+    r->next_vacuum = now + 2;
+    if (!store_connected(r->vac) && !store_connect(r->vac)) {
+        log_warn("vacuum: %s", store_errstr(r->vac));
+        r->next_vacuum = now + 10;
+        return;
+    }
+    if (r->vac_may < 0) {
+        bool may;
+        if (!store_may_vacuum(r->vac, &may)) {
+            log_warn("vacuum: %s", store_errstr(r->vac));
+            return;
+        }
+        r->vac_may = may;
+        if (!may) {
+            log_info("vacuum: this role does not own run_outbox; autovacuum alone cleans it");
+            store_disconnect(r->vac);
+            return;
+        }
+    }
+    if (!store_vacuum_begin(r->vac)) {
+        log_warn("vacuum: %s", store_errstr(r->vac));
+        return;
+    }
+    r->vac_running = true;
+    r->vac_started = now;
+    r->churn = 0;
+}
+
+/* Time-driven chores between cycles: backlog, retention, vacuum, /metrics, the stats line. */
 static void periodic(relay_state *r)
 {
     refresh_backlog(r);
     prune_old(r);
+    vacuum_chore(r);
     publish_state(r);
-    if (r->cfg->stats_interval_ms > 0 && mono_s() >= r->next_stats) {
+    if (r->cfg->stats_interval_ms > 0 && clock_mono_s() >= r->next_stats) {
         log_stats(r, false);
-        r->next_stats = mono_s() + r->cfg->stats_interval_ms / 1e3;
+        r->next_stats = clock_mono_s() + r->cfg->stats_interval_ms / 1e3;
     }
 }
 
-static void lose_db(relay_state *r)
-{
-    log_warn("postgresql: %s", store_errstr(r->rc.db));
-    store_disconnect(r->rc.db);
-    r->leader = false;
-}
+/* ---- the leader's cycle ------------------------------------------------------------- */
 
 static void count_batch(relay_ctx *rc, double t0)
 {
     rc->stats.batches++;
-    hist_record(&rc->stats.batch_time, (mono_s() - t0) * 1e6);
-    prom_hist_record(&rc->stats.batch_time_total, mono_s() - t0);
+    hist_record(&rc->stats.batch_time, (clock_mono_s() - t0) * 1e6);
+    prom_hist_record(&rc->stats.batch_time_total, clock_mono_s() - t0);
 }
 
-/* Drains a backlog with PostgreSQL and Redis working at the same time: while Redis
- * takes batch k, PostgreSQL marks batch k-1 and fetches batch k+1 in one statement
- * (store_fetch_begin). cur holds a full batch, fetched and not yet published; spare is
- * an empty batch to fetch into. Marks lag one batch: a crash re-sends at most two
- * batches, which the marks in Redis turn into suppressed duplicates. Returns what
- * relay_step returns. */
-static long drain_overlapped(relay_state *r, batch *cur, batch *spare, long *limit)
+/* Publishes `cur` and files the outcome: marks into the ring (spread over the next
+ * statements in a backlog), and what must be read again. */
+static batch_outcome publish_cur(relay_state *r, unsigned long first_cycle, bool spread)
+{
+    double t0 = clock_mono_s();
+    batch_outcome o = relay_publish_batch(&r->rc, &r->cur);
+    count_batch(&r->rc, t0);
+    if (!ring_add(&r->marks, first_cycle, r->rc.done_ids, o.published, spread)) {
+        log_error("out of memory for marks: the events go out again later, as duplicates the marks in Redis stop");
+        o.resume_id = r->cur.ev[0].id;
+    }
+    return o;
+}
+
+/* The runs to catch up in the next statement: held ones whose hold has passed and
+ * that have no event in flight. */
+static size_t catch_up_runs(relay_state *r, const char **runs, size_t *lens, long long *seqs)
+{
+    double now = clock_mono_s();
+    size_t n = 0;
+    for (int h = 0; h < r->rc.nheld; h++) {
+        held_run *hr = &r->rc.held[h];
+        bool in_flight = false;
+        for (size_t i = 0; i < r->cur.n && !in_flight; i++)
+            in_flight = event_run_is(&r->cur.ev[i], hr->run_id, hr->len);
+        hr->asked = hr->until <= now && !in_flight;
+        if (hr->asked) {
+            runs[n] = hr->run_id;
+            lens[n] = hr->len;
+            seqs[n++] = hr->from_seq;
+        }
+    }
+    return n;
+}
+
+/* Before a cycle: the writers' horizon when gaps wait longer than the xmin rule
+ * closes them (relay_scan.h), and the window of gaps the statement reads again. */
+static bool gaps_before_cycle(relay_state *r)
+{
+    double now = clock_mono_s();
+    if (scan_check_due(&r->sc, now)) {
+        store_writers w;
+        if (!store_outbox_writers(r->rc.db, &w)) {
+            lose_db(r);
+            backoff(r);
+            return false;
+        }
+        scan_writers(&r->sc, &w, now);
+    }
+    if (!scan_probe(&r->sc, r->limit))
+        log_error("out of memory for the relay's gaps: this cycle reads none of them again");
+    if (scan_frontier_limit(&r->sc, r->limit) < r->limit && now - r->said_gaps_full >= 10) {
+        r->said_gaps_full = now;
+        log_error("%zu gaps (ids missing below the frontier) wait for transactions that write run_outbox to end; "
+                  "new events wait until gaps close. Oldest writer: %s %d, open %.0f s",
+                  r->sc.ngaps, r->sc.blocker_prepared ? "prepared transaction" : "backend pid",
+                  r->sc.blocker_pid, r->sc.blocker_age_s);
+    }
+    return true;
+}
+
+/* One cycle of the leader. In a backlog (the last read was full) the statement runs
+ * while Redis takes `cur`; otherwise `cur` goes out first, then, after a short pause
+ * that lets a trickle gather, the statement marks it and reads on. Returns how long
+ * to wait for a NOTIFY before the next cycle (ms), 0 for at once, -1 when it already
+ * waited. */
+static long leader_cycle(relay_state *r)
 {
     relay_ctx *rc = &r->rc;
-    size_t cap = (size_t)r->cfg->max_batch_size;
-    long long *done = malloc(cap * sizeof *done), *exclude = malloc(2 * cap * sizeof *exclude);
-    batch *next = spare;
-    size_t ndone = 0;
-    long wait = -1;
-    if (!done || !exclude) {
-        log_error("out of memory: publishing the batch without overlap");
-        relay_process_batch(rc, cur);
-        batch_clear(cur);
-        goto out;
-    }
-    for (;;) {
-        double t0 = mono_s();
-        size_t nex = 0;
-        for (size_t i = 0; i < cur->n; i++)
-            exclude[nex++] = cur->ev[i].id;
-        for (size_t i = 0; i < ndone; i++)
-            exclude[nex++] = done[i];
-        const char *held_ids[RELAY_HELD_MAX];
-        size_t held_lens[RELAY_HELD_MAX];
-        int nheld = relay_held_now(rc, held_ids, held_lens);
-        if (!store_fetch_begin(rc->db, *limit, held_ids, held_lens, (size_t)nheld, done, ndone, exclude, nex)) {
-            lose_db(r); /* done's marks are lost: re-checked (and suppressed) later */
-            ndone = 0;
-            batch_clear(cur);
-            backoff(r);
-            goto out;
-        }
-        size_t marking = ndone;
-        batch_outcome o = relay_publish_batch(rc, cur);
-        ndone = o.published;
-        memcpy(done, rc->done_ids, ndone * sizeof *done);
-        bool fetched = store_fetch_end(rc->db, next);
-        count_batch(rc, t0);
-        if (!fetched) {
-            rc->nfailed = 0; /* recorded when the events fail again */
-            lose_db(r);
-            ndone = 0;
-            batch_clear(cur);
-            backoff(r);
-            goto out;
-        }
-        rc->stats.published += marking;
+    store *db = rc->db;
+    bool overlap = r->cur_full && r->cur.n > 0;
+    batch_outcome o = {0};
+    bool published = false;
+    if (r->cur.n && !overlap) {
+        o = publish_cur(r, r->cycle, false); /* marked by the statement below */
+        published = true;
         relay_record_failures(rc);
-        bool full = next->n == (size_t)*limit;
-        relay_drop_waiting_runs(rc, cur, next);
-        batch_clear(cur);
-        if (o.pending && o.published == 0 && o.event_failures == 0) {
+        if (!o.resume_id && r->cfg->notify_coalesce_ms > 0 && !stop_requested)
+            nap(r->cfg->notify_coalesce_ms);
+    }
+    if (store_take_retry(db) && rc->nheld) {
+        log_info("retry asked for (outboxd retry): releasing %d held run(s)", rc->nheld);
+        for (int h = 0; h < rc->nheld; h++)
+            rc->held[h].until = 0;
+    }
+
+    if (!gaps_before_cycle(r))
+        return -1;
+    const char *cu_runs[RELAY_HELD_MAX];
+    size_t cu_lens[RELAY_HELD_MAX];
+    long long cu_seqs[RELAY_HELD_MAX];
+    long long low = low_water(r);
+    bool save_low = low != r->low_saved && clock_mono_s() - r->low_saved_at >= LOW_WATER_EVERY_S;
+    /* The slot this statement marks is emptied as it goes: a batch published while
+     * the statement runs files ids into the coming slots, this one among them. */
+    size_t slot = r->cycle % MARK_SPLIT;
+    long long *marking = r->marks.ids[slot];
+    size_t nmarking = r->marks.n[slot], marking_cap = r->marks.cap[slot];
+    r->marks.ids[slot] = r->marks.spare;
+    r->marks.cap[slot] = r->marks.spare_cap;
+    r->marks.n[slot] = 0;
+    r->marks.spare = marking;
+    r->marks.spare_cap = marking_cap;
+    store_cycle c = {
+        .mark = marking,
+        .nmark = nmarking,
+        .after = r->sc.frontier,
+        .limit = scan_frontier_limit(&r->sc, r->limit),
+        .gap_lo = r->sc.probe_lo,
+        .gap_hi = r->sc.probe_hi,
+        .ngaps = r->sc.probe_n,
+        .gap_rows = r->sc.probe_rows,
+        .cu_run = cu_runs,
+        .cu_len = cu_lens,
+        .cu_seq = cu_seqs,
+        .ncu = catch_up_runs(r, cu_runs, cu_lens, cu_seqs),
+        .cu_limit = r->limit,
+        .low_water = save_low ? low : -1,
+        .wake = store_asleep(db) && !r->recheck,
+        .need_tag = scan_needs_tag(&r->sc),
+    };
+    batch *rows = &r->rows[(r->cycle + 1) % 2], *prev = &r->rows[r->cycle % 2];
+    store_seen seen;
+    if (!store_cycle_begin(db, &c)) {
+        lose_db(r);
+        backoff(r);
+        return -1;
+    }
+    if (overlap) {
+        o = publish_cur(r, r->cycle + 1, true); /* the statement is sent: the next ones mark */
+        published = true;
+    }
+    if (!store_cycle_end(db, rows, &seen)) {
+        lose_db(r);
+        backoff(r);
+        return -1;
+    }
+    rc->stats.published += c.nmark;
+    r->churn += (long long)c.nmark;
+    if (c.low_water >= 0) {
+        r->low_saved = low;
+        r->low_saved_at = clock_mono_s();
+    }
+    if (overlap)
+        relay_record_failures(rc);
+    r->cycle++;
+    if (!scan_apply(&r->sc, rows, &seen, clock_mono_s())) {
+        log_error("out of memory for the relay's gaps: reading again from %lld", scan_low(&r->sc));
+        batch_clear(rows);
+        return -1;
+    }
+    size_t frontier_rows = 0;
+    long long first_new = 0; /* the lowest id read now that is not published */
+    for (size_t i = 0; i < rows->n; i++) {
+        frontier_rows += (rows->ev[i].flags & STORE_ROW_FRONTIER) != 0;
+        if (!(rows->ev[i].flags & STORE_ROW_DONE) && (first_new == 0 || rows->ev[i].id < first_new))
+            first_new = rows->ev[i].id;
+    }
+    bool full = frontier_rows >= (size_t)r->limit, moved = frontier_rows > 0;
+
+    /* `cur` went out: its storage (the rows of the cycle before) can go too. */
+    batch_clear(&r->cur);
+    batch_clear(prev);
+    if (published && o.resume_id) {
+        /* Events that did not go out and whose run is not held: read them again,
+         * after marking what did go out, with whatever this read found (a late
+         * commit in a gap is read again only from the rewound frontier). An outage
+         * (nothing went out, nothing refused) also backs off. */
+        scan_rewind(&r->sc, first_new && first_new < o.resume_id ? first_new : o.resume_id);
+        batch_clear(rows);
+        r->cur_full = false;
+        if (!ring_flush(r)) {
+            lose_db(r);
+            backoff(r);
+            return -1;
+        }
+        if (o.published == 0 && o.event_failures == 0) {
             if (o.redis_lost)
                 log_warn("redis: %s", sink_errstr(rc->out));
-            batch_clear(next);
             backoff(r);
-            goto out;
+            return -1;
         }
-        r->backoff_ms = 0;
-        batch *t = cur;
-        cur = next;
-        next = t;
-        if (stop_requested || !full) {
-            /* The backlog is drained (or we are stopping): mark, then publish the last
-             * batch the plain way (a stopping relay leaves it for the next start). */
-            if (ndone && !store_mark_published(rc->db, done, ndone)) {
-                lose_db(r);
-                batch_clear(cur);
-                ndone = 0;
-                goto out;
-            }
-            rc->stats.published += ndone;
-            ndone = 0;
-            if (cur->n && !stop_requested) {
-                t0 = mono_s();
-                batch_outcome last = relay_process_batch(rc, cur);
-                count_batch(rc, t0);
-                if (last.db_lost)
-                    lose_db(r);
-            }
-            batch_clear(cur);
-            *limit = r->cfg->batch_size;
-            wait = r->cfg->poll_interval_ms;
-            goto out;
-        }
-        if (*limit < r->cfg->max_batch_size)
-            *limit = *limit * 2 > r->cfg->max_batch_size ? r->cfg->max_batch_size : *limit * 2;
-        periodic(r);
+        return 0;
     }
-out:
-    if (ndone && store_connected(rc->db)) {
-        if (store_mark_published(rc->db, done, ndone))
-            rc->stats.published += ndone;
-        else
-            lose_db(r);
+    r->backoff_ms = 0;
+    if (!relay_take_rows(rc, rows, c.cu_limit, &r->cur)) {
+        log_error("out of memory for a batch: reading again");
+        scan_rewind(&r->sc, low);
+        batch_clear(rows);
+        return -1;
     }
-    batch_clear(cur);
-    batch_clear(next);
-    free(done);
-    free(exclude);
-    return wait;
+    r->cur_full = full;
+    if (full && r->limit < r->cfg->max_batch_size)
+        r->limit = r->limit * 2 > r->cfg->max_batch_size ? r->cfg->max_batch_size : r->limit * 2;
+    else if (!full)
+        r->limit = r->cfg->batch_size;
+
+    bool rechecked = r->recheck;
+    r->recheck = false;
+    if (r->cur.n || full || moved || ring_count(&r->marks)) {
+        r->busy_naps = 0;
+        return 0;
+    }
+    if (rechecked || r->cfg->no_listen)
+        return r->cfg->poll_interval_ms; /* nothing new since the lock was taken: wait */
+    bool asleep;
+    if (!store_sleep(db, &asleep)) {
+        lose_db(r);
+        backoff(r);
+        return -1;
+    }
+    if (asleep) {
+        r->recheck = true; /* read once more, now that writers notify */
+        r->busy_naps = 0;
+        return 0;
+    }
+    /* A writer that did not notify has not committed yet: read again soon. */
+    double now = clock_mono_s();
+    if (r->busy_naps == 0)
+        r->busy_since = now;
+    if (now - r->busy_since < BUSY_QUICK_S) {
+        long ms = 1L << (r->busy_naps < 3 ? r->busy_naps : 3);
+        r->busy_naps++;
+        nap(ms < BUSY_NAP_MAX_MS ? ms : BUSY_NAP_MAX_MS);
+        return -1;
+    }
+    if (r->busy_naps > 0 && now - r->said_busy >= 60) {
+        r->said_busy = now;
+        log_info("a transaction that inserted into run_outbox without notifying is still open (writers do not "
+                 "notify until it ends; a prepared one holds on until COMMIT PREPARED): reading every %ld ms "
+                 "meanwhile",
+                 r->cfg->poll_interval_ms < BUSY_POLL_MS ? r->cfg->poll_interval_ms : BUSY_POLL_MS);
+    }
+    r->busy_naps = -1; /* the slow phase: busy_since stays until the relay reads rows or waits */
+    return r->cfg->poll_interval_ms < BUSY_POLL_MS ? r->cfg->poll_interval_ms : BUSY_POLL_MS;
 }
 
 /* One pass of the loop; returns how long to wait for a NOTIFY before the next (ms),
  * 0 for "at once", or -1 when it already waited (backoff, standby). */
-static long relay_step(relay_state *r, batch *b, long *limit)
+static long relay_step(relay_state *r)
 {
     relay_ctx *rc = &r->rc;
     if (!store_connected(rc->db) && !connect_db(r)) {
@@ -817,8 +837,7 @@ static long relay_step(relay_state *r, batch *b, long *limit)
     }
     if (!r->leader) {
         if (!store_try_lead(rc->db, &r->leader)) {
-            log_warn("postgresql: %s", store_errstr(rc->db));
-            store_disconnect(rc->db);
+            lose_db(r);
             backoff(r);
             return -1;
         }
@@ -827,69 +846,27 @@ static long relay_step(relay_state *r, batch *b, long *limit)
                 log_info("standby: another relay holds the leader lock; retrying every %d ms",
                          STANDBY_RETRY_MS);
             r->said_standby = true;
-            nap(wake_pipe[0], STANDBY_RETRY_MS);
+            nap(STANDBY_RETRY_MS);
             return -1;
         }
+        long long low;
+        if (!store_low_water(rc->db, &low)) {
+            lose_db(r);
+            backoff(r);
+            return -1;
+        }
+        drop_cycle_state(r);
+        scan_reset(&r->sc, low);
+        r->low_saved = low;
+        r->limit = r->cfg->batch_size;
         log_info("leader: this relay publishes");
+        log_debug("reading from id %lld, the low water the last leader stored", low);
         /* Connect now, so that a Redis that cannot be used is reported before there
          * is anything to publish. */
         if (!sink_connected(rc->out) && !sink_connect(rc->out))
             log_warn("redis: %s", sink_errstr(rc->out));
     }
-    /* Redis being down is no reason to skip the fetch: the batch's attempts (each
-     * one a reconnect) are recorded on its rows, where `outboxd status` shows them. */
-    if (store_take_retry(rc->db) && rc->nheld) {
-        log_info("retry asked for (outboxd retry): releasing %d held run(s)", rc->nheld);
-        while (rc->nheld)
-            held_remove(rc, 0);
-    }
-    double t0 = mono_s();
-    const char *held_ids[RELAY_HELD_MAX];
-    size_t held_lens[RELAY_HELD_MAX];
-    int nheld = relay_held_now(rc, held_ids, held_lens);
-    if (!store_fetch(rc->db, *limit, held_ids, held_lens, (size_t)nheld, b)) {
-        log_warn("postgresql: %s", store_errstr(rc->db));
-        store_disconnect(rc->db);
-        r->leader = false;
-        backoff(r);
-        return -1;
-    }
-    if (b->n == 0) {
-        r->backoff_ms = 0;
-        *limit = r->cfg->batch_size;
-        return r->cfg->poll_interval_ms;
-    }
-    if (b->n == (size_t)*limit && r->cfg->max_batch_size > 1) {
-        /* A full batch means a backlog: drain it with the database and Redis busy at
-         * the same time. */
-        if (*limit < r->cfg->max_batch_size)
-            *limit = *limit * 2 > r->cfg->max_batch_size ? r->cfg->max_batch_size : *limit * 2;
-        return drain_overlapped(r, b, &r->spare, limit);
-    }
-    batch_outcome o = relay_process_batch(rc, b);
-    count_batch(rc, t0);
-    bool full = b->n == (size_t)*limit;
-    batch_clear(b);
-    if (o.db_lost) {
-        store_disconnect(rc->db);
-        r->leader = false;
-    }
-    if (o.db_lost || (o.pending && o.published == 0 && o.event_failures == 0)) {
-        /* An outage (nothing went out, no event-specific error): back off. Runs held
-         * back for their own errors do not slow the others down. */
-        if (o.redis_lost)
-            log_warn("redis: %s", sink_errstr(rc->out));
-        backoff(r);
-        return -1;
-    }
-    r->backoff_ms = 0;
-    if (full) {
-        /* A backlog: bigger batches amortize the round trips. */
-        *limit = *limit * 2 > r->cfg->max_batch_size ? r->cfg->max_batch_size : *limit * 2;
-        return 0;
-    }
-    *limit = r->cfg->batch_size;
-    return r->cfg->poll_interval_ms;
+    return leader_cycle(r);
 }
 
 int relay_main(const config *cfg)
@@ -898,7 +875,11 @@ int relay_main(const config *cfg)
         log_error("cannot install signal handlers: %s", strerror(errno));
         return 1;
     }
-    relay_state r = {.cfg = cfg};
+    relay_state r = {.cfg = cfg, .limit = cfg->batch_size, .vac_may = -1};
+    scan_init(&r.sc);
+    batch_init(&r.rows[0]);
+    batch_init(&r.rows[1]);
+    batch_init(&r.cur);
     /* The pid in application_name tells `outboxd status` (and pg_stat_activity)
      * which relay process holds the leader lock. */
     char appname[64];
@@ -910,10 +891,13 @@ int relay_main(const config *cfg)
         return 2;
     }
     store *db = store_new(cfg->database_url, appname, cfg->pg_timeout_ms);
+    snprintf(appname, sizeof appname, "outboxd-vacuum-%d", (int)getpid());
+    r.vac = store_new(cfg->database_url, appname, cfg->pg_timeout_ms);
     sink *out = sink_new(ep, cfg, "", true);
-    if (!db || !out) {
+    if (!db || !out || !r.vac) {
         log_error("out of memory");
         store_free(db);
+        store_free(r.vac);
         sink_free(out);
         redis_endpoint_free(ep);
         return 1;
@@ -921,34 +905,26 @@ int relay_main(const config *cfg)
     relay_ctx_init(&r.rc, cfg, db, out, wake_pipe[0], &stop_requested);
     const char *fp = getenv("OUTBOXD_FAILPOINT");
     r.rc.crash_before_mark = fp && !strcmp(fp, "crash-before-mark");
-    batch b;
-    batch_init(&b);
-    batch_init(&r.spare);
-    long limit = cfg->batch_size;
-    r.last_stats = mono_s();
+    r.last_stats = clock_mono_s();
     r.next_stats = r.last_stats + cfg->stats_interval_ms / 1e3;
     log_info("relay starting (pid %d)", (int)getpid());
     config_log(cfg, CMD_RELAY);
     pub.cfg = cfg;
     pub.endpoint = ep;
     admin *http = NULL;
+    int rc = 1;
     if (cfg->http_listen) {
         admin_handlers h = {.metrics = render_metrics, .ready = check_ready};
         if (!(http = admin_start(cfg->http_listen, &h, err, sizeof err))) {
             log_error("%s", err);
-            batch_free(&b);
-            relay_ctx_free(&r.rc);
-            store_free(db);
-            sink_free(out);
-            redis_endpoint_free(ep);
-            return 1;
+            goto out;
         }
         log_info("serving /metrics, /healthz, /readyz on http://%s/", cfg->http_listen);
     }
     bool said_ready = false;
 
     while (!stop_requested && !r.fatal) {
-        long wait_ms = relay_step(&r, &b, &limit);
+        long wait_ms = relay_step(&r);
         if (!said_ready && store_connected(db)) {
             admin_sd_notify("READY=1");
             said_ready = true;
@@ -957,31 +933,42 @@ int relay_main(const config *cfg)
         if (wait_ms > 0 && !stop_requested) {
             bool notified;
             if (!store_wait(db, wake_pipe[0], wait_ms, &notified)) {
-                log_warn("postgresql: %s", store_errstr(db));
-                store_disconnect(db);
-                r.leader = false;
-            } else if (notified && cfg->notify_coalesce_ms > 0) {
+                lose_db(&r);
+            } else if (!notified) {
+                /* The poll interval passed: read again, still holding the wake-up lock. */
+                r.recheck = store_asleep(db);
+            } else if (cfg->notify_coalesce_ms > 0) {
                 /* Under a steady trickle every commit would be a batch of one: a short
                  * wait lets the commits arriving together share one (less CPU, a
                  * millisecond or two more latency). */
-                nap(wake_pipe[0], cfg->notify_coalesce_ms);
+                nap(cfg->notify_coalesce_ms);
             }
             drain_wake_pipe();
         }
     }
     admin_sd_notify("STOPPING=1");
     if (!r.fatal)
-        log_info("shutting down: the batch in flight is finished");
+        log_info("shutting down: what went out is marked; what was read and not sent stays for the next start");
+    /* Every event this relay published is marked before it goes. */
+    if (r.leader && store_connected(db) && !ring_flush(&r))
+        log_warn("postgresql: %s (the events will be re-checked, and stopped as duplicates)", store_errstr(db));
     log_stats(&r, true);
+    rc = r.fatal ? 1 : 0;
+out:
     admin_stop(http);
-    batch_free(&b);
-    batch_free(&r.spare);
+    batch_free(&r.cur);
+    batch_free(&r.rows[0]);
+    batch_free(&r.rows[1]);
+    scan_free(&r.sc);
+    ring_free(&r.marks);
     relay_ctx_free(&r.rc);
     store_free(db);
+    store_free(r.vac); /* a VACUUM under way finishes on its own */
     sink_free(out);
     redis_endpoint_free(ep);
     close(wake_pipe[0]);
     close(wake_pipe[1]);
-    log_info("relay stopped");
-    return r.fatal ? 1 : 0;
+    if (rc == 0 || r.fatal)
+        log_info("relay stopped");
+    return rc;
 }

@@ -1,6 +1,6 @@
-/* The relay: polls run_outbox (woken early by NOTIFY), publishes each event to
- * run:{run_id} in id order through the idempotent sink, marks what went out, and
- * never lets a later event of a run overtake an earlier one. */
+/* The relay: reads new rows of run_outbox by id (woken by NOTIFY only when it waits),
+ * publishes each event to run:{run_id} through the idempotent sink, marks what went
+ * out, and never lets a later event of a run overtake an earlier one. */
 #ifndef OUTBOXD_RELAY_H
 #define OUTBOXD_RELAY_H
 
@@ -16,20 +16,22 @@
 /* Runs until SIGTERM or SIGINT; returns the process exit code. */
 int relay_main(const config *cfg);
 
-/* A run whose event Redis refused (an error reply for that command), or whose cluster
- * shard has no primary now: its events are left out of fetches until `until`, so that
- * it holds back only itself. Room for every run of a shard that is down. */
+/* A run whose event Redis refused (an error reply for that command), or whose Redis
+ * Cluster shard has no primary now: it is held back until `until` so that it holds
+ * back only itself, then caught up through its own rows (by seq, from the event that
+ * failed), while the rest of the outbox flows on. Room for every run of a cluster
+ * shard that is down (a third of all runs with three shards). */
 #define RELAY_HELD_MAX 1024
-/* Runs whose first unpublished event is told apart after a batch (beyond it the next
- * batch is fetched again whole). A Redis Cluster shard that is down leaves every run
- * of its slots waiting, a third of all with three shards: enough for those, so that
- * the other runs' events of the next batch still go out. */
 #define RELAY_WAITING_MAX 1024
 typedef struct held_run {
     char *run_id;
     size_t len;
-    double until;   /* monotonic seconds */
-    int strikes;    /* consecutive failed batches: the hold doubles each time */
+    double until;       /* monotonic seconds */
+    int strikes;        /* consecutive failed batches: the hold doubles each time */
+    long long from_seq; /* the run's first event not yet published ... */
+    long long from_id;  /* ... and a lower bound of its id */
+    bool asked;         /* the cycle in flight reads the run's rows from from_seq on */
+    bool caught_up;     /* those rows were all of them: once they are out, it is free */
 } held_run;
 
 /* The state one batch needs; exposed so that unit tests can drive it with fakes. */
@@ -62,10 +64,11 @@ typedef struct relay_ctx {
 } relay_ctx;
 
 typedef struct batch_outcome {
-    size_t published;   /* done (delivered now or before) and marked */
-    size_t pending;     /* left unpublished for a later batch */
-    bool redis_lost;    /* the Redis connection failed during the batch */
-    bool db_lost;       /* marking failed: the rows will be fetched (and de-duplicated) again */
+    size_t published;      /* done (delivered now or before): rc->done_ids[0..published) */
+    size_t pending;        /* left unpublished */
+    long long resume_id;   /* lowest id of an unpublished event whose run is not held (or 0):
+                            * the rows from there on must be read again */
+    bool redis_lost;       /* the Redis connection failed during the batch */
     size_t event_failures; /* runs held back because Redis refused one of their events */
 } batch_outcome;
 
@@ -74,19 +77,19 @@ void relay_ctx_init(relay_ctx *rc, const config *cfg, store *db, sink *out, int 
 void relay_ctx_free(relay_ctx *rc);
 /* The runs held back right now (until > now): fills ids/lens, returns how many. */
 int relay_held_now(relay_ctx *rc, const char **ids, size_t *lens);
+/* Forgets every held run (a new leader learns them again from the table). */
+void relay_held_clear(relay_ctx *rc);
 
+/* From the rows of a cycle (id order), the events to publish now, in out: rows
+ * published already go, rows of held runs go unless they are that run's catch-up
+ * (cu_limit: the most rows the cycle read per run). out shares the rows' storage. */
+bool relay_take_rows(relay_ctx *rc, const batch *rows, long cu_limit, batch *out) __attribute__((warn_unused_result));
 /* Publishes b with up to cfg->max_attempts attempts and backoff between them, holding
  * back runs that Redis refused. Events of a run go out strictly in order. Touches no
  * database: rc->done_ids[0..published) are the ids to mark, and the failures wait for
  * relay_record_failures. */
 batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b);
-/* After relay_publish_batch(rc, cur): removes from next (fetched before cur's outcome
- * was known) the events of runs that still wait in cur, so none overtakes the event
- * that did not go out. */
-void relay_drop_waiting_runs(relay_ctx *rc, const batch *cur, batch *next);
 /* Writes the attempts and error of the last relay_publish_batch's failed events. */
 void relay_record_failures(relay_ctx *rc);
-/* relay_publish_batch, then records failures and marks what went out. */
-batch_outcome relay_process_batch(relay_ctx *rc, const batch *b);
 
 #endif

@@ -104,6 +104,20 @@ static bool slot_read(const stats_slot *s, runs_stats *out)
 
 /* Adds up the slots of every worker that has published: counters and streams add up;
  * Redis, PostgreSQL and the standby count as up only if they are up for all. */
+/* Adds the counters of *from (not its gauges) to *to. */
+static void stats_add_counters(runs_stats *to, const runs_stats *from)
+{
+    to->streams_opened += from->streams_opened;
+    to->events_sent += from->events_sent;
+    to->stream_writes += from->stream_writes;
+    to->live_msgs += from->live_msgs;
+    to->replays += from->replays;
+    to->gaps += from->gaps;
+    to->pauses += from->pauses;
+    to->replica_replays += from->replica_replays;
+    to->replica_fallbacks += from->replica_fallbacks;
+}
+
 static void stats_sum(const stats_slot *slots, int n, runs_stats *out)
 {
     memset(out, 0, sizeof *out);
@@ -114,14 +128,7 @@ static void stats_sum(const stats_slot *slots, int n, runs_stats *out)
             continue; /* nothing published there (yet): the parent's slot until a worker exits */
         out->streams += s.streams;
         out->runs += s.runs;
-        out->streams_opened += s.streams_opened;
-        out->events_sent += s.events_sent;
-        out->live_msgs += s.live_msgs;
-        out->replays += s.replays;
-        out->gaps += s.gaps;
-        out->pauses += s.pauses;
-        out->replica_replays += s.replica_replays;
-        out->replica_fallbacks += s.replica_fallbacks;
+        stats_add_counters(out, &s);
         out->redis_up = out->redis_up && s.redis_up;
         out->database_up = out->database_up && s.database_up;
         out->replica_up = out->replica_up && s.replica_up;
@@ -140,10 +147,10 @@ static void gateway_stats(runs_stats *out)
 
 static void log_stats(const runs_stats *st, const config *cfg)
 {
-    log_info("stats: streams=%d runs=%d streams_opened=%llu events_sent=%llu live_messages=%llu "
+    log_info("stats: streams=%d runs=%d streams_opened=%llu events_sent=%llu stream_writes=%llu live_messages=%llu "
              "replays=%llu from_replica=%llu replica_fallbacks=%llu gaps_filled=%llu slow_client_pauses=%llu "
              "redis=%s postgresql=%s%s",
-             st->streams, st->runs, st->streams_opened, st->events_sent, st->live_msgs, st->replays,
+             st->streams, st->runs, st->streams_opened, st->events_sent, st->stream_writes, st->live_msgs, st->replays,
              st->replica_replays, st->replica_fallbacks, st->gaps, st->pauses, st->redis_up ? "up" : "down",
              st->database_up ? "up" : "down",
              !cfg->replica_url ? ""
@@ -180,8 +187,9 @@ static void on_stats(evutil_socket_t fd, short what, void *arg)
         log_stats(&st, hs.cfg);
 }
 
-/* A worker stopped: what it counted goes to the parent's slot (the last one), so
- * that the gateway's counters never go back when a worker is replaced. */
+/* A worker stopped: what it counted moves to the parent's slot (the last one), so
+ * that the gateway's counters never go back when a worker is replaced, nor count
+ * twice while its slot waits for the replacement (or after the last stats line). */
 static void workers_on_exit(void *slots, int i, void *arg)
 {
     const worker_arg *w = arg;
@@ -190,17 +198,12 @@ static void workers_on_exit(void *slots, int i, void *arg)
     if (!slot_read(&all[i], &gone))
         return;
     slot_read(&kept[0], &sum);
-    sum.streams_opened += gone.streams_opened;
-    sum.events_sent += gone.events_sent;
-    sum.live_msgs += gone.live_msgs;
-    sum.replays += gone.replays;
-    sum.gaps += gone.gaps;
-    sum.pauses += gone.pauses;
-    sum.replica_replays += gone.replica_replays;
-    sum.replica_fallbacks += gone.replica_fallbacks;
+    stats_add_counters(&sum, &gone);
     sum.streams = sum.runs = 0;
     sum.redis_up = sum.database_up = sum.replica_up = true;
     slot_write(kept, &sum);
+    runs_stats cleared = {.redis_up = gone.redis_up, .database_up = gone.database_up, .replica_up = gone.replica_up};
+    slot_write(&all[i], &cleared);
 }
 
 static void workers_on_tick(const void *slots, int n, void *arg)
@@ -358,7 +361,6 @@ static void start_stream(struct evhttp_request *req, const char *run_id, size_t 
     evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
     evhttp_add_header(h, "Cache-Control", "no-cache");
     evhttp_add_header(h, "X-Accel-Buffering", "no");
-    evhttp_send_reply_start(req, 200, "OK");
     stream_start(c);
     sse_auth_opened(c); /* auth-expiring at once for a short-lived token */
 }
@@ -442,6 +444,9 @@ static void on_request(struct evhttp_request *req, void *arg)
                                (double)st.streams_opened) &&
                   prom_counter(&m, "outboxd_sse_events_sent_total", "Events written to streams.",
                                (double)st.events_sent) &&
+                  prom_counter(&m, "outboxd_sse_stream_writes_total",
+                               "Writes to streams (one carries several events when they come faster than --stream-coalesce).",
+                               (double)st.stream_writes) &&
                   prom_counter(&m, "outboxd_sse_live_messages_total", "Messages received from Redis.",
                                (double)st.live_msgs) &&
                   prom_counter(&m, "outboxd_sse_replays_total", "Reads of a run's events from PostgreSQL.",

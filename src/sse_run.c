@@ -1,47 +1,40 @@
 /* The gateway's runs: each run with open streams has a small cache of its most
  * recent events, already formatted as SSE frames (a contiguous range of seq,
  * lo..head). Each stream only remembers the last seq it sent and pulls from that
- * cache; whatever the cache cannot serve (a resume from long ago, a stream that fell
- * behind its buffer cap, a gap in the live feed) is read from PostgreSQL
- * (sse_replay.c) with one read per run at a time, shared by every stream of the run
- * waiting at that point. Live events come from the run's Redis channel
+ * cache (sse_cache.c); whatever the cache cannot serve (a resume from long ago, a
+ * stream that fell behind its buffer cap, a gap in the live feed) is read from
+ * PostgreSQL (sse_replay.c) with one read per run at a time, shared by every stream
+ * of the run waiting at that point. Live events come from the run's Redis channel
  * (sse_redis.c); a run's first read starts only after its subscription is confirmed,
  * and live messages that arrive meanwhile are held and merged by seq, so nothing
  * falls between replay and live. While Redis is down or stalled, runs are polled.
+ * Writes to a stream go through sse_out.c; a busy run's live events go out together
+ * once per --stream-coalesce.
  *
- * Memory: per stream, at most --client-buffer bytes queued (plus one frame); per run,
- * at most RUN_CACHE_FRAMES frames and about RUN_CACHE_BYTES; held live messages at
- * most RUN_PENDING_MAX per run (overflow only forces a re-read). */
+ * Memory: per stream, at most --client-buffer bytes queued (plus one frame) and as
+ * much in its socket; per run, at most CACHE_FRAMES frames and about CACHE_BYTES;
+ * held live messages at most HELD_MAX per run (overflow only forces a re-read). */
 #include "sse_run.h"
 
 #include "buf.h"
+#include "clock.h"
 #include "event.h"
 #include "log.h"
+#include "sse_cache.h"
+#include "sse_out.h"
 #include "sse_redis.h"
 #include "sse_replay.h"
 
-#include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define RUN_CACHE_FRAMES 256
-#define RUN_CACHE_BYTES (1u << 20)
-#define RUN_PENDING_MAX 1024
 #define RUN_BUCKETS 4096
 #define FETCH_RETRY_MS 200
 #define CHANNEL_PREFIX "run:"
 #define CHANNEL_PREFIX_LEN 4
-
-/* One event formatted as an SSE frame, shared by reference count. */
-typedef struct frame {
-    long long seq;
-    int refs;
-    size_t len;
-    char data[];
-} frame;
 
 typedef struct run run;
 
@@ -51,8 +44,7 @@ enum sub_state { SUB_NONE, SUB_PENDING, SUB_OK, SUB_LEAVING };
 /* One open stream: an HTTP request that gets the run's events after `last`. */
 struct client {
     run *r;
-    struct evhttp_request *req;
-    struct evhttp_connection *conn;
+    out_conn out;
     long long last;  /* last seq sent */
     bool need_fetch; /* waits for a PostgreSQL read */
     bool paused;     /* over its buffer cap; resumes when the socket drains */
@@ -68,23 +60,22 @@ struct run {
     run *hnext;
     client *clients;
     int nclients;
-    /* cache: frames lo..head at ring[seq % RUN_CACHE_FRAMES] */
-    frame *ring[RUN_CACHE_FRAMES];
-    long long lo, head;
-    size_t bytes;
-    bool valid;    /* lo..head describe real data */
+    cache cache;   /* the newest events, lo..head */
     bool synced;   /* head is believed to be the run's newest committed event */
     bool tail_gap; /* events after head must be read from PostgreSQL */
-    /* live messages held while a read is in flight or after a gap */
-    frame *pending[RUN_PENDING_MAX];
-    int npending;
-    size_t pending_bytes;
+    held held;     /* live messages held while a read is in flight or after a gap */
     replay_job job;
     /* Bumped by every reason to read the tail again; a read only clears tail_gap if
      * none came up while it was in flight. */
     unsigned gen, fetch_gen;
     enum sub_state sub;
     bool resubscribe; /* a client came back while UNSUBSCRIBE was in flight */
+    /* Live fan-out (--stream-coalesce): when it last ran, what came since, and the
+     * timer of the next one (created when first needed). */
+    double fanout_at;
+    int fanout_frames;
+    size_t fanout_bytes;
+    struct event *fanout_ev;
 };
 
 static struct {
@@ -94,38 +85,11 @@ static struct {
     run *buckets[RUN_BUCKETS];
     int nruns;
     int nclients;
-    unsigned long long events_sent, gaps, pauses, live_msgs, streams_total;
+    unsigned long long events_sent, stream_writes, gaps, pauses, live_msgs, streams_total;
 } gw;
 
 static void run_request_fetch(run *r);
 static void client_pump(client *c);
-
-/* ---- frames ---------------------------------------------------------------------- */
-
-static frame *frame_new(long long seq, const char *payload, size_t len)
-{
-    buf b;
-    buf_init(&b, 0);
-    if (!event_format_sse(&b, seq, payload, len)) {
-        buf_free(&b);
-        return NULL;
-    }
-    frame *f = malloc(sizeof *f + b.len);
-    if (f) {
-        f->seq = seq;
-        f->refs = 1;
-        f->len = b.len;
-        memcpy(f->data, b.data, b.len);
-    }
-    buf_free(&b);
-    return f;
-}
-
-static void frame_unref(frame *f)
-{
-    if (f && --f->refs == 0)
-        free(f);
-}
 
 /* ---- runs ------------------------------------------------------------------------ */
 
@@ -153,45 +117,6 @@ static run *run_of_channel(const char *ch, size_t n)
     return run_find(ch + CHANNEL_PREFIX_LEN, n - CHANNEL_PREFIX_LEN);
 }
 
-static void cache_clear(run *r)
-{
-    for (long long s = r->lo; r->valid && s <= r->head; s++) {
-        frame_unref(r->ring[s % RUN_CACHE_FRAMES]);
-        r->ring[s % RUN_CACHE_FRAMES] = NULL;
-    }
-    r->bytes = 0;
-    r->valid = false;
-    r->lo = 1;
-    r->head = 0;
-}
-
-/* Adds f (a new reference) to the cache. f->seq must be above head; if it is not
- * head + 1 the cache restarts at f (events before it were deleted, or a stream asked
- * for a point past the cached range). */
-static void cache_put(run *r, frame *f)
-{
-    if (r->valid && f->seq <= r->head)
-        return;
-    if (!r->valid || f->seq != r->head + 1) {
-        cache_clear(r);
-        r->lo = f->seq;
-        r->head = f->seq - 1;
-        r->valid = true;
-    }
-    while (r->head - r->lo + 1 >= RUN_CACHE_FRAMES ||
-           (r->bytes + f->len > RUN_CACHE_BYTES && r->lo <= r->head)) {
-        frame *old = r->ring[r->lo % RUN_CACHE_FRAMES];
-        r->bytes -= old->len;
-        frame_unref(old);
-        r->ring[r->lo % RUN_CACHE_FRAMES] = NULL;
-        r->lo++;
-    }
-    f->refs++;
-    r->ring[f->seq % RUN_CACHE_FRAMES] = f;
-    r->head = f->seq;
-    r->bytes += f->len;
-}
-
 static run *run_get(const char *id, size_t n)
 {
     run *r = run_find(id, n);
@@ -207,7 +132,6 @@ static run *run_get(const char *id, size_t n)
     r->channel[CHANNEL_PREFIX_LEN + n] = '\0';
     r->id = r->channel + CHANNEL_PREFIX_LEN;
     r->id_len = n;
-    r->lo = 1;
     uint32_t b = hash_id(id, n) % RUN_BUCKETS;
     r->hnext = gw.buckets[b];
     gw.buckets[b] = r;
@@ -221,9 +145,10 @@ static void run_free(run *r)
     while (*pp != r)
         pp = &(*pp)->hnext;
     *pp = r->hnext;
-    cache_clear(r);
-    for (int i = 0; i < r->npending; i++)
-        frame_unref(r->pending[i]);
+    cache_free(&r->cache);
+    held_clear(&r->held);
+    if (r->fanout_ev)
+        event_free(r->fanout_ev);
     free(r->channel);
     free(r);
     gw.nruns--;
@@ -276,14 +201,8 @@ static void run_reread(run *r)
 
 static void pending_add(run *r, frame *f)
 {
-    if (r->npending == RUN_PENDING_MAX || r->pending_bytes + f->len > RUN_CACHE_BYTES) {
-        /* Too much held: drop it; the read that follows covers it. */
-        run_invalidate(r);
-        return;
-    }
-    f->refs++;
-    r->pending[r->npending++] = f;
-    r->pending_bytes += f->len;
+    if (!held_add(&r->held, f))
+        run_invalidate(r); /* too much held: drop it; the read that follows covers it */
 }
 
 static void pump_all(run *r)
@@ -294,38 +213,103 @@ static void pump_all(run *r)
     }
 }
 
+/* The period counts from the end of a fan-out: a run with so many streams that a
+ * fan-out outlasts the period still leaves the loop that long for other work, and
+ * each fan-out then carries more events. */
+static void fanout_now(run *r)
+{
+    r->fanout_frames = 0;
+    r->fanout_bytes = 0;
+    pump_all(r);
+    r->fanout_at = clock_mono_s();
+}
+
+static void on_fanout_due(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fanout_now(arg);
+}
+
+/* A live event went into the cache. Writing each event to each stream costs a system
+ * call per stream and event, so a run's live events go out at most once per
+ * --stream-coalesce: an event that comes sooner after the last fan-out waits for the
+ * rest of the period, and one write per stream then carries every event that came
+ * meanwhile. A quiet run's event goes out at once. The wait ends early before the
+ * cache could drop a frame that its streams have not been given yet. */
+static void run_fanout(run *r, const frame *f)
+{
+    r->fanout_frames++;
+    r->fanout_bytes += f->len;
+    if (r->fanout_ev && evtimer_pending(r->fanout_ev, NULL)) {
+        if (r->fanout_frames < CACHE_FRAMES / 2 && r->fanout_bytes < CACHE_BYTES / 2)
+            return;
+        evtimer_del(r->fanout_ev);
+        fanout_now(r);
+        return;
+    }
+    double wait_ms = (r->fanout_at - clock_mono_s()) * 1000 + (double)gw.cfg->stream_coalesce_ms;
+    if (wait_ms < 1 || (!r->fanout_ev && !(r->fanout_ev = evtimer_new(gw.base, on_fanout_due, r)))) {
+        fanout_now(r);
+        return;
+    }
+    long us = (long)(wait_ms * 1000);
+    struct timeval tv = {.tv_sec = us / 1000000, .tv_usec = us % 1000000};
+    if (evtimer_add(r->fanout_ev, &tv) != 0)
+        fanout_now(r);
+}
+
 /* A live event for run r (f keeps the caller's reference). */
 static void run_live(run *r, frame *f)
 {
     gw.live_msgs++;
-    if (r->job.busy || !r->valid) {
+    if (r->job.busy || !r->cache.valid) {
         pending_add(r, f);
-        if (!r->valid)
+        if (!r->cache.valid)
             run_request_fetch(r);
         return;
     }
-    if (f->seq <= r->head)
+    if (f->seq <= r->cache.head)
         return;
-    if (f->seq == r->head + 1) {
-        cache_put(r, f);
-    } else {
-        /* A message went missing (Redis dropped it, or we resubscribed): read the gap. */
-        gw.gaps++;
-        log_debug("run %s: gap after seq %lld (live seq %lld): reading it from postgresql", r->id, r->head,
-                  f->seq);
-        run_invalidate(r);
-        pending_add(r, f);
-        run_request_fetch(r);
+    if (f->seq == r->cache.head + 1) {
+        cache_put(&r->cache, f);
+        run_fanout(r, f);
+        return;
     }
+    /* A message went missing (Redis dropped it, or we resubscribed): read the gap. */
+    gw.gaps++;
+    log_debug("run %s: gap after seq %lld (live seq %lld): reading it from postgresql", r->id, r->cache.head,
+              f->seq);
+    run_invalidate(r);
+    pending_add(r, f);
+    run_request_fetch(r);
     pump_all(r);
 }
 
 /* ---- streams --------------------------------------------------------------------- */
 
-static size_t client_queued(const client *c)
+/* The frames that one write to a stream carries (pieces of frames in the cache or of
+ * a read's rows), with what its connection had queued when the write began. */
+static struct {
+    struct iovec iov[OUT_MAX_PIECES];
+    int n;
+    size_t bytes, queued;
+} pk;
+
+static void pack_begin(const client *c)
 {
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn);
-    return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+    pk.n = 0;
+    pk.bytes = 0;
+    pk.queued = out_queued(&c->out);
+}
+
+static void pack_flush(const client *c)
+{
+    if (pk.n > 0 && !c->ended) { /* nothing may follow the end of a reply */
+        out_writev(&c->out, pk.iov, pk.n);
+        gw.stream_writes++;
+    }
+    pack_begin(c);
 }
 
 static void on_client_drained(struct evhttp_connection *conn, void *arg)
@@ -338,26 +322,24 @@ static void on_client_drained(struct evhttp_connection *conn, void *arg)
     }
 }
 
-static void client_send(client *c, struct evbuffer *out)
-{
-    if (c->ended || evbuffer_get_length(out) == 0)
-        return; /* nothing may follow the end of a reply */
-    evhttp_send_reply_chunk_with_cb(c->req, out, on_client_drained, c);
-}
-
-/* Writes frame f if it is the stream's next and the buffer has room. Returns false
- * when the stream must stop for now (over its cap). */
-static bool client_offer(client *c, struct evbuffer *out, const frame *f)
+/* Adds frame f to the stream's write if it is the stream's next and the stream is
+ * under its cap. Returns false when the stream must stop for now: over its cap, with
+ * bytes queued, whose writing out resumes it (on_client_drained). */
+static bool client_offer(client *c, const frame *f)
 {
     if (f->seq <= c->last)
         return true;
-    if (client_queued(c) + evbuffer_get_length(out) >= (size_t)gw.cfg->client_buffer) {
+    /* The cap bounds what waits in our queue; what the socket takes is not ours. */
+    if (pk.n == OUT_MAX_PIECES || pk.queued + pk.bytes >= (size_t)gw.cfg->client_buffer)
+        pack_flush(c);
+    if (pk.queued >= (size_t)gw.cfg->client_buffer) {
         if (!c->paused)
             gw.pauses++;
         c->paused = true;
         return false;
     }
-    evbuffer_add(out, f->data, f->len);
+    pk.iov[pk.n++] = (struct iovec){(char *)f->data, f->len};
+    pk.bytes += f->len;
     c->last = f->seq;
     gw.events_sent++;
     return true;
@@ -370,14 +352,12 @@ static void client_pump(client *c)
     if (c->paused || c->ended || gw.stopping)
         return;
     c->need_fetch = false; /* recomputed below */
-    struct evbuffer *out = evbuffer_new();
-    if (!out)
-        return;
+    pack_begin(c);
     for (;;) {
-        if (r->valid && c->last >= r->head && r->synced && !r->tail_gap)
+        if (r->cache.valid && c->last >= r->cache.head && r->synced && !r->tail_gap)
             break; /* caught up: live events will come */
-        if (r->valid && c->last + 1 >= r->lo && c->last + 1 <= r->head) {
-            if (!client_offer(c, out, r->ring[(c->last + 1) % RUN_CACHE_FRAMES]))
+        if (r->cache.valid && c->last + 1 >= r->cache.lo && c->last + 1 <= r->cache.head) {
+            if (!client_offer(c, cache_at(&r->cache, c->last + 1)))
                 break;
             continue;
         }
@@ -385,8 +365,7 @@ static void client_pump(client *c)
         run_request_fetch(r);
         break;
     }
-    client_send(c, out);
-    evbuffer_free(out);
+    pack_flush(c);
 }
 
 static void client_close(client *c)
@@ -412,12 +391,13 @@ static void on_client_closed(struct evhttp_connection *conn, void *arg)
     /* When the peer hangs up mid-stream, libevent detaches the request it was still
      * sending from the failed connection and leaves freeing it to us: ending the
      * reply of a request without a connection frees it. */
-    if (!c->ended && evhttp_request_get_connection(c->req) == NULL)
-        evhttp_send_reply_end(c->req);
+    if (!c->ended && evhttp_request_get_connection(c->out.req) == NULL)
+        evhttp_send_reply_end(c->out.req);
     client_close(c);
 }
 
-client *stream_new(struct evhttp_request *req, const char *id, size_t n, long long last, const auth_grant *grant)
+client *stream_new(struct evhttp_request *req, const char *id, size_t n, long long last,
+                   const auth_grant *grant)
 {
     run *r = run_get(id, n);
     client *c = r ? calloc(1, sizeof *c) : NULL;
@@ -427,8 +407,8 @@ client *stream_new(struct evhttp_request *req, const char *id, size_t n, long lo
         return NULL;
     }
     c->r = r;
-    c->req = req;
-    c->conn = evhttp_request_get_connection(req);
+    c->out.req = req;
+    c->out.conn = evhttp_request_get_connection(req);
     c->last = last;
     c->grant = *grant;
     c->next = r->clients;
@@ -443,18 +423,25 @@ client *stream_new(struct evhttp_request *req, const char *id, size_t n, long lo
 
 void stream_start(client *c)
 {
-    evhttp_connection_set_closecb(c->conn, on_client_closed, c);
+    out_reply_start(c->out.req);
+    evhttp_connection_set_closecb(c->out.conn, on_client_closed, c);
     /* A stream's client has nothing more to say: stop reading once 4 KB pile up
-     * (nothing consumes them), and let the idle timeout outlast the heartbeat. */
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(c->conn);
-    if (bev)
+     * (nothing consumes them). Only a write timeout, above the heartbeat, applies: a
+     * reader that stops draining is dropped. (Writes that go straight to the socket
+     * do not pass through evhttp, which would re-arm a read timeout at each one.) */
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(c->out.conn);
+    if (bev) {
+        struct timeval tv = {gw.cfg->heartbeat_ms / 1000 * 2 + 30, 0};
         bufferevent_setwatermark(bev, EV_READ, 0, 4096);
-    evhttp_connection_set_timeout(c->conn, (int)(gw.cfg->heartbeat_ms / 1000) * 2 + 30);
-    struct evbuffer *out = evbuffer_new();
-    if (out) {
-        evbuffer_add_printf(out, "retry: 1000\n: stream of run events after seq %lld\n\n", c->last);
-        client_send(c, out);
-        evbuffer_free(out);
+        bufferevent_set_timeouts(bev, NULL, &tv);
+    }
+    char first[96];
+    int n = snprintf(first, sizeof first, "retry: 1000\n: stream of run events after seq %lld\n\n", c->last);
+    if (!out_start(&c->out, c->out.req, first, (size_t)n, (int)gw.cfg->client_buffer, on_client_drained, c)) {
+        /* Out of memory: the browser comes back (the connection close frees c). */
+        c->ended = true;
+        evhttp_send_reply_end(c->out.req);
+        return;
     }
     run_subscribe(c->r);
     client_pump(c);
@@ -487,21 +474,20 @@ long long stream_last(const client *c)
 
 void stream_notice(client *c, const char *name, const char *data)
 {
-    struct evbuffer *out = evbuffer_new();
-    if (out) {
-        evbuffer_add_printf(out, "event: %s\ndata: %s\n\n", name, data);
-        client_send(c, out);
-        evbuffer_free(out);
-    }
+    buf m;
+    buf_init(&m, 0);
+    if (!c->ended && buf_printf(&m, "event: %s\ndata: %s\n\n", name, data))
+        out_write(&c->out, m.data, m.len);
+    buf_free(&m);
 }
 
 void stream_finish(client *c, const char *name, const char *data)
 {
     stream_notice(c, name, data);
-    struct evhttp_request *req = c->req;
+    struct evhttp_request *req = c->out.req;
     /* The stream goes now rather than when its connection closes: a browser may send
      * its next request on the same connection. */
-    evhttp_connection_set_closecb(c->conn, NULL, NULL);
+    evhttp_connection_set_closecb(c->out.conn, NULL, NULL);
     c->ended = true;
     client_close(c);
     evhttp_send_reply_end(req);
@@ -509,6 +495,14 @@ void stream_finish(client *c, const char *name, const char *data)
 
 void streams_end_all(void)
 {
+    /* Live events that wait for their run's next fan-out (--stream-coalesce) are
+     * already ours: they go out before the streams end. */
+    for (int b = 0; b < RUN_BUCKETS; b++)
+        for (run *r = gw.buckets[b]; r; r = r->hnext)
+            if (r->fanout_ev && evtimer_pending(r->fanout_ev, NULL)) {
+                evtimer_del(r->fanout_ev);
+                fanout_now(r);
+            }
     gw.stopping = true;
     /* Ending a reply can close its connection at once (HTTP/1.0), which frees the
      * client and maybe its run: collect the requests before ending any. */
@@ -518,7 +512,7 @@ void streams_end_all(void)
         for (run *r = gw.buckets[b]; r; r = r->hnext)
             for (client *c = r->clients; c; c = c->next) {
                 c->ended = true;
-                reqs[nreq++] = c->req;
+                reqs[nreq++] = c->out.req;
             }
     for (int i = 0; i < nreq; i++)
         evhttp_send_reply_end(reqs[i]);
@@ -530,7 +524,7 @@ void streams_end_all(void)
 static void run_request_fetch(run *r)
 {
     log_debug("run %s: read wanted (valid=%d synced=%d tail_gap=%d head=%lld busy=%d queued=%d)", r->id,
-              r->valid, r->synced, r->tail_gap, r->head, r->job.busy, r->job.queued);
+              r->cache.valid, r->synced, r->tail_gap, r->cache.head, r->job.busy, r->job.queued);
     if (sub_up() && r->sub != SUB_OK)
         return; /* started when the subscription is confirmed */
     replay_queue(&r->job);
@@ -546,13 +540,13 @@ static bool on_read_start(replay_job *j, const char **run_id, long long *from)
 {
     run *r = run_of_job(j);
     long long f = LLONG_MAX;
-    if (r->tail_gap && r->valid)
-        f = r->head;
+    if (r->tail_gap && r->cache.valid)
+        f = r->cache.head;
     for (client *c = r->clients; c; c = c->next)
         if (c->need_fetch && !c->paused && !c->ended && c->last < f)
             f = c->last; /* a paused stream asks again when it drains */
-    if (f == LLONG_MAX && (!r->valid || r->tail_gap) && r->nclients > 0)
-        f = r->valid ? r->head : 0;
+    if (f == LLONG_MAX && (!r->cache.valid || r->tail_gap) && r->nclients > 0)
+        f = r->cache.valid ? r->cache.head : 0;
     if (f == LLONG_MAX) {
         run_maybe_release(r);
         return false;
@@ -569,26 +563,26 @@ static void on_read_done(replay_job *j, const replay_row *rows, int n, bool comp
     long long from = j->from;
     frame **frames = calloc((size_t)(n ? n : 1), sizeof *frames);
     int nf = 0;
+    /* Rows become frames up to the first that cannot (out of memory): a stream must
+     * never be given the rows after it, which would skip an event. */
     for (int i = 0; frames && i < n; i++) {
         frame *f = frame_new(rows[i].seq, rows[i].data, rows[i].len);
-        if (f)
-            frames[nf++] = f;
+        if (!f)
+            break;
+        frames[nf++] = f;
     }
     for (int i = 0; i < nf; i++)
-        if (!r->valid || frames[i]->seq > r->head)
-            cache_put(r, frames[i]);
+        if (!r->cache.valid || frames[i]->seq > r->cache.head)
+            cache_put(&r->cache, frames[i]);
     /* A row that could not become a frame must be read again. */
     if (complete && nf == n) {
         /* Nothing after these rows was committed: `newest` is the run's head. An
          * empty cache is placed there (a run without events, or a stream that asked
          * for a point past the end), and the cache is in sync only if it reaches it. */
-        if (!r->valid) {
-            r->valid = true;
-            r->lo = newest + 1;
-            r->head = newest;
-        }
+        if (!r->cache.valid)
+            cache_start_after(&r->cache, newest);
         if (r->gen == r->fetch_gen) {
-            r->synced = r->head >= newest;
+            r->synced = r->cache.head >= newest;
             r->tail_gap = !r->synced;
         } else {
             r->tail_gap = true; /* invalidated while the read ran: read again */
@@ -601,30 +595,24 @@ static void on_read_done(replay_job *j, const replay_row *rows, int n, bool comp
         if (!c->need_fetch || c->last < from || c->paused || c->ended)
             continue;
         c->need_fetch = false;
-        struct evbuffer *out = evbuffer_new();
-        if (!out)
-            continue;
-        for (int i = 0; i < nf && client_offer(c, out, frames[i]); i++) {
+        pack_begin(c);
+        for (int i = 0; i < nf && client_offer(c, frames[i]); i++) {
         }
-        client_send(c, out);
-        evbuffer_free(out);
+        pack_flush(c);
     }
     for (int i = 0; i < nf; i++)
         frame_unref(frames[i]);
     free(frames);
 
     /* Live messages held during the read, in seq order. */
-    int np = r->npending;
-    r->npending = 0;
-    for (int i = 0; i < np; i++) {
-        frame *f = r->pending[i];
-        if (r->valid && f->seq == r->head + 1)
-            cache_put(r, f);
-        else if (r->valid && f->seq > r->head + 1)
+    for (int i = 0; i < r->held.n; i++) {
+        frame *f = r->held.f[i];
+        if (r->cache.valid && f->seq == r->cache.head + 1)
+            cache_put(&r->cache, f);
+        else if (r->cache.valid && f->seq > r->cache.head + 1)
             run_invalidate(r);
-        frame_unref(f);
     }
-    r->pending_bytes = 0;
+    held_clear(&r->held);
     pump_all(r);
     if (r->tail_gap && r->nclients > 0)
         run_request_fetch(r);
@@ -747,16 +735,10 @@ void runs_heartbeat_tick(void)
     for (int b = 0; b < RUN_BUCKETS; b++)
         for (run *r = gw.buckets[b]; r; r = r->hnext) {
             for (client *c = r->clients; c; c = c->next) {
-                if (c->paused || c->ended)
-                    continue;
-                struct evbuffer *out = evbuffer_new();
-                if (out) {
-                    evbuffer_add(out, hb, sizeof hb - 1);
-                    client_send(c, out);
-                    evbuffer_free(out);
-                }
+                if (!c->paused && !c->ended)
+                    out_write(&c->out, hb, sizeof hb - 1);
             }
-            if (r->nclients > 0 && r->valid && !r->job.busy) {
+            if (r->nclients > 0 && r->cache.valid && !r->job.busy) {
                 r->tail_gap = true;
                 r->gen++;
                 run_request_fetch(r);
@@ -773,6 +755,7 @@ void runs_get_stats(runs_stats *out)
         .runs = gw.nruns,
         .streams_opened = gw.streams_total,
         .events_sent = gw.events_sent,
+        .stream_writes = gw.stream_writes,
         .live_msgs = gw.live_msgs,
         .replays = rc.reads,
         .replica_replays = rc.replica_reads,

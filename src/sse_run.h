@@ -1,6 +1,7 @@
 /* The gateway's runs and their streams (sse_run.c), as the HTTP side (sse.c) sees
- * them. A stream is opened by stream_new, its reply started by the caller, then
- * stream_start sends what it is owed; it is freed when its connection closes. */
+ * them. A stream is opened by stream_new, the caller adds its reply's
+ * headers, then stream_start starts the reply and sends what the stream is owed; it is
+ * freed when its connection closes. */
 #ifndef OUTBOXD_SSE_RUN_H
 #define OUTBOXD_SSE_RUN_H
 
@@ -19,7 +20,7 @@ typedef struct client client;
 
 typedef struct runs_stats {
     int streams, runs;
-    unsigned long long streams_opened, events_sent, live_msgs, replays, gaps, pauses;
+    unsigned long long streams_opened, events_sent, stream_writes, live_msgs, replays, gaps, pauses;
     unsigned long long replica_replays, replica_fallbacks;
     bool redis_up, database_up, replica_up;
 } runs_stats;

@@ -176,6 +176,12 @@ int workers_run(const workers_opts *o)
                 log_info("sse: %d workers listening", o->n);
                 admin_sd_notify("READY=1");
             }
+            /* Every worker has closed its end: poll would report that EOF at once, for
+             * ever, and the loop would spin. */
+            if (got <= 0) {
+                close(ready_pipe[0]);
+                ready_pipe[0] = -1;
+            }
         }
         unsigned char sigs[16];
         ssize_t ns = read(sig_pipe[0], sigs, sizeof sigs);

@@ -32,8 +32,10 @@ const char *store_sqlstate(const store *s);
  * versions before and after. Fails on a schema newer than this binary. */
 bool store_migrate(store *s, int *from, int *to) WUR;
 /* Checks that the schema is installed and at the version this binary speaks, and
- * reads the database's epoch (a random id made by migrate) into epoch. */
-bool store_check_schema(store *s, char *epoch, size_t epoch_len) WUR;
+ * reads the database's epoch (a random id made by migrate, and the timeline) into
+ * epoch, and its origin ("system identifier.database oid"; "" when the role may not
+ * read the identifier) into origin. */
+bool store_check_schema(store *s, char *epoch, size_t epoch_len, char *origin, size_t origin_len) WUR;
 
 bool store_listen(store *s) WUR;
 /* Whether consecutive statements reach the same server session. A transaction-
@@ -50,27 +52,97 @@ bool store_take_notified(store *s);
 /* Tries to take the relay leader lock (a session advisory lock); *leader says if held. */
 bool store_try_lead(store *s, bool *leader) WUR;
 
-/* Fetches up to limit unpublished events in id order into b (cleared first), leaving
- * out the runs named in skip[0..nskip) (lengths in skip_len). */
-bool store_fetch(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
-                 batch *b) WUR;
-/* The overlapped form, for draining a backlog: store_fetch_begin sends (and returns
- * without waiting for the answer) one statement that marks done[0..ndone) published
- * and fetches the next `limit` unpublished events, leaving out the `skip` runs and the
- * ids in exclude[0..nexclude) (the batch being published meanwhile, and done, which
- * the statement's own snapshot still sees unpublished). store_fetch_end waits for the
- * answer and fills b. Between the two the caller publishes to Redis, so PostgreSQL and
- * Redis work at the same time. */
-bool store_fetch_begin(store *s, long limit, const char *const *skip, const size_t *skip_len, size_t nskip,
-                       const long long *done, size_t ndone, const long long *exclude, size_t nexclude) WUR;
-bool store_fetch_end(store *s, batch *b) WUR;
+/* ---- the relay's cycle -------------------------------------------------------------
+ * The relay finds events by id, not by an index on published_at (which would make
+ * every mark a non-HOT update): one statement per cycle marks what went out and reads
+ * every row the relay has not seen, in one snapshot. How the relay tells an id that
+ * may still commit from one that never will is in relay_scan.h. */
+
+/* Checks that ids are drawn as the schema needs (the sequence is not cached per
+ * session) and prepares the cycle statement on this session. */
+bool store_prepare_relay(store *s) WUR;
+
+typedef struct store_cycle {
+    const long long *mark; /* mark these published (rows already published are skipped) */
+    size_t nmark;
+    long long after;       /* read every row with id > after (published ones too) ... */
+    long limit;            /* ... at most this many */
+    const long long *gap_lo, *gap_hi; /* read the rows with id in gap_lo[i]..gap_hi[i] ... */
+    size_t ngaps;
+    long gap_rows;         /* ... the gap_rows lowest of each */
+    const char *const *cu_run; /* read run cu_run[i]'s unpublished rows from seq cu_seq[i] on ... */
+    const size_t *cu_len;
+    const long long *cu_seq;
+    size_t ncu;
+    long cu_limit;         /* ... at most this many per run */
+    long long low_water;   /* store it in outboxd_relay (for a relay that takes over); < 0: no */
+    bool wake;             /* release the wake-up lock that store_sleep took */
+    bool need_tag;         /* take a transaction id even without marks (store_seen.tag) */
+} store_cycle;
+
+/* Where a row of a cycle came from (event.flags): the parts above, or-ed when a row
+ * was read by several; STORE_ROW_DONE when it is published already (no payload). */
+#define STORE_ROW_FRONTIER 1
+#define STORE_ROW_GAP 2
+#define STORE_ROW_CATCHUP 4
+#define STORE_ROW_DONE 8
+
+typedef struct store_seen {
+    unsigned long long xmin; /* the snapshot's xmin (a full transaction id) */
+    unsigned long long tag;  /* the statement's own transaction id, taken after its snapshot;
+                              * 0 when it had none (nothing to mark, need_tag false) */
+} store_seen;
+
+/* The transactions that hold a lock on run_outbox and have a transaction id: every
+ * writer of the outbox holds one from before its trigger draws an id until it ends
+ * (relay_scan.h says what the relay makes of it). One look at pg_locks. */
+typedef struct store_writers {
+    unsigned long long horizon; /* min(the lowest such transaction id, the look's snapshot xmax) */
+    long long count;            /* how many such transactions */
+    unsigned long long oldest;  /* the lowest of them (0 when none) ... */
+    int oldest_pid;             /* ... its backend (0 for a prepared transaction) */
+    bool oldest_prepared;
+    double oldest_age_s;        /* how long it has been open (or prepared); 0 when not visible */
+} store_writers;
+bool store_outbox_writers(store *s, store_writers *w) WUR;
+
+/* Sends one cycle statement and returns without waiting: the caller publishes to
+ * Redis meanwhile. store_cycle_end waits for it and fills b with its rows in id
+ * order, each once (the batch owns their storage). */
+bool store_cycle_begin(store *s, const store_cycle *c) WUR;
+bool store_cycle_end(store *s, batch *b, store_seen *seen) WUR;
+/* Length of the created_at text of the events a cycle returns, with its NUL. */
+#define STORE_TIME_LEN 48
+
+/* Takes the wake-up lock without waiting. While the relay holds it, writers notify;
+ * a writer that did not notify holds a share of it until it commits, so *asleep is
+ * false (and nothing taken) while such a commit may still be invisible: read again. */
+bool store_sleep(store *s, bool *asleep) WUR;
+/* Whether this session holds the wake-up lock (a cycle with wake releases it). */
+bool store_asleep(const store *s);
+/* The low water a previous leader stored: every event below it is published. */
+bool store_low_water(store *s, long long *low) WUR;
+
+/* VACUUM of run_outbox on a connection of its own, without waiting: marks and
+ * retention leave dead row versions that only VACUUM makes room of for new rows,
+ * and autovacuum looks at a table once a minute at best. store_may_vacuum says
+ * whether this session's role owns the table (only an owner may vacuum it). */
+bool store_may_vacuum(store *s, bool *may) WUR;
+bool store_vacuum_begin(store *s) WUR;
+/* *done once the VACUUM started last has finished. Never waits; false (the
+ * connection is then closed) if it failed. */
+bool store_vacuum_poll(store *s, bool *done) WUR;
 
 /* Marks the given events published, in one statement. */
 bool store_mark_published(store *s, const long long *ids, size_t n) WUR;
 /* Adds attempts to the given events and records the error, in one statement. */
 bool store_record_failure(store *s, const long long *ids, size_t n, int attempts, const char *error) WUR;
-/* Unpublished count and the age in seconds of the oldest unpublished event. */
-bool store_backlog(store *s, long long *count, double *oldest_age_s) WUR;
+/* The relay's backlog: the rows above its frontier (counted by id), the unpublished
+ * rows from from_id to the frontier and those of the held runs held[i] from seq
+ * held_seq[i] on (up to 100,000 each); and the age in seconds of the oldest. */
+bool store_backlog(store *s, long long from_id, long long frontier, const char *const *held,
+                   const size_t *held_len, size_t nheld, const long long *held_seq, long long *count,
+                   double *oldest_age_s) WUR;
 
 /* The gateway's replay statement ($1 run_id, $2 after this seq; returns seq, payload
  * text, n and newest in seq order: at most 200 rows and about 4 MB, n being how many
@@ -107,10 +179,17 @@ bool store_revoke(store *s, bool is_sub, const char *value, long until_ms, const
 extern const char store_revocations_sql[];
 
 /* Deletes, among the `limit` oldest published events, those published more than
- * older_than_ms ago, in one statement; *deleted gets how many (fewer than limit:
- * nothing more is due). Unpublished events are never deleted, nor the per-run
- * counters (a run's seq must not start again at 1). */
+ * older_than_ms ago (with the earlier published events of their runs), in one
+ * statement; *deleted gets how many (fewer than limit: nothing more is due).
+ * Unpublished events are never deleted. A run left without rows keeps its counter
+ * (its seq goes on from there), stamped with the time of its last event. */
 bool store_prune(store *s, long older_than_ms, long limit, long long *deleted) WUR;
+/* Deletes the counters of runs that have no rows and whose last event is older than
+ * idle_ms, looking at `limit` counters after `cursor` (run_id order; "" = from the
+ * start), which it advances (back to "" at the end). Such a run, if it writes again,
+ * starts over at seq 1. */
+bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t cursor_len,
+                       long long *forgotten) WUR;
 
 /* Inserts one event; the database assigns id and seq. */
 bool store_emit(store *s, const char *run_id, const char *json, long long *id, long long *seq) WUR;

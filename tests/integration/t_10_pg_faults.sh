@@ -6,8 +6,8 @@
 # suppressed, not delivered twice.
 . "$(dirname "$0")/lib.sh"
 new_db
-prefill 40000 40 pgf
-start_sub sub --prefix pgf --expect 40000 --max-seconds 120 --check
+prefill 150000 40 pgf
+start_sub sub --prefix pgf --expect 150000 --max-seconds 120 --check
 start_relay relay --max-batch-size 500
 wait_log "$WORK/relay.log" "leader:" 10
 for i in 1 2; do
@@ -16,8 +16,10 @@ for i in 1 2; do
   info "terminated $n relay backend(s)"
 done
 sleep 0.3
+left=$(q "SELECT count(*) FROM run_outbox WHERE published_at IS NULL")
+((left > 0)) || fail "the backlog was drained before the faults: make it larger"
 pg_restart
-info "postgresql restarted"
+info "postgresql restarted with $left events unpublished"
 wait_drained 60
 wait_sub sub "$SUB_PID"
 (( $(grep -c "postgresql: connected" "$WORK/relay.log") >= 2 )) || fail "the relay never reconnected?"

@@ -4,7 +4,8 @@
  * one run race. The payload carries the insert time in microseconds ("t").
  *   obx_load --rate R --runs N --conns C --seconds S [--prefix P] [--pad BYTES]
  *            [--rollback-pct P] [--max-delay-ms D] [--count TOTAL]
- * Prints "inserted=N rolled_back=M seconds=S rate=R/s". Loopback servers only. */
+ * Prints "inserted=N rolled_back=M errors=E seconds=S rate=R/s max_ms=L", L being
+ * the longest an insert (with its commit) took. Loopback servers only. */
 #include "obx_common.h"
 
 #include <libpq-fe.h>
@@ -19,7 +20,7 @@
 static const char *url, *prefix = "load";
 static double rate = 1000, seconds = 5;
 static long runs = 50, conns = 4, pad = 0, rollback_pct = 0, max_delay_ms = 0, count = 0;
-static atomic_long next_k, inserted, rolled_back, errors;
+static atomic_long next_k, inserted, rolled_back, errors, max_us;
 static long long start_us;
 
 static bool exec_ok(PGconn *c, const char *sql)
@@ -59,6 +60,7 @@ static void *writer(void *arg)
         snprintf(run, sizeof run, "%s-%ld", prefix, k % runs);
         bool rollback = rollback_pct && (long)(rand_r(&seed) % 100) < rollback_pct;
         bool tx = rollback || max_delay_ms;
+        long long t0 = obx_now_us();
         if (tx && !exec_ok(c, "BEGIN")) {
             atomic_fetch_add(&errors, 1);
             continue;
@@ -72,10 +74,15 @@ static void *writer(void *arg)
         if (!ok)
             fprintf(stderr, "obx_load: insert: %s", PQerrorMessage(c));
         PQclear(r);
-        if (max_delay_ms)
-            usleep((useconds_t)(rand_r(&seed) % (unsigned)(max_delay_ms * 1000)));
+        useconds_t delay_us = max_delay_ms ? (useconds_t)(rand_r(&seed) % (unsigned)(max_delay_ms * 1000)) : 0;
+        if (delay_us)
+            usleep(delay_us);
         if (tx && !exec_ok(c, ok && !rollback ? "COMMIT" : "ROLLBACK"))
             ok = false;
+        /* How long the writer waited, without the delay it chose itself. */
+        long took = (long)(obx_now_us() - t0) - (long)delay_us;
+        for (long m = atomic_load(&max_us); took > m && !atomic_compare_exchange_weak(&max_us, &m, took);) {
+        }
         if (!ok)
             atomic_fetch_add(&errors, 1);
         else if (rollback)
@@ -122,7 +129,8 @@ int main(int argc, char **argv)
     for (long i = 0; i < conns; i++)
         pthread_join(th[i], NULL);
     double took = (double)(obx_now_us() - start_us) / 1e6;
-    printf("inserted=%ld rolled_back=%ld errors=%ld seconds=%.2f rate=%.0f/s\n", atomic_load(&inserted),
-           atomic_load(&rolled_back), atomic_load(&errors), took, (double)atomic_load(&inserted) / took);
+    printf("inserted=%ld rolled_back=%ld errors=%ld seconds=%.2f rate=%.0f/s max_ms=%.1f\n", atomic_load(&inserted),
+           atomic_load(&rolled_back), atomic_load(&errors), took, (double)atomic_load(&inserted) / took,
+           (double)atomic_load(&max_us) / 1e3);
     return atomic_load(&errors) ? 1 : 0;
 }

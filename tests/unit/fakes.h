@@ -1,6 +1,7 @@
 /* Fakes of the relay's neighbours (store_pg, redis_sink) for unit tests. The fake
  * sink applies the publish script's rules (mark = last published id per run, chained
- * events need their predecessor) and can be told to fail. */
+ * events need their predecessor) and can be told to fail; it delivers in the order it
+ * is given, which is the order of the calls the real sink makes. */
 #ifndef FAKES_H
 #define FAKES_H
 
@@ -22,9 +23,6 @@ typedef struct fake_world {
     const char *noroute_run;       /* answer PUB_NOROUTE for this run's events (its shard is down) */
     int noroute_offered;           /* ... and count how often they were offered */
     /* store */
-    long long marked[FAKE_MAX];
-    int nmarked;
-    bool fail_mark;
     long long failed_ids[FAKE_MAX];
     int nfailed;
     int failed_attempts;

@@ -1,5 +1,6 @@
-/* relay_process_batch against a fake sink and store: order per run, marking only
- * what went out, retries, a failing event holding back only its run. */
+/* relay_batch.c against a fake sink and store: order per run, done only what went
+ * out, retries, a failing event holding back only its run, and which rows of a
+ * cycle go out (published ones and held runs stay). */
 #include "fakes.h"
 #include "relay.h"
 
@@ -15,6 +16,9 @@ static config cfg;
 static volatile sig_atomic_t no_stop;
 static event evs[16];
 static batch b;
+static relay_ctx rc;
+static store *fs;
+static sink *fk;
 
 /* Builds a batch in id order; runs[i] names the run of event i (id = i + 1). */
 static void make_batch(const char *const *runs, size_t n)
@@ -33,26 +37,6 @@ static void make_batch(const char *const *runs, size_t n)
     b.cap = n;
 }
 
-static const char *held_ids[RELAY_HELD_MAX];
-static size_t held_lens[RELAY_HELD_MAX];
-static int nheld;
-
-static batch_outcome process(void)
-{
-    relay_ctx rc;
-    store *s = store_new("", "", 0);
-    sink *k = sink_new(NULL, 0, 0, "");
-    relay_ctx_init(&rc, &cfg, s, k, -1, &no_stop);
-    batch_outcome o = relay_process_batch(&rc, &b);
-    nheld = relay_held_now(&rc, held_ids, held_lens);
-    if (nheld)
-        held_ids[0] = strcmp(held_ids[0], "a") == 0 ? "a" : "other"; /* freed with rc */
-    relay_ctx_free(&rc);
-    store_free(s);
-    sink_free(k);
-    return o;
-}
-
 static int setup(void **state)
 {
     (void)state;
@@ -60,23 +44,68 @@ static int setup(void **state)
     memset(&cfg, 0, sizeof cfg);
     cfg.max_attempts = 3;
     no_stop = 0;
+    fs = store_new("", "", 0);
+    fk = sink_new(NULL, &cfg, "", false);
+    relay_ctx_init(&rc, &cfg, fs, fk, -1, &no_stop);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    relay_ctx_free(&rc);
+    store_free(fs);
+    sink_free(fk);
     return 0;
 }
 
 static const char *const three_runs[] = {"a", "b", "a", "c", "b", "a"};
 
-static void test_publishes_all_in_id_order_and_marks_them(void **state)
+/* Where id was delivered (-1 if not). */
+static int delivered_at(long long id)
+{
+    for (int i = 0; i < fw.ndelivered; i++)
+        if (fw.delivered[i] == id)
+            return i;
+    return -1;
+}
+
+static bool is_done(const batch_outcome *o, long long id)
+{
+    for (size_t i = 0; i < o->published; i++)
+        if (rc.done_ids[i] == id)
+            return true;
+    return false;
+}
+
+static void test_publishes_all_in_order_per_run(void **state)
 {
     (void)state;
     make_batch(three_runs, 6);
-    batch_outcome o = process();
+    batch_outcome o = relay_publish_batch(&rc, &b);
     assert_int_equal(o.published, 6);
     assert_int_equal(o.pending, 0);
+    assert_int_equal(o.resume_id, 0);
     assert_int_equal(fw.ndelivered, 6);
-    for (int i = 0; i < 6; i++)
-        assert_int_equal(fw.delivered[i], i + 1);
-    assert_int_equal(fw.nmarked, 6);
+    /* a: ids 1, 3, 6; b: 2, 5. */
+    assert_true(delivered_at(1) < delivered_at(3));
+    assert_true(delivered_at(3) < delivered_at(6));
+    assert_true(delivered_at(2) < delivered_at(5));
+    for (long long id = 1; id <= 6; id++)
+        assert_true(is_done(&o, id));
     assert_int_equal(fw.nfailed, 0);
+}
+
+static void test_events_of_a_run_go_out_together(void **state)
+{
+    (void)state;
+    make_batch(three_runs, 6);
+    assert_int_equal(relay_publish_batch(&rc, &b).published, 6);
+    /* One call per run: a run's events are consecutive in what the sink was given. */
+    int a = delivered_at(1);
+    assert_int_equal(delivered_at(3), a + 1);
+    assert_int_equal(delivered_at(6), a + 2);
+    assert_int_equal(delivered_at(5), delivered_at(2) + 1);
 }
 
 static void test_transient_failure_is_retried_in_order(void **state)
@@ -85,19 +114,11 @@ static void test_transient_failure_is_retried_in_order(void **state)
     make_batch(three_runs, 6);
     fw.fail_id = 3; /* run a, seq 2 */
     fw.fail_times = 1;
-    batch_outcome o = process();
+    batch_outcome o = relay_publish_batch(&rc, &b);
     assert_int_equal(o.published, 6);
     assert_int_equal(fw.ndelivered, 6);
-    /* Run a must come out as ids 1, 3, 6 in that order. */
-    int pos1 = -1, pos3 = -1, pos6 = -1;
-    for (int i = 0; i < fw.ndelivered; i++) {
-        if (fw.delivered[i] == 1) pos1 = i;
-        if (fw.delivered[i] == 3) pos3 = i;
-        if (fw.delivered[i] == 6) pos6 = i;
-    }
-    assert_true(pos1 < pos3);
-    assert_true(pos3 < pos6);
-    assert_int_equal(fw.nmarked, 6);
+    assert_true(delivered_at(1) < delivered_at(3));
+    assert_true(delivered_at(3) < delivered_at(6));
 }
 
 static void test_persistent_failure_holds_back_only_its_run(void **state)
@@ -106,46 +127,48 @@ static void test_persistent_failure_holds_back_only_its_run(void **state)
     make_batch(three_runs, 6);
     fw.fail_id = 3;
     fw.fail_times = -1;
-    batch_outcome o = process();
+    batch_outcome o = relay_publish_batch(&rc, &b);
+    relay_record_failures(&rc);
     assert_int_equal(o.published, 4); /* a1, b1, c1, b2 */
     assert_int_equal(o.pending, 2);   /* a2 failed, a3 waits behind it */
-    /* a1, b1, c1, b2 delivered; a2 (id 3) and a3 (id 6) not. */
-    for (int i = 0; i < fw.ndelivered; i++) {
-        assert_int_not_equal(fw.delivered[i], 3);
-        assert_int_not_equal(fw.delivered[i], 6);
-    }
-    for (int i = 0; i < fw.nmarked; i++) {
-        assert_int_not_equal(fw.marked[i], 3);
-        assert_int_not_equal(fw.marked[i], 6);
-    }
+    assert_int_equal(delivered_at(3), -1);
+    assert_int_equal(delivered_at(6), -1);
+    assert_false(is_done(&o, 3));
+    assert_false(is_done(&o, 6));
     /* The failure is recorded on the event that failed, not on the one waiting behind it. */
     assert_int_equal(fw.nfailed, 1);
     assert_int_equal(fw.failed_ids[0], 3);
     assert_int_equal(fw.failed_attempts, 3);
-    /* Its run is held back from the next fetches; no other run is. */
+    /* Its run is held back, from the event that failed; nothing needs reading again. */
     assert_int_equal(o.event_failures, 1);
-    assert_int_equal(nheld, 1);
-    assert_string_equal(held_ids[0], "a");
+    assert_int_equal(o.resume_id, 0);
+    assert_int_equal(rc.nheld, 1);
+    assert_string_equal(rc.held[0].run_id, "a");
+    assert_int_equal(rc.held[0].from_seq, 2);
+    assert_int_equal(rc.held[0].from_id, 3);
 }
 
 static void test_run_without_route_waits_without_retries(void **state)
 {
     (void)state;
-    /* Run a's shard has no primary: its events wait for a later batch, offered once
-     * each (no retries that would hold the batch up), not counted as refused; the
-     * other runs go out. */
+    /* Run a's Redis Cluster shard has no primary: its events wait for a later batch,
+     * offered once each (no retries that would hold the batch up), not counted as
+     * refused; the run is parked from its first event and the other runs go out. */
     make_batch(three_runs, 6);
     fw.noroute_run = "a";
-    batch_outcome o = process();
+    batch_outcome o = relay_publish_batch(&rc, &b);
     assert_int_equal(o.published, 3); /* b1, c1, b2 */
     assert_int_equal(o.pending, 3);
     assert_int_equal(fw.noroute_offered, 3);
     assert_int_equal(o.event_failures, 0);
-    /* Parked: left out of the next fetches for a moment, alone. */
-    assert_int_equal(nheld, 1);
-    assert_string_equal(held_ids[0], "a");
-    for (int i = 0; i < fw.nmarked; i++)
-        assert_true(fw.marked[i] == 2 || fw.marked[i] == 4 || fw.marked[i] == 5);
+    assert_int_equal(delivered_at(1), -1);
+    assert_int_equal(delivered_at(3), -1);
+    assert_int_equal(delivered_at(6), -1);
+    assert_int_equal(o.resume_id, 0);
+    assert_int_equal(rc.nheld, 1);
+    assert_string_equal(rc.held[0].run_id, "a");
+    assert_int_equal(rc.held[0].from_seq, 1);
+    assert_int_equal(rc.held[0].from_id, 1);
 }
 
 static void test_lost_reply_is_not_delivered_twice(void **state)
@@ -154,85 +177,125 @@ static void test_lost_reply_is_not_delivered_twice(void **state)
     make_batch(three_runs, 6);
     fw.cut_after = 3;         /* the third command runs, then the connection drops */
     fw.cut_loses_reply = true;
-    batch_outcome o = process();
+    batch_outcome o = relay_publish_batch(&rc, &b);
     assert_int_equal(o.published, 6);
     assert_int_equal(fw.ndelivered, 6);
-    for (int i = 0; i < 6; i++)
-        assert_int_equal(fw.delivered[i], i + 1);
     assert_int_equal(fw.connects, 2);
-    assert_int_equal(fw.nmarked, 6);
 }
 
-static void test_redis_down_marks_nothing_and_records_attempts(void **state)
+static void test_redis_down_reads_again_and_holds_no_run(void **state)
 {
     (void)state;
     make_batch(three_runs, 6);
     fw.refuse_connect = true;
-    batch_outcome o = process();
+    batch_outcome o = relay_publish_batch(&rc, &b);
+    relay_record_failures(&rc);
     assert_int_equal(o.published, 0);
     assert_int_equal(o.pending, 6);
     assert_true(o.redis_lost);
-    assert_int_equal(fw.nmarked, 0);
+    /* Everything is read again from the first id. */
+    assert_int_equal(o.resume_id, 1);
     /* One failure record per run: its first event. An outage holds back no run. */
     assert_int_equal(fw.nfailed, 3);
     assert_int_equal(o.event_failures, 0);
-    assert_int_equal(nheld, 0);
+    assert_int_equal(rc.nheld, 0);
 }
 
-static void test_failed_mark_reports_db_lost_and_redelivery_is_suppressed(void **state)
+/* Rows as a cycle returns them: ids and flags given, runs from three_runs. */
+static batch rows_of(const unsigned *flags, size_t n)
+{
+    make_batch(three_runs, n);
+    for (size_t i = 0; i < n; i++)
+        evs[i].flags = flags[i];
+    return b;
+}
+
+static void test_take_rows_skips_published_and_held(void **state)
+{
+    (void)state;
+    /* Hold run a: its event 3 failed. */
+    make_batch(three_runs, 6);
+    fw.fail_id = 3;
+    fw.fail_times = -1;
+    relay_publish_batch(&rc, &b);
+    assert_int_equal(rc.nheld, 1);
+    const unsigned f[] = {STORE_ROW_FRONTIER | STORE_ROW_DONE, STORE_ROW_FRONTIER, STORE_ROW_FRONTIER,
+                          STORE_ROW_GAP, STORE_ROW_FRONTIER, STORE_ROW_FRONTIER};
+    batch rows = rows_of(f, 6), out;
+    batch_init(&out);
+    assert_true(relay_take_rows(&rc, &rows, 100, &out));
+    /* Left: 2 (b), 4 (c), 5 (b). Gone: 1 (published), 3 and 6 (run a is held). */
+    assert_int_equal(out.n, 3);
+    assert_int_equal(out.ev[0].id, 2);
+    assert_int_equal(out.ev[1].id, 4);
+    assert_int_equal(out.ev[2].id, 5);
+    batch_free(&out);
+}
+
+static void test_held_run_catches_up_by_its_own_rows(void **state)
 {
     (void)state;
     make_batch(three_runs, 6);
-    fw.fail_mark = true;
-    batch_outcome o = process();
-    assert_true(o.db_lost);
-    assert_int_equal(o.published, 0);
-    /* The rows come back in the next fetch; the marks turn them into duplicates. */
-    fw.fail_mark = false;
-    o = process();
-    assert_int_equal(o.published, 6);
-    assert_int_equal(fw.ndelivered, 6);
-    assert_int_equal(fw.nmarked, 6);
+    fw.fail_id = 3;
+    fw.fail_times = 1; /* fails through one batch only */
+    cfg.max_attempts = 1;
+    relay_publish_batch(&rc, &b);
+    assert_int_equal(rc.nheld, 1);
+    /* The next cycle asks for run a's rows from seq 2 (ids 3 and 6): fewer than the
+     * limit, so they are all of them; the frontier read 6 as well. */
+    rc.held[0].asked = true;
+    const unsigned f[] = {STORE_ROW_DONE, 0, STORE_ROW_CATCHUP, 0, 0, STORE_ROW_CATCHUP | STORE_ROW_FRONTIER};
+    batch rows = rows_of(f, 6), out;
+    batch_init(&out);
+    assert_true(relay_take_rows(&rc, &rows, 100, &out));
+    assert_int_equal(out.n, 5);
+    fw.ndelivered = 0;
+    batch_outcome o = relay_publish_batch(&rc, &out);
+    assert_int_equal(o.published, 5);
+    assert_int_equal(fw.ndelivered, 2); /* the others went out with the first batch */
+    assert_true(delivered_at(3) < delivered_at(6));
+    /* It went out whole: the run is free again. */
+    assert_int_equal(rc.nheld, 0);
+    batch_free(&out);
 }
 
-static void test_next_batch_drops_runs_waiting_in_the_current_one(void **state)
+static void test_held_run_with_more_rows_stays_caught_up_partly(void **state)
 {
     (void)state;
-    make_batch(three_runs, 6); /* a b a c b a */
-    fw.fail_id = 3;            /* a2 fails: a waits */
-    fw.fail_times = -1;
-    relay_ctx rc;
-    store *s = store_new("", "", 0);
-    sink *k = sink_new(NULL, 0, 0, "");
-    relay_ctx_init(&rc, &cfg, s, k, -1, &no_stop);
-    batch_outcome o = relay_publish_batch(&rc, &b);
-    assert_int_equal(o.published, 4);
-    /* The batch fetched meanwhile holds later events of a, b and c. */
-    static event later[4];
-    static const char *const runs[] = {"c", "a", "b", "a"};
-    for (int i = 0; i < 4; i++)
-        later[i] = (event){.id = 10 + i, .seq = 9, .run_id = runs[i], .run_id_len = 1, .payload = "{}", .payload_len = 2};
-    batch next = {.ev = later, .n = 4, .cap = 4};
-    relay_drop_waiting_runs(&rc, &b, &next);
-    assert_int_equal(next.n, 2);
-    assert_string_equal(next.ev[0].run_id, "c");
-    assert_string_equal(next.ev[1].run_id, "b");
-    relay_ctx_free(&rc);
-    store_free(s);
-    sink_free(k);
+    make_batch(three_runs, 6);
+    fw.fail_id = 3;
+    fw.fail_times = 1;
+    cfg.max_attempts = 1;
+    relay_publish_batch(&rc, &b);
+    rc.held[0].asked = true;
+    /* A limit of 1 row per run: run a's catch-up brought 3 only, so 6 (read by the
+     * frontier) must wait for the next catch-up. */
+    const unsigned f[] = {STORE_ROW_DONE, 0, STORE_ROW_CATCHUP, 0, 0, STORE_ROW_FRONTIER};
+    batch rows = rows_of(f, 6), out;
+    batch_init(&out);
+    assert_true(relay_take_rows(&rc, &rows, 1, &out));
+    for (size_t i = 0; i < out.n; i++)
+        assert_int_not_equal(out.ev[i].id, 6);
+    batch_outcome o = relay_publish_batch(&rc, &out);
+    assert_true(is_done(&o, 3));
+    assert_int_equal(rc.nheld, 1);
+    assert_int_equal(rc.held[0].from_seq, 3); /* next: seq 3 of run a */
+    batch_free(&out);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup(test_publishes_all_in_id_order_and_marks_them, setup),
-        cmocka_unit_test_setup(test_transient_failure_is_retried_in_order, setup),
-        cmocka_unit_test_setup(test_persistent_failure_holds_back_only_its_run, setup),
-        cmocka_unit_test_setup(test_lost_reply_is_not_delivered_twice, setup),
-        cmocka_unit_test_setup(test_redis_down_marks_nothing_and_records_attempts, setup),
-        cmocka_unit_test_setup(test_failed_mark_reports_db_lost_and_redelivery_is_suppressed, setup),
-        cmocka_unit_test_setup(test_next_batch_drops_runs_waiting_in_the_current_one, setup),
-        cmocka_unit_test_setup(test_run_without_route_waits_without_retries, setup),
+        cmocka_unit_test_setup_teardown(test_publishes_all_in_order_per_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_events_of_a_run_go_out_together, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_transient_failure_is_retried_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_persistent_failure_holds_back_only_its_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lost_reply_is_not_delivered_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_down_reads_again_and_holds_no_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_take_rows_skips_published_and_held, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_held_run_catches_up_by_its_own_rows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_held_run_with_more_rows_stays_caught_up_partly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_without_route_waits_without_retries, setup, teardown),
     };
     return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
