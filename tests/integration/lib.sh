@@ -381,8 +381,10 @@ start_cluster() {
     for _ in $(seq 1 100); do [[ -s "$WORK/$name$i.pid" ]] && break; sleep 0.02; done
     pid=$(cat "$WORK/$name$i.pid" 2>/dev/null || true)
     [[ -n "$pid" ]] && PIDS+=("$pid")
-    for _ in $(seq 1 100); do
+    # Up to 15 s: a loaded machine (other suites on the same cores) can be slow.
+    for _ in $(seq 1 300); do
       grep -q "Ready to accept connections" "$WORK/$name$i.redis.out" 2>/dev/null && break
+      [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null && break
       sleep 0.05
     done
     grep -q "Ready to accept connections" "$WORK/$name$i.redis.out" || fail "cluster node $i did not start: $(tail -3 "$WORK/$name$i.redis.out")"
