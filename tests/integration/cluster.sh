@@ -71,6 +71,12 @@ cluster_scenario() {
       "$changes, $(grep -c "cluster slot map changed" "$WORK/relay.log" || true) map changes logged; SSE lost 0," \
       "duplicated 0, out of order 0"
     [[ $fault == kill9 ]] && cluster_others_flowed "$src"
+    if [[ $fault == reshard ]]; then
+      # The relay followed ASK while the slot was half moved (ASKING on the target).
+      asking=$(redis-cli -p "$MOVE_DST" info commandstats | grep -o 'cmdstat_asking:calls=[0-9]*' | cut -d= -f2 || true)
+      info "ASKING sent to the target: ${asking:-0}"
+      ((${asking:-0} >= 1)) || fail "the relay never followed an ASK redirection to $MOVE_DST"
+    fi
     if [[ $fault == failover || $fault == kill9 ]]; then
       ((changes >= 1)) || fail "outboxd_redis_primary_changes_total = $changes after the failover"
       grep -q "cluster slot map changed: 3 primaries .*127.0.0.1:$now" "$WORK/relay.log" ||
@@ -123,10 +129,12 @@ cluster_move_slot() {
     moved=$((moved + 1))
     sleep 0.2
   done
-  sleep 0.5
+  # The keys are on the target, the slot not yet: the source answers ASK meanwhile.
+  sleep 1.5
   for p in "$dst" "$src" "${CLUSTER_PORTS[@]}"; do
     redis-cli -p "$p" cluster setslot "$slot" node "$did" >/dev/null 2>&1 || true
   done
+  MOVE_DST=$dst
   info "slot $slot ($moved keys) moved from $src to $dst at $(q "SELECT count(*) FROM run_outbox") events"
 }
 
