@@ -90,6 +90,7 @@ const char redis_sink_publish_script[] =
 struct sink {
     redis_endpoint *ep;
     long wait_replicas;
+    long wait_timeout_ms;
     char wait_timeout[24];
     char ttl[24];
     char epoch[64];
@@ -122,6 +123,7 @@ sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool ann
     k->ep = e;
     k->announce = announce;
     k->wait_replicas = cfg->redis_wait_replicas;
+    k->wait_timeout_ms = cfg->redis_wait_timeout_ms;
     snprintf(k->wait_timeout, sizeof k->wait_timeout, "%ld", cfg->redis_wait_timeout_ms);
     snprintf(k->ttl, sizeof k->ttl, "%ld", cfg->mark_ttl_ms);
     sentinel_watch_init(&k->watch, e);
@@ -359,7 +361,9 @@ static bool read_replies(sink *k, const event *const *evs, const call *calls, si
         freeReplyObject(r);
     }
     if (wait) {
-        redisReply *r = rconn_reply(k->c);
+        /* The server holds WAIT's reply for up to the wait timeout, which may be longer
+         * than the command timeout: only silence beyond both is a lost connection. */
+        redisReply *r = rconn_reply_held(k->c, k->wait_timeout_ms);
         if (!r) {
             /* Published, but whether the marks reached a replica is unknown: sent
              * again (after reconnecting), they are either found marked or published
