@@ -85,14 +85,19 @@ n=$(grep "SUBSCRIBE run:acl-.* refused" "$WORK/sse.log" | awk '{print $3}' | sor
 ((n <= 2)) || fail "a gateway process logged the refusal $n times"
 
 # 5. The relay may no longer run its script: refused for everyone, no run held.
+held_metric() { curl -s "$h/metrics" | awk '$1 == "outboxd_held_runs" {print $2}'; }
+held_before=$(held_metric)
+holds_before=$(grep -c "held back for" "$WORK/relay.log" || true)
 admin ACL SETUSER outboxd-relay -evalsha >/dev/null
 for i in 1 2 3; do for r in 1 2 3; do "$OUTBOXD" emit "acl-$r" "{\"noeval\":$i}" >/dev/null; done; done
 wait_log "$WORK/relay.log" "every event refused.*evalsha" 10
 sleep 3 # holds of 1 and 2 s would have been taken and passed by now
 r=$(readyz "$h")
 [[ $r == "503 not ready"*"redis=refusing"*"evalsha"* ]] || fail "/readyz while evalsha is refused: $r"
-held=$(curl -s "$h/metrics" | awk '$1 == "outboxd_held_runs" {print $2}')
-[[ $held == 0 ]] || fail "outboxd_held_runs = $held while Redis refused the script to everyone"
+held=$(held_metric)
+[[ $held == "$held_before" ]] || fail "outboxd_held_runs = $held (was $held_before) while Redis refused the script to everyone"
+holds=$(( $(grep -c "held back for" "$WORK/relay.log" || true) - holds_before ))
+[[ $holds == 0 ]] || fail "$holds runs held back while Redis refused the script to everyone: $(grep "held back for" "$WORK/relay.log" | tail -1)"
 left=$(q "SELECT count(*) FROM run_outbox WHERE published_at IS NULL")
 [[ $left == 9 ]] || fail "$left of 9 refused events unpublished"
 t0=${EPOCHREALTIME/./}
