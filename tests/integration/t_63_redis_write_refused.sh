@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # A primary that refuses writes (min-replicas-to-write 1 and no replica: NOREPLICAS;
-# the same path as OOM, MISCONF or BUSY): the publish script is declared as writing
-# ("#!lua"), so Redis refuses it before any PUBLISH. That refuses every run alike, so
-# the relay treats it as an outage of Redis, not as a fault of each run: for ~10 s
-# while four runs emit events, subscribers receive nothing, the refusal is logged once
-# and recorded on the rows, no run is held back, no mark moves, the relay asks again
-# at least every second or so, and /readyz says 503 "refusing" with the reason. Once
-# writes are allowed again every event arrives within a few seconds (not after
-# per-run holds that had grown to 8 or 16 s), exactly once, in order, and /readyz is
-# 200 again as soon.
+# then, briefly, OOM under maxmemory; MISCONF and BUSY take the same path): the
+# publish script is declared as writing ("#!lua"), so Redis refuses it before any
+# PUBLISH. That refuses every run alike, so the relay treats it as an outage of Redis,
+# not as a fault of each run: for ~10 s while four runs emit events, subscribers
+# receive nothing, the refusal is logged once and recorded on the rows, no run is held
+# back, no mark moves, the relay asks again at least every second or so, and /readyz
+# says 503 "refusing" with the reason. Once writes are allowed again every event
+# arrives within a few seconds (not after per-run holds that had grown to 8 or 16 s),
+# exactly once, in order, and /readyz is 200 again as soon.
 . "$(dirname "$0")/lib.sh"
 new_db
 start_redis wr plain
@@ -29,7 +29,7 @@ now_ms() { echo $(( ${EPOCHREALTIME/./} / 1000 )); }
 BOUND_MS=3000
 REFUSED_S=10
 phase2=$((REFUSED_S * 2 * 4)) # an event per run every 0.5 s
-total=$((9 + phase2 + 10))
+total=$((9 + phase2 + 3 + 10))
 start_sub sub --port "$WR_PORT" --prefix wr --expect "$total" --idle-ms 30000 --max-seconds 120 --check
 start_relay relay --redis-timeout 500ms --http-listen "127.0.0.1:$hport"
 
@@ -85,6 +85,23 @@ info "after the refusal: all $phase2 events delivered in ${t_all} ms, /readyz 20
 ((t_ready > 0 && t_ready <= BOUND_MS)) || fail "/readyz took ${t_ready} ms to say ready again (bound ${BOUND_MS} ms): $(readyz "$h")"
 wait_log "$WORK/relay.log" "events are taken again" 5
 wait_drained 10
+
+# 4. The same for OOM (maxmemory with noeviction), briefly: no run held, out at once.
+rc CONFIG SET maxmemory-policy noeviction >/dev/null
+rc CONFIG SET maxmemory 1 >/dev/null
+for r in 1 2 3; do "$OUTBOXD" emit "wr-$r" "{\"phase\":4}" >/dev/null; done
+wait_log "$WORK/relay.log" "every event refused.*OOM" 10
+sleep 2
+[[ $(raw) == $((9 + phase2)) ]] || fail "subscribers got messages while Redis was out of memory"
+! grep -q "held back" "$WORK/relay.log" || fail "a run was held back for OOM: $(grep -m1 "held back" "$WORK/relay.log")"
+r=$(readyz "$h")
+[[ $r == "503 not ready"*"redis=refusing"*"OOM"* ]] || fail "/readyz while Redis is out of memory: $r"
+t0=$(now_ms)
+rc CONFIG SET maxmemory 0 >/dev/null
+wait_drained 10
+ms=$(( $(now_ms) - t0 ))
+info "after OOM: 3 events out in ${ms} ms"
+((ms <= BOUND_MS)) || fail "the events refused for OOM took ${ms} ms to go out (bound ${BOUND_MS} ms)"
 for i in $(seq 1 10); do "$OUTBOXD" emit "wr-$(( i % 3 + 1 ))" "{\"phase\":3,\"i\":$i}" >/dev/null; done
 wait_drained 10
 for _ in $(seq 1 40); do [[ $(raw) == "$total" ]] && break; sleep 0.05; done
