@@ -78,6 +78,20 @@ const char redis_sink_publish_script[] =
     "out[#out + 1] = merr\n"
     "return out\n";
 
+/* The high-water of published ids, outboxd:{epoch}:hw[:origin]: raised to the highest id
+ * of each batch before its events are published (and so before PostgreSQL marks
+ * them), kept as long as the marks. Its own command on its own key, apart from the
+ * per-run calls, so that in a cluster it goes to the node of its own slot. Ids are
+ * drawn from one sequence that never goes back in normal operation, so a leader that
+ * finds it above the sequence knows the numbering went back (relay.c). */
+const char redis_sink_hw_script[] =
+    SHEBANG
+    "local v = tonumber(redis.call('GET', KEYS[1]))\n"
+    "local n = tonumber(ARGV[1])\n"
+    "if v and v > n then n = v end\n"
+    "redis.call('SET', KEYS[1], n, 'PX', ARGV[2])\n"
+    "return n\n";
+
 /* A run's events go in calls of at most this many (a continuation is chained). */
 #define CALL_EVENTS 1000
 /* Bytes of commands queued before replies are read, so a batch of large payloads
@@ -103,6 +117,8 @@ struct sink {
     bool wait_refused_said;
     bool marks_failing;   /* the last mark written (or not) was refused */
     char sha[41];
+    char hw_sha[41];
+    bool hw_failing;      /* the last raise of the high-water was refused (said once) */
     char err[1024];
     struct {
         long long lo, hi;
@@ -171,11 +187,11 @@ bool sink_refusing(const sink *k, const char **why)
     return k->refusing;
 }
 
-/* Loads the publish script; a server before Redis 7 gets it without "#!lua". */
-static bool load_script(sink *k)
+/* Loads a script into sha; a server before Redis 7 gets it without "#!lua". */
+static bool load_script(sink *k, const char *script, char sha[41])
 {
     for (;;) {
-        const char *src = redis_sink_publish_script + (k->legacy_script ? sizeof SHEBANG - 1 : 0);
+        const char *src = script + (k->legacy_script ? sizeof SHEBANG - 1 : 0);
         const char *argv[] = {"SCRIPT", "LOAD", src};
         redisReply *r = rconn_command(k->c, 3, argv, NULL);
         if (!r) {
@@ -184,7 +200,7 @@ static bool load_script(sink *k)
         }
         bool ok = r->type == REDIS_REPLY_STRING && r->len == 40;
         if (ok) {
-            memcpy(k->sha, r->str, 41);
+            memcpy(sha, r->str, 41);
         } else if (r->type == REDIS_REPLY_ERROR && !k->legacy_script && strstr(r->str, "compiling")) {
             k->legacy_script = true;
             freeReplyObject(r);
@@ -203,7 +219,8 @@ bool sink_connect(sink *k)
 {
     sink_disconnect(k);
     k->c = redis_endpoint_connect(k->ep, &k->addr, k->err, sizeof k->err);
-    if (!k->c || !load_script(k)) {
+    if (!k->c || !load_script(k, redis_sink_publish_script, k->sha) ||
+        !load_script(k, redis_sink_hw_script, k->hw_sha)) {
         sink_disconnect(k);
         return false;
     }
@@ -480,6 +497,86 @@ oom:
     return false;
 }
 
+static void hw_key(const sink *k, char *key, size_t len)
+{
+    snprintf(key, len, "outboxd:%s:hw%s%s", k->epoch, k->origin[0] ? ":" : "", k->origin);
+}
+
+bool sink_high_water(sink *k, long long *hw)
+{
+    if (!k->c && !sink_connect(k))
+        return false;
+    char key[160];
+    hw_key(k, key, sizeof key);
+    redisReply *r = rconn_command(k->c, 2, (const char *[]){"GET", key}, NULL);
+    if (!r) {
+        snprintf(k->err, sizeof k->err, "%s:%d: GET %s: %s", k->addr.host, k->addr.port, key, rconn_errstr(k->c));
+        sink_disconnect(k);
+        return false;
+    }
+    bool ok = r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_STRING;
+    *hw = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+    if (!ok) {
+        char why[400];
+        redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", why, sizeof why);
+        snprintf(k->err, sizeof k->err, "%s:%d: GET %s: %s", k->addr.host, k->addr.port, key, why);
+    }
+    freeReplyObject(r);
+    return ok;
+}
+
+/* Queues the raise of the high-water to the highest id of evs[0..n). */
+static bool append_hw(sink *k, const event *const *evs, size_t n)
+{
+    long long top = 0;
+    for (size_t i = 0; i < n; i++)
+        top = evs[i]->id > top ? evs[i]->id : top;
+    char key[160], id[24];
+    hw_key(k, key, sizeof key);
+    snprintf(id, sizeof id, "%lld", top);
+    if (!rconn_append(k->c, 6, (const char *[]){"EVALSHA", k->hw_sha, "1", key, id, k->ttl}, NULL)) {
+        snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
+        return false;
+    }
+    return true;
+}
+
+/* The reply to append_hw, read before the calls' replies. No reply: the connection is
+ * lost, nothing of the batch counts as sent. A refusal (an ACL user without SET, a
+ * primary taking no writes) costs only the detection of numbering that went back:
+ * said once, counted with the marks' failures. Errors the calls meet as well
+ * (NOSCRIPT, READONLY, LOADING, MASTERDOWN) are handled with theirs. */
+static bool read_hw(sink *k, const event *const *evs, size_t n)
+{
+    redisReply *r = rconn_reply(k->c);
+    if (!r) {
+        snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
+        note_uncertain(k, evs, 0, n);
+        sink_disconnect(k);
+        return false;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        bool theirs = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
+                      !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10);
+        if (!theirs) {
+            k->counters.mark_failures++;
+            if (!k->hw_failing) {
+                char why[400];
+                redis_explain_error(r->str, why, sizeof why);
+                log_warn("redis: the high-water of published ids could not be raised (%s): a restored database "
+                         "whose numbering went back is not detected meanwhile (docs/GUARANTEES.md)",
+                         why);
+            }
+            k->hw_failing = true;
+        }
+    } else if (k->hw_failing) {
+        k->hw_failing = false;
+        log_info("redis: the high-water of published ids is raised again");
+    }
+    freeReplyObject(r);
+    return true;
+}
+
 bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
     for (size_t i = 0; i < n; i++)
@@ -506,6 +603,8 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
         snprintf(k->err, sizeof k->err, "publish: out of memory");
     char wait_n[24];
     snprintf(wait_n, sizeof wait_n, "%ld", k->wait_replicas);
+    bool hw_queued = ok && n > 0 && append_hw(k, evs, n);
+    ok = ok && (n == 0 || hw_queued);
     for (size_t i = 0; i < n && ok;) {
         /* A call: this event and the chained ones after it, up to CALL_EVENTS. */
         size_t len = 1;
@@ -527,6 +626,13 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
                 snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
                 ok = false;
                 break;
+            }
+            if (hw_queued) {
+                hw_queued = false;
+                if (!read_hw(k, evs, n)) {
+                    ok = false;
+                    break;
+                }
             }
             ok = read_replies(k, evs, calls + read_from, ncalls - read_from, wait, out);
             read_from = ncalls;

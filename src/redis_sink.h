@@ -23,6 +23,8 @@ typedef enum pub_result {
 
 /* The Lua source of the publish script (see redis_sink.c); exported for benchmarks. */
 extern const char redis_sink_publish_script[];
+/* The script that raises the high-water of published ids (see redis_sink.c). */
+extern const char redis_sink_hw_script[];
 
 typedef struct sink sink;
 
@@ -56,6 +58,11 @@ void sink_get_counters(const sink *k, sink_counters *out);
  * writes now (NOREPLICAS, OOM, MISCONF): the last publish call had such refusals and
  * no success. *why then names the refusal (owned by the sink). */
 bool sink_refusing(const sink *k, const char **why);
+
+/* The high-water of published ids of the current epoch (and origin): the highest
+ * id of any batch sent under it, 0 when none (or expired with the marks). Connects
+ * first when needed. False with the reason in sink_errstr. */
+bool sink_high_water(sink *k, long long *hw) WUR;
 
 bool sink_connect(sink *k) WUR;
 bool sink_connected(const sink *k);

@@ -132,6 +132,19 @@ bool store_prepare_relay(store *s)
     return s->prepared;
 }
 
+bool store_id_last_value(store *s, long long *last)
+{
+    PGresult *r = store_run(s, "read the id sequence",
+                            "SELECT coalesce(pg_sequence_last_value("
+                            "pg_get_serial_sequence('run_outbox', 'id')::regclass), 0)",
+                            0, NULL);
+    if (!r)
+        return false;
+    *last = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return true;
+}
+
 bool store_cycle_begin(store *s, const store_cycle *c)
 {
     s->sqlstate[0] = '\0';
