@@ -32,7 +32,8 @@ typedef struct sink sink;
 typedef struct sink_counters {
     /* Events published again (a mark-less PUB_OK) after an attempt whose reply was
      * lost with the connection: each may have reached subscribers twice, if the
-     * first attempt ran and its mark was lost in a failover. An upper bound. */
+     * first attempt ran and its mark was lost in a failover. Counted by this sink
+     * only (this relay process), from its last few lost replies: an indication. */
     unsigned long long possible_duplicates;
     /* Batches whose WAIT saw fewer replicas than --redis-wait-replicas in time. */
     unsigned long long wait_short;
