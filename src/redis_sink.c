@@ -545,7 +545,9 @@ static bool append_hw(sink *k, const event *const *evs, size_t n)
  * lost, nothing of the batch counts as sent. A refusal (an ACL user without SET, a
  * primary taking no writes) costs only the detection of numbering that went back:
  * said once, counted with the marks' failures. Errors the calls meet as well
- * (NOSCRIPT, READONLY, LOADING, MASTERDOWN) are handled with theirs. */
+ * (NOSCRIPT, READONLY, LOADING, MASTERDOWN, and the refusals of every write that
+ * refuse the declared-writing publish script before it runs) are handled with
+ * theirs. */
 static bool read_hw(sink *k, const event *const *evs, size_t n)
 {
     redisReply *r = rconn_reply(k->c);
@@ -557,7 +559,9 @@ static bool read_hw(sink *k, const event *const *evs, size_t n)
     }
     if (r->type == REDIS_REPLY_ERROR) {
         bool theirs = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
-                      !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10);
+                      !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10) ||
+                      !strncmp(r->str, "NOREPLICAS", 10) || !strncmp(r->str, "OOM", 3) ||
+                      !strncmp(r->str, "MISCONF", 7) || !strncmp(r->str, "BUSY", 4);
         if (!theirs) {
             k->counters.mark_failures++;
             if (!k->hw_failing) {
