@@ -15,8 +15,8 @@
  * only grow within a run in commit order, so an event at or below the mark in both was
  * published already. One above it in either is new. Numbering that went back under
  * the same key (a restored base backup) would pass new events off as published: the
- * leader detects it by the high-water below and starts a new epoch. The origin (the cluster's system identifier and the
- * database's oid) tells a logical copy of the database, which keeps the epoch of the
+ * leader detects it by the high-water below and starts a new epoch. The origin (the
+ * cluster's system identifier and the database's oid) tells a logical copy of the database, which keeps the epoch of the
  * key, from the original: a mark of another origin is no mark. A mark without one
  * (written by v0.1.0, or by a relay that may not read the identifier) still counts,
  * so that an upgrade keeps the marks set just before it. Every event but the first, and the first when `chained`
