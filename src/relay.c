@@ -858,9 +858,18 @@ static bool check_numbering(relay_state *r)
         return false;
     }
     if (!store_id_last_value(rc->db, &last)) {
-        lose_db(r);
-        backoff(r);
-        return false;
+        if (!store_connected(rc->db) || strcmp(store_sqlstate(rc->db), "42501")) {
+            lose_db(r);
+            backoff(r);
+            return false;
+        }
+        /* A role that may not read the sequence: stopping every delivery for it would
+         * be worse than the restore the check looks for. Said at every lead. */
+        log_error("postgresql: %s: this relay cannot tell whether the id numbering went back (a restored "
+                  "backup); GRANT SELECT ON SEQUENCE of run_outbox.id to the relay's role "
+                  "(docs/OPERATIONS.md, \"Restoring a backup\")",
+                  store_errstr(rc->db));
+        last = hw;
     }
     if (hw > last) {
         memcpy(old, epoch, sizeof old);
