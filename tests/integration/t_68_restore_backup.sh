@@ -53,7 +53,9 @@ q "INSERT INTO run_outbox (run_id, payload) SELECT 'rb-' || (1 + g % 2), jsonb_b
    FROM generate_series(1, 100) g"
 wait_drained 10
 old_epoch=$(epoch) old_key=$(mark_key rb-1)
-info "before the crash: epoch $old_epoch, mark of rb-1 $(redis-cli -p "$REDIS_PORT" GET "$old_key"), high-water $(redis-cli -p "$REDIS_PORT" --scan --pattern "outboxd:*:hw*" | xargs -r redis-cli -p "$REDIS_PORT" GET)"
+hw=$(redis-cli -p "$REDIS_PORT" --scan --pattern "outboxd:$old_epoch.*:hw*" | xargs -r redis-cli -p "$REDIS_PORT" GET)
+info "before the crash: epoch $old_epoch, mark of rb-1 $(redis-cli -p "$REDIS_PORT" GET "$old_key"), high-water $hw"
+[[ $hw == 103 ]] || fail "high-water '$hw' after publishing ids 1..103 (want 103)"
 m=$(curl -s "http://127.0.0.1:$hport/metrics" | awk '$1 == "outboxd_epoch_changes_total" {print $2}')
 [[ $m == 0 ]] || fail "the original relay changed the epoch ($m) without cause"
 stop_relay "$RELAY_PID" 5
