@@ -15,16 +15,17 @@ ifeq ($(SANITIZE),1)
 endif
 override CFLAGS := $(CFLAGS_BASE) $(CPPFLAGS) $(CFLAGS)
 
-CORE = buf log config event metrics store_pg store_relay store_schema redis_tls redis_conn redis_endpoint redis_aconn \
-	redis_pubsub redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_cache sse_out sse_replay sse_redis \
-	sse_workers sse_page sse_auth sse_reply jwks jwt http_client auth auth_forward
+CORE = buf log config event metrics store_pg store_relay store_schema redis_tls redis_conn redis_endpoint redis_cluster \
+	redis_aconn redis_pubsub redis_sink admin_http relay relay_batch relay_scan sse sse_run sse_cache sse_out sse_replay \
+	sse_redis sse_workers sse_page sse_auth sse_reply jwks jwt http_client auth auth_forward
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 # The Redis connection layer, for the unit tests that link a module using it.
-REDIS_OBJ = $(BUILD)/redis_aconn.o $(BUILD)/redis_pubsub.o $(BUILD)/redis_endpoint.o $(BUILD)/redis_conn.o $(BUILD)/redis_tls.o
+REDIS_OBJ = $(BUILD)/redis_cluster.o $(BUILD)/redis_aconn.o $(BUILD)/redis_pubsub.o $(BUILD)/redis_endpoint.o \
+	$(BUILD)/redis_conn.o $(BUILD)/redis_tls.o
 TOOLS = obx_load obx_sub obx_sse obx_listen
 UNIT = test_buf test_config test_relay test_scan test_metrics test_sse test_sse_out test_jwt test_auth test_auth_forward \
 	test_redis_conn \
-	test_redis_pubsub
+	test_redis_pubsub test_redis_cluster
 
 .PHONY: all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
@@ -63,6 +64,8 @@ $(BUILD)/test_redis_conn: tests/unit/test_redis_conn.c src/redis_conn.c src/*.h 
 	$(BUILD)/redis_tls.o $(BUILD)/buf.o
 $(BUILD)/test_redis_pubsub: tests/unit/test_redis_pubsub.c $(BUILD)/redis_pubsub.o $(BUILD)/redis_conn.o \
 	$(BUILD)/redis_tls.o $(BUILD)/buf.o
+$(BUILD)/test_redis_cluster: tests/unit/test_redis_cluster.c $(BUILD)/redis_cluster.o $(BUILD)/redis_conn.o \
+	$(BUILD)/redis_tls.o $(BUILD)/config.o $(BUILD)/log.o $(BUILD)/buf.o
 $(BUILD)/test_%: | $(BUILD)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.c %.o,$^) $(LIBS) -lcmocka -o $@
 

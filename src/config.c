@@ -32,6 +32,7 @@ typedef struct setting {
 static const char *const level_choices[] = {"error", "warn", "info", "debug", NULL};
 static const char *const format_choices[] = {"text", "json", NULL};
 static const char *const auth_choices[] = {"none", "jwt", "forward", NULL};
+static const char *const pubsub_choices[] = {"sharded", "global", NULL};
 
 #define OFF(f) offsetof(config, f)
 #define DAY_MS (24L * 3600 * 1000)
@@ -60,6 +61,14 @@ static const setting settings[] = {
      "the URL's host and port are then unused, its user, password, db and TLS still apply"},
     {"redis-sentinel-master", "OUTBOXD_REDIS_SENTINEL_MASTER", T_STR, CMD_REDIS, NULL, 0, 0, 0, NULL,
      OFF(redis_sentinel_master), "name of the primary the sentinels monitor"},
+    {"redis-cluster", "OUTBOXD_REDIS_CLUSTER", T_STR, CMD_REDIS, NULL, 0, 0, 0, NULL, OFF(redis_cluster),
+     "HOST:PORT[,HOST:PORT...] of Redis Cluster nodes to read the slot map from (seeds); each run goes to the "
+     "primary that owns its channel's slot. The URL's host, port and db are then unused (a cluster has db 0 "
+     "only), its user, password and TLS still apply; not with --redis-sentinel"},
+    {"redis-pubsub", "OUTBOXD_REDIS_PUBSUB", T_ENUM, CMD_REDIS, NULL, 0, 0, 0, pubsub_choices, OFF(redis_pubsub),
+     "sharded (SPUBLISH/SSUBSCRIBE: each channel lives on the shard that owns its slot) or global "
+     "(PUBLISH/SUBSCRIBE, for subscribers that cannot use sharded Pub/Sub; a cluster broadcasts each message "
+     "to every node) (unset = sharded with --redis-cluster, global without)"},
     {"log-level", "OUTBOXD_LOG_LEVEL", T_ENUM, CMD_ALL, "info", 0, 0, 0, level_choices, OFF(log_level),
      "error, warn, info or debug"},
     {"log-format", "OUTBOXD_LOG_FORMAT", T_ENUM, CMD_ALL, "text", 0, 0, 0, format_choices,
@@ -499,6 +508,8 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
         const setting *s = &settings[i];
         if (!(s->cmds & cmd))
             continue;
+        if (s->type == T_ENUM && !s->def)
+            *(int *)((char *)cfg + s->off) = -1; /* unset */
         if (s->def && !setting_set(cfg, s, s->def, "default", err, errlen))
             return false;
         const char *ev = s->env ? getenv(s->env) : NULL;
@@ -599,6 +610,22 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
             snprintf(err, errlen, "--redis-sentinel-master must not be empty");
             return false;
         }
+        if (cfg->redis_cluster && cfg->redis_sentinel) {
+            snprintf(err, errlen, "--redis-cluster and --redis-sentinel exclude each other: a cluster finds its "
+                                  "primaries (and fails over) by itself, give one of them");
+            return false;
+        }
+        if (cfg->redis_cluster && !config_parse_addrs(cfg->redis_cluster, cfg->cluster_seeds,
+                                                      REDIS_MAX_CLUSTER_SEEDS, &cfg->ncluster_seeds)) {
+            snprintf(err, errlen, "--redis-cluster: '%s' is not HOST:PORT[,HOST:PORT...] (at most %d)",
+                     cfg->redis_cluster, REDIS_MAX_CLUSTER_SEEDS);
+            return false;
+        }
+        if (cfg->redis_cluster && cfg->redis.db != 0) {
+            snprintf(err, errlen, "--redis-url (REDIS_URL) names db %d, but a Redis Cluster has db 0 only",
+                     cfg->redis.db);
+            return false;
+        }
     }
     char host[256];
     int port;
@@ -659,6 +686,11 @@ bool config_load(config *cfg, enum command cmd, int argc, char **argv, char **po
     return true;
 }
 
+bool config_redis_sharded(const config *cfg)
+{
+    return cfg->redis_pubsub == REDIS_PUBSUB_SHARDED || (cfg->redis_pubsub < 0 && cfg->redis_cluster);
+}
+
 void config_free(config *cfg)
 {
     for (size_t i = 0; i < NSETTINGS; i++)
@@ -704,7 +736,9 @@ void config_log(const config *cfg, enum command cmd)
                          *(char *const *)field ? *(char *const *)field : "(unset)");
             break;
         case T_BOOL: log_info("setting %s = %s", s->name, *(const bool *)field ? "true" : "false"); break;
-        case T_ENUM: log_info("setting %s = %s", s->name, s->choices[*(const int *)field]); break;
+        case T_ENUM:
+            log_info("setting %s = %s", s->name, *(const int *)field < 0 ? "(unset)" : s->choices[*(const int *)field]);
+            break;
         case T_INT: log_info("setting %s = %ld", s->name, *(const long *)field); break;
         case T_DURATION: log_info("setting %s = %ldms", s->name, *(const long *)field); break;
         }

@@ -41,6 +41,10 @@ typedef struct redis_addr {
     int port;
 } redis_addr;
 #define REDIS_MAX_SENTINELS 16
+#define REDIS_MAX_CLUSTER_SEEDS 16
+
+/* --redis-pubsub: SPUBLISH/SSUBSCRIBE or PUBLISH/SUBSCRIBE (unset: -1). */
+enum redis_pubsub { REDIS_PUBSUB_SHARDED, REDIS_PUBSUB_GLOBAL };
 
 typedef struct config {
     char *database_url;
@@ -67,6 +71,8 @@ typedef struct config {
     char *redis_sentinel_master;
     long redis_wait_replicas;
     long redis_wait_timeout_ms;
+    char *redis_cluster;
+    int redis_pubsub;    /* enum redis_pubsub, or -1 when unset */
 
     char *listen;
     long heartbeat_ms;
@@ -109,7 +115,13 @@ typedef struct config {
     redis_url redis; /* parsed from redis_url by config_load */
     redis_addr sentinels[REDIS_MAX_SENTINELS]; /* parsed from redis_sentinel */
     int nsentinels;
+    redis_addr cluster_seeds[REDIS_MAX_CLUSTER_SEEDS]; /* parsed from redis_cluster */
+    int ncluster_seeds;
 } config;
+
+/* Whether messages go out with SPUBLISH and are read with SSUBSCRIBE: --redis-pubsub
+ * sharded, or unset with --redis-cluster. */
+bool config_redis_sharded(const config *cfg);
 
 /* Fills cfg from defaults, then the environment, then argv (flags of command cmd).
  * Positional arguments are stored in pos (up to max_pos; *npos gets the count).

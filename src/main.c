@@ -5,6 +5,7 @@
 #include "config.h"
 #include "log.h"
 #include "manual.h"
+#include "redis_cluster.h"
 #include "redis_endpoint.h"
 #include "relay.h"
 #include "sse.h"
@@ -116,9 +117,28 @@ static void redis_status(const config *cfg, buf *out)
     char err[512], where[300] = "";
     redis_addr a;
     redis_endpoint *e = redis_endpoint_new(cfg, err, sizeof err);
-    bool up = e && redis_endpoint_probe(e, &a, err, sizeof err);
-    if (up)
-        snprintf(where, sizeof where, "%s:%d", a.host, a.port);
+    bool up;
+    if (e && e->cluster) {
+        /* A cluster: the primaries of the slot map, as one of the seeds gives it. */
+        cluster *cl = cluster_new(cfg->cluster_seeds, cfg->ncluster_seeds, &e->url, e->tls, e->timeout_ms, NULL, NULL);
+        up = cl && cluster_refresh(cl, err, sizeof err);
+        for (int i = 0; up && i < cluster_get_map(cl)->nnodes; i++) {
+            const redis_addr *n = &cluster_get_map(cl)->node[i];
+            size_t used = strlen(where);
+            snprintf(where + used, sizeof where - used, "%s%s:%d", i ? "," : "", n->host, n->port);
+        }
+        if (up && !where[0]) {
+            up = false;
+            snprintf(err, sizeof err, "the cluster has no primary that serves slots");
+        }
+        if (!cl)
+            snprintf(err, sizeof err, "out of memory");
+        cluster_free(cl);
+    } else {
+        up = e && redis_endpoint_probe(e, &a, err, sizeof err);
+        if (up)
+            snprintf(where, sizeof where, "%s:%d", a.host, a.port);
+    }
     const char *how = e ? redis_endpoint_describe(e) : "";
     bool ok = cfg->json ? buf_printf(out, "\"redis\":{\"up\":%s,\"primary\":", up ? "true" : "false") &&
                               (up ? buf_json_string(out, where, strlen(where)) : buf_puts(out, "null")) &&

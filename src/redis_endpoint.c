@@ -19,6 +19,7 @@ redis_endpoint *redis_endpoint_new(const config *cfg, char *err, size_t errlen)
     e->sentinels = cfg->sentinels;
     e->nsentinels = cfg->redis_sentinel ? cfg->nsentinels : 0;
     e->master = cfg->redis_sentinel_master;
+    e->cluster = cfg->redis_cluster != NULL;
     e->timeout_ms = cfg->redis_timeout_ms;
     atomic_init(&e->first_sentinel, 0);
     if (cfg->redis.tls &&
@@ -47,6 +48,8 @@ const char *redis_endpoint_describe(const redis_endpoint *e)
 {
     if (e->nsentinels)
         return e->tls ? "TLS, via sentinel" : "plaintext, via sentinel";
+    if (e->cluster)
+        return e->tls ? "TLS, cluster" : "plaintext, cluster";
     return e->tls ? "TLS" : "plaintext";
 }
 

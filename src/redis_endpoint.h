@@ -29,6 +29,7 @@ typedef struct redis_endpoint {
     const redis_addr *sentinels;
     int nsentinels;  /* 0: the URL's host and port are the primary */
     const char *master;
+    bool cluster;    /* --redis-cluster: the primaries come from the slot map (redis_cluster.h) */
     long timeout_ms;
     atomic_int first_sentinel; /* the one to ask first: the last that answered */
 } redis_endpoint;
@@ -39,7 +40,7 @@ redis_endpoint *redis_endpoint_new(const config *cfg, char *err, size_t errlen);
 void redis_endpoint_free(redis_endpoint *e);
 /* The sentinel connections' time limit. */
 long redis_endpoint_sentinel_timeout(const redis_endpoint *e);
-/* "TLS" or "plaintext" plus ", via sentinel" when discovery is on, for log lines. */
+/* "TLS" or "plaintext" plus ", via sentinel" or ", cluster", for log lines. */
 const char *redis_endpoint_describe(const redis_endpoint *e);
 
 /* Asks the sentinels for the primary's address (blocking, each within the sentinel

@@ -1,9 +1,12 @@
 /* The sink on our blocking Redis connection (redis_conn.c), reaching the primary
- * through redis_endpoint.c (TLS, sentinels). */
+ * through redis_endpoint.c (TLS, sentinels), or each run's primary through
+ * redis_cluster.c (a batch split by node). */
 #include "redis_sink.h"
 
 #include "buf.h"
+#include "clock.h"
 #include "log.h"
+#include "redis_cluster.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +18,8 @@
  * only grow within a run in commit order, so an event at or below the mark in both was
  * published already. One above it in either is new. Numbering that went back under
  * the same key (a restored base backup) would pass new events off as published: the
- * leader detects it by the high-water below and starts a new epoch. The origin (the
- * cluster's system identifier and the database's oid) tells a logical copy of the database, which keeps the epoch of the
+ * leader detects it by the high-water below and starts a new epoch. The origin (the cluster's system identifier and the
+ * database's oid) tells a logical copy of the database, which keeps the epoch of the
  * key, from the original: a mark of another origin is no mark. A mark without one
  * (written by v0.1.0, or by a relay that may not read the identifier) still counts,
  * so that an upgrade keeps the marks set just before it. Every event but the first, and the first when `chained`
@@ -38,52 +41,56 @@
  * fail after the events went out: it is a pcall, and its error comes back beside the
  * events, which count as published, so that they are not sent again and again. */
 #define SHEBANG "#!lua\n"
-const char redis_sink_publish_script[] =
-    SHEBANG
-    "local m = redis.call('GET', KEYS[1])\n"
-    "local mid, mseq\n"
-    "local origin = ARGV[4]\n"
-    "if m then\n"
-    "  local a, b, o = string.match(m, '^(%d+):(%d+):?(.*)$')\n"
-    "  if a and (o == '' or origin == '' or o == origin) then mid, mseq = tonumber(a), tonumber(b) end\n"
-    "end\n"
-    "if origin ~= '' then origin = ':' .. origin end\n"
-    "local out, err, stop, last = {}, nil, false, nil\n"
-    "local need = ARGV[3] == '1'\n"
-    "for i = 5, #ARGV, 3 do\n"
-    "  local id, seq = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n"
-    "  if mid and id <= mid and seq <= mseq then\n"
-    "    out[#out + 1] = 0\n"
-    "  elseif stop or (need and (not mseq or mseq ~= seq - 1)) then\n"
-    "    stop = true\n"
-    "    out[#out + 1] = -1\n"
-    "  else\n"
-    "    local r = redis.pcall('PUBLISH', ARGV[1], ARGV[i + 2])\n"
-    "    if type(r) == 'table' and r.err then\n"
-    "      stop, err = true, r.err\n"
-    "      out[#out + 1] = -2\n"
-    "    else\n"
-    "      mid, mseq, last = id, seq, ARGV[i] .. ':' .. ARGV[i + 1] .. origin\n"
-    "      out[#out + 1] = 1\n"
-    "    end\n"
-    "  end\n"
-    "  need = true\n"
-    "end\n"
-    "local merr = false\n"
-    "if last then\n"
-    "  local r = redis.pcall('SET', KEYS[1], last, 'PX', ARGV[2])\n"
-    "  if type(r) == 'table' and r.err then merr = r.err end\n"
-    "end\n"
-    "out[#out + 1] = err or false\n"
-    "out[#out + 1] = merr\n"
-    "return out\n";
+/* The same script with SPUBLISH for sharded Pub/Sub: in a cluster the mark key lives
+ * in the channel's slot (cluster_mark_key), so that the script stays on one node. */
+#define PUBLISH_SCRIPT(PUBLISH_CMD) \
+    SHEBANG \
+    "local m = redis.call('GET', KEYS[1])\n" \
+    "local mid, mseq\n" \
+    "local origin = ARGV[4]\n" \
+    "if m then\n" \
+    "  local a, b, o = string.match(m, '^(%d+):(%d+):?(.*)$')\n" \
+    "  if a and (o == '' or origin == '' or o == origin) then mid, mseq = tonumber(a), tonumber(b) end\n" \
+    "end\n" \
+    "if origin ~= '' then origin = ':' .. origin end\n" \
+    "local out, err, stop, last = {}, nil, false, nil\n" \
+    "local need = ARGV[3] == '1'\n" \
+    "for i = 5, #ARGV, 3 do\n" \
+    "  local id, seq = tonumber(ARGV[i]), tonumber(ARGV[i + 1])\n" \
+    "  if mid and id <= mid and seq <= mseq then\n" \
+    "    out[#out + 1] = 0\n" \
+    "  elseif stop or (need and (not mseq or mseq ~= seq - 1)) then\n" \
+    "    stop = true\n" \
+    "    out[#out + 1] = -1\n" \
+    "  else\n" \
+    "    local r = redis.pcall('" PUBLISH_CMD "', ARGV[1], ARGV[i + 2])\n" \
+    "    if type(r) == 'table' and r.err then\n" \
+    "      stop, err = true, r.err\n" \
+    "      out[#out + 1] = -2\n" \
+    "    else\n" \
+    "      mid, mseq, last = id, seq, ARGV[i] .. ':' .. ARGV[i + 1] .. origin\n" \
+    "      out[#out + 1] = 1\n" \
+    "    end\n" \
+    "  end\n" \
+    "  need = true\n" \
+    "end\n" \
+    "local merr = false\n" \
+    "if last then\n" \
+    "  local r = redis.pcall('SET', KEYS[1], last, 'PX', ARGV[2])\n" \
+    "  if type(r) == 'table' and r.err then merr = r.err end\n" \
+    "end\n" \
+    "out[#out + 1] = err or false\n" \
+    "out[#out + 1] = merr\n" \
+    "return out\n"
+const char redis_sink_publish_script[] = PUBLISH_SCRIPT("PUBLISH");
+static const char publish_script_sharded[] = PUBLISH_SCRIPT("SPUBLISH");
 
 /* The high-water of published ids, outboxd:{epoch}:hw[:origin]: raised to the highest id
  * of each batch before its events are published (and so before PostgreSQL marks
  * them), kept as long as the marks. Its own command on its own key, apart from the
- * per-run calls, so that in a cluster it goes to the node of its own slot. Ids are
- * drawn from one sequence that never goes back in normal operation, so a leader that
- * finds it above the sequence knows the numbering went back (relay.c). */
+ * per-run calls: in a cluster it goes to the node of its own slot. Ids are drawn
+ * from one sequence that never goes back in normal operation, so a leader that finds
+ * it above the sequence knows the numbering went back (relay.c). */
 const char redis_sink_hw_script[] =
     SHEBANG
     "local v = tonumber(redis.call('GET', KEYS[1]))\n"
@@ -109,8 +116,25 @@ struct sink {
     char epoch[64];
     char origin[48]; /* "system identifier.database oid", or "" */
     bool announce;
-    rconn *c;
+    rconn *c;             /* with a cluster: the node being published to, lent by it */
     redis_addr addr;      /* where c is connected */
+    cluster *cl;          /* --redis-cluster, else NULL */
+    bool sharded;         /* SPUBLISH */
+    bool refresh;         /* re-read the slot map before the next publish */
+    bool asking;          /* send ASKING before each call (an ASK redirection) */
+    bool said_map;
+    double refreshed_at;  /* when the map was last read (monotonic s) */
+    struct {              /* scratch of a cluster publish, sized to the largest call */
+        size_t cap;
+        uint16_t *node;
+        size_t *idx;
+        const event **evs;
+        bool *chained;
+        pub_result *out;
+        int *ask;         /* index into ask_to, or -1 */
+    } s;
+    redis_addr ask_to[8];
+    int nask_to;
     redis_addr last_addr; /* the primary of the previous connection ("" before the first) */
     sentinel_watch watch;
     bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
@@ -130,6 +154,9 @@ struct sink {
     char refusal[1024];
 };
 
+static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen);
+static void note_ask(sink *k, size_t i, const redis_addr *to);
+
 sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce)
 {
     sink *k = calloc(1, sizeof *k);
@@ -142,6 +169,13 @@ sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool ann
     snprintf(k->ttl, sizeof k->ttl, "%ld", cfg->mark_ttl_ms);
     sentinel_watch_init(&k->watch, e);
     sink_set_epoch(k, epoch, "");
+    k->sharded = config_redis_sharded(cfg);
+    if (cfg->redis_cluster &&
+        !(k->cl = cluster_new(cfg->cluster_seeds, cfg->ncluster_seeds, &e->url, e->tls, e->timeout_ms,
+                              cluster_conn_ready, k))) {
+        free(k);
+        return NULL;
+    }
     return k;
 }
 
@@ -157,18 +191,35 @@ void sink_free(sink *k)
         return;
     sink_disconnect(k);
     sentinel_watch_close(&k->watch);
+    cluster_free(k->cl);
+    free(k->s.node);
+    free(k->s.idx);
+    free(k->s.evs);
+    free(k->s.chained);
+    free(k->s.out);
+    free(k->s.ask);
     free(k);
+}
+
+/* Drops the connection in use after an error; with a cluster, only that node's, and
+ * the map is read again before the next publish (a failover, a moved slot). */
+static void drop_conn(sink *k)
+{
+    rconn_free(k->c);
+    k->c = NULL;
+    k->refresh = k->cl != NULL;
 }
 
 void sink_disconnect(sink *k)
 {
-    rconn_free(k->c);
-    k->c = NULL;
+    drop_conn(k);
+    if (k->cl)
+        cluster_reset(k->cl);
 }
 
 bool sink_connected(const sink *k)
 {
-    return k->c != NULL;
+    return k->cl ? cluster_has_map(k->cl) : k->c != NULL;
 }
 
 const char *sink_errstr(const sink *k)
@@ -187,15 +238,16 @@ bool sink_refusing(const sink *k, const char **why)
     return k->refusing;
 }
 
-/* Loads a script into sha; a server before Redis 7 gets it without "#!lua". */
-static bool load_script(sink *k, const char *script, char sha[41])
+/* Loads a script on c (at addr) into sha; a server before Redis 7 gets it without
+ * "#!lua". */
+static bool load_one(sink *k, rconn *c, const redis_addr *addr, const char *script, char sha[41])
 {
     for (;;) {
         const char *src = script + (k->legacy_script ? sizeof SHEBANG - 1 : 0);
         const char *argv[] = {"SCRIPT", "LOAD", src};
-        redisReply *r = rconn_command(k->c, 3, argv, NULL);
+        redisReply *r = rconn_command(c, 3, argv, NULL);
         if (!r) {
-            snprintf(k->err, sizeof k->err, "SCRIPT LOAD: %s", rconn_errstr(k->c));
+            snprintf(k->err, sizeof k->err, "SCRIPT LOAD: %s", rconn_errstr(c));
             return false;
         }
         bool ok = r->type == REDIS_REPLY_STRING && r->len == 40;
@@ -208,19 +260,75 @@ static bool load_script(sink *k, const char *script, char sha[41])
         } else {
             char why[400];
             redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", why, sizeof why);
-            snprintf(k->err, sizeof k->err, "%s:%d: SCRIPT LOAD: %s", k->addr.host, k->addr.port, why);
+            snprintf(k->err, sizeof k->err, "%s:%d: SCRIPT LOAD: %s", addr->host, addr->port, why);
         }
         freeReplyObject(r);
         return ok;
     }
 }
 
+/* The publish script and the high-water's. */
+static bool load_script(sink *k, rconn *c, const redis_addr *addr)
+{
+    return load_one(k, c, addr, k->sharded ? publish_script_sharded : redis_sink_publish_script, k->sha) &&
+           load_one(k, c, addr, redis_sink_hw_script, k->hw_sha);
+}
+
+/* Every new connection to a cluster node loads the script there (NOSCRIPT after a
+ * failover or a flush drops the connection, so the next one loads it again). */
+static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen)
+{
+    sink *k = arg;
+    if (load_script(k, c, at))
+        return true;
+    snprintf(err, errlen, "%s", k->err);
+    return false;
+}
+
+/* Reads the slot map (connections are made as batches need them; those of nodes
+ * still primaries are kept). A changed set of primaries is logged and counted. */
+static bool cluster_connect(sink *k)
+{
+    const cluster_map *m = cluster_get_map(k->cl);
+    redis_addr before[8];
+    int nbefore = m->nnodes < 8 ? m->nnodes : 8;
+    memcpy(before, m->node, (size_t)nbefore * sizeof *before);
+    rconn_free(k->c);
+    k->c = NULL;
+    k->refreshed_at = clock_mono_s();
+    if (!cluster_refresh(k->cl, k->err, sizeof k->err))
+        return false;
+    k->refresh = false;
+    /* The same primaries in another order (nodes list them as they like) is no change. */
+    bool changed = m->nnodes != nbefore;
+    for (int i = 0; i < nbefore && !changed; i++) {
+        bool found = false;
+        for (int j = 0; j < m->nnodes && !found; j++)
+            found = !strcmp(before[i].host, m->node[j].host) && before[i].port == m->node[j].port;
+        changed = !found;
+    }
+    if (changed && k->said_map)
+        k->counters.primary_changes++;
+    if (k->announce && (changed || !k->said_map)) {
+        char list[512] = "";
+        for (int i = 0; i < m->nnodes; i++) {
+            size_t used = strlen(list);
+            snprintf(list + used, sizeof list - used, "%s%s:%d", i ? ", " : "", m->node[i].host, m->node[i].port);
+        }
+        log_info("redis: cluster slot map %s: %d primaries %s (%s, %s Pub/Sub)", k->said_map ? "changed" : "read",
+                 m->nnodes, list, redis_endpoint_describe(k->ep), k->sharded ? "sharded" : "global");
+    }
+    k->said_map = true;
+    return true;
+}
+
 bool sink_connect(sink *k)
 {
+    if (k->cl)
+        return cluster_connect(k);
     sink_disconnect(k);
     k->c = redis_endpoint_connect(k->ep, &k->addr, k->err, sizeof k->err);
-    if (!k->c || !load_script(k, redis_sink_publish_script, k->sha) ||
-        !load_script(k, redis_sink_hw_script, k->hw_sha)) {
+    if (!k->c || !load_script(k, k->c, &k->addr)) {
         sink_disconnect(k);
         return false;
     }
@@ -319,12 +427,20 @@ static bool read_replies(sink *k, const event *const *evs, const call *calls, si
         size_t first = calls[c].first, n = calls[c].n;
         pub_result *o = out + first;
         redisReply *r = rconn_reply(k->c);
+        if (r && k->asking) {
+            /* ASKING's +OK; a refusal shows in the call's own reply (MOVED). */
+            freeReplyObject(r);
+            r = rconn_reply(k->c);
+        }
+        int slot;
+        redis_addr to_node;
+        enum cluster_redirect redirect = REDIRECT_NONE;
         if (!r) {
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
             for (size_t j = first; j < to; j++)
                 out[j] = PUB_UNSENT;
             note_uncertain(k, evs, first, to);
-            sink_disconnect(k);
+            drop_conn(k);
             return false;
         }
         const char *merr = r->type == REDIS_REPLY_ARRAY && r->elements > n + 1 &&
@@ -368,6 +484,20 @@ static bool read_replies(sink *k, const event *const *evs, const call *calls, si
                 note_uncertain(k, evs, first, first + n);
             reconnect = true;
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
+        } else if (r->type == REDIS_REPLY_ERROR && k->cl &&
+                   ((redirect = cluster_parse_redirect(r->str, &slot, &to_node)) != REDIRECT_NONE ||
+                    cluster_error_is_retry(r->str))) {
+            /* The slot is elsewhere: for good (MOVED: the map is read again and the
+             * events retried), or while it migrates (ASK: retried once on the
+             * target); TRYAGAIN, CLUSTERDOWN: the relay's backoff retries them. */
+            for (size_t i = 0; i < n; i++) {
+                o[i] = PUB_UNSENT;
+                if (redirect == REDIRECT_ASK)
+                    note_ask(k, first + i, &to_node);
+            }
+            if (redirect != REDIRECT_ASK)
+                k->refresh = true;
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
         } else {
             for (size_t i = 0; i < n; i++)
                 o[i] = PUB_FAILED;
@@ -386,7 +516,7 @@ static bool read_replies(sink *k, const event *const *evs, const call *calls, si
                 if (out[i] == PUB_OK || out[i] == PUB_DUP)
                     out[i] = PUB_UNSENT;
             note_uncertain(k, evs, from, to);
-            sink_disconnect(k);
+            drop_conn(k);
             return false;
         }
         if (r->type != REDIS_REPLY_INTEGER || r->integer < k->wait_replicas) {
@@ -406,7 +536,7 @@ static bool read_replies(sink *k, const event *const *evs, const call *calls, si
         freeReplyObject(r);
     }
     if (reconnect) {
-        sink_disconnect(k);
+        drop_conn(k);
         return false;
     }
     return true;
@@ -472,7 +602,8 @@ static bool append_call(sink *k, const event *const *evs, size_t first, size_t n
     ARG(buf_puts(t, "EVALSHA"));
     ARG(buf_puts(t, k->sha));
     ARG(buf_puts(t, "1"));
-    ARG(buf_printf(t, "outboxd:%s:mark:", k->epoch) && buf_append(t, e0->run_id, e0->run_id_len));
+    ARG(k->cl ? cluster_mark_key(t, k->epoch, e0->run_id, e0->run_id_len)
+              : buf_printf(t, "outboxd:%s:mark:", k->epoch) && buf_append(t, e0->run_id, e0->run_id_len));
     ARG(buf_puts(t, "run:") && buf_append(t, e0->run_id, e0->run_id_len));
     ARG(buf_puts(t, k->ttl));
     ARG(buf_puts(t, chained ? "1" : "0"));
@@ -486,7 +617,8 @@ static bool append_call(sink *k, const event *const *evs, size_t first, size_t n
 #undef ARG
     for (size_t i = 0; i < j; i++)
         a->argv[i] = t->data + a->off[i];
-    if (!rconn_append(k->c, (int)j, a->argv, a->len)) {
+    if ((k->asking && !rconn_append(k->c, 1, (const char *[]){"ASKING"}, NULL)) ||
+        !rconn_append(k->c, (int)j, a->argv, a->len)) {
         snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
         return false;
     }
@@ -497,107 +629,10 @@ oom:
     return false;
 }
 
-static void hw_key(const sink *k, char *key, size_t len)
+/* Publishes evs[0..n) on k->c, one call per run, pipelined; false when the
+ * connection was lost (it is then dropped). */
+static bool publish_on(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
-    snprintf(key, len, "outboxd:%s:hw%s%s", k->epoch, k->origin[0] ? ":" : "", k->origin);
-}
-
-bool sink_high_water(sink *k, long long *hw)
-{
-    if (!k->c && !sink_connect(k))
-        return false;
-    char key[160];
-    hw_key(k, key, sizeof key);
-    redisReply *r = rconn_command(k->c, 2, (const char *[]){"GET", key}, NULL);
-    if (!r) {
-        snprintf(k->err, sizeof k->err, "%s:%d: GET %s: %s", k->addr.host, k->addr.port, key, rconn_errstr(k->c));
-        sink_disconnect(k);
-        return false;
-    }
-    bool ok = r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_STRING;
-    *hw = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
-    if (!ok) {
-        char why[400];
-        redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", why, sizeof why);
-        snprintf(k->err, sizeof k->err, "%s:%d: GET %s: %s", k->addr.host, k->addr.port, key, why);
-    }
-    freeReplyObject(r);
-    return ok;
-}
-
-/* Queues the raise of the high-water to the highest id of evs[0..n). */
-static bool append_hw(sink *k, const event *const *evs, size_t n)
-{
-    long long top = 0;
-    for (size_t i = 0; i < n; i++)
-        top = evs[i]->id > top ? evs[i]->id : top;
-    char key[160], id[24];
-    hw_key(k, key, sizeof key);
-    snprintf(id, sizeof id, "%lld", top);
-    if (!rconn_append(k->c, 6, (const char *[]){"EVALSHA", k->hw_sha, "1", key, id, k->ttl}, NULL)) {
-        snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
-        return false;
-    }
-    return true;
-}
-
-/* The reply to append_hw, read before the calls' replies. No reply: the connection is
- * lost, nothing of the batch counts as sent. A refusal (an ACL user without SET, a
- * primary taking no writes) costs only the detection of numbering that went back:
- * said once, counted with the marks' failures. Errors the calls meet as well
- * (NOSCRIPT, READONLY, LOADING, MASTERDOWN, and the refusals of every write that
- * refuse the declared-writing publish script before it runs) are handled with
- * theirs. */
-static bool read_hw(sink *k, const event *const *evs, size_t n)
-{
-    redisReply *r = rconn_reply(k->c);
-    if (!r) {
-        snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
-        note_uncertain(k, evs, 0, n);
-        sink_disconnect(k);
-        return false;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        bool theirs = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
-                      !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10) ||
-                      !strncmp(r->str, "NOREPLICAS", 10) || !strncmp(r->str, "OOM", 3) ||
-                      !strncmp(r->str, "MISCONF", 7) || !strncmp(r->str, "BUSY", 4);
-        if (!theirs) {
-            k->counters.mark_failures++;
-            if (!k->hw_failing) {
-                char why[400];
-                redis_explain_error(r->str, why, sizeof why);
-                log_warn("redis: the high-water of published ids could not be raised (%s): a restored database "
-                         "whose numbering went back is not detected meanwhile (docs/GUARANTEES.md)",
-                         why);
-            }
-            k->hw_failing = true;
-        }
-    } else if (k->hw_failing) {
-        k->hw_failing = false;
-        log_info("redis: the high-water of published ids is raised again");
-    }
-    freeReplyObject(r);
-    return true;
-}
-
-bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
-{
-    for (size_t i = 0; i < n; i++)
-        out[i] = PUB_UNSENT;
-    k->refused = false;
-    redis_addr to;
-    if (k->c && sentinel_watch_switched(&k->watch, &k->addr, &to) &&
-        (strcmp(to.host, k->addr.host) || to.port != k->addr.port)) {
-        log_info("redis: the sentinels announce a new primary at %s:%d: leaving %s:%d", to.host, to.port,
-                 k->addr.host, k->addr.port);
-        if (!sink_connect(k))
-            return false;
-    }
-    if (!k->c) {
-        snprintf(k->err, sizeof k->err, "publish: not connected");
-        return false;
-    }
     call_args args = {0};
     buf_init(&args.text, 0);
     size_t queued = 0, ncalls = 0, read_from = 0;
@@ -607,8 +642,6 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
         snprintf(k->err, sizeof k->err, "publish: out of memory");
     char wait_n[24];
     snprintf(wait_n, sizeof wait_n, "%ld", k->wait_replicas);
-    bool hw_queued = ok && n > 0 && append_hw(k, evs, n);
-    ok = ok && (n == 0 || hw_queued);
     for (size_t i = 0; i < n && ok;) {
         /* A call: this event and the chained ones after it, up to CALL_EVENTS. */
         size_t len = 1;
@@ -631,13 +664,6 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
                 ok = false;
                 break;
             }
-            if (hw_queued) {
-                hw_queued = false;
-                if (!read_hw(k, evs, n)) {
-                    ok = false;
-                    break;
-                }
-            }
             ok = read_replies(k, evs, calls + read_from, ncalls - read_from, wait, out);
             read_from = ncalls;
             queued = 0;
@@ -645,13 +671,332 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
     }
     if (!ok && k->c) {
         /* Commands may be queued without replies read: the connection is out of step. */
-        sink_disconnect(k);
+        drop_conn(k);
     }
-    note_outcome(k, out, n);
     free(calls);
     free(args.argv);
     free(args.len);
     free(args.off);
     buf_free(&args.text);
+    return ok;
+}
+
+/* An ASK redirection of the event at index i of the current group: retried on to. */
+static void note_ask(sink *k, size_t i, const redis_addr *to)
+{
+    if (k->asking)
+        return; /* retried once only: the next attempt reads the map again */
+    int t;
+    for (t = 0; t < k->nask_to; t++)
+        if (k->ask_to[t].port == to->port && !strcmp(k->ask_to[t].host, to->host))
+            break;
+    if (t == k->nask_to) {
+        if (t == (int)(sizeof k->ask_to / sizeof k->ask_to[0]))
+            return; /* too many targets at once: retried with the next attempt */
+        k->ask_to[k->nask_to++] = *to;
+    }
+    k->s.ask[i] = t;
+}
+
+static bool scratch_reserve(sink *k, size_t n)
+{
+    if (n <= k->s.cap)
+        return true;
+#define GROW(f) ((k->s.f = realloc(k->s.f, n * sizeof *k->s.f)) != NULL)
+    if (!(GROW(node) && GROW(idx) && GROW(evs) && GROW(chained) && GROW(out) && GROW(ask)))
+        return false;
+#undef GROW
+    k->s.cap = n;
+    return true;
+}
+
+/* Publishes the group evs[0..n) (one node's events, in batch order) on node v of the
+ * map, then retries once, with ASKING, those that a migrating slot sent elsewhere.
+ * False when the node could not be reached or its connection was lost. */
+static bool publish_node(sink *k, int v, const event **evs, bool *chained, size_t n, pub_result *out)
+{
+    const cluster_map *m = cluster_get_map(k->cl);
+    k->addr = m->node[v];
+    k->c = cluster_take(k->cl, v, k->err, sizeof k->err);
+    if (!k->c) {
+        for (size_t i = 0; i < n; i++)
+            out[i] = PUB_NOROUTE;
+        k->refresh = true;
+        return false;
+    }
+    k->nask_to = 0;
+    for (size_t i = 0; i < n; i++)
+        k->s.ask[i] = -1;
+    bool ok = publish_on(k, evs, chained, n, out);
+    if (k->c)
+        cluster_put(k->cl, v, k->c);
+    k->c = NULL;
+    for (int t = 0; t < k->nask_to; t++) {
+        /* The events sent to one target keep their batch order: a run's events all
+         * went there, or the earlier ones published here (their mark moved along). */
+        const event **aevs = malloc(n * sizeof *aevs);
+        bool *ach = malloc(n * sizeof *ach);
+        size_t *aidx = malloc(n * sizeof *aidx);
+        pub_result *res = malloc(n * sizeof *res);
+        size_t an = 0;
+        for (size_t i = 0; aevs && ach && aidx && res && i < n; i++)
+            if (k->s.ask[i] == t) {
+                aevs[an] = evs[i];
+                ach[an] = chained[i];
+                res[an] = PUB_UNSENT;
+                aidx[an++] = i;
+            }
+        k->addr = k->ask_to[t];
+        if (an && (k->c = cluster_connect_at(k->cl, &k->ask_to[t], k->err, sizeof k->err))) {
+            k->asking = true;
+            (void)publish_on(k, aevs, ach, an, res);
+            k->asking = false;
+            rconn_free(k->c);
+            k->c = NULL;
+            for (size_t i = 0; i < an; i++)
+                out[aidx[i]] = res[i];
+        }
+        free(aevs);
+        free(ach);
+        free(aidx);
+        free(res);
+    }
+    return ok;
+}
+
+/* Splits a batch by the primary that owns each run's channel slot and publishes each
+ * part on its node. Each run lives on one node, so its order and the chained rule
+ * hold within its part; a node that is down or failing over leaves only its runs
+ * unsent. */
+static bool publish_cluster(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
+{
+    /* While a node is down every batch asks for a fresh map: at most ten times a
+     * second, which is plenty to notice its replica taking over. */
+    if (((k->refresh && clock_mono_s() - k->refreshed_at >= 0.1) || !cluster_has_map(k->cl)) && !cluster_connect(k))
+        return false;
+    if (!scratch_reserve(k, n)) {
+        snprintf(k->err, sizeof k->err, "publish: out of memory");
+        return false;
+    }
+    const cluster_map *m = cluster_get_map(k->cl);
+    buf ch;
+    buf_init(&ch, 0);
+    for (size_t i = 0; i < n; i++) {
+        buf_reset(&ch);
+        if (!buf_puts(&ch, "run:") || !buf_append(&ch, evs[i]->run_id, evs[i]->run_id_len)) {
+            buf_free(&ch);
+            snprintf(k->err, sizeof k->err, "publish: out of memory");
+            return false;
+        }
+        k->s.node[i] = m->owner[cluster_key_slot(ch.data, ch.len)];
+    }
+    buf_free(&ch);
+    bool ok = true;
+    char unowned[200] = "";
+    for (size_t i = 0; i < n; i++)
+        if (k->s.node[i] == CLUSTER_NO_NODE) {
+            out[i] = PUB_NOROUTE;
+            if (!unowned[0])
+                snprintf(unowned, sizeof unowned, "run %.*s: its slot has no primary now (a shard down or failing over)",
+                         (int)(evs[i]->run_id_len > 64 ? 64 : evs[i]->run_id_len), evs[i]->run_id);
+            k->refresh = true;
+        }
+    /* One pass per primary (a handful), each taking that node's events in order. */
+    for (int v = 0; v < m->nnodes; v++) {
+        size_t gn = 0;
+        const event **gevs = k->s.evs;
+        bool *gch = k->s.chained;
+        pub_result *gout = k->s.out;
+        size_t *gidx = k->s.idx;
+        for (size_t i = 0; i < n; i++)
+            if (k->s.node[i] == v) {
+                gevs[gn] = evs[i];
+                gch[gn] = chained[i];
+                gout[gn] = PUB_UNSENT;
+                gidx[gn++] = i;
+            }
+        if (gn == 0)
+            continue;
+        if (!publish_node(k, v, gevs, gch, gn, gout))
+            ok = false;
+        for (size_t j = 0; j < gn; j++)
+            out[gidx[j]] = gout[j];
+    }
+    if (unowned[0]) {
+        snprintf(k->err, sizeof k->err, "%s", unowned);
+        ok = false;
+    }
+    return ok;
+}
+
+static void hw_key(const sink *k, char *key, size_t len)
+{
+    snprintf(key, len, "outboxd:%s:hw%s%s", k->epoch, k->origin[0] ? ":" : "", k->origin);
+}
+
+/* The connection for the high-water's key: the sink's own, or in a cluster one lent
+ * by the node that owns the key's slot (*node >= 0; hand it back with hw_release).
+ * NULL with the reason in k->err. */
+static rconn *hw_acquire(sink *k, const char *key, int *node)
+{
+    *node = -1;
+    if (!k->cl)
+        return k->c || sink_connect(k) ? k->c : NULL;
+    if (!cluster_has_map(k->cl) && !cluster_connect(k))
+        return NULL;
+    const cluster_map *m = cluster_get_map(k->cl);
+    int v = m->owner[cluster_key_slot(key, strlen(key))];
+    if (v == CLUSTER_NO_NODE) {
+        snprintf(k->err, sizeof k->err, "%s: its slot has no primary now (a shard down or failing over)", key);
+        k->refresh = true;
+        return NULL;
+    }
+    rconn *c = cluster_take(k->cl, v, k->err, sizeof k->err);
+    if (!c) {
+        k->refresh = true;
+        return NULL;
+    }
+    *node = v;
+    return c;
+}
+
+/* Ends what hw_acquire began; broken: the connection is no use any more (lost, or
+ * one that must be made again to load the scripts or find the primary). */
+static void hw_release(sink *k, rconn *c, int node, bool broken)
+{
+    if (node < 0) {
+        if (broken)
+            drop_conn(k);
+    } else if (broken) {
+        rconn_free(c);
+        k->refresh = true;
+    } else {
+        cluster_put(k->cl, node, c);
+    }
+}
+
+bool sink_high_water(sink *k, long long *hw)
+{
+    char key[160];
+    hw_key(k, key, sizeof key);
+    int node;
+    rconn *c = hw_acquire(k, key, &node);
+    if (!c)
+        return false;
+    redisReply *r = rconn_command(c, 2, (const char *[]){"GET", key}, NULL);
+    if (!r) {
+        snprintf(k->err, sizeof k->err, "GET %s: %s", key, rconn_errstr(c));
+        hw_release(k, c, node, true);
+        return false;
+    }
+    bool ok = r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_STRING;
+    *hw = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+    if (!ok) {
+        char why[400];
+        redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", why, sizeof why);
+        snprintf(k->err, sizeof k->err, "GET %s: %s", key, why);
+    }
+    freeReplyObject(r);
+    hw_release(k, c, node, false);
+    return ok;
+}
+
+/* The high-water could not be raised for a batch that goes out all the same: what is
+ * lost is the detection of numbering that went back. Said once, counted with the
+ * marks' failures. */
+static void note_hw_refused(sink *k, const char *why)
+{
+    k->counters.mark_failures++;
+    if (!k->hw_failing)
+        log_warn("redis: the high-water of published ids could not be raised (%s): a restored database whose "
+                 "numbering went back is not detected meanwhile (docs/GUARANTEES.md)",
+                 why);
+    k->hw_failing = true;
+}
+
+/* Raises the high-water to the highest id of evs[0..n), before they are published:
+ * one round trip per batch. False when the sink's own connection is lost or must be
+ * made again (nothing was published then). A refusal that every write meets
+ * (NOREPLICAS, OOM, MISCONF, BUSY) is left to the publish calls, which meet it too;
+ * another refusal (an ACL user without SET), or in a cluster a node that cannot be
+ * reached, lets the batch go out without it (note_hw_refused). */
+static bool raise_hw(sink *k, const event *const *evs, size_t n)
+{
+    if (n == 0)
+        return true;
+    long long top = 0;
+    for (size_t i = 0; i < n; i++)
+        top = evs[i]->id > top ? evs[i]->id : top;
+    char key[160], id[24];
+    hw_key(k, key, sizeof key);
+    snprintf(id, sizeof id, "%lld", top);
+    int node;
+    rconn *c = hw_acquire(k, key, &node);
+    if (!c) {
+        if (!k->cl)
+            return false;
+        note_hw_refused(k, k->err);
+        return true;
+    }
+    redisReply *r = rconn_command(c, 6, (const char *[]){"EVALSHA", k->hw_sha, "1", key, id, k->ttl}, NULL);
+    if (!r) {
+        snprintf(k->err, sizeof k->err, "high-water: %s", rconn_errstr(c));
+        hw_release(k, c, node, true);
+        if (!k->cl)
+            return false;
+        note_hw_refused(k, k->err);
+        return true;
+    }
+    bool again = false;
+    if (r->type == REDIS_REPLY_ERROR) {
+        again = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) || !strncmp(r->str, "LOADING", 7) ||
+                !strncmp(r->str, "MASTERDOWN", 10);
+        bool everyone = !strncmp(r->str, "NOREPLICAS", 10) || !strncmp(r->str, "OOM", 3) ||
+                        !strncmp(r->str, "MISCONF", 7) || !strncmp(r->str, "BUSY", 4);
+        if (again)
+            snprintf(k->err, sizeof k->err, "high-water: %s", r->str);
+        else if (!everyone) {
+            char why[400];
+            redis_explain_error(r->str, why, sizeof why);
+            note_hw_refused(k, why);
+        }
+    } else if (k->hw_failing) {
+        k->hw_failing = false;
+        log_info("redis: the high-water of published ids is raised again");
+    }
+    freeReplyObject(r);
+    hw_release(k, c, node, again);
+    return !again || k->cl;
+}
+
+bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
+{
+    for (size_t i = 0; i < n; i++)
+        out[i] = PUB_UNSENT;
+    k->refused = false;
+    if (k->cl) {
+        bool ok = raise_hw(k, evs, n) && publish_cluster(k, evs, chained, n, out);
+        note_outcome(k, out, n);
+        return ok;
+    }
+    redis_addr to;
+    if (k->c && sentinel_watch_switched(&k->watch, &k->addr, &to) &&
+        (strcmp(to.host, k->addr.host) || to.port != k->addr.port)) {
+        log_info("redis: the sentinels announce a new primary at %s:%d: leaving %s:%d", to.host, to.port,
+                 k->addr.host, k->addr.port);
+        if (!sink_connect(k))
+            return false;
+    }
+    if (!k->c) {
+        snprintf(k->err, sizeof k->err, "publish: not connected");
+        return false;
+    }
+    if (!raise_hw(k, evs, n)) {
+        if (k->c)
+            drop_conn(k);
+        return false;
+    }
+    bool ok = publish_on(k, evs, chained, n, out);
+    note_outcome(k, out, n);
     return ok;
 }

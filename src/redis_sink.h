@@ -19,6 +19,8 @@ typedef enum pub_result {
     PUB_GAP,    /* not published: the event before it in the run was not published */
     PUB_FAILED, /* Redis answered with an error for this event */
     PUB_UNSENT, /* no answer: connection lost or timed out; the context is gone */
+    PUB_NOROUTE, /* not sent: no reachable primary serves its slot now (a cluster shard
+                  * down or failing over); pointless to retry within the batch */
 } pub_result;
 
 /* The Lua source of the publish script (see redis_sink.c); exported for benchmarks. */

@@ -16,11 +16,13 @@
 /* Runs until SIGTERM or SIGINT; returns the process exit code. */
 int relay_main(const config *cfg);
 
-/* A run whose event Redis refused (an error reply for that command): it is held back
- * until `until` so that it holds back only itself, then caught up through its own
- * rows (by seq, from the event that failed), while the rest of the outbox flows on. */
-#define RELAY_HELD_MAX 64
-#define RELAY_WAITING_MAX 64
+/* A run whose event Redis refused (an error reply for that command), or whose Redis
+ * Cluster shard has no primary now: it is held back until `until` so that it holds
+ * back only itself, then caught up through its own rows (by seq, from the event that
+ * failed), while the rest of the outbox flows on. Room for every run of a cluster
+ * shard that is down (a third of all runs with three shards). */
+#define RELAY_HELD_MAX 1024
+#define RELAY_WAITING_MAX 1024
 typedef struct held_run {
     char *run_id;
     size_t len;

@@ -15,6 +15,7 @@
 #define RETRY_BASE_MS 50
 #define RETRY_MAX_MS 1000
 #define HOLD_MAX_S 60.0
+#define PARK_S 0.25
 
 /* Sleeps up to ms, returning early when a signal arrives on the wake pipe. */
 static void nap(int wake_fd, long ms)
@@ -98,7 +99,7 @@ static size_t line_up(relay_ctx *rc, const batch *b)
 {
     size_t n = 0;
     for (size_t i = 0; i < b->n; i++)
-        if (!rc->done[i])
+        if (!rc->done[i] && rc->last_res[i] != PUB_NOROUTE)
             rc->send_idx[n++] = i;
     qsort_r(rc->send_idx, n, sizeof *rc->send_idx, cmp_by_run, (void *)b);
     for (size_t k = 0; k < n; k++) {
@@ -128,22 +129,49 @@ void relay_held_clear(relay_ctx *rc)
         held_remove(rc, 0);
 }
 
-/* Holds back e's run after Redis refused its event: 1 s, doubling to HOLD_MAX_S.
- * False when the list is full (the caller reads the rows again instead). */
-static bool held_add(relay_ctx *rc, const event *e, const char *why)
+/* The held entry of e's run, added if new; -1 when the list is full or out of memory
+ * (the caller reads the rows again instead). */
+static int held_slot(relay_ctx *rc, const event *e)
 {
     int i = held_find(rc, e);
     if (i < 0) {
         if (rc->nheld == RELAY_HELD_MAX)
-            return false;
+            return -1;
         char *id = malloc(e->run_id_len + 1);
         if (!id)
-            return false;
+            return -1;
         memcpy(id, e->run_id, e->run_id_len);
         id[e->run_id_len] = '\0';
         i = rc->nheld++;
         rc->held[i] = (held_run){.run_id = id, .len = e->run_id_len};
     }
+    return i;
+}
+
+/* Parks e's run for a moment: no reachable primary serves its slot (a Redis Cluster
+ * shard down or failing over). Not a refusal: no strike and no log line per run, but
+ * held like one (caught up through its own rows afterwards), so that its backlog does
+ * not crowd out the other runs. False when the list is full. */
+static bool held_park(relay_ctx *rc, const event *e)
+{
+    int i = held_slot(rc, e);
+    if (i < 0)
+        return false;
+    held_run *h = &rc->held[i];
+    h->until = clock_mono_s() + PARK_S;
+    h->from_seq = e->seq;
+    h->from_id = e->id;
+    h->caught_up = false;
+    return true;
+}
+
+/* Holds back e's run after Redis refused its event: 1 s, doubling to HOLD_MAX_S.
+ * False when the list is full (the caller reads the rows again instead). */
+static bool held_add(relay_ctx *rc, const event *e, const char *why)
+{
+    int i = held_slot(rc, e);
+    if (i < 0)
+        return false;
     held_run *h = &rc->held[i];
     double wait = 1.0;
     for (int k = 0; k < h->strikes && wait < HOLD_MAX_S; k++)
@@ -260,6 +288,13 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
                 rc->stats.failures++;
                 snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
                 break;
+            case PUB_NOROUTE:
+                /* Its shard has no primary to take it now: it waits for a later
+                 * batch, and does not hold this one's retries (nor other runs). */
+                rc->stats.failures++;
+                snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
+                left--;
+                break;
             case PUB_GAP:
                 break;
             }
@@ -309,6 +344,8 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
             /* An error reply is about this event: hold its run back, let the others go. */
             if (rc->last_res[rc->order[j]] == PUB_FAILED && held_add(rc, e, last_error))
                 o.event_failures++;
+            else if (rc->last_res[rc->order[j]] == PUB_NOROUTE)
+                (void)held_park(rc, e);
         }
         /* Whatever waits and is not held (an outage, a full list of held runs) is
          * read again from its first id. */

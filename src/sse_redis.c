@@ -4,16 +4,23 @@
  * own queue of commands awaiting an answer, which is how a confirmation is told from
  * a message the server pushed; an unsubscribe the server decided (a slot that moved,
  * in a cluster) goes to handlers.unsubscribed all the same, so that the run layer
- * subscribes again. Today there is one node, the primary, found through the
- * sentinels when they are configured; a sentinel's +switch-master moves the
- * subscription to the new primary. A PING is the liveness check: a stalled server
- * (SIGSTOP keeps the socket open) is noticed by its timeout. */
+ * subscribes again. There is one node, the primary, found through the sentinels
+ * when they are configured (a sentinel's +switch-master moves the subscription to
+ * the new primary); or, with --redis-cluster and sharded Pub/Sub, every primary of
+ * the slot map, each channel subscribed (SSUBSCRIBE) on the one owning its slot. The
+ * nodes are up together or down together: a lost node, a redirection (MOVED, ASK: a
+ * slot moved) or a map with a slot nobody serves (a failover under way) takes them all
+ * down, so that the run layer reads every run from PostgreSQL until a fresh map is
+ * connected, then subscribes everything again and fills the gaps from PostgreSQL. A
+ * PING is the liveness check: a stalled server (SIGSTOP keeps the socket open) is
+ * noticed by its timeout. */
 #include "sse_redis.h"
 
 #include "buf.h"
 #include "clock.h"
 #include "log.h"
 #include "redis_aconn.h"
+#include "redis_cluster.h"
 #include "redis_endpoint.h"
 #include "redis_pubsub.h"
 
@@ -31,6 +38,7 @@ typedef struct sub_node {
     aconn *c;
     redis_addr addr;
     ps_queue q;
+    bool ready;
     bool ping_outstanding;
     double ping_sent;
 } sub_node;
@@ -44,7 +52,17 @@ static struct {
     redis_endpoint *ep;
     sub_handlers h;
     enum sub_state state;
-    sub_node node;
+    sub_node *nodes;     /* one, or every primary of the cluster's map (same order) */
+    int nnodes, nready;
+    bool sharded;        /* SSUBSCRIBE */
+    bool cluster;        /* --redis-cluster */
+    cluster_map *map;    /* sharded cluster: the slot map of the current nodes */
+    aconn *mapq;         /* the node asked for the map */
+    int map_asked;       /* nodes asked so far: the known primaries, then the seeds */
+    int map_known;       /* known primaries when the asking began */
+    redis_addr map_from[CLUSTER_MAX_NODES + REDIS_MAX_CLUSTER_SEEDS];
+    bool map_slots;      /* CLUSTER SHARDS unknown there: CLUSTER SLOTS asked */
+    int seed_next;       /* global Pub/Sub in a cluster: the seed to subscribe on */
     struct event *timer; /* reconnect backoff, then the liveness ping */
     long backoff_ms;
     char last_err[700];  /* the last failure logged, so that a repeat is not */
@@ -89,60 +107,77 @@ static void arm_ping_timer(void)
     evtimer_add(rs.timer, &tv);
 }
 
-/* The subscription connection is gone (c already closed or freed by its owner). */
-static void node_lost(const char *why)
+/* Every node's connection is dropped: one was lost (n, its connection already closed
+ * or freed by its owner), and the nodes are up or down together. */
+static void node_lost(sub_node *n, const char *why)
 {
     bool was_up = rs.state == S_UP;
-    rs.node.c = NULL;
-    ps_queue_clear(&rs.node.q);
-    rs.node.ping_outstanding = false;
+    n->c = NULL;
+    for (int i = 0; i < rs.nnodes; i++) {
+        aconn_close(rs.nodes[i].c);
+        rs.nodes[i].c = NULL;
+        rs.nodes[i].ready = false;
+        rs.nodes[i].ping_outstanding = false;
+        ps_queue_clear(&rs.nodes[i].q);
+    }
+    rs.nready = 0;
     report(why, was_up ? "; serving runs from postgresql until it is back" : "");
     if (was_up)
         rs.h.down();
     schedule_reconnect();
 }
 
-/* Drops the subscription connection ourselves (timeout, refusal, a moved primary). */
-static void node_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void node_fail(const char *fmt, ...)
+/* Drops the subscription connections ourselves (timeout, refusal, a moved primary). */
+static void node_fail(sub_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void node_fail(sub_node *n, const char *fmt, ...)
 {
     char why[700];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(why, sizeof why, fmt, ap);
     va_end(ap);
-    aconn_close(rs.node.c);
-    node_lost(why);
+    aconn_close(n->c);
+    node_lost(n, why);
 }
 
-static bool send_ping(void)
+static bool send_ping(sub_node *n)
 {
-    if (!ps_queue_push(&rs.node.q, PS_PING, NULL, 0))
+    if (!ps_queue_push(&n->q, PS_PING, NULL, 0))
         return false;
-    if (!aconn_send(rs.node.c, 1, (const char *[]){"PING"}, NULL)) {
-        ps_queue_drop_newest(&rs.node.q);
+    if (!aconn_send(n->c, 1, (const char *[]){"PING"}, NULL)) {
+        ps_queue_drop_newest(&n->q);
         return false;
     }
-    rs.node.ping_outstanding = true;
-    rs.node.ping_sent = clock_mono_s();
+    n->ping_outstanding = true;
+    n->ping_sent = clock_mono_s();
     return true;
 }
 
 static void node_ready(aconn *c, void *arg)
 {
     (void)c;
-    (void)arg;
+    sub_node *n = arg;
+    n->ready = true;
+    if (++rs.nready < rs.nnodes)
+        return; /* up when every node is */
     rs.state = S_UP;
     /* After a failure logged as a repeat, the reconnect is not news either, unless it
      * reached another primary. */
-    bool moved = strcmp(rs.announced.host, rs.node.addr.host) || rs.announced.port != rs.node.addr.port;
-    log_at(rs.quiet && !moved ? LOG_DEBUG : LOG_INFO, "redis (gateway): subscribing on the primary at %s (%s)",
-           aconn_peer(rs.node.c), redis_endpoint_describe(rs.ep));
-    rs.announced = rs.node.addr;
-    if (!send_ping()) {
-        node_fail("%s: out of memory", aconn_peer(rs.node.c));
-        return;
-    }
+    sub_node *first = &rs.nodes[0];
+    bool moved = strcmp(rs.announced.host, first->addr.host) || rs.announced.port != first->addr.port;
+    if (rs.map)
+        log_at(rs.quiet && !moved ? LOG_DEBUG : LOG_INFO,
+               "redis (gateway): subscribing on the %d primaries of the cluster (%s, sharded Pub/Sub)", rs.nnodes,
+               redis_endpoint_describe(rs.ep));
+    else
+        log_at(rs.quiet && !moved ? LOG_DEBUG : LOG_INFO, "redis (gateway): subscribing on the primary at %s (%s)",
+               aconn_peer(first->c), redis_endpoint_describe(rs.ep));
+    rs.announced = first->addr;
+    for (int i = 0; i < rs.nnodes; i++)
+        if (!send_ping(&rs.nodes[i])) {
+            node_fail(&rs.nodes[i], "%s: out of memory", aconn_peer(rs.nodes[i].c));
+            return;
+        }
     rs.h.up();
     if (rs.state == S_UP)
         arm_ping_timer();
@@ -153,8 +188,7 @@ static void node_ready(aconn *c, void *arg)
 static void node_closed(aconn *c, const char *why, void *arg)
 {
     (void)c;
-    (void)arg;
-    node_lost(why);
+    node_lost(arg, why);
 }
 
 /* ---- the dispatcher -------------------------------------------------------------- */
@@ -162,14 +196,18 @@ static void node_closed(aconn *c, const char *why, void *arg)
 static void node_reply(aconn *c, const redisReply *r, void *arg)
 {
     (void)c;
-    (void)arg;
-    sub_node *n = &rs.node;
+    sub_node *n = arg;
     char why[600];
     ps_reply d = ps_dispatch(&n->q, r, why, sizeof why);
+    int slot;
+    redis_addr to;
     switch (d.event) {
     case PS_MESSAGE: rs.h.message(d.channel, d.channel_len, d.payload, d.payload_len); break;
     case PS_SUBSCRIBED: rs.h.subscribed(d.channel, d.channel_len); break;
     case PS_UNSUBSCRIBED:
+        /* The server's own (a slot that moved, a primary demoted): the run layer
+         * subscribes again, on the node the map names, or after a MOVED on a fresh
+         * map. */
         if (d.server_initiated)
             log_debug("redis (gateway): the server ended the subscription to %.*s", (int)d.channel_len, d.channel);
         rs.h.unsubscribed(d.channel, d.channel_len);
@@ -177,23 +215,44 @@ static void node_reply(aconn *c, const redisReply *r, void *arg)
     case PS_PONG: n->ping_outstanding = false; break;
     case PS_IGNORED: break;
     case PS_REFUSED:
+        if (rs.cluster && (cluster_parse_redirect(r->str, &slot, &to) != REDIRECT_NONE ||
+                           cluster_error_is_retry(r->str))) {
+            /* The map is stale (a slot moved, a failover): read it again, at once. */
+            rs.last_err[0] = '\0';
+            node_fail(n, "%s: %s; reading the slot map again", aconn_peer(n->c), why);
+            evtimer_del(rs.timer);
+            rs.backoff_ms = 0;
+            struct timeval now = {0, 0};
+            evtimer_add(rs.timer, &now);
+            break;
+        }
         /* A refusal (an ACL without the channel, or without +ping): the connection
          * cannot carry what the runs need. It is made again after a backoff, and
          * meanwhile the runs are read from PostgreSQL. */
-        node_fail("%s", why);
+        node_fail(n, "%s", why);
         break;
-    case PS_OUT_OF_STEP: node_fail("out of step: %s", why); break;
+    case PS_OUT_OF_STEP: node_fail(n, "out of step: %s", why); break;
     }
 }
 
-static bool send_sub(enum ps_kind kind, const char *channel, size_t n)
+/* The node a channel is subscribed on: the one owning its slot in a sharded cluster. */
+static sub_node *node_of(const char *channel, size_t len)
 {
-    if (rs.state != S_UP || !ps_queue_push(&rs.node.q, kind, channel, n))
+    if (!rs.map)
+        return rs.nnodes ? &rs.nodes[0] : NULL;
+    int owner = rs.map->owner[cluster_key_slot(channel, len)];
+    return owner == CLUSTER_NO_NODE || owner >= rs.nnodes ? NULL : &rs.nodes[owner];
+}
+
+static bool send_sub(enum ps_kind kind, const char *channel, size_t len)
+{
+    sub_node *n = node_of(channel, len);
+    if (rs.state != S_UP || !n || !ps_queue_push(&n->q, kind, channel, len))
         return false;
     const char *argv[] = {ps_kind_name(kind), channel};
-    size_t lens[] = {strlen(argv[0]), n};
-    if (!aconn_send(rs.node.c, 2, argv, lens)) {
-        ps_queue_drop_newest(&rs.node.q); /* nothing went out */
+    size_t lens[] = {strlen(argv[0]), len};
+    if (!aconn_send(n->c, 2, argv, lens)) {
+        ps_queue_drop_newest(&n->q); /* nothing went out */
         return false;
     }
     return true;
@@ -201,27 +260,155 @@ static bool send_sub(enum ps_kind kind, const char *channel, size_t n)
 
 bool sub_subscribe(const char *channel, size_t n)
 {
-    return send_sub(PS_SUBSCRIBE, channel, n);
+    return send_sub(rs.sharded ? PS_SSUBSCRIBE : PS_SUBSCRIBE, channel, n);
 }
 
 bool sub_unsubscribe(const char *channel, size_t n)
 {
-    return send_sub(PS_UNSUBSCRIBE, channel, n);
+    return send_sub(rs.sharded ? PS_SUNSUBSCRIBE : PS_UNSUBSCRIBE, channel, n);
 }
 
 /* ---- finding the primary ------------------------------------------------------------ */
 
-static void connect_node(const redis_addr *a)
+/* Connects node i to a (the nodes are counted ready as they come up). False when out
+ * of memory (then every node is down again). */
+static bool connect_node(int i, const redis_addr *a)
 {
     rs.state = S_CONNECTING;
-    rs.node.addr = *a;
+    sub_node *n = &rs.nodes[i];
+    n->addr = *a;
+    n->ready = false;
     static const aconn_handlers h = {node_ready, node_reply, node_closed};
-    rs.node.c = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &rs.ep->url, rs.cfg->redis_timeout_ms,
-                           &h, NULL);
-    if (!rs.node.c) {
+    n->c = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &rs.ep->url, rs.cfg->redis_timeout_ms, &h, n);
+    if (!n->c) {
+        node_lost(n, "out of memory");
+        return false;
+    }
+    return true;
+}
+
+/* One node: the primary (the URL's, a sentinel's answer or, for global Pub/Sub in a
+ * cluster, a seed: PUBLISH reaches every node). */
+static void connect_one(const redis_addr *a)
+{
+    rs.nnodes = 1;
+    rs.nready = 0;
+    (void)connect_node(0, a);
+}
+
+/* ---- the cluster's slot map ---------------------------------------------------------- */
+
+static void map_next(void);
+
+static void map_ready(aconn *c, void *arg)
+{
+    (void)arg;
+    const char *argv[] = {"CLUSTER", rs.map_slots ? "SLOTS" : "SHARDS"};
+    if (!aconn_send(c, 2, argv, NULL)) {
+        aconn_close(c);
+        rs.mapq = NULL;
+        rs.map_asked++;
+        map_next();
+    }
+}
+
+/* The map is usable when every slot has a primary: otherwise a failover is under way
+ * and the runs of that shard could not be subscribed. */
+static bool map_complete(const cluster_map *m, char *why, size_t cap)
+{
+    for (int s = 0; s < CLUSTER_SLOTS; s++)
+        if (m->owner[s] == CLUSTER_NO_NODE) {
+            snprintf(why, cap, "slot %d has no primary (a failover under way?)", s);
+            return false;
+        }
+    return true;
+}
+
+static void map_reply(aconn *c, const redisReply *r, void *arg)
+{
+    (void)arg;
+    const redis_addr *asked = &rs.map_from[rs.map_asked];
+    if (r->type == REDIS_REPLY_ERROR && !rs.map_slots && strstr(r->str, "nknown subcommand")) {
+        rs.map_slots = true; /* before Redis 7 */
+        map_ready(c, NULL);
+        return;
+    }
+    cluster_map *m = malloc(sizeof *m);
+    char why[300] = "out of memory";
+    bool ok = m &&
+              (rs.map_slots ? cluster_parse_slots(r, asked, m, why, sizeof why)
+                            : cluster_parse_shards(r, asked, rs.ep->tls != NULL, m, why, sizeof why)) &&
+              map_complete(m, why, sizeof why);
+    aconn_close(c);
+    rs.mapq = NULL;
+    if (!ok) {
+        free(m);
+        if (!buf_printf(&rs.errs, "%s%s:%d: %s", rs.errs.len ? "; " : "", asked->host, asked->port, why))
+            buf_reset(&rs.errs);
+        rs.map_asked++;
+        map_next();
+        return;
+    }
+    free(rs.map);
+    rs.map = m;
+    sub_node *nodes = realloc(rs.nodes, (size_t)m->nnodes * sizeof *nodes);
+    if (!nodes) {
+        report("out of memory", "");
+        schedule_reconnect();
+        return;
+    }
+    rs.nodes = nodes;
+    memset(rs.nodes, 0, (size_t)m->nnodes * sizeof *nodes);
+    rs.nnodes = m->nnodes;
+    rs.nready = 0;
+    for (int i = 0; i < m->nnodes; i++)
+        if (!connect_node(i, &m->node[i]))
+            return;
+}
+
+static void map_closed(aconn *c, const char *why, void *arg)
+{
+    (void)c;
+    (void)arg;
+    rs.mapq = NULL;
+    if (!buf_printf(&rs.errs, "%s%s", rs.errs.len ? "; " : "", why))
+        buf_reset(&rs.errs);
+    rs.map_asked++;
+    map_next();
+}
+
+/* Asks the primaries of the last map, then the seeds, in turn. */
+static void map_next(void)
+{
+    if (rs.map_asked == rs.map_known) {
+        char why[700];
+        snprintf(why, sizeof why, "no cluster node gave a usable slot map: %s", rs.errs.data ? rs.errs.data : "");
+        report(why, "");
+        schedule_reconnect();
+        return;
+    }
+    const redis_addr *a = &rs.map_from[rs.map_asked];
+    rs.map_slots = false;
+    static const aconn_handlers h = {map_ready, map_reply, map_closed};
+    rs.mapq = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &rs.ep->url, rs.cfg->redis_timeout_ms, &h,
+                         NULL);
+    if (!rs.mapq) {
         report("out of memory", "");
         schedule_reconnect();
     }
+}
+
+static void map_start(void)
+{
+    rs.state = S_DISCOVERING;
+    rs.map_known = 0;
+    for (int i = 0; rs.map && i < rs.map->nnodes; i++)
+        rs.map_from[rs.map_known++] = rs.map->node[i];
+    for (int i = 0; i < rs.cfg->ncluster_seeds; i++)
+        rs.map_from[rs.map_known++] = rs.cfg->cluster_seeds[i];
+    rs.map_asked = 0;
+    buf_reset(&rs.errs);
+    map_next();
 }
 
 static void ask_next(void);
@@ -250,7 +437,7 @@ static void ask_reply(aconn *c, const redisReply *r, void *arg)
     rs.ask = NULL;
     if (ok) {
         atomic_store(&rs.ep->first_sentinel, (rs.ask_first + rs.asked) % rs.ep->nsentinels);
-        connect_node(&a);
+        connect_one(&a);
     } else {
         rs.asked++;
         ask_next();
@@ -291,7 +478,12 @@ static void ask_next(void)
 
 static void connect_start(void)
 {
-    if (rs.ep->nsentinels) {
+    if (rs.cluster && rs.sharded) {
+        map_start();
+    } else if (rs.cluster) {
+        /* Global Pub/Sub: any primary sees every message; the seeds in turn. */
+        connect_one(&rs.cfg->cluster_seeds[rs.seed_next++ % rs.cfg->ncluster_seeds]);
+    } else if (rs.ep->nsentinels) {
         rs.state = S_DISCOVERING;
         rs.ask_first = atomic_load(&rs.ep->first_sentinel);
         rs.asked = 0;
@@ -301,7 +493,7 @@ static void connect_start(void)
         redis_addr a;
         snprintf(a.host, sizeof a.host, "%s", rs.ep->url.host);
         a.port = rs.ep->url.port;
-        connect_node(&a);
+        connect_one(&a);
     }
 }
 
@@ -310,22 +502,22 @@ static void connect_start(void)
 /* The primary is elsewhere now: move the subscription there. */
 static void primary_moved(const redis_addr *to)
 {
-    if (rs.state == S_DOWN || rs.state == S_DISCOVERING ||
-        (!strcmp(to->host, rs.node.addr.host) && to->port == rs.node.addr.port))
+    sub_node *n = &rs.nodes[0];
+    if (rs.state == S_DOWN || rs.state == S_DISCOVERING || (!strcmp(to->host, n->addr.host) && to->port == n->addr.port))
         return; /* the next discovery asks the sentinels, who know */
     if (rs.state == S_CONNECTING) {
         /* Still connecting to the old primary (it may answer, and say master, until
          * the sentinels demote it): go to the new one instead. */
-        aconn_close(rs.node.c);
-        rs.node.c = NULL;
-        connect_node(to);
+        aconn_close(n->c);
+        n->c = NULL;
+        connect_one(to);
         return;
     }
     char where[300];
     snprintf(where, sizeof where, "%s:%d", to->host, to->port);
     log_info("redis (gateway): the sentinels name a new primary at %s", where);
     rs.last_err[0] = '\0';
-    node_fail("the primary moved to %s", where);
+    node_fail(n, "the primary moved to %s", where);
     /* No backoff: the new primary is known to be up. */
     evtimer_del(rs.timer);
     rs.backoff_ms = 0;
@@ -412,22 +604,28 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     }
     if (rs.state != S_UP)
         return; /* connecting: the connection's own timeout bounds it */
-    double waited = clock_mono_s() - rs.node.ping_sent;
-    if (rs.node.ping_outstanding && waited * 1000 >= (double)rs.cfg->redis_timeout_ms) {
-        /* Stalled (e.g. SIGSTOP): the socket stays open, only a timeout notices. */
-        node_fail("%s: timed out", aconn_peer(rs.node.c));
-        return;
+    bool all_answered = true;
+    for (int i = 0; i < rs.nnodes; i++) {
+        sub_node *n = &rs.nodes[i];
+        double waited = clock_mono_s() - n->ping_sent;
+        if (n->ping_outstanding && waited * 1000 >= (double)rs.cfg->redis_timeout_ms) {
+            /* Stalled (e.g. SIGSTOP): the socket stays open, only a timeout notices. */
+            node_fail(n, "%s: timed out", aconn_peer(n->c));
+            return;
+        }
+        all_answered &= !n->ping_outstanding;
     }
-    if (!rs.node.ping_outstanding) {
+    if (all_answered) {
         /* Up and answering for a ping period: a failure from now on is news, and
          * the reconnect after it starts from the shortest backoff. */
         rs.backoff_ms = 0;
         rs.last_err[0] = '\0';
-        if (!send_ping()) {
-            node_fail("%s: out of memory", aconn_peer(rs.node.c));
+    }
+    for (int i = 0; i < rs.nnodes; i++)
+        if (!rs.nodes[i].ping_outstanding && !send_ping(&rs.nodes[i])) {
+            node_fail(&rs.nodes[i], "%s: out of memory", aconn_peer(rs.nodes[i].c));
             return;
         }
-    }
     arm_ping_timer();
 }
 
@@ -438,8 +636,12 @@ bool sub_up(void)
 
 bool sub_healthy(long stale_ms)
 {
-    return rs.state == S_UP &&
-           !(rs.node.ping_outstanding && (clock_mono_s() - rs.node.ping_sent) * 1000 > (double)stale_ms);
+    if (rs.state != S_UP)
+        return false;
+    for (int i = 0; i < rs.nnodes; i++)
+        if (rs.nodes[i].ping_outstanding && (clock_mono_s() - rs.nodes[i].ping_sent) * 1000 > (double)stale_ms)
+            return false;
+    return true;
 }
 
 bool sub_start(struct event_base *base, const config *cfg, const sub_handlers *handlers)
@@ -449,6 +651,11 @@ bool sub_start(struct event_base *base, const config *cfg, const sub_handlers *h
     rs.cfg = cfg;
     rs.h = *handlers;
     buf_init(&rs.errs, 4096);
+    rs.cluster = cfg->redis_cluster != NULL;
+    rs.sharded = config_redis_sharded(cfg);
+    if (!(rs.nodes = calloc(1, sizeof *rs.nodes)))
+        return false;
+    rs.nnodes = 1;
     char err[512];
     if (!(rs.ep = redis_endpoint_new(cfg, err, sizeof err))) {
         log_error("redis: %s", err);
@@ -467,10 +674,15 @@ bool sub_start(struct event_base *base, const config *cfg, const sub_handlers *h
 
 void sub_stop(void)
 {
-    aconn_close(rs.node.c);
+    for (int i = 0; i < rs.nnodes; i++) {
+        aconn_close(rs.nodes[i].c);
+        ps_queue_clear(&rs.nodes[i].q);
+    }
+    free(rs.nodes);
+    free(rs.map);
+    aconn_close(rs.mapq);
     aconn_close(rs.ask);
     aconn_close(rs.watch);
-    ps_queue_clear(&rs.node.q);
     if (rs.timer)
         event_free(rs.timer);
     if (rs.watch_timer)

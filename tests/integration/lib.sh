@@ -353,3 +353,79 @@ EOC
     done
   done
 }
+
+# start_cluster NAME [redis-server flags...]: a Redis Cluster of 3 primaries and 3
+# replicas on free loopback ports (each with its cluster bus port, +10000, free too);
+# CLUSTER_NODES gets HOST:PORT,... of all six, CLUSTER_PORTS the ports (primaries
+# first, as --cluster create assigns them). Waits until every node says cluster_state:ok.
+# With CLUSTER_TLS=1 the nodes speak only TLS (clients, cluster bus, replication) with
+# the certificates of make_pki in $PKI; ccli then adds the TLS flags to redis-cli.
+ccli() {
+  if [[ ${CLUSTER_TLS:-0} == 1 ]]; then redis-cli --tls --cacert "$PKI/ca.crt" "$@"; else redis-cli "$@"; fi
+}
+start_cluster() {
+  local name=$1 i p pid ports; shift
+  CLUSTER_PORTS=()
+  CLUSTER_NODES=""
+  for i in 1 2 3 4 5 6; do
+    p=$((10000 + RANDOM % 20000))
+    while ! port_is_free "$p" || ! port_is_free $((p + 10000)); do p=$((10000 + RANDOM % 20000)); done
+    mkdir -p "$WORK/$name$i"
+    ports=(--port "$p")
+    [[ ${CLUSTER_TLS:-0} == 1 ]] && ports=(--port 0 --tls-port "$p" --tls-cert-file "$PKI/server.crt"
+      --tls-key-file "$PKI/server.key" --tls-ca-cert-file "$PKI/ca.crt" --tls-auth-clients no
+      --tls-cluster yes --tls-replication yes)
+    redis-server --bind 127.0.0.1 "${ports[@]}" --save '' --appendonly no --daemonize yes --dir "$WORK/$name$i" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
+      --pidfile "$WORK/$name$i.pid" --logfile "$WORK/$name$i.redis.out" "$@" || fail "cluster node $i"
+    for _ in $(seq 1 100); do [[ -s "$WORK/$name$i.pid" ]] && break; sleep 0.02; done
+    pid=$(cat "$WORK/$name$i.pid" 2>/dev/null || true)
+    [[ -n "$pid" ]] && PIDS+=("$pid")
+    # Up to 15 s: a loaded machine (other suites on the same cores) can be slow.
+    for _ in $(seq 1 300); do
+      grep -q "Ready to accept connections" "$WORK/$name$i.redis.out" 2>/dev/null && break
+      [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null && break
+      sleep 0.05
+    done
+    grep -q "Ready to accept connections" "$WORK/$name$i.redis.out" || fail "cluster node $i did not start: $(tail -3 "$WORK/$name$i.redis.out")"
+    CLUSTER_PORTS+=("$p")
+    CLUSTER_NODES+="${CLUSTER_NODES:+,}127.0.0.1:$p"
+  done
+  # shellcheck disable=SC2046
+  ccli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") --cluster-replicas 1 --cluster-yes \
+    >"$WORK/$name.create.out" 2>&1 || fail "cluster create: $(tail -5 "$WORK/$name.create.out")"
+  local deadline=$((SECONDS + 30))
+  for p in "${CLUSTER_PORTS[@]}"; do
+    until ccli -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok"; do
+      ((SECONDS < deadline)) || fail "cluster node $p not ok within 30 s"
+      sleep 0.1
+    done
+  done
+  # Replicas in sync, or a failover of their primary could not happen (a replica that
+  # never synced does not stand for election).
+  for p in "${CLUSTER_PORTS[@]}"; do
+    ccli -p "$p" role | head -1 | grep -q slave || continue
+    until ccli -p "$p" info replication | grep -q "master_link_status:up"; do
+      ((SECONDS < deadline)) || fail "cluster replica $p not in sync within 30 s"
+      sleep 0.1
+    done
+  done
+}
+
+# cluster_primary_of SLOT: the port of the primary that serves slot, as the first node
+# that answers sees it (CLUSTER NODES).
+cluster_primary_of() {
+  local p
+  for p in "${CLUSTER_PORTS[@]}"; do
+    redis-cli -p "$p" cluster nodes 2>/dev/null | awk -v s="$1" '
+      $3 ~ /master/ && $3 !~ /fail/ {
+        for (i = 9; i <= NF; i++) {
+          if ($i ~ /^\[/) continue
+          n = split($i, r, "-"); if (n == 1) r[2] = r[1]
+          if (s + 0 >= r[1] + 0 && s + 0 <= r[2] + 0) { split($2, a, "[:@]"); print a[2]; found = 1; exit }
+        }
+      }
+      END { exit !found }' && return 0
+  done
+  return 1
+}

@@ -21,6 +21,12 @@ expect_2 "unknown option" "$OUTBOXD" relay --no-such-flag
 expect_2 "unknown command" "$OUTBOXD" frobnicate
 expect_2 "REDIS_URL" env REDIS_URL=http://nope "$OUTBOXD" relay
 expect_2 "DATABASE_URL" env DATABASE_URL='postgresql://h:port/x' "$OUTBOXD" relay
+for c in relay sse status; do
+  expect_2 "--redis-cluster and --redis-sentinel exclude each other" "$OUTBOXD" "$c" --redis-cluster 127.0.0.1:7000 \
+    --redis-sentinel 127.0.0.1:26379 --redis-sentinel-master m
+  expect_2 "redis-cluster" env OUTBOXD_REDIS_CLUSTER=127.0.0.1: "$OUTBOXD" "$c"
+  expect_2 "redis-pubsub" "$OUTBOXD" "$c" --redis-pubsub broadcast
+done
 # A bad value must be reported before any connection: pointing the database at a
 # black-hole address would otherwise make this take the connect timeout.
 t0=$(date +%s%N)

@@ -10,10 +10,15 @@
  * on a new primary after a failover (a replica's copy comes within milliseconds),
  * which a subscriber that follows the primary sees twice. Latency = first arrival - payload
  * "t" (insert time). Connections go through outboxd's own Redis layer, so TLS works.
+ * --sharded N: sharded Pub/Sub (a Redis Cluster): SSUBSCRIBEs PREFIX-0 .. PREFIX-(N-1)
+ * on every node of --nodes (list them all, primaries and replicas: a node answers
+ * MOVED for the slots of other shards, ignored, and delivers those of its own), and
+ * subscribes a channel again on every node when a node ends its subscription (its
+ * slot moved, it was demoted).
  *   obx_sub [--host H] [--port P] [--nodes H:P,H:P...] [--user U] [--password PW]
  *           [--tls-ca F [--tls-cert F --tls-key F] [--tls-server-name N]]
  *           [--pattern run:*] [--prefix P] [--expect N] [--idle-ms MS] [--max-seconds S]
- *           [--ready-file F] [--check]
+ *           [--ready-file F] [--check] [--sharded N]
  * Exits 0 when the check passes (or was not asked for), 1 when it fails. */
 #include "obx_common.h"
 #include "metrics.h"
@@ -29,6 +34,9 @@
 #include <unistd.h>
 
 #define MAX_NODES 8
+
+static const char *prefix = "";
+static long sharded;
 #define REPUBLISHED_GAP_US 500000
 
 typedef struct rec {
@@ -58,6 +66,22 @@ static rconn *subscribe(const redis_addr *a, const redis_tls *tls, const char *u
         if (r) freeReplyObject(r);
         if (rconn_broken(c)) { rconn_free(c); return NULL; }
     }
+    if (sharded) {
+        /* Confirmations and refusals (MOVED: another shard's) come in the main loop. */
+        for (long i = 0; i < sharded; i++) {
+            char ch[160];
+            snprintf(ch, sizeof ch, "run:%s-%ld", prefix, i);
+            if (!rconn_append(c, 2, (const char *[]){"SSUBSCRIBE", ch}, NULL)) {
+                rconn_free(c);
+                return NULL;
+            }
+        }
+        if (!rconn_flush(c)) {
+            rconn_free(c);
+            return NULL;
+        }
+        return c;
+    }
     r = rconn_command(c, 2, (const char *[]){"PSUBSCRIBE", pattern}, NULL);
     bool ok = r && r->type == REDIS_REPLY_ARRAY;
     if (r) freeReplyObject(r);
@@ -86,7 +110,7 @@ static int cmp_run_arrival(const void *a, const void *b)
 
 int main(int argc, char **argv)
 {
-    const char *host = "127.0.0.1", *user = NULL, *pw = NULL, *pattern = "run:*", *prefix = "", *ready = NULL;
+    const char *host = "127.0.0.1", *user = NULL, *pw = NULL, *pattern = "run:*", *ready = NULL;
     const char *nodes_arg = NULL, *ca = NULL, *cert = NULL, *key = NULL, *server_name = NULL;
     int port = 6379;
     long expect = 0, idle_ms = 0;
@@ -112,6 +136,7 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "--idle-ms")) idle_ms = atol(v);
         else if (!strcmp(k, "--max-seconds")) max_seconds = atof(v);
         else if (!strcmp(k, "--ready-file")) ready = v;
+        else if (!strcmp(k, "--sharded")) sharded = atol(v);
         else { fprintf(stderr, "obx_sub: unknown option %s\n", k); return 2; }
     }
     redis_addr nodes[MAX_NODES];
@@ -167,9 +192,26 @@ int main(int argc, char **argv)
                 int got = rconn_reply_nowait(c[n], &r);
                 if (got < 0) { rconn_free(c[n]); c[n] = NULL; break; }
                 if (got == 0) break;
-                if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 && !strcmp(r->element[0]->str, "pmessage")) {
+                bool smsg = r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+                            r->element[0]->type == REDIS_REPLY_STRING && !strcmp(r->element[0]->str, "smessage");
+                if (sharded && r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+                    r->element[0]->type == REDIS_REPLY_STRING && !strcmp(r->element[0]->str, "sunsubscribe") &&
+                    r->element[1]->type == REDIS_REPLY_STRING) {
+                    /* The node ended it (never asked here): subscribe on every node again. */
+                    for (int o = 0; o < nnodes; o++)
+                        if (c[o] && (!rconn_append(c[o], 2, (const char *[]){"SSUBSCRIBE", r->element[1]->str}, NULL) ||
+                                     !rconn_flush(c[o]))) {
+                            rconn_free(c[o]);
+                            c[o] = NULL;
+                        }
+                    freeReplyObject(r);
+                    if (!c[n])
+                        break;
+                    continue;
+                }
+                if (smsg || (r->type == REDIS_REPLY_ARRAY && r->elements == 4 && !strcmp(r->element[0]->str, "pmessage"))) {
                     obx_msg m = {0};
-                    if (obx_parse(r->element[3]->str, &m) &&
+                    if (obx_parse(r->element[smsg ? 2 : 3]->str, &m) &&
                         (m.run_id_len < strlen(prefix) || memcmp(m.run_id, prefix, strlen(prefix)))) {
                         free(m.run_id); /* another test's run */
                     } else if (m.run_id) {
@@ -181,7 +223,7 @@ int main(int argc, char **argv)
                         recs[nrec] = (rec){m.run_id, m.run_id_len, m.id, m.seq, m.t, last, (long long)nrec, n};
                         nrec++;
                     } else {
-                        fprintf(stderr, "obx_sub: not an outboxd message: %.80s\n", r->element[3]->str);
+                        fprintf(stderr, "obx_sub: not an outboxd message: %.80s\n", r->element[smsg ? 2 : 3]->str);
                     }
                 }
                 freeReplyObject(r);

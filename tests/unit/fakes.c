@@ -88,7 +88,11 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
         bool lose_reply = fw.cut_after == 0 && fw.cut_loses_reply;
         pub_result r;
         mark *m = find_mark(e);
-        if (e->id == fw.fail_id && fw.fail_times != 0) {
+        if (fw.noroute_run && e->run_id_len == strlen(fw.noroute_run) &&
+            !memcmp(e->run_id, fw.noroute_run, e->run_id_len)) {
+            fw.noroute_offered++;
+            r = PUB_NOROUTE;
+        } else if (e->id == fw.fail_id && fw.fail_times != 0) {
             if (fw.fail_times > 0)
                 fw.fail_times--;
             r = PUB_FAILED;

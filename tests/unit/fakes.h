@@ -20,6 +20,8 @@ typedef struct fake_world {
     bool cut_loses_reply;          /* the command at the cut runs, but its reply is lost */
     int connects;
     bool refuse_connect;
+    const char *noroute_run;       /* answer PUB_NOROUTE for this run's events (its shard is down) */
+    int noroute_offered;           /* ... and count how often they were offered */
     /* store */
     long long failed_ids[FAKE_MAX];
     int nfailed;

@@ -214,6 +214,47 @@ static void test_redis_tls_and_sentinel_settings(void **state)
     assert_false(load(CMD_SSE, 2, wait)); /* the gateway publishes nothing */
 }
 
+/* A cluster: seeds parsed, db 0 only, never with sentinels; sharded Pub/Sub by
+ * default there and global without, either one when asked for. */
+static void test_redis_cluster_settings(void **state)
+{
+    (void)state;
+    assert_true(load(CMD_RELAY, 0, NULL));
+    assert_int_equal(cfg.redis_pubsub, -1);
+    assert_false(config_redis_sharded(&cfg));
+    char *cl[] = {"--redis-cluster", "10.0.0.1:7000,[::1]:7001"};
+    assert_true(load(CMD_SSE, 2, cl));
+    assert_int_equal(cfg.ncluster_seeds, 2);
+    assert_string_equal(cfg.cluster_seeds[1].host, "::1");
+    assert_int_equal(cfg.cluster_seeds[1].port, 7001);
+    assert_true(config_redis_sharded(&cfg));
+    assert_true(load(CMD_STATUS, 2, cl));
+    char *global[] = {"--redis-cluster", "h:7000", "--redis-pubsub", "global"};
+    assert_true(load(CMD_RELAY, 4, global));
+    assert_false(config_redis_sharded(&cfg));
+    char *sharded[] = {"--redis-pubsub", "sharded"};
+    assert_true(load(CMD_RELAY, 2, sharded));
+    assert_true(config_redis_sharded(&cfg)); /* a single Redis 7 takes SPUBLISH too */
+    char *bogus[] = {"--redis-pubsub", "both"};
+    assert_false(load(CMD_RELAY, 2, bogus));
+    assert_non_null(strstr(err, "--redis-pubsub"));
+    setenv("OUTBOXD_REDIS_CLUSTER", "h:7000", 1);
+    char *sen[] = {"--redis-sentinel", "s:26379", "--redis-sentinel-master", "main"};
+    assert_false(load(CMD_RELAY, 4, sen));
+    assert_non_null(strstr(err, "--redis-cluster and --redis-sentinel exclude each other"));
+    setenv("REDIS_URL", "redis://h:7000/3", 1);
+    assert_false(load(CMD_RELAY, 0, NULL));
+    assert_non_null(strstr(err, "db 0 only"));
+    unsetenv("REDIS_URL");
+    unsetenv("OUTBOXD_REDIS_CLUSTER");
+    static const char *const bad[] = {"", "h", "h:", ":1", "h:0", "h:1,", "h:1,,g:2", "h:70000"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *argv[] = {"--redis-cluster", (char *)bad[i]};
+        assert_false(load(CMD_RELAY, 2, argv));
+        assert_non_null(strstr(err, "--redis-cluster"));
+    }
+}
+
 static void test_durations(void **state)
 {
     (void)state;
@@ -252,6 +293,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_urls_are_checked_before_connecting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gateway_auth_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_tls_and_sentinel_settings, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_redis_cluster_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(test_durations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_positionals_and_help, setup, teardown),
     };

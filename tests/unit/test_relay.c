@@ -148,6 +148,29 @@ static void test_persistent_failure_holds_back_only_its_run(void **state)
     assert_int_equal(rc.held[0].from_id, 3);
 }
 
+static void test_run_without_route_waits_without_retries(void **state)
+{
+    (void)state;
+    /* Run a's Redis Cluster shard has no primary: its events wait for a later batch,
+     * offered once each (no retries that would hold the batch up), not counted as
+     * refused; the run is parked from its first event and the other runs go out. */
+    make_batch(three_runs, 6);
+    fw.noroute_run = "a";
+    batch_outcome o = relay_publish_batch(&rc, &b);
+    assert_int_equal(o.published, 3); /* b1, c1, b2 */
+    assert_int_equal(o.pending, 3);
+    assert_int_equal(fw.noroute_offered, 3);
+    assert_int_equal(o.event_failures, 0);
+    assert_int_equal(delivered_at(1), -1);
+    assert_int_equal(delivered_at(3), -1);
+    assert_int_equal(delivered_at(6), -1);
+    assert_int_equal(o.resume_id, 0);
+    assert_int_equal(rc.nheld, 1);
+    assert_string_equal(rc.held[0].run_id, "a");
+    assert_int_equal(rc.held[0].from_seq, 1);
+    assert_int_equal(rc.held[0].from_id, 1);
+}
+
 static void test_lost_reply_is_not_delivered_twice(void **state)
 {
     (void)state;
@@ -272,6 +295,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_take_rows_skips_published_and_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_held_run_catches_up_by_its_own_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_held_run_with_more_rows_stays_caught_up_partly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_run_without_route_waits_without_retries, setup, teardown),
     };
     return cmocka_run_group_tests_name("relay", tests, NULL, NULL);
 }
