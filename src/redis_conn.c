@@ -391,11 +391,11 @@ static const char *plaintext_hint(const rconn *c)
 
 /* The deadline of a wait: timeout_ms after the last progress. The clock is read only
  * when a wait begins (*since is 0 after progress), not for every reply. */
-static long wait_budget(const rconn *c, double *since)
+static long wait_budget(long timeout_ms, double *since)
 {
     if (*since == 0)
         *since = clock_mono_s();
-    return ms_left(*since + c->timeout_ms / 1e3);
+    return ms_left(*since + timeout_ms / 1e3);
 }
 
 bool rconn_flush(rconn *c)
@@ -412,7 +412,7 @@ bool rconn_flush(rconn *c)
             fail(c, "write: %s%s", c->io->err, plaintext_hint(c));
             break;
         }
-        long left = wait_budget(c, &since);
+        long left = wait_budget(c->timeout_ms, &since);
         int w = left > 0 ? c->io->ops->wait(c->io, n == RIO_WANT_WRITE, left) : 0;
         if (w == 0)
             fail(c, "timed out after %ld ms writing to the server", c->timeout_ms);
@@ -489,8 +489,14 @@ int rconn_reply_nowait(rconn *c, redisReply **out)
 
 redisReply *rconn_reply(rconn *c)
 {
+    return rconn_reply_held(c, 0);
+}
+
+redisReply *rconn_reply_held(rconn *c, long held_ms)
+{
     if (c->broken || !rconn_flush(c))
         return NULL;
+    long timeout_ms = c->timeout_ms + held_ms;
     double since = 0;
     for (;;) {
         redisReply *r;
@@ -510,10 +516,10 @@ redisReply *rconn_reply(rconn *c)
             since = 0;
             continue;
         }
-        long left = wait_budget(c, &since);
+        long left = wait_budget(timeout_ms, &since);
         int w = left > 0 ? c->io->ops->wait(c->io, want_write, left) : 0;
         if (w == 0) {
-            fail(c, "timed out after %ld ms waiting for the server", c->timeout_ms);
+            fail(c, "timed out after %ld ms waiting for the server", timeout_ms);
             return NULL;
         }
         if (w < 0) {

@@ -65,6 +65,9 @@ bool rconn_flush(rconn *c) WUR;
  * reason in errstr; the connection is then unusable). The caller frees the reply
  * (freeReplyObject). Flushes queued commands first. */
 redisReply *rconn_reply(rconn *c);
+/* rconn_reply for a command the server may hold for up to held_ms before it answers
+ * (WAIT): the wait for its reply is bounded by held_ms plus the connection's timeout. */
+redisReply *rconn_reply_held(rconn *c, long held_ms);
 /* The next reply if it can be had without waiting: 1 with *out set, 0 none yet,
  * -1 broken. */
 int rconn_reply_nowait(rconn *c, redisReply **out);

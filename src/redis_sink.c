@@ -111,6 +111,7 @@ const char redis_sink_hw_script[] =
 struct sink {
     redis_endpoint *ep;
     long wait_replicas;
+    long wait_timeout_ms;
     char wait_timeout[24];
     char ttl[24];
     char epoch[64];
@@ -150,6 +151,7 @@ struct sink {
     int nuncertain, next_uncertain;
     sink_counters counters;
     bool refused; /* in the current publish call: an ACL denial, or no writes taken */
+    bool ran;     /* in the current publish call: a script call ran */
     bool refusing;
     char refusal[1024];
 };
@@ -165,6 +167,7 @@ sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool ann
     k->ep = e;
     k->announce = announce;
     k->wait_replicas = cfg->redis_wait_replicas;
+    k->wait_timeout_ms = cfg->redis_wait_timeout_ms;
     snprintf(k->wait_timeout, sizeof k->wait_timeout, "%ld", cfg->redis_wait_timeout_ms);
     snprintf(k->ttl, sizeof k->ttl, "%ld", cfg->mark_ttl_ms);
     sentinel_watch_init(&k->watch, e);
@@ -369,19 +372,27 @@ static bool was_uncertain(const sink *k, long long id)
     return false;
 }
 
-/* One queued call: the events evs[first..first + n) of one run. */
+/* One queued call: the events evs[first..first + n) of one run. acl: Redis refused
+ * the whole call for the user's ACL. */
 typedef struct call {
     size_t first, n;
+    bool acl;
 } call;
 
+/* An error that refuses every run alike: an ACL denial, or a primary that takes no
+ * writes now (too few replicas for min-replicas-to-write, out of memory, a failed
+ * snapshot, a script running past busy-reply-threshold). */
+static bool refuses_everyone(const char *reply)
+{
+    return redis_error_is_acl(reply) || !strncmp(reply, "NOREPLICAS", 10) || !strncmp(reply, "OOM", 3) ||
+           !strncmp(reply, "MISCONF", 7) || !strncmp(reply, "BUSY", 4);
+}
+
 /* An event the script did not publish because Redis refused it: the reason goes to
- * k->err. An ACL denial, or a primary that takes no writes now (too few replicas for
- * min-replicas-to-write, out of memory, a failed snapshot), refuses every run alike:
- * noted for sink_refusing. */
+ * k->err, and a refusal of everyone is noted for sink_refusing. */
 static void note_refusal(sink *k, const char *reply)
 {
-    k->refused |= redis_error_is_acl(reply) || !strncmp(reply, "NOREPLICAS", 10) || !strncmp(reply, "OOM", 3) ||
-                  !strncmp(reply, "MISCONF", 7);
+    k->refused |= refuses_everyone(reply);
     char why[400];
     redis_explain_error(reply, why, sizeof why);
     snprintf(k->err, sizeof k->err, "publish: %s", why);
@@ -418,7 +429,7 @@ static void note_mark_written(sink *k, const redisReply *r, size_t n)
 
 /* Reads the replies of calls[0..ncalls) (and of the WAIT after them when wait),
  * mapping each event's number to a pub_result. */
-static bool read_replies(sink *k, const event *const *evs, const call *calls, size_t ncalls, bool wait,
+static bool read_replies(sink *k, const event *const *evs, call *calls, size_t ncalls, bool wait,
                          pub_result *out)
 {
     bool reconnect = false;
@@ -456,6 +467,7 @@ static bool read_replies(sink *k, const event *const *evs, const call *calls, si
             reconnect = true;
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, merr);
         } else if (r->type == REDIS_REPLY_ARRAY && r->elements >= n) {
+            k->ran = true;
             const char *why = r->elements > n && r->element[n]->type == REDIS_REPLY_STRING ? r->element[n]->str
                                                                                            : "unexpected reply";
             if (merr)
@@ -499,14 +511,23 @@ static bool read_replies(sink *k, const event *const *evs, const call *calls, si
                 k->refresh = true;
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
         } else {
+            /* The whole call refused. When the server takes no writes, or the user may
+             * not run the script, that is no fault of this run: an outage, which holds
+             * back no run (sink_publish sorts out an ACL rule that let other calls run).
+             * Anything else (its mark key of another type) is this run's. */
+            const char *why = r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply type";
+            bool wide = r->type == REDIS_REPLY_ERROR && refuses_everyone(why);
+            calls[c].acl = wide && redis_error_is_acl(why);
             for (size_t i = 0; i < n; i++)
-                o[i] = PUB_FAILED;
-            note_refusal(k, r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply type");
+                o[i] = wide ? PUB_REFUSED : PUB_FAILED;
+            note_refusal(k, why);
         }
         freeReplyObject(r);
     }
     if (wait) {
-        redisReply *r = rconn_reply(k->c);
+        /* The server holds WAIT's reply for up to the wait timeout, which may be longer
+         * than the command timeout: only silence beyond both is a lost connection. */
+        redisReply *r = rconn_reply_held(k->c, k->wait_timeout_ms);
         if (!r) {
             /* Published, but whether the marks reached a replica is unknown: sent
              * again (after reconnecting), they are either found marked or published
@@ -550,9 +571,13 @@ static void note_outcome(sink *k, const pub_result *out, size_t n)
     bool went = false;
     for (size_t i = 0; i < n; i++)
         went |= out[i] == PUB_OK || out[i] == PUB_DUP;
-    if (went)
+    if (went) {
+        if (k->refusing && k->announce)
+            log_info("redis: events are taken again");
         k->refusing = false;
-    else if (k->refused) {
+    } else if (k->refused) {
+        if (!k->refusing && k->announce)
+            log_warn("redis: every event refused (%s): not ready until one goes out", k->err);
         k->refusing = true;
         snprintf(k->refusal, sizeof k->refusal, "%s", k->err);
     }
@@ -651,7 +676,7 @@ static bool publish_on(sink *k, const event *const *evs, const bool *chained, si
             ok = false;
             break;
         }
-        calls[ncalls++] = (call){i, len};
+        calls[ncalls++] = (call){i, len, false};
         i += len;
         /* Bound what waits in the output buffer: read the replies so far. */
         if (queued >= PIPELINE_BYTES || i == n) {
@@ -673,6 +698,11 @@ static bool publish_on(sink *k, const event *const *evs, const bool *chained, si
         /* Commands may be queued without replies read: the connection is out of step. */
         drop_conn(k);
     }
+    /* An ACL denial of a whole call while other calls ran is about that run (a key
+     * rule that leaves out its mark): its run is held back, like a refused PUBLISH. */
+    for (size_t c = 0; k->ran && c < ncalls; c++)
+        for (size_t i = 0; calls[c].acl && i < calls[c].n; i++)
+            out[calls[c].first + i] = PUB_FAILED;
     free(calls);
     free(args.argv);
     free(args.len);
@@ -973,7 +1003,7 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
 {
     for (size_t i = 0; i < n; i++)
         out[i] = PUB_UNSENT;
-    k->refused = false;
+    k->refused = k->ran = false;
     if (k->cl) {
         bool ok = raise_hw(k, evs, n) && publish_cluster(k, evs, chained, n, out);
         note_outcome(k, out, n);

@@ -14,11 +14,14 @@
 #include <stddef.h>
 
 typedef enum pub_result {
-    PUB_OK,     /* published now */
-    PUB_DUP,    /* published before (mark at or above this id): count as done */
-    PUB_GAP,    /* not published: the event before it in the run was not published */
-    PUB_FAILED, /* Redis answered with an error for this event */
-    PUB_UNSENT, /* no answer: connection lost or timed out; the context is gone */
+    PUB_OK,      /* published now */
+    PUB_DUP,     /* published before (mark at or above this id): count as done */
+    PUB_GAP,     /* not published: the event before it in the run was not published */
+    PUB_FAILED,  /* Redis answered with an error for this event */
+    PUB_UNSENT,  /* no answer: connection lost or timed out; the context is gone */
+    PUB_REFUSED, /* Redis refused the whole call for a reason that is not about this
+                  * event: it takes no writes now (NOREPLICAS, OOM, MISCONF, BUSY) or
+                  * the user may not run the script (ACL). Not published; an outage */
     PUB_NOROUTE, /* not sent: no reachable primary serves its slot now (a cluster shard
                   * down or failing over); pointless to retry within the batch */
 } pub_result;
@@ -58,8 +61,8 @@ void sink_free(sink *k);
 void sink_set_epoch(sink *k, const char *epoch, const char *origin);
 void sink_get_counters(const sink *k, sink_counters *out);
 /* True while Redis refuses every event, for the user's ACL or because it takes no
- * writes now (NOREPLICAS, OOM, MISCONF): the last publish call had such refusals and
- * no success. *why then names the refusal (owned by the sink). */
+ * writes now (NOREPLICAS, OOM, MISCONF, BUSY): the last publish call had such
+ * refusals and no success. *why then names the refusal (owned by the sink). */
 bool sink_refusing(const sink *k, const char **why);
 
 /* The high-water of published ids of the current epoch (and origin): the highest

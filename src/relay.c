@@ -41,6 +41,10 @@
  * which fits the page's free space (fillfactor 80) and keeps every mark a HOT update.
  * docs/BENCHMARKS.md measures it. */
 #define MARK_SPLIT 4
+/* While Redis answers but refuses every event (NOREPLICAS, OOM, MISCONF, BUSY, an ACL
+ * denial of the script), the relay asks again at least this often, so that events go
+ * out within about a second of it taking writes again. */
+#define REFUSED_RETRY_MAX_MS 1000
 #define LOW_WATER_EVERY_S 1.0
 #define FORGET_WINDOW 1000
 
@@ -151,6 +155,7 @@ typedef struct relay_state {
     bool numbering_checked; /* since taking the lead: the Redis high-water against the id sequence */
     bool said_standby;
     long backoff_ms;
+    long refused_ms; /* the backoff while Redis refuses everyone (reset once events go out) */
     double next_stats, last_stats, next_backlog, next_prune;
     long long backlog;
     double oldest_age_s;
@@ -496,7 +501,7 @@ static bool render_metrics(buf *b, void *arg)
 
 /* Ready = the database connection is up, the Redis primary takes a connection now
  * (TLS, AUTH, ROLE, the script), and Redis has not refused every event lately (an
- * ACL denial, or writes refused: NOREPLICAS, OOM, MISCONF). */
+ * ACL denial, or writes refused: NOREPLICAS, OOM, MISCONF, BUSY). */
 static bool check_ready(buf *body, void *arg)
 {
     (void)arg;
@@ -756,11 +761,14 @@ static long leader_cycle(relay_state *r)
     /* `cur` went out: its storage (the rows of the cycle before) can go too. */
     batch_clear(&r->cur);
     batch_clear(prev);
+    if (published && o.published)
+        r->refused_ms = 0;
     if (published && o.resume_id) {
         /* Events that did not go out and whose run is not held: read them again,
          * after marking what did go out, with whatever this read found (a late
          * commit in a gap is read again only from the rewound frontier). An outage
-         * (nothing went out, nothing refused) also backs off. */
+         * (nothing went out, no run held) also backs off; Redis refusing everyone
+         * for at most a second. */
         scan_rewind(&r->sc, first_new && first_new < o.resume_id ? first_new : o.resume_id);
         batch_clear(rows);
         r->cur_full = false;
@@ -772,7 +780,14 @@ static long leader_cycle(relay_state *r)
         if (o.published == 0 && o.event_failures == 0) {
             if (o.redis_lost)
                 log_warn("redis: %s", sink_errstr(rc->out));
-            backoff(r);
+            if (!o.redis_refused) {
+                backoff(r);
+                return -1;
+            }
+            /* Its own backoff: the cycle that reads the events again does not publish,
+             * and would reset the other one. */
+            long ms = clock_backoff(&r->refused_ms);
+            nap(ms < REFUSED_RETRY_MAX_MS ? ms : REFUSED_RETRY_MAX_MS);
             return -1;
         }
         return 0;

@@ -69,6 +69,7 @@ typedef struct batch_outcome {
     long long resume_id;   /* lowest id of an unpublished event whose run is not held (or 0):
                             * the rows from there on must be read again */
     bool redis_lost;       /* the Redis connection failed during the batch */
+    bool redis_refused;    /* Redis refused everyone's events (PUB_REFUSED): an outage */
     size_t event_failures; /* runs held back because Redis refused one of their events */
 } batch_outcome;
 

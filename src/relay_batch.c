@@ -283,6 +283,9 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
                 rc->done[rc->send_idx[k]] = true;
                 left--;
                 break;
+            case PUB_REFUSED:
+                o.redis_refused = true;
+                /* fall through */
             case PUB_FAILED:
             case PUB_UNSENT:
                 rc->stats.failures++;
@@ -341,14 +344,15 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
         for (size_t j = 0; j < nf; j++) {
             const event *e = &b->ev[rc->order[j]];
             rc->ids[j] = e->id;
-            /* An error reply is about this event: hold its run back, let the others go. */
+            /* An error reply about this event: hold its run back, let the others go.
+             * A refusal of everyone (PUB_REFUSED) holds back no run: an outage. */
             if (rc->last_res[rc->order[j]] == PUB_FAILED && held_add(rc, e, last_error))
                 o.event_failures++;
             else if (rc->last_res[rc->order[j]] == PUB_NOROUTE)
                 (void)held_park(rc, e);
         }
-        /* Whatever waits and is not held (an outage, a full list of held runs) is
-         * read again from its first id. */
+        /* Whatever waits and is not held (an outage, Redis refusing everyone, a full
+         * list of held runs) is read again from its first id. */
         for (size_t i = 0; i < b->n; i++)
             if (!rc->done[i] && held_find(rc, &b->ev[i]) < 0 && (o.resume_id == 0 || b->ev[i].id < o.resume_id))
                 o.resume_id = b->ev[i].id;

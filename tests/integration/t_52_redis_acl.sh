@@ -5,7 +5,10 @@
 # no mark is left behind (the script publishes before it raises the mark); once the
 # rule is back every event arrives once, in order, and /readyz is 200 again. The
 # gateway's user losing its channels: one log line, streams served from PostgreSQL,
-# live again once fixed.
+# live again once fixed. Last, the relay's user loses `evalsha`: Redis refuses the
+# whole call for every run, which is an outage, not a fault of each run: no run is
+# held back, /readyz says 503 with the reason, and once the rule is back the events
+# go out within a few seconds, not after per-run holds.
 . "$(dirname "$0")/lib.sh"
 new_db
 {
@@ -80,6 +83,31 @@ wait_drained 10
 # and the first after a reconnect that had looked healthy.
 n=$(grep "SUBSCRIBE run:acl-.* refused" "$WORK/sse.log" | awk '{print $3}' | sort | uniq -c | awk 'max < $1 {max = $1} END {print max + 0}')
 ((n <= 2)) || fail "a gateway process logged the refusal $n times"
+
+# 5. The relay may no longer run its script: refused for everyone, no run held.
+held_metric() { curl -s "$h/metrics" | awk '$1 == "outboxd_held_runs" {print $2}'; }
+held_before=$(held_metric)
+holds_before=$(grep -c "held back for" "$WORK/relay.log" || true)
+admin ACL SETUSER outboxd-relay -evalsha >/dev/null
+for i in 1 2 3; do for r in 1 2 3; do "$OUTBOXD" emit "acl-$r" "{\"noeval\":$i}" >/dev/null; done; done
+wait_log "$WORK/relay.log" "every event refused.*evalsha" 10
+sleep 3 # holds of 1 and 2 s would have been taken and passed by now
+r=$(readyz "$h")
+[[ $r == "503 not ready"*"redis=refusing"*"evalsha"* ]] || fail "/readyz while evalsha is refused: $r"
+held=$(held_metric)
+[[ $held == "$held_before" ]] || fail "outboxd_held_runs = $held (was $held_before) while Redis refused the script to everyone"
+holds=$(( $(grep -c "held back for" "$WORK/relay.log" || true) - holds_before ))
+[[ $holds == 0 ]] || fail "$holds runs held back while Redis refused the script to everyone: $(grep "held back for" "$WORK/relay.log" | tail -1)"
+left=$(q "SELECT count(*) FROM run_outbox WHERE published_at IS NULL")
+[[ $left == 9 ]] || fail "$left of 9 refused events unpublished"
+t0=${EPOCHREALTIME/./}
+admin ACL SETUSER outboxd-relay +evalsha >/dev/null
+wait_drained 10
+ms=$(( (${EPOCHREALTIME/./} - t0) / 1000 ))
+info "9 events refused for 3 s went out ${ms} ms after evalsha was given back"
+((ms <= 3000)) || fail "the refused events took ${ms} ms to go out after the fix (bound 3000 ms)"
+for _ in $(seq 1 60); do [[ $(readyz "$h") == "200 ready"* ]] && break; sleep 0.05; done
+[[ $(readyz "$h") == "200 ready"* ]] || fail "/readyz 3 s after evalsha was given back: $(readyz "$h")"
 kill -TERM "$SUB_PID"
 wait_sub sub "$SUB_PID"
 kill -TERM "$spid"

@@ -76,6 +76,14 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
 {
     for (size_t i = 0; i < n; i++)
         out[i] = PUB_UNSENT;
+    fw.publishes++;
+    if (fw.refuse_calls != 0) {
+        if (fw.refuse_calls > 0)
+            fw.refuse_calls--;
+        for (size_t i = 0; i < n; i++)
+            out[i] = PUB_REFUSED;
+        return true;
+    }
     for (size_t i = 0; i < n; i++) {
         const event *e = evs[i];
         if (fw.cut_after == 0) {

@@ -16,9 +16,11 @@ typedef struct fake_world {
     int ndelivered;
     long long fail_id;             /* answer PUB_FAILED for this id ... */
     int fail_times;                /* ... this many times (-1 = always) */
+    int refuse_calls;              /* refuse every event (PUB_REFUSED) in this many publishes (-1 = always) */
     int cut_after;                 /* drop the connection after this many commands (-1 = never) */
     bool cut_loses_reply;          /* the command at the cut runs, but its reply is lost */
     int connects;
+    int publishes; /* sink_publish calls */
     bool refuse_connect;
     const char *noroute_run;       /* answer PUB_NOROUTE for this run's events (its shard is down) */
     int noroute_offered;           /* ... and count how often they were offered */

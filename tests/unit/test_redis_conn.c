@@ -40,6 +40,7 @@ typedef struct fake_io {
     int nsteps, at;
     size_t offset;       /* into steps[at] when it is data */
     int waits;           /* wait calls answered */
+    long longest_wait;   /* the most ms a wait was allowed */
     bool wait_times_out; /* a wait with nothing scripted times out */
     char written[8192];
     size_t nwritten;
@@ -88,9 +89,10 @@ static ssize_t fake_write(rio *io, const char *p, size_t n)
 static int fake_wait(rio *io, bool for_write, long ms)
 {
     (void)for_write;
-    (void)ms;
     fake_io *f = (fake_io *)io;
     f->waits++;
+    if (ms > f->longest_wait)
+        f->longest_wait = ms;
     return f->at >= f->nsteps && f->wait_times_out ? 0 : 1;
 }
 
@@ -266,6 +268,38 @@ static void test_timeout_breaks_the_connection(void **state)
     /* Broken stays broken: nothing more is sent or read. */
     assert_false(rconn_append(c, 1, (const char *[]){"PING"}, NULL));
     assert_null(rconn_reply(c));
+    rconn_free(c);
+    free(f);
+}
+
+/* A command the server holds (WAIT 1 2000) gets its own time on top of the timeout:
+ * its reply is awaited for 2000 + 250 ms, and only silence beyond that breaks the
+ * connection. The next reply has the plain timeout again. */
+static void test_held_reply_waits_longer(void **state)
+{
+    (void)state;
+    fake_io *f = fake_new();
+    f->wait_times_out = true;
+    rconn *c = rconn_new(&f->io, false, 250);
+    assert_null(rconn_reply_held(c, 2000));
+    assert_true(f->longest_wait > 2000 && f->longest_wait <= 2250);
+    if (!strstr(rconn_errstr(c), "timed out after 2250 ms"))
+        fail_msg("'%s' does not say 2250 ms", rconn_errstr(c));
+    rconn_free(c);
+    free(f);
+
+    f = fake_new();
+    add(f, S_WANT_READ, NULL, 0);
+    add(f, S_DATA, ":0\r\n", 4);
+    f->wait_times_out = true;
+    c = rconn_new(&f->io, false, 250);
+    redisReply *r = rconn_reply_held(c, 2000);
+    assert_non_null(r);
+    assert_int_equal(r->integer, 0);
+    freeReplyObject(r);
+    f->longest_wait = 0;
+    assert_null(rconn_reply(c));
+    assert_true(f->longest_wait > 0 && f->longest_wait <= 250);
     rconn_free(c);
     free(f);
 }
@@ -628,6 +662,7 @@ int main(void)
         cmocka_unit_test(test_nowait_takes_what_is_there),
         cmocka_unit_test(test_partial_writes),
         cmocka_unit_test(test_timeout_breaks_the_connection),
+        cmocka_unit_test(test_held_reply_waits_longer),
         cmocka_unit_test(test_closed_before_any_reply_hints_at_tls),
         cmocka_unit_test(test_tls_answer_on_plaintext),
         cmocka_unit_test(test_garbage_is_a_protocol_error),

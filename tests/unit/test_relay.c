@@ -201,6 +201,50 @@ static void test_redis_down_reads_again_and_holds_no_run(void **state)
     assert_int_equal(rc.nheld, 0);
 }
 
+/* Redis refusing everyone (NOREPLICAS, OOM, ...: PUB_REFUSED) is an outage: no run is
+ * held back, everything is read again from the first id, and once Redis takes events
+ * again they all go out at once, in order. */
+static void test_refused_by_everyone_holds_no_run(void **state)
+{
+    (void)state;
+    make_batch(three_runs, 6);
+    fw.refuse_calls = -1;
+    batch_outcome o = relay_publish_batch(&rc, &b);
+    relay_record_failures(&rc);
+    assert_int_equal(fw.publishes, 3); /* retried like an outage */
+    assert_int_equal(o.published, 0);
+    assert_int_equal(o.pending, 6);
+    assert_int_equal(fw.ndelivered, 0);
+    assert_true(o.redis_refused);
+    assert_false(o.redis_lost);
+    assert_int_equal(o.resume_id, 1);
+    assert_int_equal(o.event_failures, 0);
+    assert_int_equal(rc.nheld, 0);
+    assert_int_equal(fw.nfailed, 3); /* recorded on each run's first event */
+
+    fw.refuse_calls = 0;
+    o = relay_publish_batch(&rc, &b);
+    assert_int_equal(o.published, 6);
+    assert_false(o.redis_refused);
+    assert_int_equal(rc.nheld, 0);
+    assert_int_equal(fw.ndelivered, 6);
+    assert_true(delivered_at(1) < delivered_at(3) && delivered_at(3) < delivered_at(6));
+    assert_true(delivered_at(2) < delivered_at(5));
+}
+
+/* Refused in the first attempt only: the retry within the batch delivers it all. */
+static void test_refusal_ending_within_a_batch(void **state)
+{
+    (void)state;
+    make_batch(three_runs, 6);
+    fw.refuse_calls = 1;
+    batch_outcome o = relay_publish_batch(&rc, &b);
+    assert_int_equal(fw.publishes, 2);
+    assert_int_equal(o.published, 6);
+    assert_int_equal(o.pending, 0);
+    assert_int_equal(rc.nheld, 0);
+}
+
 /* Rows as a cycle returns them: ids and flags given, runs from three_runs. */
 static batch rows_of(const unsigned *flags, size_t n)
 {
@@ -292,6 +336,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_persistent_failure_holds_back_only_its_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lost_reply_is_not_delivered_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_down_reads_again_and_holds_no_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refused_by_everyone_holds_no_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_refusal_ending_within_a_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_take_rows_skips_published_and_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_held_run_catches_up_by_its_own_rows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_held_run_with_more_rows_stays_caught_up_partly, setup, teardown),
