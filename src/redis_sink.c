@@ -872,7 +872,8 @@ static rconn *hw_acquire(sink *k, const char *key, int *node)
     *node = -1;
     if (!k->cl)
         return k->c || sink_connect(k) ? k->c : NULL;
-    if (!cluster_has_map(k->cl) && !cluster_connect(k))
+    /* As publish_cluster: a map known to be stale is read again, ten times a second at most. */
+    if (((k->refresh && clock_mono_s() - k->refreshed_at >= 0.1) || !cluster_has_map(k->cl)) && !cluster_connect(k))
         return NULL;
     const cluster_map *m = cluster_get_map(k->cl);
     int v = m->owner[cluster_key_slot(key, strlen(key))];
@@ -905,6 +906,17 @@ static void hw_release(sink *k, rconn *c, int node, bool broken)
     }
 }
 
+/* A reply that says the key's slot is served elsewhere now: the map is read again.
+ * (A raise skipped for it is made good by the next batch's, whose ids are higher.) */
+static bool hw_note_moved(sink *k, const redisReply *r)
+{
+    bool moved =
+        k->cl && r->type == REDIS_REPLY_ERROR && (!strncmp(r->str, "MOVED", 5) || !strncmp(r->str, "ASK", 3));
+    if (moved)
+        k->refresh = true;
+    return moved;
+}
+
 bool sink_high_water(sink *k, long long *hw)
 {
     char key[160];
@@ -921,6 +933,7 @@ bool sink_high_water(sink *k, long long *hw)
     }
     bool ok = r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_STRING;
     *hw = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+    (void)hw_note_moved(k, r);
     if (!ok) {
         char why[400];
         redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", why, sizeof why);
@@ -978,7 +991,9 @@ static bool raise_hw(sink *k, const event *const *evs, size_t n)
         return true;
     }
     bool again = false;
-    if (r->type == REDIS_REPLY_ERROR) {
+    if (r->type == REDIS_REPLY_ERROR && hw_note_moved(k, r)) {
+        /* the map is read again before the next batch */
+    } else if (r->type == REDIS_REPLY_ERROR) {
         again = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) || !strncmp(r->str, "LOADING", 7) ||
                 !strncmp(r->str, "MASTERDOWN", 10);
         bool everyone = !strncmp(r->str, "NOREPLICAS", 10) || !strncmp(r->str, "OOM", 3) ||
