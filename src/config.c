@@ -169,6 +169,9 @@ static const setting settings[] = {
      "such a run, if it writes again, starts over at seq 1"},
     {"older-than", NULL, T_DURATION, CMD_PRUNE, NULL, 0, 3650 * DAY_MS, 1000, NULL, OFF(older_than_ms),
      "delete published events older than this (required; e.g. 7d)"},
+    {"new-epoch", NULL, T_BOOL, CMD_MIGRATE, "false", 0, 0, 0, NULL, OFF(new_epoch),
+     "also write a new epoch, so that Redis marks start afresh, and restart the relays' sessions: after "
+     "restoring a backup that the relay cannot recognise by itself (docs/OPERATIONS.md)"},
     {"json", NULL, T_BOOL, CMD_STATUS, "false", 0, 0, 0, NULL, OFF(json), "print JSON"},
     {"reason", NULL, T_STR, CMD_SKIP, NULL, 0, 0, 0, NULL, OFF(reason), "why the event is skipped (logged)"},
     {"jti", NULL, T_STR, CMD_REVOKE, NULL, 0, 0, 0, NULL, OFF(jti), "revoke the token with this jti claim"},

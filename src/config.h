@@ -104,6 +104,7 @@ typedef struct config {
     char *until;
 
     bool json;
+    bool new_epoch; /* migrate: write a new epoch (after restoring a backup) */
     char *reason;
     char *http_listen;
     long retention_ms;

@@ -65,6 +65,16 @@ static int cmd_migrate(const config *cfg, char **pos)
         printf("schema is up to date (version %d)\n", to);
     else
         printf("schema migrated from version %d to %d\n", from, to);
+    if (cfg->new_epoch) {
+        /* Relays read the epoch when they connect and when they take the lead:
+         * ending their sessions makes every one of them read it again now. */
+        if (!store_new_epoch(s))
+            return fail_store(s, "migrate --new-epoch");
+        bool ended = store_restart_relays(s, "they reconnect and publish under the new epoch");
+        printf("new epoch written: Redis marks start afresh; events not yet marked published go out again\n");
+        if (!ended)
+            return fail_store(s, "migrate --new-epoch: restart the relays by hand");
+    }
     store_free(s);
     return 0;
 }
@@ -267,7 +277,10 @@ static int cmd_sse(const config *cfg, char **pos)
 static const command_def commands[] = {
     {"migrate", CMD_MIGRATE, "outboxd migrate [options]",
      "create or upgrade the schema (idempotent)",
-     "Creates or upgrades the outboxd schema (run_outbox and its triggers). Idempotent.", 0,
+     "Creates or upgrades the outboxd schema (run_outbox and its triggers). Idempotent.\n"
+     "Ends the database sessions of running relays after a change that relays of earlier versions\n"
+     "cannot work with, so that those stop and the new ones take over. --new-epoch starts the Redis\n"
+     "de-duplication marks afresh, after restoring a backup (docs/OPERATIONS.md).", 0,
      cmd_migrate},
     {"relay", CMD_RELAY, "outboxd relay [options]",
      "publish run_outbox to Redis run:{run_id}, in order, once",

@@ -47,6 +47,7 @@ typedef struct relay_stats {
     uint64_t retries;       /* extra attempts made within batches */
     uint64_t batches;
     uint64_t pruned;        /* published events deleted by retention */
+    uint64_t epoch_changes; /* new epochs written: the id numbering was found to have gone back */
     histogram latency;      /* created_at -> PUBLISH acknowledged, per event */
     histogram batch_time;   /* fetch -> marked, per non-empty batch */
     prom_hist latency_total;    /* the same, never reset: for /metrics */

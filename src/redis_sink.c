@@ -16,9 +16,9 @@
  * in ms, chained, origin, then id, seq, message for each of the run's events in order.
  * The mark is "id:seq:origin" of the last event published for the run. Ids and seqs
  * only grow within a run in commit order, so an event at or below the mark in both was
- * published already. One above it in either is new: if the database numbering went
- * back (a restore, a re-created table), that costs at most a duplicate, never a
- * silently dropped event. The origin (the cluster's system identifier and the
+ * published already. One above it in either is new. Numbering that went back under
+ * the same key (a restored base backup) would pass new events off as published: the
+ * leader detects it by the high-water below and starts a new epoch. The origin (the cluster's system identifier and the
  * database's oid) tells a logical copy of the database, which keeps the epoch of the
  * key, from the original: a mark of another origin is no mark. A mark without one
  * (written by v0.1.0, or by a relay that may not read the identifier) still counts,
@@ -85,6 +85,20 @@
 const char redis_sink_publish_script[] = PUBLISH_SCRIPT("PUBLISH");
 static const char publish_script_sharded[] = PUBLISH_SCRIPT("SPUBLISH");
 
+/* The high-water of published ids, outboxd:{epoch}:hw[:origin]: raised to the highest id
+ * of each batch before its events are published (and so before PostgreSQL marks
+ * them), kept as long as the marks. Its own command on its own key, apart from the
+ * per-run calls: in a cluster it goes to the node of its own slot. Ids are drawn
+ * from one sequence that never goes back in normal operation, so a leader that finds
+ * it above the sequence knows the numbering went back (relay.c). */
+const char redis_sink_hw_script[] =
+    SHEBANG
+    "local v = tonumber(redis.call('GET', KEYS[1]))\n"
+    "local n = tonumber(ARGV[1])\n"
+    "if v and v > n then n = v end\n"
+    "redis.call('SET', KEYS[1], n, 'PX', ARGV[2])\n"
+    "return n\n";
+
 /* A run's events go in calls of at most this many (a continuation is chained). */
 #define CALL_EVENTS 1000
 /* Bytes of commands queued before replies are read, so a batch of large payloads
@@ -128,6 +142,8 @@ struct sink {
     bool wait_refused_said;
     bool marks_failing;   /* the last mark written (or not) was refused */
     char sha[41];
+    char hw_sha[41];
+    bool hw_failing;      /* the last raise of the high-water was refused (said once) */
     char err[1024];
     struct {
         long long lo, hi;
@@ -225,12 +241,11 @@ bool sink_refusing(const sink *k, const char **why)
     return k->refusing;
 }
 
-/* Loads the publish script on c (at addr); a server before Redis 7 gets it without
+/* Loads a script on c (at addr) into sha; a server before Redis 7 gets it without
  * "#!lua". */
-static bool load_script(sink *k, rconn *c, const redis_addr *addr)
+static bool load_one(sink *k, rconn *c, const redis_addr *addr, const char *script, char sha[41])
 {
     for (;;) {
-        const char *script = k->sharded ? publish_script_sharded : redis_sink_publish_script;
         const char *src = script + (k->legacy_script ? sizeof SHEBANG - 1 : 0);
         const char *argv[] = {"SCRIPT", "LOAD", src};
         redisReply *r = rconn_command(c, 3, argv, NULL);
@@ -240,7 +255,7 @@ static bool load_script(sink *k, rconn *c, const redis_addr *addr)
         }
         bool ok = r->type == REDIS_REPLY_STRING && r->len == 40;
         if (ok) {
-            memcpy(k->sha, r->str, 41);
+            memcpy(sha, r->str, 41);
         } else if (r->type == REDIS_REPLY_ERROR && !k->legacy_script && strstr(r->str, "compiling")) {
             k->legacy_script = true;
             freeReplyObject(r);
@@ -253,6 +268,13 @@ static bool load_script(sink *k, rconn *c, const redis_addr *addr)
         freeReplyObject(r);
         return ok;
     }
+}
+
+/* The publish script and the high-water's. */
+static bool load_script(sink *k, rconn *c, const redis_addr *addr)
+{
+    return load_one(k, c, addr, k->sharded ? publish_script_sharded : redis_sink_publish_script, k->sha) &&
+           load_one(k, c, addr, redis_sink_hw_script, k->hw_sha);
 }
 
 /* Every new connection to a cluster node loads the script there (NOSCRIPT after a
@@ -837,13 +859,168 @@ static bool publish_cluster(sink *k, const event *const *evs, const bool *chaine
     return ok;
 }
 
+static void hw_key(const sink *k, char *key, size_t len)
+{
+    snprintf(key, len, "outboxd:%s:hw%s%s", k->epoch, k->origin[0] ? ":" : "", k->origin);
+}
+
+/* The connection for the high-water's key: the sink's own, or in a cluster one lent
+ * by the node that owns the key's slot (*node >= 0; hand it back with hw_release).
+ * NULL with the reason in k->err. */
+static rconn *hw_acquire(sink *k, const char *key, int *node)
+{
+    *node = -1;
+    if (!k->cl)
+        return k->c || sink_connect(k) ? k->c : NULL;
+    /* As publish_cluster: a map known to be stale is read again, ten times a second at most. */
+    if (((k->refresh && clock_mono_s() - k->refreshed_at >= 0.1) || !cluster_has_map(k->cl)) && !cluster_connect(k))
+        return NULL;
+    const cluster_map *m = cluster_get_map(k->cl);
+    int v = m->owner[cluster_key_slot(key, strlen(key))];
+    if (v == CLUSTER_NO_NODE) {
+        snprintf(k->err, sizeof k->err, "%s: its slot has no primary now (a shard down or failing over)", key);
+        k->refresh = true;
+        return NULL;
+    }
+    rconn *c = cluster_take(k->cl, v, k->err, sizeof k->err);
+    if (!c) {
+        k->refresh = true;
+        return NULL;
+    }
+    *node = v;
+    return c;
+}
+
+/* Ends what hw_acquire began; broken: the connection is no use any more (lost, or
+ * one that must be made again to load the scripts or find the primary). */
+static void hw_release(sink *k, rconn *c, int node, bool broken)
+{
+    if (node < 0) {
+        if (broken)
+            drop_conn(k);
+    } else if (broken) {
+        rconn_free(c);
+        k->refresh = true;
+    } else {
+        cluster_put(k->cl, node, c);
+    }
+}
+
+/* A reply that says the key's slot is served elsewhere now: the map is read again.
+ * (A raise skipped for it is made good by the next batch's, whose ids are higher.) */
+static bool hw_note_moved(sink *k, const redisReply *r)
+{
+    bool moved =
+        k->cl && r->type == REDIS_REPLY_ERROR && (!strncmp(r->str, "MOVED", 5) || !strncmp(r->str, "ASK", 3));
+    if (moved)
+        k->refresh = true;
+    return moved;
+}
+
+bool sink_high_water(sink *k, long long *hw)
+{
+    char key[160];
+    hw_key(k, key, sizeof key);
+    int node;
+    rconn *c = hw_acquire(k, key, &node);
+    if (!c)
+        return false;
+    redisReply *r = rconn_command(c, 2, (const char *[]){"GET", key}, NULL);
+    if (!r) {
+        snprintf(k->err, sizeof k->err, "GET %s: %s", key, rconn_errstr(c));
+        hw_release(k, c, node, true);
+        return false;
+    }
+    bool ok = r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_STRING;
+    *hw = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+    (void)hw_note_moved(k, r);
+    if (!ok) {
+        char why[400];
+        redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", why, sizeof why);
+        snprintf(k->err, sizeof k->err, "GET %s: %s", key, why);
+    }
+    freeReplyObject(r);
+    hw_release(k, c, node, false);
+    return ok;
+}
+
+/* The high-water could not be raised for a batch that goes out all the same: what is
+ * lost is the detection of numbering that went back. Said once, counted with the
+ * marks' failures. */
+static void note_hw_refused(sink *k, const char *why)
+{
+    k->counters.mark_failures++;
+    if (!k->hw_failing)
+        log_warn("redis: the high-water of published ids could not be raised (%s): a restored database whose "
+                 "numbering went back is not detected meanwhile (docs/GUARANTEES.md)",
+                 why);
+    k->hw_failing = true;
+}
+
+/* Raises the high-water to the highest id of evs[0..n), before they are published:
+ * one round trip per batch. False when the sink's own connection is lost or must be
+ * made again (nothing was published then). A refusal that every write meets
+ * (NOREPLICAS, OOM, MISCONF, BUSY) is left to the publish calls, which meet it too;
+ * another refusal (an ACL user without SET), or in a cluster a node that cannot be
+ * reached, lets the batch go out without it (note_hw_refused). */
+static bool raise_hw(sink *k, const event *const *evs, size_t n)
+{
+    if (n == 0)
+        return true;
+    long long top = 0;
+    for (size_t i = 0; i < n; i++)
+        top = evs[i]->id > top ? evs[i]->id : top;
+    char key[160], id[24];
+    hw_key(k, key, sizeof key);
+    snprintf(id, sizeof id, "%lld", top);
+    int node;
+    rconn *c = hw_acquire(k, key, &node);
+    if (!c) {
+        if (!k->cl)
+            return false;
+        note_hw_refused(k, k->err);
+        return true;
+    }
+    redisReply *r = rconn_command(c, 6, (const char *[]){"EVALSHA", k->hw_sha, "1", key, id, k->ttl}, NULL);
+    if (!r) {
+        snprintf(k->err, sizeof k->err, "high-water: %s", rconn_errstr(c));
+        hw_release(k, c, node, true);
+        if (!k->cl)
+            return false;
+        note_hw_refused(k, k->err);
+        return true;
+    }
+    bool again = false;
+    if (r->type == REDIS_REPLY_ERROR && hw_note_moved(k, r)) {
+        /* the map is read again before the next batch */
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        again = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) || !strncmp(r->str, "LOADING", 7) ||
+                !strncmp(r->str, "MASTERDOWN", 10);
+        bool everyone = !strncmp(r->str, "NOREPLICAS", 10) || !strncmp(r->str, "OOM", 3) ||
+                        !strncmp(r->str, "MISCONF", 7) || !strncmp(r->str, "BUSY", 4);
+        if (again)
+            snprintf(k->err, sizeof k->err, "high-water: %s", r->str);
+        else if (!everyone) {
+            char why[400];
+            redis_explain_error(r->str, why, sizeof why);
+            note_hw_refused(k, why);
+        }
+    } else if (k->hw_failing) {
+        k->hw_failing = false;
+        log_info("redis: the high-water of published ids is raised again");
+    }
+    freeReplyObject(r);
+    hw_release(k, c, node, again);
+    return !again || k->cl;
+}
+
 bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
     for (size_t i = 0; i < n; i++)
         out[i] = PUB_UNSENT;
     k->refused = k->ran = false;
     if (k->cl) {
-        bool ok = publish_cluster(k, evs, chained, n, out);
+        bool ok = raise_hw(k, evs, n) && publish_cluster(k, evs, chained, n, out);
         note_outcome(k, out, n);
         return ok;
     }
@@ -857,6 +1034,11 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
     }
     if (!k->c) {
         snprintf(k->err, sizeof k->err, "publish: not connected");
+        return false;
+    }
+    if (!raise_hw(k, evs, n)) {
+        if (k->c)
+            drop_conn(k);
         return false;
     }
     bool ok = publish_on(k, evs, chained, n, out);

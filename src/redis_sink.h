@@ -28,6 +28,8 @@ typedef enum pub_result {
 
 /* The Lua source of the publish script (see redis_sink.c); exported for benchmarks. */
 extern const char redis_sink_publish_script[];
+/* The script that raises the high-water of published ids (see redis_sink.c). */
+extern const char redis_sink_hw_script[];
 
 typedef struct sink sink;
 
@@ -35,7 +37,8 @@ typedef struct sink sink;
 typedef struct sink_counters {
     /* Events published again (a mark-less PUB_OK) after an attempt whose reply was
      * lost with the connection: each may have reached subscribers twice, if the
-     * first attempt ran and its mark was lost in a failover. An upper bound. */
+     * first attempt ran and its mark was lost in a failover. Counted by this sink
+     * only (this relay process), from its last few lost replies: an indication. */
     unsigned long long possible_duplicates;
     /* Batches whose WAIT saw fewer replicas than --redis-wait-replicas in time. */
     unsigned long long wait_short;
@@ -61,6 +64,11 @@ void sink_get_counters(const sink *k, sink_counters *out);
  * writes now (NOREPLICAS, OOM, MISCONF, BUSY): the last publish call had such
  * refusals and no success. *why then names the refusal (owned by the sink). */
 bool sink_refusing(const sink *k, const char **why);
+
+/* The high-water of published ids of the current epoch (and origin): the highest
+ * id of any batch sent under it, 0 when none (or expired with the marks). Connects
+ * first when needed. False with the reason in sink_errstr. */
+bool sink_high_water(sink *k, long long *hw) WUR;
 
 bool sink_connect(sink *k) WUR;
 bool sink_connected(const sink *k);

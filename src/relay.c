@@ -152,6 +152,7 @@ typedef struct relay_state {
     const config *cfg;
     bool fatal; /* a condition no retry can mend: stop with exit code 1 */
     bool leader;
+    bool numbering_checked; /* since taking the lead: the Redis high-water against the id sequence */
     bool said_standby;
     long backoff_ms;
     long refused_ms; /* the backoff while Redis refuses everyone (reset once events go out) */
@@ -461,6 +462,10 @@ static bool render_metrics(buf *b, void *arg)
                         "(an ACL user without SET): they count as published; a re-send after a crash is not "
                         "recognised as a duplicate meanwhile.",
                         (double)p.redis.mark_failures) &&
+           prom_counter(b, "outboxd_epoch_changes_total",
+                        "New epochs written because the id numbering of run_outbox went back (a restored backup, "
+                        "lost commits): the Redis marks start afresh.",
+                        (double)st->epoch_changes) &&
            prom_counter(b, "outboxd_batches_total", "Non-empty batches processed.", (double)st->batches) &&
            prom_counter(b, "outboxd_events_pruned_total", "Published events deleted by --retention.",
                         (double)st->pruned) &&
@@ -840,6 +845,67 @@ static long leader_cycle(relay_state *r)
     return r->cfg->poll_interval_ms < BUSY_POLL_MS ? r->cfg->poll_interval_ms : BUSY_POLL_MS;
 }
 
+/* Before a new leader publishes: has the database's numbering gone back under the
+ * same epoch (a restored base backup keeps the epoch, the timeline and the origin;
+ * a crash can lose commits made with synchronous_commit off)? The Redis marks would
+ * then pass new events off as published. Every published id was drawn from the id
+ * sequence, which never goes back otherwise, and the high-water in Redis is raised
+ * before a batch goes out: one above the sequence's last value proves it. (After a
+ * crash between PUBLISH and the marking UPDATE the same ids come back: they are at
+ * or below the sequence, and the marks suppress them as they should.) The epoch is
+ * read again here too, so that a standby that takes over after an epoch change
+ * uses the new one. */
+static bool check_numbering(relay_state *r)
+{
+    relay_ctx *rc = &r->rc;
+    char epoch[64], old[64], origin[48];
+    long long hw, last;
+    if (!store_check_schema(rc->db, epoch, sizeof epoch, origin, sizeof origin)) {
+        lose_db(r);
+        backoff(r);
+        return false;
+    }
+    sink_set_epoch(rc->out, epoch, origin);
+    if (!sink_high_water(rc->out, &hw)) {
+        log_warn("redis: %s (nothing is published until the high-water of published ids can be read)",
+                 sink_errstr(rc->out));
+        backoff(r);
+        return false;
+    }
+    if (!store_id_last_value(rc->db, &last)) {
+        if (!store_connected(rc->db) || strcmp(store_sqlstate(rc->db), "42501")) {
+            lose_db(r);
+            backoff(r);
+            return false;
+        }
+        /* A role that may not read the sequence: stopping every delivery for it would
+         * be worse than the restore the check looks for. Said at every lead. */
+        log_error("postgresql: %s: this relay cannot tell whether the id numbering went back (a restored "
+                  "backup); GRANT SELECT ON SEQUENCE of run_outbox.id to the relay's role "
+                  "(docs/OPERATIONS.md, \"Restoring a backup\")",
+                  store_errstr(rc->db));
+        last = hw;
+    }
+    if (hw > last) {
+        memcpy(old, epoch, sizeof old);
+        if (!store_new_epoch(rc->db) || !store_check_schema(rc->db, epoch, sizeof epoch, origin, sizeof origin)) {
+            lose_db(r);
+            backoff(r);
+            return false;
+        }
+        sink_set_epoch(rc->out, epoch, origin);
+        rc->stats.epoch_changes++;
+        log_error("the id numbering of run_outbox went back: ids up to %lld were published under epoch %s, but the "
+                  "id sequence stands at %lld (a restored backup, or commits lost in a crash). New epoch %s: the "
+                  "Redis marks of the old numbering no longer pass new events off as published; events written "
+                  "after the restore point are published again to Redis subscribers (browsers are protected by "
+                  "the gateway's seq check). Counted in outboxd_epoch_changes_total",
+                  hw, old, last, epoch);
+    }
+    r->numbering_checked = true;
+    return true;
+}
+
 /* One pass of the loop; returns how long to wait for a NOTIFY before the next (ms),
  * 0 for "at once", or -1 when it already waited (backoff, standby). */
 static long relay_step(relay_state *r)
@@ -871,6 +937,7 @@ static long relay_step(relay_state *r)
             return -1;
         }
         drop_cycle_state(r);
+        r->numbering_checked = false;
         scan_reset(&r->sc, low);
         r->low_saved = low;
         r->limit = r->cfg->batch_size;
@@ -881,6 +948,8 @@ static long relay_step(relay_state *r)
         if (!sink_connected(rc->out) && !sink_connect(rc->out))
             log_warn("redis: %s", sink_errstr(rc->out));
     }
+    if (!r->numbering_checked && !check_numbering(r))
+        return -1;
     return leader_cycle(r);
 }
 

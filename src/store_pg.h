@@ -36,6 +36,17 @@ bool store_migrate(store *s, int *from, int *to) WUR;
  * epoch, and its origin ("system identifier.database oid"; "" when the role may not
  * read the identifier) into origin. */
 bool store_check_schema(store *s, char *epoch, size_t epoch_len, char *origin, size_t origin_len) WUR;
+/* Writes a new random epoch into outboxd_meta: Redis marks start afresh under new keys
+ * (docs/GUARANTEES.md, "Numbering that goes back"). */
+bool store_new_epoch(store *s) WUR;
+/* Ends the database sessions of the relays connected now, so that they reconnect and
+ * read the schema and epoch again; logs what it did, with `why`. False (reason in
+ * the error) when some could not be ended. */
+bool store_restart_relays(store *s, const char *why) WUR;
+/* The last value the id sequence of run_outbox handed out (0 before the first). It
+ * never goes back in normal operation: ids the relay published are at or below it
+ * unless the database's numbering went back (a restore, lost commits). */
+bool store_id_last_value(store *s, long long *last) WUR;
 
 bool store_listen(store *s) WUR;
 /* Whether consecutive statements reach the same server session. A transaction-

@@ -132,6 +132,31 @@ bool store_prepare_relay(store *s)
     return s->prepared;
 }
 
+bool store_id_last_value(store *s, long long *last)
+{
+    /* Read from the sequence itself: pg_sequence_last_value() is NULL before the first
+     * nextval (a backup of a database without events yet). pg_get_serial_sequence
+     * quotes the name it returns. */
+    PGresult *r = store_run(s, "name the id sequence", "SELECT pg_get_serial_sequence('run_outbox', 'id')", 0, NULL);
+    if (!r)
+        return false;
+    char sql[600];
+    bool named = !PQgetisnull(r, 0, 0);
+    if (named)
+        snprintf(sql, sizeof sql, "SELECT last_value FROM %s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (!named) {
+        store_set_err(s, "name the id sequence", "run_outbox.id has no sequence: the schema is damaged");
+        return false;
+    }
+    r = store_run(s, "read the id sequence", sql, 0, NULL);
+    if (!r)
+        return false;
+    *last = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return true;
+}
+
 bool store_cycle_begin(store *s, const store_cycle *c)
 {
     s->sqlstate[0] = '\0';

@@ -13,6 +13,10 @@
 #define STR_(x) #x
 #define STR(x) STR_(x)
 
+/* A new epoch: random, so that no two schema instances (or two epochs of one) share
+ * the keys of their Redis marks. */
+#define NEW_EPOCH_SQL "substr(md5(random()::text || clock_timestamp()::text), 1, 12)"
+
 /* Migration 1: the outbox, the per-run sequence and the wake-up trigger.
  * Writers of one run are serialized by the row lock on their run_outbox_seq row,
  * held from the upsert until commit, so per-run commit order is seq order. The id
@@ -21,7 +25,7 @@
 static const char migration_1[] =
     "CREATE TABLE outboxd_meta ("
     "  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
-    "  epoch text NOT NULL DEFAULT substr(md5(random()::text || clock_timestamp()::text), 1, 12));"
+    "  epoch text NOT NULL DEFAULT " NEW_EPOCH_SQL ");"
     "INSERT INTO outboxd_meta DEFAULT VALUES;"
     "CREATE TABLE run_outbox_seq ("
     "  run_id text PRIMARY KEY,"
@@ -229,28 +233,33 @@ static int apply(store *s, const struct migration *m)
     }
 }
 
-/* Ends the sessions of the relays connected now: after a migration that older
- * relays cannot work with, they reconnect, find the schema newer than they know,
- * say so and stop publishing, and the new leader takes over from their lock. */
-static void stop_old_relays(store *s)
+/* Ends the sessions of the relays connected now (application_name outboxd-relay-PID,
+ * as every version sets it), so that each reconnects and reads the schema and the
+ * epoch again: a relay of an earlier version then finds the schema newer than it
+ * knows, says so and publishes nothing more; a current one competes for the lead
+ * again. `why` completes the log line. Returns false only when sessions were seen
+ * that could not be ended (s->err says why). */
+static bool end_relay_sessions(store *s, const char *why)
 {
-    PGresult *r = store_run(s, "stop older relays",
+    PGresult *r = store_run(s, "end relay sessions",
                             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)), count(*)"
                             " FROM pg_stat_activity WHERE datname = current_database()"
                             "  AND application_name LIKE 'outboxd-relay-%' AND pid <> pg_backend_pid()",
                             0, NULL);
-    if (!r) {
-        log_warn("could not end the sessions of older relays (%s): stop them, they do not work "
-                 "with the new schema", s->err);
-        return;
-    }
+    if (!r)
+        return false;
     long ended = atol(PQgetvalue(r, 0, 0)), seen = atol(PQgetvalue(r, 0, 1));
     PQclear(r);
     if (seen)
-        log_info("ended the database sessions of %ld of %ld connected relay(s): relays of earlier "
-                 "versions refuse this schema from now on; start the new ones", ended, seen);
-    if (ended < seen)
-        log_warn("%ld relay session(s) could not be ended (permission?): stop those relays", seen - ended);
+        log_info("ended the database sessions of %ld of %ld connected relay(s): %s", ended, seen, why);
+    if (ended < seen) {
+        snprintf(s->err, sizeof s->err,
+                 "%ld relay session(s) could not be ended (the role may signal only its own sessions "
+                 "unless it is a member of pg_signal_backend)",
+                 seen - ended);
+        return false;
+    }
+    return true;
 }
 
 bool store_migrate(store *s, int *from, int *to)
@@ -290,8 +299,18 @@ bool store_migrate(store *s, int *from, int *to)
         stop_relays = stop_relays || (migrations[i].stops_relays && v > 0);
         log_info("applied migration %d (%s)", migrations[i].version, migrations[i].name);
     }
-    if (stop_relays)
-        stop_old_relays(s);
+    if (stop_relays && !end_relay_sessions(s, "relays of earlier versions reconnect, find the schema newer "
+                                                 "than they know and stop publishing; current ones lead again")) {
+        /* The schema is committed, but an old relay could still lead (and lower the
+         * marks it cannot read): say so as a failure, not in passing. */
+        char why[sizeof s->err];
+        memcpy(why, s->err, sizeof why);
+        snprintf(s->err, sizeof s->err,
+                 "the schema is migrated, but %.300s: stop every relay of an earlier version now, they must not "
+                 "run on this schema",
+                 why);
+        goto done;
+    }
     ok = true;
 done:
     if (store_connected(s)) {
@@ -304,6 +323,18 @@ done:
         memcpy(s->err, keep, sizeof keep);
     }
     return ok;
+}
+
+bool store_new_epoch(store *s)
+{
+    if (!store_run_cmd(s, "write a new epoch", "UPDATE outboxd_meta SET epoch = " NEW_EPOCH_SQL, 0, NULL))
+        return false;
+    return true;
+}
+
+bool store_restart_relays(store *s, const char *why)
+{
+    return end_relay_sessions(s, why);
 }
 
 bool store_check_schema(store *s, char *epoch, size_t epoch_len, char *origin, size_t origin_len)

@@ -5,8 +5,9 @@
 # the table for 2 s as migrate starts: migrate waits for it in short tries while the
 # other inserts go on. No insert fails or waits more than a second; the subscriber
 # gets every event once, in order per run, across the switch (the long transaction's
-# event too, committed after later ids); the old relay stops publishing and says why;
-# per-run id order = seq order.
+# event too, committed after later ids); the old relays (the leader and a standby)
+# stop publishing and say why, and neither takes the lead when the new relay is
+# killed (a v0.1.0 relay lowers marks it cannot read); per-run id order = seq order.
 # The v0.1.0 build comes from scripts/baseline.sh (a scratch worktree of the tag, or
 # of its commit in a clone without tags), kept under build/baseline/ for the next run.
 . "$(dirname "$0")/lib.sh"
@@ -23,6 +24,10 @@ export DATABASE_URL="$BASE_URL/$db"
 OLD_PID=$!
 PIDS+=("$OLD_PID")
 wait_log "$WORK/old-relay.log" "leader: this relay publishes" 10
+"$OLD/outboxd" relay --stats-interval 1s >"$WORK/old-standby.log" 2>&1 &
+OLD_STANDBY=$!
+PIDS+=("$OLD_STANDBY")
+wait_log "$WORK/old-standby.log" "standby: another relay holds the leader lock" 10
 start_sub sub --prefix up --idle-ms 5000 --max-seconds 90 --check
 start_load --rate 1000 --runs 50 --conns 8 --seconds 12 --prefix up
 sleep 3
@@ -41,15 +46,32 @@ grep -q "migrated from version 1 to 3" "$WORK/migrate.out" || fail "migrate said
 grep -q "run_outbox is busy" "$WORK/migrate.log" && ((ms >= 1500)) ||
   fail "migrate did not wait for the long transaction ($ms ms): $(cat "$WORK/migrate.log")"
 wait "$long" || fail "the long transaction failed: $(cat "$WORK/long.out")"
-grep -q "ended the database sessions of 1 of 1 connected relay" "$WORK/migrate.log" ||
-  fail "migrate did not end the old relay's session: $(cat "$WORK/migrate.log")"
+grep -q "ended the database sessions of 2 of 2 connected relay" "$WORK/migrate.log" ||
+  fail "migrate did not end the old relays' sessions: $(cat "$WORK/migrate.log")"
 
-# The old relay reconnects, refuses the schema and publishes nothing more.
-wait_log "$WORK/old-relay.log" "newer than this binary's 1: upgrade outboxd" 10
+# The old relays reconnect, refuse the schema and publish nothing more. (v0.1.0 keeps
+# trying to connect, saying why each time, rather than exiting.)
+for old in old-relay old-standby; do
+  wait_log "$WORK/$old.log" "newer than this binary's 1: upgrade outboxd" 10
+done
 kill -0 "$OLD_PID" || fail "the old relay died instead of saying why it stops"
+kill -0 "$OLD_STANDBY" || fail "the old standby died instead of saying why it stops"
 sleep 1
 start_relay relay
 wait_log "$WORK/relay.log" "leader: this relay publishes" 10
+# The new relay dies while the old standby is still running: the old one must not
+# take the lead (its session on the new schema was ended; it refuses the schema).
+sleep 1
+kill -9 "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true
+sleep 3
+start_relay relay2
+RELAY2_PID=$RELAY_PID
+wait_log "$WORK/relay2.log" "leader: this relay publishes" 10
+for old in old-relay old-standby; do
+  leads=$(grep -c "leader: this relay publishes" "$WORK/$old.log" || true)
+  want=0; [[ $old == old-relay ]] && want=1
+  [[ $leads == "$want" ]] || fail "$old took the lead $leads times (want $want: never after the migration)"
+done
 
 wait "$LOAD_PID" || fail "writers failed: $(cat "$WORK/load.out")"
 info "$(cat "$WORK/load.out")"
@@ -65,7 +87,11 @@ bad=$(q "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY run_id OR
 [[ $bad == 0 ]] || fail "$bad rows where per-run id order is not seq order (or seq has a gap) across the upgrade"
 # Nothing went out twice: the new relay found what the old one had published but not marked.
 [[ $(q "SELECT count(*) FROM run_outbox WHERE run_id = 'up-long'") == 1 ]] || fail "the long transaction's event is missing"
-info "new relay: $(grep 'stats' "$WORK/relay.log" | tail -1 | sed 's/.*stats: //' | cut -c1-120)"
-stop_relay "$RELAY_PID" 5
-kill -TERM "$OLD_PID"
+info "new relay: $(grep 'stats' "$WORK/relay2.log" | tail -1 | sed 's/.*stats: //' | cut -c1-120)"
+stop_relay "$RELAY2_PID" 5
+for old in old-relay old-standby; do
+  info "$old after the migration: $(grep -c "newer than this binary's 1" "$WORK/$old.log") refusals of the schema"
+done
+kill -TERM "$OLD_PID" "$OLD_STANDBY"
 wait "$OLD_PID" || true
+wait "$OLD_STANDBY" || true
