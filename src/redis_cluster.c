@@ -299,7 +299,7 @@ fail:
     return false;
 }
 
-enum cluster_redirect cluster_parse_redirect(const char *err, int *slot, redis_addr *to)
+enum cluster_redirect cluster_parse_redirect(const char *err, const redis_addr *from, int *slot, redis_addr *to)
 {
     enum cluster_redirect kind;
     const char *p;
@@ -312,19 +312,41 @@ enum cluster_redirect cluster_parse_redirect(const char *err, int *slot, redis_a
     } else {
         return REDIRECT_NONE;
     }
+    /* Whatever follows, the map is stale: a redirection whose slot or node cannot be
+     * read still is one (the caller reads the map again instead of following it). */
+    *slot = -1;
+    to->host[0] = '\0';
+    to->port = 0;
     char *end;
     errno = 0;
     long s = strtol(p, &end, 10);
     if (errno || end == p || *end != ' ' || s < 0 || s >= CLUSTER_SLOTS)
-        return REDIRECT_NONE;
-    /* "host:port", the host maybe an IPv6 address (the last colon splits) or empty
-     * (the node that answered: not known here, so not followed). */
-    if (!config_parse_listen(end + 1, to->host, sizeof to->host, &to->port) || !to->host[0] || !is_port(to->port))
-        return REDIRECT_NONE;
-    for (const char *h = to->host; *h; h++)
-        if ((unsigned char)*h <= ' ' || (unsigned char)*h >= 0x7f)
-            return REDIRECT_NONE;
+        return kind;
     *slot = (int)s;
+    /* "host:port", the host maybe an IPv6 address (the last colon splits) or empty
+     * (cluster-preferred-endpoint-type unknown-endpoint: the node that answered). */
+    redis_addr a;
+    const char *t = end + 1;
+    if (*t == ':' && !strchr(t + 1, ':')) {
+        char *pend;
+        errno = 0;
+        long port = strtol(t + 1, &pend, 10);
+        if (errno || pend == t + 1 || *pend || !is_port(port))
+            return kind;
+        a.host[0] = '\0';
+        a.port = (int)port;
+    } else if (!config_parse_listen(t, a.host, sizeof a.host, &a.port) || !is_port(a.port)) {
+        return kind;
+    }
+    for (const char *h = a.host; *h; h++)
+        if ((unsigned char)*h <= ' ' || (unsigned char)*h >= 0x7f)
+            return kind;
+    if (!a.host[0]) {
+        if (!from || !from->host[0])
+            return kind;
+        snprintf(a.host, sizeof a.host, "%s", from->host);
+    }
+    *to = a;
     return kind;
 }
 

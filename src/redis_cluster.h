@@ -55,9 +55,12 @@ bool cluster_parse_shards(const redisReply *r, const redis_addr *asked, bool tls
 bool cluster_parse_slots(const redisReply *r, const redis_addr *asked, cluster_map *m, char *err,
                          size_t errlen) WUR;
 
-/* An error reply that redirects: "MOVED <slot> <host>:<port>" or "ASK ...". */
+/* An error reply that redirects: any reply starting "MOVED " or "ASK " ("MOVED <slot>
+ * <host>:<port>"). from is the node that answered (NULL if unknown): an empty host
+ * means it. *slot is -1 when the slot cannot be read, and to->port 0 when the node
+ * cannot (then the redirection is not to be followed; the map is stale all the same). */
 enum cluster_redirect { REDIRECT_NONE, REDIRECT_MOVED, REDIRECT_ASK };
-enum cluster_redirect cluster_parse_redirect(const char *err, int *slot, redis_addr *to);
+enum cluster_redirect cluster_parse_redirect(const char *err, const redis_addr *from, int *slot, redis_addr *to);
 /* Whether an error reply says to try again later: TRYAGAIN or CLUSTERDOWN. */
 bool cluster_error_is_retry(const char *err);
 

@@ -215,7 +215,7 @@ static void node_reply(aconn *c, const redisReply *r, void *arg)
     case PS_PONG: n->ping_outstanding = false; break;
     case PS_IGNORED: break;
     case PS_REFUSED:
-        if (rs.cluster && (cluster_parse_redirect(r->str, &slot, &to) != REDIRECT_NONE ||
+        if (rs.cluster && (cluster_parse_redirect(r->str, &n->addr, &slot, &to) != REDIRECT_NONE ||
                            cluster_error_is_retry(r->str))) {
             /* The map is stale (a slot moved, a failover): read it again, at once. */
             rs.last_err[0] = '\0';

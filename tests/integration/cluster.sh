@@ -32,18 +32,30 @@ cluster_scenario() {
   [[ -f "$WORK/sse.ready" ]] || fail "streams did not open"
   [[ $fault == reshard || $fault == kill9 ]] ||
     start_sub sub --nodes "$CLUSTER_NODES" --sharded 500 --prefix cl --idle-ms 6000 --max-seconds 80 --check
-  start_load --rate 1000 --runs 500 --conns 8 --seconds 12 --prefix cl
-  sleep 4
   # The busy run of the faults: cl-7, on the shard that owns its channel's slot.
-  local slot src
+  local slot src osub
   slot=$(redis-cli -p "${CLUSTER_PORTS[0]}" cluster keyslot run:cl-7)
   src=$(cluster_primary_of "$slot") || fail "no primary serves slot $slot"
+  if [[ $fault == reshard ]]; then
+    # A subscriber on the slot's owner: until the slot leaves it, it must get every
+    # event of the run (a publish sent to the importing node with ASKING reaches no
+    # subscriber, as shard channels stay on the source until SETSLOT ... NODE).
+    redis-cli -p "$src" ssubscribe run:cl-7 >"$WORK/owner-sub.out" 2>&1 &
+    osub=$!
+    PIDS+=("$osub")
+    for _ in $(seq 1 100); do grep -q ssubscribe "$WORK/owner-sub.out" && break; sleep 0.05; done
+    grep -q ssubscribe "$WORK/owner-sub.out" || fail "SSUBSCRIBE run:cl-7 on $src"
+  fi
+  start_load --rate 1000 --runs 500 --conns 8 --seconds 12 --prefix cl
+  sleep 4
   case $fault in
     steady)
       # The script cache of every primary flushed mid-load: NOSCRIPT, loaded again there.
       for p in "${CLUSTER_PORTS[@]:0:3}"; do redis-cli -p "$p" script flush >/dev/null || fail "SCRIPT FLUSH"; done ;;
     failover) cluster_failover "$src" ;;
-    reshard) cluster_move_slot "$slot" "$src" ;;
+    reshard)
+      cluster_move_slot "$slot" "$src"
+      kill "$osub" 2>/dev/null || true ;;
     kill9) cluster_kill9 "$src" ;;
   esac
   wait "$LOAD_PID" || fail "load generator failed"
@@ -72,10 +84,21 @@ cluster_scenario() {
       "duplicated 0, out of order 0"
     [[ $fault == kill9 ]] && cluster_others_flowed "$src"
     if [[ $fault == reshard ]]; then
-      # The relay followed ASK while the slot was half moved (ASKING on the target).
+      local want got missed
+      want=$(q "SELECT string_agg(seq::text, ' ' ORDER BY seq) FROM run_outbox WHERE run_id = 'cl-7'
+        AND published_at < to_timestamp($MOVE_T_SRC)")
+      got=" $(grep -o '"seq":[0-9]*' "$WORK/owner-sub.out" | cut -d: -f2 | tr '\n' ' ' || true)"
+      missed=0
+      for sq in $want; do [[ $got == *" $sq "* ]] || missed=$((missed + 1)); done
+      info "run cl-7: $(wc -w <<<"$want") events published before slot $slot left $src, $missed missed by its subscriber there"
+      (($(wc -w <<<"$want") >= 3)) || fail "too few events of cl-7 before the move to check ($want)"
+      ((missed == 0)) || fail "$missed events of cl-7 never reached a subscriber on $src, the slot's owner while they were published"
+      # Sharded Pub/Sub: the relay does not follow ASK (SPUBLISH on the importing node
+      # reaches no subscriber); the run waits for the migration to end.
       asking=$(redis-cli -p "$MOVE_DST" info commandstats | grep -o 'cmdstat_asking:calls=[0-9]*' | cut -d= -f2 || true)
       info "ASKING sent to the target: ${asking:-0}"
-      ((${asking:-0} >= 1)) || fail "the relay never followed an ASK redirection to $MOVE_DST"
+      ((${asking:-0} == 0)) || fail "the relay followed ASK to $MOVE_DST ${asking} times: published where no subscriber is"
+      grep -q "slot $slot migrating" "$WORK/relay.log" || fail "the relay did not log 'slot $slot migrating'"
     fi
     if [[ $fault == failover || $fault == kill9 ]]; then
       ((changes >= 1)) || fail "outboxd_redis_primary_changes_total = $changes after the failover"
@@ -129,9 +152,13 @@ cluster_move_slot() {
     moved=$((moved + 1))
     sleep 0.2
   done
-  # The keys are on the target, the slot not yet: the source answers ASK meanwhile.
+  # The keys are on the target, the slot not yet: the source answers ASK meanwhile
+  # (the relay waits in sharded mode).
   sleep 1.5
-  for p in "$dst" "$src" "${CLUSTER_PORTS[@]}"; do
+  redis-cli -p "$dst" cluster setslot "$slot" node "$did" >/dev/null || fail "SETSLOT NODE on the target"
+  # Until now the source owned the slot's channel (when its subscriptions end).
+  MOVE_T_SRC=$(date +%s.%N)
+  for p in "$src" "${CLUSTER_PORTS[@]}"; do
     redis-cli -p "$p" cluster setslot "$slot" node "$did" >/dev/null 2>&1 || true
   done
   MOVE_DST=$dst
