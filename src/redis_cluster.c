@@ -95,6 +95,14 @@ const redis_addr *cluster_map_node(const cluster_map *m, int slot)
     return &m->node[m->owner[slot]];
 }
 
+int cluster_map_served(const cluster_map *m)
+{
+    int n = 0;
+    for (int s = 0; s < CLUSTER_SLOTS; s++)
+        n += m->owner[s] != CLUSTER_NO_NODE;
+    return n;
+}
+
 /* The index of host:port among m's nodes, added if new; -1 when full. */
 static int map_node(cluster_map *m, const char *host, int port)
 {
@@ -471,6 +479,12 @@ static bool ask_map(cluster *cl, const redis_addr *a, cluster_map *m, char *why,
     }
     if (!r)
         snprintf(why, cap, "%s", rconn_errstr(c));
+    /* A node that is not yet part of the cluster (or was reset) knows only itself,
+     * without slots: its map would park every run while the next seed knows better. */
+    if (ok && cluster_map_served(m) == 0) {
+        snprintf(why, cap, "its slot map serves no slot (a node not joined to the cluster?)");
+        ok = false;
+    }
 done:
     if (r)
         freeReplyObject(r);

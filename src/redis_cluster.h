@@ -44,6 +44,9 @@ void cluster_map_clear(cluster_map *m);
 /* The primary that serves slot, or NULL when none does (a shard down or failing). */
 const redis_addr *cluster_map_node(const cluster_map *m, int slot);
 
+/* How many slots have a primary in m. */
+int cluster_map_served(const cluster_map *m);
+
 /* The reply of CLUSTER SHARDS (Redis 7) -> m. asked is the node that answered (for
  * an endpoint it leaves empty); tls picks each node's tls-port. A shard whose primary
  * is not "online" (failed, loading: a node shutting down or failing over) leaves its

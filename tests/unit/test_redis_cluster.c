@@ -186,6 +186,31 @@ static void test_shards_healthy_and_failing(void **state)
     assert_owner(m, 9999, NULL, 0);
     assert_owner(m, 10000, "10.0.0.1", 7005);
     assert_owner(m, 13000, NULL, 0);
+    assert_int_equal(cluster_map_served(m), 5000 + 1384 + 3000);
+    freeReplyObject(r);
+    free(m);
+}
+
+/* A node not joined to any cluster (or reset) lists only itself, without slots: its
+ * map serves nothing, which cluster_refresh takes as no answer (the next seed is
+ * asked). */
+static void test_shards_empty_node(void **state)
+{
+    (void)state;
+    cluster_map *m = malloc(sizeof *m);
+    char err[256];
+    arr(1);
+    arr(4), str("slots"), arr(0), str("nodes"), arr(1), shard_node("10.0.0.9", 7009, 0, "master", "online");
+    redisReply *r = take();
+    assert_true(cluster_parse_shards(r, &asked, false, m, err, sizeof err));
+    assert_int_equal(m->nnodes, 0);
+    assert_int_equal(cluster_map_served(m), 0);
+    freeReplyObject(r);
+    /* CLUSTER SLOTS of such a node: an empty list. */
+    arr(0);
+    r = take();
+    assert_true(cluster_parse_slots(r, &asked, m, err, sizeof err));
+    assert_int_equal(cluster_map_served(m), 0);
     freeReplyObject(r);
     free(m);
 }
@@ -409,6 +434,7 @@ int main(void)
         cmocka_unit_test(test_key_slot),
         cmocka_unit_test(test_mark_key_in_channel_slot),
         cmocka_unit_test(test_shards_healthy_and_failing),
+        cmocka_unit_test(test_shards_empty_node),
         cmocka_unit_test(test_shards_tls_and_unknown_endpoint),
         cmocka_unit_test(test_shards_hostile),
         cmocka_unit_test(test_shards_hostile_nodes_ignored),
