@@ -465,7 +465,8 @@ static bool ask_map(cluster *cl, const redis_addr *a, cluster_map *m, char *why,
     bool ok = false;
     redisReply *r = NULL;
     redis_url url = cl->url;
-    url.db = 0; /* a cluster has only db 0: SELECT is refused */
+    url.db = 0;          /* a cluster has only db 0: SELECT is refused */
+    url.any_role = true; /* a replica knows the map as well (seeds demoted by a failover) */
     if (!rconn_setup(c, &url, why, cap))
         goto done;
     r = rconn_command(c, 2, (const char *[]){"CLUSTER", "SHARDS"}, NULL);

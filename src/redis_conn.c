@@ -554,6 +554,8 @@ bool redis_setup_format(redis_setup *s, const redis_url *u, buf *out)
             return false;
         s->step[s->n++] = SETUP_SELECT;
     }
+    if (u->any_role)
+        return true;
     if (!redis_format(out, 1, (const char *[]){"ROLE"}, NULL))
         return false;
     s->step[s->n++] = SETUP_ROLE;

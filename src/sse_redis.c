@@ -279,7 +279,11 @@ static bool connect_node(int i, const redis_addr *a)
     n->addr = *a;
     n->ready = false;
     static const aconn_handlers h = {node_ready, node_reply, node_closed};
-    n->c = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &rs.ep->url, rs.cfg->redis_timeout_ms, &h, n);
+    /* Global Pub/Sub in a cluster: PUBLISH reaches replicas too, so a seed that a
+     * failover demoted still serves. */
+    redis_url url = rs.ep->url;
+    url.any_role = rs.cluster && !rs.sharded;
+    n->c = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &url, rs.cfg->redis_timeout_ms, &h, n);
     if (!n->c) {
         node_lost(n, "out of memory");
         return false;
@@ -390,8 +394,10 @@ static void map_next(void)
     const redis_addr *a = &rs.map_from[rs.map_asked];
     rs.map_slots = false;
     static const aconn_handlers h = {map_ready, map_reply, map_closed};
-    rs.mapq = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &rs.ep->url, rs.cfg->redis_timeout_ms, &h,
-                         NULL);
+    /* Any node knows the map, a replica too (seeds that a failover demoted). */
+    redis_url url = rs.ep->url;
+    url.any_role = true;
+    rs.mapq = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &url, rs.cfg->redis_timeout_ms, &h, NULL);
     if (!rs.mapq) {
         report("out of memory", "");
         schedule_reconnect();
