@@ -77,6 +77,9 @@ static struct {
     int watch_i;
     bool watch_addr_pending; /* its first reply is the primary's address */
     struct event *watch_timer;
+    /* the deadline of the discovery request in flight (the map, or a sentinel's
+     * answer): aconn bounds only the connection's set-up */
+    struct event *disc_timer;
 } rs;
 
 /* ---- connection life ------------------------------------------------------------- */
@@ -304,6 +307,12 @@ static void connect_one(const redis_addr *a)
 
 static void map_next(void);
 
+static void disc_arm(long ms)
+{
+    struct timeval tv = clock_tv_ms(ms);
+    evtimer_add(rs.disc_timer, &tv);
+}
+
 static void map_ready(aconn *c, void *arg)
 {
     (void)arg;
@@ -313,7 +322,9 @@ static void map_ready(aconn *c, void *arg)
         rs.mapq = NULL;
         rs.map_asked++;
         map_next();
+        return;
     }
+    disc_arm(rs.cfg->redis_timeout_ms);
 }
 
 /* The map is usable when every slot has a primary: otherwise a failover is under way
@@ -332,6 +343,7 @@ static void map_reply(aconn *c, const redisReply *r, void *arg)
 {
     (void)arg;
     const redis_addr *asked = &rs.map_from[rs.map_asked];
+    evtimer_del(rs.disc_timer);
     if (r->type == REDIS_REPLY_ERROR && !rs.map_slots && strstr(r->str, "nknown subcommand")) {
         rs.map_slots = true; /* before Redis 7 */
         map_ready(c, NULL);
@@ -374,6 +386,7 @@ static void map_closed(aconn *c, const char *why, void *arg)
 {
     (void)c;
     (void)arg;
+    evtimer_del(rs.disc_timer);
     rs.mapq = NULL;
     if (!buf_printf(&rs.errs, "%s%s", rs.errs.len ? "; " : "", why))
         buf_reset(&rs.errs);
@@ -428,7 +441,9 @@ static void ask_ready(aconn *c, void *arg)
         rs.ask = NULL;
         rs.asked++;
         ask_next();
+        return;
     }
+    disc_arm(redis_endpoint_sentinel_timeout(rs.ep));
 }
 
 static void ask_reply(aconn *c, const redisReply *r, void *arg)
@@ -436,6 +451,7 @@ static void ask_reply(aconn *c, const redisReply *r, void *arg)
     (void)arg;
     redis_addr a;
     char why[300];
+    evtimer_del(rs.disc_timer);
     bool ok = redis_sentinel_parse_addr(r, rs.ep->master, &a, why, sizeof why);
     if (!ok && !buf_printf(&rs.errs, "%ssentinel %s: %s", rs.errs.len ? "; " : "", aconn_peer(c), why))
         buf_reset(&rs.errs);
@@ -454,6 +470,7 @@ static void ask_closed(aconn *c, const char *why, void *arg)
 {
     (void)c;
     (void)arg;
+    evtimer_del(rs.disc_timer);
     rs.ask = NULL;
     if (!buf_printf(&rs.errs, "%ssentinel %s", rs.errs.len ? "; " : "", why))
         buf_reset(&rs.errs);
@@ -479,6 +496,33 @@ static void ask_next(void)
     if (!rs.ask) {
         report("out of memory", "");
         schedule_reconnect();
+    }
+}
+
+/* A discovery request went unanswered (a node that accepts and sets up a
+ * connection but never answers CLUSTER SHARDS, a stalled sentinel): the next node. */
+static void on_disc_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (rs.mapq) {
+        const redis_addr *a = &rs.map_from[rs.map_asked];
+        if (!buf_printf(&rs.errs, "%s%s:%d: CLUSTER %s: no answer within %ld ms", rs.errs.len ? "; " : "", a->host,
+                        a->port, rs.map_slots ? "SLOTS" : "SHARDS", rs.cfg->redis_timeout_ms))
+            buf_reset(&rs.errs);
+        aconn_close(rs.mapq);
+        rs.mapq = NULL;
+        rs.map_asked++;
+        map_next();
+    } else if (rs.ask) {
+        if (!buf_printf(&rs.errs, "%ssentinel %s: no answer within %ld ms", rs.errs.len ? "; " : "",
+                        aconn_peer(rs.ask), redis_endpoint_sentinel_timeout(rs.ep)))
+            buf_reset(&rs.errs);
+        aconn_close(rs.ask);
+        rs.ask = NULL;
+        rs.asked++;
+        ask_next();
     }
 }
 
@@ -672,7 +716,8 @@ bool sub_start(struct event_base *base, const config *cfg, const sub_handlers *h
     rs.dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
     rs.timer = evtimer_new(base, on_timer, NULL);
     rs.watch_timer = evtimer_new(base, on_watch_timer, NULL);
-    if (!rs.timer || !rs.watch_timer)
+    rs.disc_timer = evtimer_new(base, on_disc_timer, NULL);
+    if (!rs.timer || !rs.watch_timer || !rs.disc_timer)
         return false;
     connect_start();
     return true;
@@ -693,6 +738,8 @@ void sub_stop(void)
         event_free(rs.timer);
     if (rs.watch_timer)
         event_free(rs.watch_timer);
+    if (rs.disc_timer)
+        event_free(rs.disc_timer);
     if (rs.dns)
         evdns_base_free(rs.dns, 0);
     redis_endpoint_free(rs.ep);
