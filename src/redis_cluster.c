@@ -369,8 +369,24 @@ bool cluster_error_is_retry(const char *err)
 typedef struct cl_conn {
     redis_addr addr;
     rconn *c;
-    double retry_at; /* a failed connect is not tried again before this (monotonic s) */
+    double retry_at; /* suspect: not tried (nor asked for the map) before this (monotonic s) */
+    double backoff;  /* the last suspect period (s): doubles while failures go on */
 } cl_conn;
+
+/* A node that failed (a connect or set-up that failed or timed out, a command that
+ * got no answer) is suspect for a while, counted from the failure: its runs are
+ * parked at once instead of each batch waiting out its timeout again. */
+#define SUSPECT_MIN_S 1.0
+#define SUSPECT_MAX_S 4.0
+
+static void suspect(cl_conn *n)
+{
+    n->backoff = n->backoff <= 0 ? SUSPECT_MIN_S : n->backoff * 2 > SUSPECT_MAX_S ? SUSPECT_MAX_S : n->backoff * 2;
+    n->retry_at = clock_mono_s() + n->backoff;
+}
+
+/* Whether a is a known node that is suspect now. */
+static bool is_suspect(const cluster *cl, const redis_addr *a, double now);
 
 struct cluster {
     redis_addr *seeds;
@@ -506,12 +522,18 @@ bool cluster_refresh(cluster *cl, char *err, size_t errlen)
     int known = cl->map.nnodes;
     double now = clock_mono_s();
     for (int k = 0; k < known + cl->nseeds && !ok; k++) {
-        /* A primary that just failed to connect is not asked (it may cost a timeout). */
-        if (k < known && now < cl->conn[k].retry_at)
-            continue;
+        /* A suspect node (a seed too, when it is one) is not asked: it may cost a
+         * timeout. */
         const redis_addr *a = k < known ? &cl->map.node[k] : &cl->seeds[k - known];
+        if (is_suspect(cl, a, now)) {
+            if (!buf_printf(&all, "%s%s:%d: failed a moment ago, not asked", all.len ? "; " : "", a->host, a->port))
+                buf_reset(&all);
+            continue;
+        }
         char why[512];
         ok = ask_map(cl, a, m, why, sizeof why);
+        if (!ok && k < known)
+            suspect(&cl->conn[k]);
         if (!ok && !buf_printf(&all, "%s%s:%d: %s", all.len ? "; " : "", a->host, a->port, why))
             buf_reset(&all);
     }
@@ -561,13 +583,30 @@ rconn *cluster_take(cluster *cl, int node, char *err, size_t errlen)
     }
     double now = clock_mono_s();
     if (now < n->retry_at) {
-        snprintf(err, errlen, "%s:%d: unreachable a moment ago (tried again after a second)", n->addr.host, n->addr.port);
+        snprintf(err, errlen, "%s:%d: failed a moment ago (tried again in %.1f s)", n->addr.host, n->addr.port,
+                 n->retry_at - now);
         return NULL;
     }
     rconn *c = cluster_connect_at(cl, &n->addr, err, errlen);
     if (!c)
-        n->retry_at = now + 1;
+        suspect(n);
+    else
+        n->backoff = 0;
     return c;
+}
+
+static bool is_suspect(const cluster *cl, const redis_addr *a, double now)
+{
+    for (int i = 0; i < cl->map.nnodes; i++)
+        if (now < cl->conn[i].retry_at && cl->conn[i].addr.port == a->port && !strcmp(cl->conn[i].addr.host, a->host))
+            return true;
+    return false;
+}
+
+void cluster_suspect(cluster *cl, int node)
+{
+    if (node >= 0 && node < cl->map.nnodes)
+        suspect(&cl->conn[node]);
 }
 
 void cluster_put(cluster *cl, int node, rconn *c)

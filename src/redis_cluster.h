@@ -89,11 +89,15 @@ const cluster_map *cluster_get_map(const cluster *cl);
 void cluster_reset(cluster *cl);
 
 /* The connection to node i of the map, connecting (and running init) if needed; a
- * node that failed to connect is not tried again for a second. The caller owns the
+ * node that failed (cluster_suspect, a failed connect) waits out its backoff. The caller owns the
  * connection until it hands it back with cluster_put (or frees it when broken). NULL
  * with the reason in err. */
 rconn *cluster_take(cluster *cl, int node, char *err, size_t errlen);
 void cluster_put(cluster *cl, int node, rconn *c);
+/* Node i lost its connection (no answer in time): it is suspect for a backoff from
+ * now (1 s, doubling to 4 s while it keeps failing), during which cluster_take
+ * refuses it at once and cluster_refresh does not ask it. */
+void cluster_suspect(cluster *cl, int node);
 /* A connection to addr (an ASK target, maybe not in the map), owned by the caller. */
 rconn *cluster_connect_at(cluster *cl, const redis_addr *addr, char *err, size_t errlen);
 

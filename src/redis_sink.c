@@ -123,6 +123,7 @@ struct sink {
     redis_addr ask_to[8];
     int nask_to;
     int migrating_slot;   /* the slot last said to be migrating (sharded), or -1 */
+    bool stalled;         /* in the current publish_on: the node timed out */
     redis_addr last_addr; /* the primary of the previous connection ("" before the first) */
     sentinel_watch watch;
     bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
@@ -440,6 +441,7 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
         enum cluster_redirect redirect = REDIRECT_NONE;
         if (!r) {
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
+            k->stalled = rconn_timed_out(k->c);
             for (size_t j = first; j < to; j++)
                 out[j] = PUB_UNSENT;
             note_uncertain(k, evs, first, to);
@@ -534,6 +536,7 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
              * again (after reconnecting), they are either found marked or published
              * once more, never left to a primary that may be gone. */
             snprintf(k->err, sizeof k->err, "%s:%d: WAIT: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
+            k->stalled = rconn_timed_out(k->c);
             for (size_t i = from; i < to; i++)
                 if (out[i] == PUB_OK || out[i] == PUB_DUP)
                     out[i] = PUB_UNSENT;
@@ -758,10 +761,15 @@ static bool publish_node(sink *k, int v, const event **evs, bool *chained, size_
     k->nask_to = 0;
     for (size_t i = 0; i < n; i++)
         k->s.ask[i] = -1;
+    k->stalled = false;
     bool ok = publish_on(k, evs, chained, n, out);
     if (k->c)
         cluster_put(k->cl, v, k->c);
     k->c = NULL;
+    /* A node that timed out (stalled, e.g. SIGSTOP) is suspect for a while: its runs
+     * are parked at once instead of every batch waiting out its timeout again. */
+    if (k->stalled)
+        cluster_suspect(k->cl, v);
     for (int t = 0; t < k->nask_to; t++) {
         /* The events sent to one target keep their batch order: a run's events all
          * went there, or the earlier ones published here (their mark moved along). */

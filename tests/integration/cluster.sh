@@ -57,6 +57,7 @@ cluster_scenario() {
       cluster_move_slot "$slot" "$src"
       kill "$osub" 2>/dev/null || true ;;
     kill9) cluster_kill9 "$src" ;;
+    stall) cluster_stall "$src" 1.5 ;;
   esac
   wait "$LOAD_PID" || fail "load generator failed"
   info "$(cat "$WORK/load.out")"
@@ -72,7 +73,8 @@ cluster_scenario() {
       ((${loads:-0} >= 2)) || fail "primary $p: the script was not loaded again after SCRIPT FLUSH (${loads:-0} loads)"
     done
   fi
-  [[ $fault == steady ]] || {
+  [[ $fault == stall ]] && cluster_others_prompt
+  [[ $fault == steady || $fault == stall ]] || {
     local now
     now=$(cluster_primary_of "$slot") || fail "no primary serves slot $slot after the $fault"
     [[ $now != "$src" ]] || fail "slot $slot is still served by $src after the $fault"
@@ -165,10 +167,9 @@ cluster_move_slot() {
   info "slot $slot ($moved keys) moved from $src to $dst at $(q "SELECT count(*) FROM run_outbox") events"
 }
 
-# cluster_kill9 PORT: kill -9 of the primary on PORT; its replica is promoted once the
-# cluster notices (cluster-node-timeout 2 s). KILL_T0 and the shard's runs
-# (KILLED_RUNS, a SQL list) are kept for cluster_others_flowed.
-cluster_kill9() {
+# shard_runs PORT: the runs cl-0..cl-499 whose slots the primary on PORT serves, as a
+# SQL list, in KILLED_RUNS.
+shard_runs() {
   local src=$1 table
   table=$(redis-cli -p "$src" cluster nodes | awk '
     $3 ~ /master/ { split($2, a, "[:@]"); for (i = 9; i <= NF; i++) if ($i !~ /^\[/) {
@@ -179,6 +180,14 @@ cluster_kill9() {
       { for (k = 1; k <= n; k++) if ($2 + 0 >= lo[k] + 0 && $2 + 0 <= hi[k] + 0) { if (po[k] == src) printf "%scl-%s%s,", q, $1, q; break } }')
   KILLED_RUNS="(${KILLED_RUNS%,})"
   [[ $KILLED_RUNS != "()" ]] || fail "no run on the shard of $src"
+}
+
+# cluster_kill9 PORT: kill -9 of the primary on PORT; its replica is promoted once the
+# cluster notices (cluster-node-timeout 2 s). KILL_T0 and the shard's runs
+# (KILLED_RUNS, a SQL list) are kept for cluster_others_flowed.
+cluster_kill9() {
+  local src=$1
+  shard_runs "$src"
   KILL_T0=$(date +%s.%N)
   kill -9 "$(redis-cli -p "$src" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')"
   info "kill -9 of the primary $src at $(q "SELECT count(*) FROM run_outbox") events ($(($(tr -cd , <<<"$KILLED_RUNS" | wc -c) + 1)) runs on its shard)"
@@ -200,4 +209,31 @@ cluster_others_flowed() {
   ((during * 2 >= before && before > 300)) ||
     fail "other shards' runs did not keep flowing while one shard was down ($before before, $during after)"
   ((own == 0)) || fail "$own events of the killed shard's runs were published while it had no primary"
+}
+
+# cluster_stall PORT SECONDS: SIGSTOP of the primary on PORT for less than
+# cluster-node-timeout (no failover): its socket stays open, only timeouts notice.
+cluster_stall() {
+  local src=$1 pid
+  shard_runs "$src"
+  pid=$(redis-cli -p "$src" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')
+  KILL_T0=$(date +%s.%N)
+  kill -STOP "$pid"
+  sleep "$2"
+  kill -CONT "$pid"
+  info "SIGSTOP of the primary $src for $2 s at $(q "SELECT count(*) FROM run_outbox") events"
+}
+
+# While one primary was stalled, the other shards' runs were not held up by it beyond
+# the first timeout (--redis-timeout 500ms): the stalled node is suspect from its
+# failure on, its runs parked at once, instead of every batch waiting on it again.
+cluster_others_prompt() {
+  local n slow worst
+  read -r n slow worst < <(q "SELECT count(*), count(*) FILTER (WHERE published_at - created_at > interval '350 ms'),
+    coalesce(round(extract(epoch FROM max(published_at - created_at)) * 1000), 0) FROM run_outbox
+    WHERE created_at BETWEEN to_timestamp($KILL_T0 + 0.7) AND to_timestamp($KILL_T0 + 1.4)
+    AND run_id NOT IN $KILLED_RUNS" | tr '|' ' ')
+  info "other shards' runs, created 0.7-1.4 s into the stall: $n events, $slow published after > 350 ms (max $worst ms)"
+  ((n > 300)) || fail "too few events of the other shards during the stall ($n)"
+  ((slow == 0)) || fail "$slow events of healthy shards waited > 350 ms behind the stalled primary (max $worst ms)"
 }
