@@ -220,13 +220,19 @@ static void node_reply(aconn *c, const redisReply *r, void *arg)
     case PS_REFUSED:
         if (rs.cluster && (cluster_parse_redirect(r->str, &n->addr, &slot, &to) != REDIRECT_NONE ||
                            cluster_error_is_retry(r->str))) {
-            /* The map is stale (a slot moved, a failover): read it again, at once. */
-            rs.last_err[0] = '\0';
+            /* The map is stale (a slot moved, a failover): read it again, at once
+             * after a steady spell; redirections that keep coming (a map that does
+             * not settle, TRYAGAIN, CLUSTERDOWN) keep the backoff growing instead
+             * of a tight loop. */
+            bool steady = rs.backoff_ms == 0;
+            if (steady)
+                rs.last_err[0] = '\0'; /* news: logged; a repeat goes to the debug log */
             node_fail(n, "%s: %s; reading the slot map again", aconn_peer(n->c), why);
-            evtimer_del(rs.timer);
-            rs.backoff_ms = 0;
-            struct timeval now = {0, 0};
-            evtimer_add(rs.timer, &now);
+            if (steady) {
+                evtimer_del(rs.timer);
+                struct timeval now = {0, 0};
+                evtimer_add(rs.timer, &now);
+            }
             break;
         }
         /* A refusal (an ACL without the channel, or without +ping): the connection
