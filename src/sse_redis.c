@@ -9,7 +9,8 @@
  * the new primary); or, with --redis-cluster and sharded Pub/Sub, every primary of
  * the slot map, each channel subscribed (SSUBSCRIBE) on the one owning its slot. The
  * nodes are up together or down together: a lost node, a redirection (MOVED, ASK: a
- * slot moved) or a map with a slot nobody serves (a failover under way) takes them all
+ * slot moved; but a MOVED to another node we are subscribed on moves only that
+ * channel) or a map with a slot nobody serves (a failover under way) takes them all
  * down, so that the run layer reads every run from PostgreSQL until a fresh map is
  * connected, then subscribes everything again and fills the gaps from PostgreSQL. A
  * PING is the liveness check: a stalled server (SIGSTOP keeps the socket open) is
@@ -67,6 +68,7 @@ static struct {
     long backoff_ms;
     char last_err[700];  /* the last failure logged, so that a repeat is not */
     bool quiet;          /* the last failure was a repeat: so is the next success */
+    int moved_one;       /* channels moved one by one since the last ping period */
     redis_addr announced; /* the primary of the last connection logged */
     /* sentinel discovery: asking sentinel first + asked, the answers so far in errs */
     aconn *ask;
@@ -196,11 +198,51 @@ static void node_closed(aconn *c, const char *why, void *arg)
 
 /* ---- the dispatcher -------------------------------------------------------------- */
 
+/* Limits the channels moved one by one (moved_one) between two ping periods: a map
+ * that sends a channel back and forth falls back to reading the whole map, with
+ * backoff. */
+#define MOVED_ONE_MAX 10000
+
+/* A sharded subscription refused with MOVED to another node we are connected to (a
+ * slot moved, as after a reshard, where the source ends the subscriptions and the
+ * channel is subscribed again on our stale map): that slot is updated and the run
+ * layer subscribes the channel again, now on its new node, filling the gap from
+ * PostgreSQL as after any subscription, while every other run stays subscribed.
+ * False when it cannot be handled so (an unknown node: the map is read again). */
+static bool moved_one(const sub_node *n, const char *channel, size_t len, const redisReply *r)
+{
+    int slot;
+    redis_addr to;
+    if (!rs.sharded || !rs.map || !channel || ++rs.moved_one > MOVED_ONE_MAX ||
+        cluster_parse_redirect(r->str, &n->addr, &slot, &to) != REDIRECT_MOVED || slot < 0 || !to.port ||
+        cluster_key_slot(channel, len) != slot)
+        return false;
+    for (int i = 0; i < rs.nnodes; i++)
+        if (&rs.nodes[i] != n && rs.nodes[i].ready && rs.nodes[i].addr.port == to.port &&
+            !strcmp(rs.nodes[i].addr.host, to.host)) {
+            rs.map->owner[slot] = (uint16_t)i;
+            log_debug("redis (gateway): slot %d moved to %s:%d: %.*s subscribed there", slot, to.host, to.port,
+                      (int)len, channel);
+            rs.h.unsubscribed(channel, len);
+            return true;
+        }
+    return false;
+}
+
 static void node_reply(aconn *c, const redisReply *r, void *arg)
 {
     (void)c;
     sub_node *n = arg;
     char why[600];
+    /* The channel a refusal is about (the dispatcher forgets the command). */
+    char *refused = NULL;
+    size_t refused_len = 0;
+    const ps_pending *oldest = ps_queue_oldest(&n->q);
+    if (r->type == REDIS_REPLY_ERROR && oldest && oldest->kind == PS_SSUBSCRIBE && oldest->channel &&
+        (refused = malloc(oldest->len ? oldest->len : 1))) {
+        memcpy(refused, oldest->channel, oldest->len);
+        refused_len = oldest->len;
+    }
     ps_reply d = ps_dispatch(&n->q, r, why, sizeof why);
     int slot;
     redis_addr to;
@@ -218,6 +260,8 @@ static void node_reply(aconn *c, const redisReply *r, void *arg)
     case PS_PONG: n->ping_outstanding = false; break;
     case PS_IGNORED: break;
     case PS_REFUSED:
+        if (rs.state == S_UP && moved_one(n, refused, refused_len, r))
+            break;
         if (rs.cluster && (cluster_parse_redirect(r->str, &n->addr, &slot, &to) != REDIRECT_NONE ||
                            cluster_error_is_retry(r->str))) {
             /* The map is stale (a slot moved, a failover): read it again, at once
@@ -242,6 +286,7 @@ static void node_reply(aconn *c, const redisReply *r, void *arg)
         break;
     case PS_OUT_OF_STEP: node_fail(n, "out of step: %s", why); break;
     }
+    free(refused);
 }
 
 /* The node a channel is subscribed on: the one owning its slot in a sharded cluster. */
@@ -676,6 +721,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
          * the reconnect after it starts from the shortest backoff. */
         rs.backoff_ms = 0;
         rs.last_err[0] = '\0';
+        rs.moved_one = 0;
     }
     for (int i = 0; i < rs.nnodes; i++)
         if (!rs.nodes[i].ping_outstanding && !send_ping(&rs.nodes[i])) {

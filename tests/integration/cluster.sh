@@ -101,6 +101,10 @@ cluster_scenario() {
       info "ASKING sent to the target: ${asking:-0}"
       ((${asking:-0} == 0)) || fail "the relay followed ASK to $MOVE_DST ${asking} times: published where no subscriber is"
       grep -q "slot $slot migrating" "$WORK/relay.log" || fail "the relay did not log 'slot $slot migrating'"
+      # The gateways moved the slot's subscriptions to the target one by one (MOVED
+      # names it), without dropping every node and re-reading every run.
+      ! grep -h "reading the slot map again" "$WORK/gw1.log" "$WORK/gw2.log" ||
+        fail "a gateway dropped every subscription for one moved slot"
     fi
     if [[ $fault == failover || $fault == kill9 ]]; then
       ((changes >= 1)) || fail "outboxd_redis_primary_changes_total = $changes after the failover"
