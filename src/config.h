@@ -33,6 +33,10 @@ typedef struct redis_url {
     bool tls;           /* rediss:// */
     char user[128];     /* empty: AUTH with the password alone */
     char password[256];
+    /* Not from the URL: set on a copy by a caller whose connection needs no primary
+     * (reading a cluster's slot map, global Pub/Sub subscriptions): the set-up then
+     * does not check ROLE. */
+    bool any_role;
 } redis_url;
 
 /* A HOST:PORT, e.g. one of --redis-sentinel's. */

@@ -95,6 +95,14 @@ const redis_addr *cluster_map_node(const cluster_map *m, int slot)
     return &m->node[m->owner[slot]];
 }
 
+int cluster_map_served(const cluster_map *m)
+{
+    int n = 0;
+    for (int s = 0; s < CLUSTER_SLOTS; s++)
+        n += m->owner[s] != CLUSTER_NO_NODE;
+    return n;
+}
+
 /* The index of host:port among m's nodes, added if new; -1 when full. */
 static int map_node(cluster_map *m, const char *host, int port)
 {
@@ -299,7 +307,7 @@ fail:
     return false;
 }
 
-enum cluster_redirect cluster_parse_redirect(const char *err, int *slot, redis_addr *to)
+enum cluster_redirect cluster_parse_redirect(const char *err, const redis_addr *from, int *slot, redis_addr *to)
 {
     enum cluster_redirect kind;
     const char *p;
@@ -312,19 +320,41 @@ enum cluster_redirect cluster_parse_redirect(const char *err, int *slot, redis_a
     } else {
         return REDIRECT_NONE;
     }
+    /* Whatever follows, the map is stale: a redirection whose slot or node cannot be
+     * read still is one (the caller reads the map again instead of following it). */
+    *slot = -1;
+    to->host[0] = '\0';
+    to->port = 0;
     char *end;
     errno = 0;
     long s = strtol(p, &end, 10);
     if (errno || end == p || *end != ' ' || s < 0 || s >= CLUSTER_SLOTS)
-        return REDIRECT_NONE;
-    /* "host:port", the host maybe an IPv6 address (the last colon splits) or empty
-     * (the node that answered: not known here, so not followed). */
-    if (!config_parse_listen(end + 1, to->host, sizeof to->host, &to->port) || !to->host[0] || !is_port(to->port))
-        return REDIRECT_NONE;
-    for (const char *h = to->host; *h; h++)
-        if ((unsigned char)*h <= ' ' || (unsigned char)*h >= 0x7f)
-            return REDIRECT_NONE;
+        return kind;
     *slot = (int)s;
+    /* "host:port", the host maybe an IPv6 address (the last colon splits) or empty
+     * (cluster-preferred-endpoint-type unknown-endpoint: the node that answered). */
+    redis_addr a;
+    const char *t = end + 1;
+    if (*t == ':' && !strchr(t + 1, ':')) {
+        char *pend;
+        errno = 0;
+        long port = strtol(t + 1, &pend, 10);
+        if (errno || pend == t + 1 || *pend || !is_port(port))
+            return kind;
+        a.host[0] = '\0';
+        a.port = (int)port;
+    } else if (!config_parse_listen(t, a.host, sizeof a.host, &a.port) || !is_port(a.port)) {
+        return kind;
+    }
+    for (const char *h = a.host; *h; h++)
+        if ((unsigned char)*h <= ' ' || (unsigned char)*h >= 0x7f)
+            return kind;
+    if (!a.host[0]) {
+        if (!from || !from->host[0])
+            return kind;
+        snprintf(a.host, sizeof a.host, "%s", from->host);
+    }
+    *to = a;
     return kind;
 }
 
@@ -339,8 +369,24 @@ bool cluster_error_is_retry(const char *err)
 typedef struct cl_conn {
     redis_addr addr;
     rconn *c;
-    double retry_at; /* a failed connect is not tried again before this (monotonic s) */
+    double retry_at; /* suspect: not tried (nor asked for the map) before this (monotonic s) */
+    double backoff;  /* the last suspect period (s): doubles while failures go on */
 } cl_conn;
+
+/* A node that failed (a connect or set-up that failed or timed out, a command that
+ * got no answer) is suspect for a while, counted from the failure: its runs are
+ * parked at once instead of each batch waiting out its timeout again. */
+#define SUSPECT_MIN_S 1.0
+#define SUSPECT_MAX_S 4.0
+
+static void suspect(cl_conn *n)
+{
+    n->backoff = n->backoff <= 0 ? SUSPECT_MIN_S : n->backoff * 2 > SUSPECT_MAX_S ? SUSPECT_MAX_S : n->backoff * 2;
+    n->retry_at = clock_mono_s() + n->backoff;
+}
+
+/* Whether a is a known node that is suspect now. */
+static bool is_suspect(const cluster *cl, const redis_addr *a, double now);
 
 struct cluster {
     redis_addr *seeds;
@@ -435,7 +481,8 @@ static bool ask_map(cluster *cl, const redis_addr *a, cluster_map *m, char *why,
     bool ok = false;
     redisReply *r = NULL;
     redis_url url = cl->url;
-    url.db = 0; /* a cluster has only db 0: SELECT is refused */
+    url.db = 0;          /* a cluster has only db 0: SELECT is refused */
+    url.any_role = true; /* a replica knows the map as well (seeds demoted by a failover) */
     if (!rconn_setup(c, &url, why, cap))
         goto done;
     r = rconn_command(c, 2, (const char *[]){"CLUSTER", "SHARDS"}, NULL);
@@ -449,6 +496,12 @@ static bool ask_map(cluster *cl, const redis_addr *a, cluster_map *m, char *why,
     }
     if (!r)
         snprintf(why, cap, "%s", rconn_errstr(c));
+    /* A node that is not yet part of the cluster (or was reset) knows only itself,
+     * without slots: its map would park every run while the next seed knows better. */
+    if (ok && cluster_map_served(m) == 0) {
+        snprintf(why, cap, "its slot map serves no slot (a node not joined to the cluster?)");
+        ok = false;
+    }
 done:
     if (r)
         freeReplyObject(r);
@@ -469,12 +522,18 @@ bool cluster_refresh(cluster *cl, char *err, size_t errlen)
     int known = cl->map.nnodes;
     double now = clock_mono_s();
     for (int k = 0; k < known + cl->nseeds && !ok; k++) {
-        /* A primary that just failed to connect is not asked (it may cost a timeout). */
-        if (k < known && now < cl->conn[k].retry_at)
-            continue;
+        /* A suspect node (a seed too, when it is one) is not asked: it may cost a
+         * timeout. */
         const redis_addr *a = k < known ? &cl->map.node[k] : &cl->seeds[k - known];
+        if (is_suspect(cl, a, now)) {
+            if (!buf_printf(&all, "%s%s:%d: failed a moment ago, not asked", all.len ? "; " : "", a->host, a->port))
+                buf_reset(&all);
+            continue;
+        }
         char why[512];
         ok = ask_map(cl, a, m, why, sizeof why);
+        if (!ok && k < known)
+            suspect(&cl->conn[k]);
         if (!ok && !buf_printf(&all, "%s%s:%d: %s", all.len ? "; " : "", a->host, a->port, why))
             buf_reset(&all);
     }
@@ -524,13 +583,30 @@ rconn *cluster_take(cluster *cl, int node, char *err, size_t errlen)
     }
     double now = clock_mono_s();
     if (now < n->retry_at) {
-        snprintf(err, errlen, "%s:%d: unreachable a moment ago (tried again after a second)", n->addr.host, n->addr.port);
+        snprintf(err, errlen, "%s:%d: failed a moment ago (tried again in %.1f s)", n->addr.host, n->addr.port,
+                 n->retry_at - now);
         return NULL;
     }
     rconn *c = cluster_connect_at(cl, &n->addr, err, errlen);
     if (!c)
-        n->retry_at = now + 1;
+        suspect(n);
+    else
+        n->backoff = 0;
     return c;
+}
+
+static bool is_suspect(const cluster *cl, const redis_addr *a, double now)
+{
+    for (int i = 0; i < cl->map.nnodes; i++)
+        if (now < cl->conn[i].retry_at && cl->conn[i].addr.port == a->port && !strcmp(cl->conn[i].addr.host, a->host))
+            return true;
+    return false;
+}
+
+void cluster_suspect(cluster *cl, int node)
+{
+    if (node >= 0 && node < cl->map.nnodes)
+        suspect(&cl->conn[node]);
 }
 
 void cluster_put(cluster *cl, int node, rconn *c)

@@ -44,6 +44,9 @@ void cluster_map_clear(cluster_map *m);
 /* The primary that serves slot, or NULL when none does (a shard down or failing). */
 const redis_addr *cluster_map_node(const cluster_map *m, int slot);
 
+/* How many slots have a primary in m. */
+int cluster_map_served(const cluster_map *m);
+
 /* The reply of CLUSTER SHARDS (Redis 7) -> m. asked is the node that answered (for
  * an endpoint it leaves empty); tls picks each node's tls-port. A shard whose primary
  * is not "online" (failed, loading: a node shutting down or failing over) leaves its
@@ -55,9 +58,12 @@ bool cluster_parse_shards(const redisReply *r, const redis_addr *asked, bool tls
 bool cluster_parse_slots(const redisReply *r, const redis_addr *asked, cluster_map *m, char *err,
                          size_t errlen) WUR;
 
-/* An error reply that redirects: "MOVED <slot> <host>:<port>" or "ASK ...". */
+/* An error reply that redirects: any reply starting "MOVED " or "ASK " ("MOVED <slot>
+ * <host>:<port>"). from is the node that answered (NULL if unknown): an empty host
+ * means it. *slot is -1 when the slot cannot be read, and to->port 0 when the node
+ * cannot (then the redirection is not to be followed; the map is stale all the same). */
 enum cluster_redirect { REDIRECT_NONE, REDIRECT_MOVED, REDIRECT_ASK };
-enum cluster_redirect cluster_parse_redirect(const char *err, int *slot, redis_addr *to);
+enum cluster_redirect cluster_parse_redirect(const char *err, const redis_addr *from, int *slot, redis_addr *to);
 /* Whether an error reply says to try again later: TRYAGAIN or CLUSTERDOWN. */
 bool cluster_error_is_retry(const char *err);
 
@@ -83,11 +89,15 @@ const cluster_map *cluster_get_map(const cluster *cl);
 void cluster_reset(cluster *cl);
 
 /* The connection to node i of the map, connecting (and running init) if needed; a
- * node that failed to connect is not tried again for a second. The caller owns the
+ * node that failed (cluster_suspect, a failed connect) waits out its backoff. The caller owns the
  * connection until it hands it back with cluster_put (or frees it when broken). NULL
  * with the reason in err. */
 rconn *cluster_take(cluster *cl, int node, char *err, size_t errlen);
 void cluster_put(cluster *cl, int node, rconn *c);
+/* Node i lost its connection (no answer in time): it is suspect for a backoff from
+ * now (1 s, doubling to 4 s while it keeps failing), during which cluster_take
+ * refuses it at once and cluster_refresh does not ask it. */
+void cluster_suspect(cluster *cl, int node);
 /* A connection to addr (an ASK target, maybe not in the map), owned by the caller. */
 rconn *cluster_connect_at(cluster *cl, const redis_addr *addr, char *err, size_t errlen);
 

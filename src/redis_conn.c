@@ -291,6 +291,7 @@ struct rconn {
     bool tls;
     bool got_bytes;
     bool broken;
+    bool timed_out; /* broken by silence, not by an error */
     char err[512];
 };
 
@@ -343,6 +344,11 @@ void rconn_free(rconn *c)
 const char *rconn_errstr(const rconn *c)
 {
     return c->err;
+}
+
+bool rconn_timed_out(const rconn *c)
+{
+    return c->timed_out;
 }
 
 bool rconn_broken(const rconn *c)
@@ -414,8 +420,10 @@ bool rconn_flush(rconn *c)
         }
         long left = wait_budget(c->timeout_ms, &since);
         int w = left > 0 ? c->io->ops->wait(c->io, n == RIO_WANT_WRITE, left) : 0;
-        if (w == 0)
+        if (w == 0) {
+            c->timed_out = true;
             fail(c, "timed out after %ld ms writing to the server", c->timeout_ms);
+        }
         else if (w < 0)
             fail(c, "%s", c->io->err);
     }
@@ -519,6 +527,7 @@ redisReply *rconn_reply_held(rconn *c, long held_ms)
         long left = wait_budget(timeout_ms, &since);
         int w = left > 0 ? c->io->ops->wait(c->io, want_write, left) : 0;
         if (w == 0) {
+            c->timed_out = true;
             fail(c, "timed out after %ld ms waiting for the server", timeout_ms);
             return NULL;
         }
@@ -554,6 +563,8 @@ bool redis_setup_format(redis_setup *s, const redis_url *u, buf *out)
             return false;
         s->step[s->n++] = SETUP_SELECT;
     }
+    if (u->any_role)
+        return true;
     if (!redis_format(out, 1, (const char *[]){"ROLE"}, NULL))
         return false;
     s->step[s->n++] = SETUP_ROLE;

@@ -74,6 +74,9 @@ int rconn_reply_nowait(rconn *c, redisReply **out);
 /* rconn_append + rconn_reply. */
 redisReply *rconn_command(rconn *c, int argc, const char **argv, const size_t *lens);
 const char *rconn_errstr(const rconn *c);
+/* Whether the connection broke because the server stayed silent past the timeout
+ * (a stalled server) rather than with an error. */
+bool rconn_timed_out(const rconn *c);
 bool rconn_broken(const rconn *c);
 /* The socket, to poll for input before rconn_reply_nowait (which reads until the
  * transport would block, so no input waits unseen inside a TLS session). */

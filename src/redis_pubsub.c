@@ -60,6 +60,11 @@ void ps_queue_clear(ps_queue *q)
     *q = (ps_queue){0};
 }
 
+const ps_pending *ps_queue_oldest(const ps_queue *q)
+{
+    return q->len ? &q->q[q->head] : NULL;
+}
+
 /* Whether the oldest command is kind (for ch, when it names a channel). */
 static bool head_is(const ps_queue *q, enum ps_kind kind, const redisReply *ch)
 {

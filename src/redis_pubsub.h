@@ -35,6 +35,9 @@ bool ps_queue_push(ps_queue *q, enum ps_kind kind, const char *channel, size_t l
 /* Forgets the newest entry (a command that could not be sent after all). */
 void ps_queue_drop_newest(ps_queue *q);
 void ps_queue_clear(ps_queue *q);
+/* The oldest command awaiting an answer (the one the next reply answers); NULL when
+ * none. Valid until the queue changes. */
+const ps_pending *ps_queue_oldest(const ps_queue *q);
 
 /* What a reply was. For the channel kinds, channel/len point into the reply. */
 enum ps_event {

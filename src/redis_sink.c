@@ -136,6 +136,8 @@ struct sink {
     } s;
     redis_addr ask_to[8];
     int nask_to;
+    int migrating_slot;   /* the slot last said to be migrating (sharded), or -1 */
+    bool stalled;         /* in the current publish_on: the node timed out */
     redis_addr last_addr; /* the primary of the previous connection ("" before the first) */
     sentinel_watch watch;
     bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
@@ -173,6 +175,7 @@ sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool ann
     sentinel_watch_init(&k->watch, e);
     sink_set_epoch(k, epoch, "");
     k->sharded = config_redis_sharded(cfg);
+    k->migrating_slot = -1;
     if (cfg->redis_cluster &&
         !(k->cl = cluster_new(cfg->cluster_seeds, cfg->ncluster_seeds, &e->url, e->tls, e->timeout_ms,
                               cluster_conn_ready, k))) {
@@ -427,6 +430,18 @@ static void note_mark_written(sink *k, const redisReply *r, size_t n)
         }
 }
 
+/* A shard channel's slot that is being migrated: said once per migration. */
+static void note_migrating(sink *k, int slot)
+{
+    if (slot == k->migrating_slot)
+        return;
+    k->migrating_slot = slot;
+    if (k->announce)
+        log_info("redis: slot %d migrating: its runs wait until it has moved (sharded Pub/Sub stays on the "
+                 "source until then)",
+                 slot);
+}
+
 /* Reads the replies of calls[0..ncalls) (and of the WAIT after them when wait),
  * mapping each event's number to a pub_result. */
 static bool read_replies(sink *k, const event *const *evs, call *calls, size_t ncalls, bool wait,
@@ -443,11 +458,12 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
             freeReplyObject(r);
             r = rconn_reply(k->c);
         }
-        int slot;
+        int slot = -1;
         redis_addr to_node;
         enum cluster_redirect redirect = REDIRECT_NONE;
         if (!r) {
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
+            k->stalled = rconn_timed_out(k->c);
             for (size_t j = first; j < to; j++)
                 out[j] = PUB_UNSENT;
             note_uncertain(k, evs, first, to);
@@ -497,18 +513,27 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
             reconnect = true;
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
         } else if (r->type == REDIS_REPLY_ERROR && k->cl &&
-                   ((redirect = cluster_parse_redirect(r->str, &slot, &to_node)) != REDIRECT_NONE ||
+                   ((redirect = cluster_parse_redirect(r->str, &k->addr, &slot, &to_node)) != REDIRECT_NONE ||
                     cluster_error_is_retry(r->str))) {
             /* The slot is elsewhere: for good (MOVED: the map is read again and the
-             * events retried), or while it migrates (ASK: retried once on the
-             * target); TRYAGAIN, CLUSTERDOWN: the relay's backoff retries them. */
+             * events retried), or while it migrates (ASK); TRYAGAIN, CLUSTERDOWN: the
+             * relay's backoff retries them. With global Pub/Sub an ASK is retried
+             * once on the target (PUBLISH reaches every node). A shard channel stays
+             * on the source until the migration ends (SETSLOT ... NODE), so an
+             * SPUBLISH on the target would reach no subscriber: the run is parked
+             * until the source answers MOVED. */
+            bool park = redirect == REDIRECT_ASK && k->sharded;
             for (size_t i = 0; i < n; i++) {
-                o[i] = PUB_UNSENT;
-                if (redirect == REDIRECT_ASK)
+                o[i] = park ? PUB_NOROUTE : PUB_UNSENT;
+                if (redirect == REDIRECT_ASK && !park && to_node.port)
                     note_ask(k, first + i, &to_node);
             }
-            if (redirect != REDIRECT_ASK)
+            if (park && slot >= 0)
+                note_migrating(k, slot);
+            else if (redirect != REDIRECT_ASK || !to_node.port)
                 k->refresh = true;
+            if (redirect == REDIRECT_MOVED && slot == k->migrating_slot)
+                k->migrating_slot = -1;
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
         } else {
             /* The whole call refused. When the server takes no writes, or the user may
@@ -533,6 +558,7 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
              * again (after reconnecting), they are either found marked or published
              * once more, never left to a primary that may be gone. */
             snprintf(k->err, sizeof k->err, "%s:%d: WAIT: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
+            k->stalled = rconn_timed_out(k->c);
             for (size_t i = from; i < to; i++)
                 if (out[i] == PUB_OK || out[i] == PUB_DUP)
                     out[i] = PUB_UNSENT;
@@ -757,10 +783,15 @@ static bool publish_node(sink *k, int v, const event **evs, bool *chained, size_
     k->nask_to = 0;
     for (size_t i = 0; i < n; i++)
         k->s.ask[i] = -1;
+    k->stalled = false;
     bool ok = publish_on(k, evs, chained, n, out);
     if (k->c)
         cluster_put(k->cl, v, k->c);
     k->c = NULL;
+    /* A node that timed out (stalled, e.g. SIGSTOP) is suspect for a while: its runs
+     * are parked at once instead of every batch waiting out its timeout again. */
+    if (k->stalled)
+        cluster_suspect(k->cl, v);
     for (int t = 0; t < k->nask_to; t++) {
         /* The events sent to one target keep their batch order: a run's events all
          * went there, or the earlier ones published here (their mark moved along). */

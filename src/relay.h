@@ -61,6 +61,7 @@ typedef struct relay_ctx {
     size_t nfailed;              /* failures to record: ids[0..nfailed) */
     int failed_attempts;
     char failed_error[512];
+    bool parked_said; /* the batches wait only on parked runs, and that was logged */
 } relay_ctx;
 
 typedef struct batch_outcome {

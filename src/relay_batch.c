@@ -356,8 +356,16 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
         for (size_t i = 0; i < b->n; i++)
             if (!rc->done[i] && held_find(rc, &b->ev[i]) < 0 && (o.resume_id == 0 || b->ev[i].id < o.resume_id))
                 o.resume_id = b->ev[i].id;
-        log_warn("%zu of %zu events not published after %d attempts (%zu runs wait): %s", o.pending, b->n,
-                 attempt - 1, nf, last_error[0] ? last_error : "unknown");
+        /* Runs parked because no primary takes their slot now (a shard down, a slot
+         * migrating) wait batch after batch: said once (until something else fails,
+         * or no run is held any more), then at debug level. */
+        bool parked_only = true;
+        for (size_t i = 0; i < b->n && parked_only; i++)
+            parked_only = rc->done[i] || rc->last_res[i] == PUB_NOROUTE;
+        log_at(parked_only && rc->parked_said ? LOG_DEBUG : LOG_WARN,
+               "%zu of %zu events not published after %d attempts (%zu runs wait): %s", o.pending, b->n, attempt - 1,
+               nf, last_error[0] ? last_error : "unknown");
+        rc->parked_said = parked_only;
         /* Written by relay_record_failures, once the connection is free (a cycle
          * statement may be in flight while we publish). */
         rc->nfailed = nf;
@@ -366,6 +374,10 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
     } else {
         rc->nwaiting = 0;
         rc->nfailed = 0;
+        /* Parked runs are held out of the batches meanwhile: the waiting is over
+         * only once no run is held. */
+        if (rc->nheld == 0)
+            rc->parked_said = false;
     }
     /* A run that caught up and whose rows all went out is free again. */
     for (int h = 0; h < rc->nheld; h++) {

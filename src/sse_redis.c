@@ -9,7 +9,8 @@
  * the new primary); or, with --redis-cluster and sharded Pub/Sub, every primary of
  * the slot map, each channel subscribed (SSUBSCRIBE) on the one owning its slot. The
  * nodes are up together or down together: a lost node, a redirection (MOVED, ASK: a
- * slot moved) or a map with a slot nobody serves (a failover under way) takes them all
+ * slot moved; but a MOVED to another node we are subscribed on moves only that
+ * channel) or a map with a slot nobody serves (a failover under way) takes them all
  * down, so that the run layer reads every run from PostgreSQL until a fresh map is
  * connected, then subscribes everything again and fills the gaps from PostgreSQL. A
  * PING is the liveness check: a stalled server (SIGSTOP keeps the socket open) is
@@ -67,6 +68,7 @@ static struct {
     long backoff_ms;
     char last_err[700];  /* the last failure logged, so that a repeat is not */
     bool quiet;          /* the last failure was a repeat: so is the next success */
+    int moved_one;       /* channels moved one by one since the last ping period */
     redis_addr announced; /* the primary of the last connection logged */
     /* sentinel discovery: asking sentinel first + asked, the answers so far in errs */
     aconn *ask;
@@ -77,6 +79,9 @@ static struct {
     int watch_i;
     bool watch_addr_pending; /* its first reply is the primary's address */
     struct event *watch_timer;
+    /* the deadline of the discovery request in flight (the map, or a sentinel's
+     * answer): aconn bounds only the connection's set-up */
+    struct event *disc_timer;
 } rs;
 
 /* ---- connection life ------------------------------------------------------------- */
@@ -193,11 +198,51 @@ static void node_closed(aconn *c, const char *why, void *arg)
 
 /* ---- the dispatcher -------------------------------------------------------------- */
 
+/* Limits the channels moved one by one (moved_one) between two ping periods: a map
+ * that sends a channel back and forth falls back to reading the whole map, with
+ * backoff. */
+#define MOVED_ONE_MAX 10000
+
+/* A sharded subscription refused with MOVED to another node we are connected to (a
+ * slot moved, as after a reshard, where the source ends the subscriptions and the
+ * channel is subscribed again on our stale map): that slot is updated and the run
+ * layer subscribes the channel again, now on its new node, filling the gap from
+ * PostgreSQL as after any subscription, while every other run stays subscribed.
+ * False when it cannot be handled so (an unknown node: the map is read again). */
+static bool moved_one(const sub_node *n, const char *channel, size_t len, const redisReply *r)
+{
+    int slot;
+    redis_addr to;
+    if (!rs.sharded || !rs.map || !channel || ++rs.moved_one > MOVED_ONE_MAX ||
+        cluster_parse_redirect(r->str, &n->addr, &slot, &to) != REDIRECT_MOVED || slot < 0 || !to.port ||
+        cluster_key_slot(channel, len) != slot)
+        return false;
+    for (int i = 0; i < rs.nnodes; i++)
+        if (&rs.nodes[i] != n && rs.nodes[i].ready && rs.nodes[i].addr.port == to.port &&
+            !strcmp(rs.nodes[i].addr.host, to.host)) {
+            rs.map->owner[slot] = (uint16_t)i;
+            log_debug("redis (gateway): slot %d moved to %s:%d: %.*s subscribed there", slot, to.host, to.port,
+                      (int)len, channel);
+            rs.h.unsubscribed(channel, len);
+            return true;
+        }
+    return false;
+}
+
 static void node_reply(aconn *c, const redisReply *r, void *arg)
 {
     (void)c;
     sub_node *n = arg;
     char why[600];
+    /* The channel a refusal is about (the dispatcher forgets the command). */
+    char *refused = NULL;
+    size_t refused_len = 0;
+    const ps_pending *oldest = ps_queue_oldest(&n->q);
+    if (r->type == REDIS_REPLY_ERROR && oldest && oldest->kind == PS_SSUBSCRIBE && oldest->channel &&
+        (refused = malloc(oldest->len ? oldest->len : 1))) {
+        memcpy(refused, oldest->channel, oldest->len);
+        refused_len = oldest->len;
+    }
     ps_reply d = ps_dispatch(&n->q, r, why, sizeof why);
     int slot;
     redis_addr to;
@@ -215,15 +260,23 @@ static void node_reply(aconn *c, const redisReply *r, void *arg)
     case PS_PONG: n->ping_outstanding = false; break;
     case PS_IGNORED: break;
     case PS_REFUSED:
-        if (rs.cluster && (cluster_parse_redirect(r->str, &slot, &to) != REDIRECT_NONE ||
+        if (rs.state == S_UP && moved_one(n, refused, refused_len, r))
+            break;
+        if (rs.cluster && (cluster_parse_redirect(r->str, &n->addr, &slot, &to) != REDIRECT_NONE ||
                            cluster_error_is_retry(r->str))) {
-            /* The map is stale (a slot moved, a failover): read it again, at once. */
-            rs.last_err[0] = '\0';
+            /* The map is stale (a slot moved, a failover): read it again, at once
+             * after a steady spell; redirections that keep coming (a map that does
+             * not settle, TRYAGAIN, CLUSTERDOWN) keep the backoff growing instead
+             * of a tight loop. */
+            bool steady = rs.backoff_ms == 0;
+            if (steady)
+                rs.last_err[0] = '\0'; /* news: logged; a repeat goes to the debug log */
             node_fail(n, "%s: %s; reading the slot map again", aconn_peer(n->c), why);
-            evtimer_del(rs.timer);
-            rs.backoff_ms = 0;
-            struct timeval now = {0, 0};
-            evtimer_add(rs.timer, &now);
+            if (steady) {
+                evtimer_del(rs.timer);
+                struct timeval now = {0, 0};
+                evtimer_add(rs.timer, &now);
+            }
             break;
         }
         /* A refusal (an ACL without the channel, or without +ping): the connection
@@ -233,6 +286,7 @@ static void node_reply(aconn *c, const redisReply *r, void *arg)
         break;
     case PS_OUT_OF_STEP: node_fail(n, "out of step: %s", why); break;
     }
+    free(refused);
 }
 
 /* The node a channel is subscribed on: the one owning its slot in a sharded cluster. */
@@ -279,7 +333,11 @@ static bool connect_node(int i, const redis_addr *a)
     n->addr = *a;
     n->ready = false;
     static const aconn_handlers h = {node_ready, node_reply, node_closed};
-    n->c = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &rs.ep->url, rs.cfg->redis_timeout_ms, &h, n);
+    /* Global Pub/Sub in a cluster: PUBLISH reaches replicas too, so a seed that a
+     * failover demoted still serves. */
+    redis_url url = rs.ep->url;
+    url.any_role = rs.cluster && !rs.sharded;
+    n->c = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &url, rs.cfg->redis_timeout_ms, &h, n);
     if (!n->c) {
         node_lost(n, "out of memory");
         return false;
@@ -300,6 +358,12 @@ static void connect_one(const redis_addr *a)
 
 static void map_next(void);
 
+static void disc_arm(long ms)
+{
+    struct timeval tv = clock_tv_ms(ms);
+    evtimer_add(rs.disc_timer, &tv);
+}
+
 static void map_ready(aconn *c, void *arg)
 {
     (void)arg;
@@ -309,7 +373,9 @@ static void map_ready(aconn *c, void *arg)
         rs.mapq = NULL;
         rs.map_asked++;
         map_next();
+        return;
     }
+    disc_arm(rs.cfg->redis_timeout_ms);
 }
 
 /* The map is usable when every slot has a primary: otherwise a failover is under way
@@ -328,6 +394,7 @@ static void map_reply(aconn *c, const redisReply *r, void *arg)
 {
     (void)arg;
     const redis_addr *asked = &rs.map_from[rs.map_asked];
+    evtimer_del(rs.disc_timer);
     if (r->type == REDIS_REPLY_ERROR && !rs.map_slots && strstr(r->str, "nknown subcommand")) {
         rs.map_slots = true; /* before Redis 7 */
         map_ready(c, NULL);
@@ -370,6 +437,7 @@ static void map_closed(aconn *c, const char *why, void *arg)
 {
     (void)c;
     (void)arg;
+    evtimer_del(rs.disc_timer);
     rs.mapq = NULL;
     if (!buf_printf(&rs.errs, "%s%s", rs.errs.len ? "; " : "", why))
         buf_reset(&rs.errs);
@@ -390,8 +458,10 @@ static void map_next(void)
     const redis_addr *a = &rs.map_from[rs.map_asked];
     rs.map_slots = false;
     static const aconn_handlers h = {map_ready, map_reply, map_closed};
-    rs.mapq = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &rs.ep->url, rs.cfg->redis_timeout_ms, &h,
-                         NULL);
+    /* Any node knows the map, a replica too (seeds that a failover demoted). */
+    redis_url url = rs.ep->url;
+    url.any_role = true;
+    rs.mapq = aconn_open(rs.base, rs.dns, a->host, a->port, rs.ep->tls, &url, rs.cfg->redis_timeout_ms, &h, NULL);
     if (!rs.mapq) {
         report("out of memory", "");
         schedule_reconnect();
@@ -422,7 +492,9 @@ static void ask_ready(aconn *c, void *arg)
         rs.ask = NULL;
         rs.asked++;
         ask_next();
+        return;
     }
+    disc_arm(redis_endpoint_sentinel_timeout(rs.ep));
 }
 
 static void ask_reply(aconn *c, const redisReply *r, void *arg)
@@ -430,6 +502,7 @@ static void ask_reply(aconn *c, const redisReply *r, void *arg)
     (void)arg;
     redis_addr a;
     char why[300];
+    evtimer_del(rs.disc_timer);
     bool ok = redis_sentinel_parse_addr(r, rs.ep->master, &a, why, sizeof why);
     if (!ok && !buf_printf(&rs.errs, "%ssentinel %s: %s", rs.errs.len ? "; " : "", aconn_peer(c), why))
         buf_reset(&rs.errs);
@@ -448,6 +521,7 @@ static void ask_closed(aconn *c, const char *why, void *arg)
 {
     (void)c;
     (void)arg;
+    evtimer_del(rs.disc_timer);
     rs.ask = NULL;
     if (!buf_printf(&rs.errs, "%ssentinel %s", rs.errs.len ? "; " : "", why))
         buf_reset(&rs.errs);
@@ -473,6 +547,33 @@ static void ask_next(void)
     if (!rs.ask) {
         report("out of memory", "");
         schedule_reconnect();
+    }
+}
+
+/* A discovery request went unanswered (a node that accepts and sets up a
+ * connection but never answers CLUSTER SHARDS, a stalled sentinel): the next node. */
+static void on_disc_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    if (rs.mapq) {
+        const redis_addr *a = &rs.map_from[rs.map_asked];
+        if (!buf_printf(&rs.errs, "%s%s:%d: CLUSTER %s: no answer within %ld ms", rs.errs.len ? "; " : "", a->host,
+                        a->port, rs.map_slots ? "SLOTS" : "SHARDS", rs.cfg->redis_timeout_ms))
+            buf_reset(&rs.errs);
+        aconn_close(rs.mapq);
+        rs.mapq = NULL;
+        rs.map_asked++;
+        map_next();
+    } else if (rs.ask) {
+        if (!buf_printf(&rs.errs, "%ssentinel %s: no answer within %ld ms", rs.errs.len ? "; " : "",
+                        aconn_peer(rs.ask), redis_endpoint_sentinel_timeout(rs.ep)))
+            buf_reset(&rs.errs);
+        aconn_close(rs.ask);
+        rs.ask = NULL;
+        rs.asked++;
+        ask_next();
     }
 }
 
@@ -620,6 +721,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
          * the reconnect after it starts from the shortest backoff. */
         rs.backoff_ms = 0;
         rs.last_err[0] = '\0';
+        rs.moved_one = 0;
     }
     for (int i = 0; i < rs.nnodes; i++)
         if (!rs.nodes[i].ping_outstanding && !send_ping(&rs.nodes[i])) {
@@ -666,7 +768,8 @@ bool sub_start(struct event_base *base, const config *cfg, const sub_handlers *h
     rs.dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
     rs.timer = evtimer_new(base, on_timer, NULL);
     rs.watch_timer = evtimer_new(base, on_watch_timer, NULL);
-    if (!rs.timer || !rs.watch_timer)
+    rs.disc_timer = evtimer_new(base, on_disc_timer, NULL);
+    if (!rs.timer || !rs.watch_timer || !rs.disc_timer)
         return false;
     connect_start();
     return true;
@@ -687,6 +790,8 @@ void sub_stop(void)
         event_free(rs.timer);
     if (rs.watch_timer)
         event_free(rs.watch_timer);
+    if (rs.disc_timer)
+        event_free(rs.disc_timer);
     if (rs.dns)
         evdns_base_free(rs.dns, 0);
     redis_endpoint_free(rs.ep);

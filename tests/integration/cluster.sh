@@ -32,19 +32,32 @@ cluster_scenario() {
   [[ -f "$WORK/sse.ready" ]] || fail "streams did not open"
   [[ $fault == reshard || $fault == kill9 ]] ||
     start_sub sub --nodes "$CLUSTER_NODES" --sharded 500 --prefix cl --idle-ms 6000 --max-seconds 80 --check
-  start_load --rate 1000 --runs 500 --conns 8 --seconds 12 --prefix cl
-  sleep 4
   # The busy run of the faults: cl-7, on the shard that owns its channel's slot.
-  local slot src
+  local slot src osub
   slot=$(redis-cli -p "${CLUSTER_PORTS[0]}" cluster keyslot run:cl-7)
   src=$(cluster_primary_of "$slot") || fail "no primary serves slot $slot"
+  if [[ $fault == reshard ]]; then
+    # A subscriber on the slot's owner: until the slot leaves it, it must get every
+    # event of the run (a publish sent to the importing node with ASKING reaches no
+    # subscriber, as shard channels stay on the source until SETSLOT ... NODE).
+    redis-cli -p "$src" ssubscribe run:cl-7 >"$WORK/owner-sub.out" 2>&1 &
+    osub=$!
+    PIDS+=("$osub")
+    for _ in $(seq 1 100); do grep -q ssubscribe "$WORK/owner-sub.out" && break; sleep 0.05; done
+    grep -q ssubscribe "$WORK/owner-sub.out" || fail "SSUBSCRIBE run:cl-7 on $src"
+  fi
+  start_load --rate 1000 --runs 500 --conns 8 --seconds 12 --prefix cl
+  sleep 4
   case $fault in
     steady)
       # The script cache of every primary flushed mid-load: NOSCRIPT, loaded again there.
       for p in "${CLUSTER_PORTS[@]:0:3}"; do redis-cli -p "$p" script flush >/dev/null || fail "SCRIPT FLUSH"; done ;;
     failover) cluster_failover "$src" ;;
-    reshard) cluster_move_slot "$slot" "$src" ;;
+    reshard)
+      cluster_move_slot "$slot" "$src"
+      kill "$osub" 2>/dev/null || true ;;
     kill9) cluster_kill9 "$src" ;;
+    stall) cluster_stall "$src" 1.5 ;;
   esac
   wait "$LOAD_PID" || fail "load generator failed"
   info "$(cat "$WORK/load.out")"
@@ -60,7 +73,8 @@ cluster_scenario() {
       ((${loads:-0} >= 2)) || fail "primary $p: the script was not loaded again after SCRIPT FLUSH (${loads:-0} loads)"
     done
   fi
-  [[ $fault == steady ]] || {
+  [[ $fault == stall ]] && cluster_others_prompt
+  [[ $fault == steady || $fault == stall ]] || {
     local now
     now=$(cluster_primary_of "$slot") || fail "no primary serves slot $slot after the $fault"
     [[ $now != "$src" ]] || fail "slot $slot is still served by $src after the $fault"
@@ -72,10 +86,29 @@ cluster_scenario() {
       "duplicated 0, out of order 0"
     [[ $fault == kill9 ]] && cluster_others_flowed "$src"
     if [[ $fault == reshard ]]; then
-      # The relay followed ASK while the slot was half moved (ASKING on the target).
+      local want got missed
+      want=$(q "SELECT string_agg(seq::text, ' ' ORDER BY seq) FROM run_outbox WHERE run_id = 'cl-7'
+        AND published_at < to_timestamp($MOVE_T_SRC)")
+      got=" $(grep -o '"seq":[0-9]*' "$WORK/owner-sub.out" | cut -d: -f2 | tr '\n' ' ' || true)"
+      missed=0
+      for sq in $want; do [[ $got == *" $sq "* ]] || missed=$((missed + 1)); done
+      info "run cl-7: $(wc -w <<<"$want") events published before slot $slot left $src, $missed missed by its subscriber there"
+      (($(wc -w <<<"$want") >= 3)) || fail "too few events of cl-7 before the move to check ($want)"
+      ((missed == 0)) || fail "$missed events of cl-7 never reached a subscriber on $src, the slot's owner while they were published"
+      # Sharded Pub/Sub: the relay does not follow ASK (SPUBLISH on the importing node
+      # reaches no subscriber); the run waits for the migration to end.
       asking=$(redis-cli -p "$MOVE_DST" info commandstats | grep -o 'cmdstat_asking:calls=[0-9]*' | cut -d= -f2 || true)
       info "ASKING sent to the target: ${asking:-0}"
-      ((${asking:-0} >= 1)) || fail "the relay never followed an ASK redirection to $MOVE_DST"
+      ((${asking:-0} == 0)) || fail "the relay followed ASK to $MOVE_DST ${asking} times: published where no subscriber is"
+      grep -q "slot $slot migrating" "$WORK/relay.log" || fail "the relay did not log 'slot $slot migrating'"
+      # ... once: the batches that wait on the parked run do not each log a warning.
+      local warned
+      warned=$(grep -c "warn .*publish: ASK $slot " "$WORK/relay.log" || true)
+      ((warned <= 1)) || fail "the relay warned $warned times while slot $slot migrated"
+      # The gateways moved the slot's subscriptions to the target one by one (MOVED
+      # names it), without dropping every node and re-reading every run.
+      ! grep -h "reading the slot map again" "$WORK/gw1.log" "$WORK/gw2.log" ||
+        fail "a gateway dropped every subscription for one moved slot"
     fi
     if [[ $fault == failover || $fault == kill9 ]]; then
       ((changes >= 1)) || fail "outboxd_redis_primary_changes_total = $changes after the failover"
@@ -129,19 +162,22 @@ cluster_move_slot() {
     moved=$((moved + 1))
     sleep 0.2
   done
-  # The keys are on the target, the slot not yet: the source answers ASK meanwhile.
+  # The keys are on the target, the slot not yet: the source answers ASK meanwhile
+  # (the relay waits in sharded mode).
   sleep 1.5
-  for p in "$dst" "$src" "${CLUSTER_PORTS[@]}"; do
+  redis-cli -p "$dst" cluster setslot "$slot" node "$did" >/dev/null || fail "SETSLOT NODE on the target"
+  # Until now the source owned the slot's channel (when its subscriptions end).
+  MOVE_T_SRC=$(date +%s.%N)
+  for p in "$src" "${CLUSTER_PORTS[@]}"; do
     redis-cli -p "$p" cluster setslot "$slot" node "$did" >/dev/null 2>&1 || true
   done
   MOVE_DST=$dst
   info "slot $slot ($moved keys) moved from $src to $dst at $(q "SELECT count(*) FROM run_outbox") events"
 }
 
-# cluster_kill9 PORT: kill -9 of the primary on PORT; its replica is promoted once the
-# cluster notices (cluster-node-timeout 2 s). KILL_T0 and the shard's runs
-# (KILLED_RUNS, a SQL list) are kept for cluster_others_flowed.
-cluster_kill9() {
+# shard_runs PORT: the runs cl-0..cl-499 whose slots the primary on PORT serves, as a
+# SQL list, in KILLED_RUNS.
+shard_runs() {
   local src=$1 table
   table=$(redis-cli -p "$src" cluster nodes | awk '
     $3 ~ /master/ { split($2, a, "[:@]"); for (i = 9; i <= NF; i++) if ($i !~ /^\[/) {
@@ -152,6 +188,14 @@ cluster_kill9() {
       { for (k = 1; k <= n; k++) if ($2 + 0 >= lo[k] + 0 && $2 + 0 <= hi[k] + 0) { if (po[k] == src) printf "%scl-%s%s,", q, $1, q; break } }')
   KILLED_RUNS="(${KILLED_RUNS%,})"
   [[ $KILLED_RUNS != "()" ]] || fail "no run on the shard of $src"
+}
+
+# cluster_kill9 PORT: kill -9 of the primary on PORT; its replica is promoted once the
+# cluster notices (cluster-node-timeout 2 s). KILL_T0 and the shard's runs
+# (KILLED_RUNS, a SQL list) are kept for cluster_others_flowed.
+cluster_kill9() {
+  local src=$1
+  shard_runs "$src"
   KILL_T0=$(date +%s.%N)
   kill -9 "$(redis-cli -p "$src" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')"
   info "kill -9 of the primary $src at $(q "SELECT count(*) FROM run_outbox") events ($(($(tr -cd , <<<"$KILLED_RUNS" | wc -c) + 1)) runs on its shard)"
@@ -173,4 +217,31 @@ cluster_others_flowed() {
   ((during * 2 >= before && before > 300)) ||
     fail "other shards' runs did not keep flowing while one shard was down ($before before, $during after)"
   ((own == 0)) || fail "$own events of the killed shard's runs were published while it had no primary"
+}
+
+# cluster_stall PORT SECONDS: SIGSTOP of the primary on PORT for less than
+# cluster-node-timeout (no failover): its socket stays open, only timeouts notice.
+cluster_stall() {
+  local src=$1 pid
+  shard_runs "$src"
+  pid=$(redis-cli -p "$src" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')
+  KILL_T0=$(date +%s.%N)
+  kill -STOP "$pid"
+  sleep "$2"
+  kill -CONT "$pid"
+  info "SIGSTOP of the primary $src for $2 s at $(q "SELECT count(*) FROM run_outbox") events"
+}
+
+# While one primary was stalled, the other shards' runs were not held up by it beyond
+# the first timeout (--redis-timeout 500ms): the stalled node is suspect from its
+# failure on, its runs parked at once, instead of every batch waiting on it again.
+cluster_others_prompt() {
+  local n slow worst
+  read -r n slow worst < <(q "SELECT count(*), count(*) FILTER (WHERE published_at - created_at > interval '350 ms'),
+    coalesce(round(extract(epoch FROM max(published_at - created_at)) * 1000), 0) FROM run_outbox
+    WHERE created_at BETWEEN to_timestamp($KILL_T0 + 0.7) AND to_timestamp($KILL_T0 + 1.4)
+    AND run_id NOT IN $KILLED_RUNS" | tr '|' ' ')
+  info "other shards' runs, created 0.7-1.4 s into the stall: $n events, $slow published after > 350 ms (max $worst ms)"
+  ((n > 300)) || fail "too few events of the other shards during the stall ($n)"
+  ((slow == 0)) || fail "$slow events of healthy shards waited > 350 ms behind the stalled primary (max $worst ms)"
 }

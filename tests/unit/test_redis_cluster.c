@@ -186,6 +186,31 @@ static void test_shards_healthy_and_failing(void **state)
     assert_owner(m, 9999, NULL, 0);
     assert_owner(m, 10000, "10.0.0.1", 7005);
     assert_owner(m, 13000, NULL, 0);
+    assert_int_equal(cluster_map_served(m), 5000 + 1384 + 3000);
+    freeReplyObject(r);
+    free(m);
+}
+
+/* A node not joined to any cluster (or reset) lists only itself, without slots: its
+ * map serves nothing, which cluster_refresh takes as no answer (the next seed is
+ * asked). */
+static void test_shards_empty_node(void **state)
+{
+    (void)state;
+    cluster_map *m = malloc(sizeof *m);
+    char err[256];
+    arr(1);
+    arr(4), str("slots"), arr(0), str("nodes"), arr(1), shard_node("10.0.0.9", 7009, 0, "master", "online");
+    redisReply *r = take();
+    assert_true(cluster_parse_shards(r, &asked, false, m, err, sizeof err));
+    assert_int_equal(m->nnodes, 0);
+    assert_int_equal(cluster_map_served(m), 0);
+    freeReplyObject(r);
+    /* CLUSTER SLOTS of such a node: an empty list. */
+    arr(0);
+    r = take();
+    assert_true(cluster_parse_slots(r, &asked, m, err, sizeof err));
+    assert_int_equal(cluster_map_served(m), 0);
     freeReplyObject(r);
     free(m);
 }
@@ -349,21 +374,54 @@ static void test_redirects(void **state)
     (void)state;
     int slot = -1;
     redis_addr to;
-    assert_int_equal(cluster_parse_redirect("MOVED 3999 127.0.0.1:6381", &slot, &to), REDIRECT_MOVED);
+    const redis_addr from = {.host = "10.0.0.9", .port = 7005};
+    assert_int_equal(cluster_parse_redirect("MOVED 3999 127.0.0.1:6381", &from, &slot, &to), REDIRECT_MOVED);
     assert_int_equal(slot, 3999);
     assert_string_equal(to.host, "127.0.0.1");
     assert_int_equal(to.port, 6381);
-    assert_int_equal(cluster_parse_redirect("ASK 16383 node-b.example:7002", &slot, &to), REDIRECT_ASK);
+    assert_int_equal(cluster_parse_redirect("ASK 16383 node-b.example:7002", &from, &slot, &to), REDIRECT_ASK);
     assert_int_equal(slot, 16383);
     assert_string_equal(to.host, "node-b.example");
-    assert_int_equal(cluster_parse_redirect("MOVED 12 ::1:7000", &slot, &to), REDIRECT_MOVED);
+    assert_int_equal(cluster_parse_redirect("MOVED 12 ::1:7000", &from, &slot, &to), REDIRECT_MOVED);
     assert_string_equal(to.host, "::1");
     assert_int_equal(to.port, 7000);
-    static const char *const bad[] = {"MOVED", "MOVED x h:1", "MOVED 16384 h:1", "MOVED -1 h:1", "MOVED 1 :6379",
-                                      "MOVED 1 h:0", "MOVED 1 h:99999", "MOVED 1 h", "MOVED 1  h:1", "ASKING 1 h:1",
-                                      "NOSCRIPT No matching script", "ERR MOVED 1 h:1", "MOVED 1 h:1x"};
+    /* An empty host (cluster-preferred-endpoint-type unknown-endpoint): the node that
+     * answered, on the port given. */
+    assert_int_equal(cluster_parse_redirect("MOVED 4476 :23613", &from, &slot, &to), REDIRECT_MOVED);
+    assert_int_equal(slot, 4476);
+    assert_string_equal(to.host, "10.0.0.9");
+    assert_int_equal(to.port, 23613);
+    assert_int_equal(cluster_parse_redirect("ASK 1 :6379", &from, &slot, &to), REDIRECT_ASK);
+    assert_string_equal(to.host, "10.0.0.9");
+    assert_int_equal(to.port, 6379);
+    /* ... but not when the node that answered is unknown. */
+    assert_int_equal(cluster_parse_redirect("MOVED 1 :6379", NULL, &slot, &to), REDIRECT_MOVED);
+    assert_int_equal(to.port, 0);
+    /* Any "MOVED "/"ASK " is a redirection (the map is stale); one whose slot or node
+     * cannot be read gives no node to follow. */
+    static const struct {
+        const char *reply;
+        enum cluster_redirect kind;
+        int slot;
+    } odd[] = {{"MOVED x h:1", REDIRECT_MOVED, -1},     {"MOVED 16384 h:1", REDIRECT_MOVED, -1},
+               {"MOVED -1 h:1", REDIRECT_MOVED, -1},    {"MOVED 1 h:0", REDIRECT_MOVED, 1},
+               {"MOVED 1 h:99999", REDIRECT_MOVED, 1},  {"MOVED 1 h", REDIRECT_MOVED, 1},
+               {"MOVED 1  h:1", REDIRECT_MOVED, 1},     {"MOVED 1 h:1x", REDIRECT_MOVED, 1},
+               {"ASK 7 bad\x01host:1", REDIRECT_ASK, 7}, {"ASK ", REDIRECT_ASK, -1},
+               {"MOVED ", REDIRECT_MOVED, -1}};
+    for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
+        to = (redis_addr){.host = "stale", .port = 1};
+        slot = 99;
+        if (cluster_parse_redirect(odd[i].reply, &from, &slot, &to) != odd[i].kind)
+            fail_msg("'%s' not taken as a redirection", odd[i].reply);
+        if (slot != odd[i].slot || to.port != 0 || to.host[0])
+            fail_msg("'%s': slot %d (want %d), node '%s':%d (want none)", odd[i].reply, slot, odd[i].slot, to.host,
+                     to.port);
+    }
+    static const char *const bad[] = {"MOVED", "ASKING 1 h:1", "NOSCRIPT No matching script", "ERR MOVED 1 h:1",
+                                      "ASK", "moved 1 h:1", ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
-        if (cluster_parse_redirect(bad[i], &slot, &to) != REDIRECT_NONE)
+        if (cluster_parse_redirect(bad[i], &from, &slot, &to) != REDIRECT_NONE)
             fail_msg("'%s' taken as a redirection", bad[i]);
     assert_true(cluster_error_is_retry("TRYAGAIN Multiple keys request during rehashing of slot"));
     assert_true(cluster_error_is_retry("CLUSTERDOWN The cluster is down"));
@@ -376,6 +434,7 @@ int main(void)
         cmocka_unit_test(test_key_slot),
         cmocka_unit_test(test_mark_key_in_channel_slot),
         cmocka_unit_test(test_shards_healthy_and_failing),
+        cmocka_unit_test(test_shards_empty_node),
         cmocka_unit_test(test_shards_tls_and_unknown_endpoint),
         cmocka_unit_test(test_shards_hostile),
         cmocka_unit_test(test_shards_hostile_nodes_ignored),

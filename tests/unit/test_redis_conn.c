@@ -411,6 +411,23 @@ static void test_setup_checks(void **state)
     assert_non_null(strstr(err, "ACL"));
     assert_false(setup_against(&u, "+OK\r\n*1\r\n$8\r\nsentinel\r\n", err, sizeof err));
     assert_non_null(strstr(err, "ROLE: "));
+    /* A connection that needs no primary (a cluster's slot map, global Pub/Sub):
+     * AUTH only, so a replica serves. */
+    u.any_role = true;
+    redis_setup s;
+    buf out;
+    buf_init(&out, 0);
+    assert_true(redis_setup_format(&s, &u, &out));
+    assert_int_equal(s.n, 1);
+    assert_int_equal(s.step[0], SETUP_AUTH);
+    buf_free(&out);
+    assert_true(setup_against(&u, "+OK\r\n", err, sizeof err));
+    u.password[0] = '\0';
+    buf_init(&out, 0);
+    assert_true(redis_setup_format(&s, &u, &out));
+    assert_int_equal(s.n, 0);
+    assert_int_equal(out.len, 0);
+    buf_free(&out);
 }
 
 static void test_acl_errors_are_named(void **state)

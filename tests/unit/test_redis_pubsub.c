@@ -89,7 +89,14 @@ static void test_sharded_and_server_initiated(void **state)
     (void)state;
     ps_queue q = {0};
     char why[512], ch[64];
+    assert_null(ps_queue_oldest(&q));
     push(&q, PS_SSUBSCRIBE, "run:s");
+    /* The command the next reply answers (the gateway keeps a refused channel). */
+    const ps_pending *oldest = ps_queue_oldest(&q);
+    assert_non_null(oldest);
+    assert_int_equal(oldest->kind, PS_SSUBSCRIBE);
+    assert_int_equal(oldest->len, 5);
+    assert_memory_equal(oldest->channel, "run:s", 5);
     dispatch(&q, "*3\r\n$10\r\nssubscribe\r\n$5\r\nrun:s\r\n:1\r\n", PS_SUBSCRIBED, why, ch);
     assert_string_equal(ch, "run:s");
     ps_reply d = dispatch(&q, "*3\r\n$8\r\nsmessage\r\n$5\r\nrun:s\r\n$3\r\n{1}\r\n", PS_MESSAGE, why, ch);
