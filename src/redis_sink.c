@@ -1018,20 +1018,28 @@ static bool raise_hw(sink *k, const event *const *evs, size_t n)
         hw_release(k, c, node, true);
         if (!k->cl)
             return false;
+        /* A node that timed out is suspect for a while, as in publish_node: the
+         * batches of the other shards do not wait out its timeout every time. */
+        if (node >= 0)
+            cluster_suspect(k->cl, node);
         note_hw_refused(k, k->err);
         return true;
     }
     bool again = false;
     if (r->type == REDIS_REPLY_ERROR && hw_note_moved(k, r)) {
-        /* the map is read again before the next batch */
+        /* The map is read again before the next batch; this one goes out without it. */
+        snprintf(k->err, sizeof k->err, "high-water: %s", r->str);
+        note_hw_refused(k, k->err);
     } else if (r->type == REDIS_REPLY_ERROR) {
         again = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) || !strncmp(r->str, "LOADING", 7) ||
                 !strncmp(r->str, "MASTERDOWN", 10);
         bool everyone = !strncmp(r->str, "NOREPLICAS", 10) || !strncmp(r->str, "OOM", 3) ||
                         !strncmp(r->str, "MISCONF", 7) || !strncmp(r->str, "BUSY", 4);
-        if (again)
+        if (again) {
             snprintf(k->err, sizeof k->err, "high-water: %s", r->str);
-        else if (!everyone) {
+            if (k->cl)
+                note_hw_refused(k, k->err); /* the batch goes out without it: said, counted */
+        } else if (!everyone) {
             char why[400];
             redis_explain_error(r->str, why, sizeof why);
             note_hw_refused(k, why);

@@ -143,7 +143,10 @@ bool store_id_last_value(store *s, long long *last)
     char sql[600];
     bool named = !PQgetisnull(r, 0, 0);
     if (named)
-        snprintf(sql, sizeof sql, "SELECT last_value FROM %s", PQgetvalue(r, 0, 0));
+        /* Before its first nextval (or after setval(..., false)) last_value is the
+         * next id to hand out, not the last one handed out. */
+        snprintf(sql, sizeof sql, "SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM %s",
+                 PQgetvalue(r, 0, 0));
     PQclear(r);
     if (!named) {
         store_set_err(s, "name the id sequence", "run_outbox.id has no sequence: the schema is damaged");
