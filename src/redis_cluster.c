@@ -603,6 +603,11 @@ static bool is_suspect(const cluster *cl, const redis_addr *a, double now)
     return false;
 }
 
+bool cluster_failed_lately(const cluster *cl, int node)
+{
+    return node >= 0 && node < cl->map.nnodes && cl->conn[node].backoff > 0;
+}
+
 void cluster_suspect(cluster *cl, int node)
 {
     if (node >= 0 && node < cl->map.nnodes)

@@ -98,6 +98,9 @@ void cluster_put(cluster *cl, int node, rconn *c);
  * now (1 s, doubling to 4 s while it keeps failing), during which cluster_take
  * refuses it at once and cluster_refresh does not ask it. */
 void cluster_suspect(cluster *cl, int node);
+/* Whether node i's last connection attempt or command failed and none succeeded since
+ * (it was suspect, or is). */
+bool cluster_failed_lately(const cluster *cl, int node);
 /* A connection to addr (an ASK target, maybe not in the map), owned by the caller. */
 rconn *cluster_connect_at(cluster *cl, const redis_addr *addr, char *err, size_t errlen);
 

@@ -862,8 +862,17 @@ static bool publish_cluster(sink *k, const event *const *evs, const bool *chaine
                          (int)(evs[i]->run_id_len > 64 ? 64 : evs[i]->run_id_len), evs[i]->run_id);
             k->refresh = true;
         }
-    /* One pass per primary (a handful), each taking that node's events in order. */
-    for (int v = 0; v < m->nnodes; v++) {
+    /* One pass per primary (a handful), each taking that node's events in order; the
+     * nodes that failed lately go last, so that trying one again (it may still be
+     * stalled: a timeout) does not hold up the healthy shards' runs of this batch.
+     * A run lives on one node: the order between nodes is free. */
+    bool late[CLUSTER_MAX_NODES]; /* taken before any pass: a pass may mark a node failed */
+    for (int v = 0; v < m->nnodes; v++)
+        late[v] = cluster_failed_lately(k->cl, v);
+    for (int pass = 0; pass < 2 * m->nnodes; pass++) {
+        int v = pass % m->nnodes;
+        if (late[v] != (pass >= m->nnodes))
+            continue;
         size_t gn = 0;
         const event **gevs = k->s.evs;
         bool *gch = k->s.chained;
