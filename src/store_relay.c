@@ -508,7 +508,10 @@ bool store_vacuum_poll(store *s, bool *done)
     return ok;
 }
 
-bool store_mark_published(store *s, const long long *ids, size_t n)
+/* Runs an UPDATE of the rows whose ids are ids[0..n): $1 is their array, params[1..]
+ * the statement's other parameters (nparams in all). */
+static bool update_ids(store *s, const char *what, const char *sql, const long long *ids, size_t n,
+                       const char **params, int nparams)
 {
     if (n == 0)
         return true;
@@ -516,38 +519,33 @@ bool store_mark_published(store *s, const long long *ids, size_t n)
     buf_init(&a, 0);
     bool ok = id_array(&a, ids, n);
     if (ok) {
-        const char *params[] = {a.data};
-        ok = store_run_cmd(s, "mark published",
-                           "UPDATE run_outbox SET published_at = now()"
-                           " WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
-                           1, params);
+        params[0] = a.data;
+        ok = store_run_cmd(s, what, sql, nparams, params);
     } else {
-        store_set_err(s, "mark published", "out of memory");
+        store_set_err(s, what, "out of memory");
     }
     buf_free(&a);
     return ok;
 }
 
+bool store_mark_published(store *s, const long long *ids, size_t n)
+{
+    const char *params[1];
+    return update_ids(s, "mark published",
+                      "UPDATE run_outbox SET published_at = now()"
+                      " WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
+                      ids, n, params, 1);
+}
+
 bool store_record_failure(store *s, const long long *ids, size_t n, int attempts, const char *error)
 {
-    if (n == 0)
-        return true;
-    buf a;
-    buf_init(&a, 0);
-    bool ok = id_array(&a, ids, n);
-    if (ok) {
-        char att[24];
-        snprintf(att, sizeof att, "%d", attempts);
-        const char *params[] = {a.data, att, error};
-        ok = store_run_cmd(s, "record failure",
-                           "UPDATE run_outbox SET attempts = attempts + $2::int, last_error = $3"
-                           " WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
-                           3, params);
-    } else {
-        store_set_err(s, "record failure", "out of memory");
-    }
-    buf_free(&a);
-    return ok;
+    char att[24];
+    snprintf(att, sizeof att, "%d", attempts);
+    const char *params[] = {NULL, att, error};
+    return update_ids(s, "record failure",
+                      "UPDATE run_outbox SET attempts = attempts + $2::int, last_error = $3"
+                      " WHERE id = ANY($1::bigint[]) AND published_at IS NULL",
+                      ids, n, params, 3);
 }
 
 bool store_backlog(store *s, long long from_id, long long frontier, const char *const *held,
