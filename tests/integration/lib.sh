@@ -368,26 +368,38 @@ start_cluster() {
   CLUSTER_PORTS=()
   CLUSTER_NODES=""
   for i in 1 2 3 4 5 6; do
-    p=$((10000 + RANDOM % 20000))
-    while ! port_is_free "$p" || ! port_is_free $((p + 10000)); do p=$((10000 + RANDOM % 20000)); done
-    mkdir -p "$WORK/$name$i"
-    ports=(--port "$p")
-    [[ ${CLUSTER_TLS:-0} == 1 ]] && ports=(--port 0 --tls-port "$p" --tls-cert-file "$PKI/server.crt"
-      --tls-key-file "$PKI/server.key" --tls-ca-cert-file "$PKI/ca.crt" --tls-auth-clients no
-      --tls-cluster yes --tls-replication yes)
-    redis-server --bind 127.0.0.1 "${ports[@]}" --save '' --appendonly no --daemonize yes --dir "$WORK/$name$i" \
-      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
-      --pidfile "$WORK/$name$i.pid" --logfile "$WORK/$name$i.redis.out" "$@" || fail "cluster node $i"
-    for _ in $(seq 1 100); do [[ -s "$WORK/$name$i.pid" ]] && break; sleep 0.02; done
-    pid=$(cat "$WORK/$name$i.pid" 2>/dev/null || true)
-    [[ -n "$pid" ]] && PIDS+=("$pid")
-    # Up to 15 s: a loaded machine (other suites on the same cores) can be slow.
-    for _ in $(seq 1 300); do
-      grep -q "Ready to accept connections" "$WORK/$name$i.redis.out" 2>/dev/null && break
-      [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null && break
-      sleep 0.05
+    # Up to three tries on fresh ports: a port found free can be taken before the
+    # node binds it (other suites run on the same machine).
+    local try ready=0
+    for try in 1 2 3; do
+      p=$((10000 + RANDOM % 20000))
+      while ! port_is_free "$p" || ! port_is_free $((p + 10000)); do p=$((10000 + RANDOM % 20000)); done
+      rm -rf "$WORK/$name$i" "$WORK/$name$i.pid"
+      mkdir -p "$WORK/$name$i"
+      ports=(--port "$p")
+      [[ ${CLUSTER_TLS:-0} == 1 ]] && ports=(--port 0 --tls-port "$p" --tls-cert-file "$PKI/server.crt"
+        --tls-key-file "$PKI/server.key" --tls-ca-cert-file "$PKI/ca.crt" --tls-auth-clients no
+        --tls-cluster yes --tls-replication yes)
+      redis-server --bind 127.0.0.1 "${ports[@]}" --save '' --appendonly no --daemonize yes --dir "$WORK/$name$i" \
+        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
+        --pidfile "$WORK/$name$i.pid" --logfile "$WORK/$name$i.redis.out" "$@" || fail "cluster node $i"
+      for _ in $(seq 1 100); do [[ -s "$WORK/$name$i.pid" ]] && break; sleep 0.02; done
+      pid=$(cat "$WORK/$name$i.pid" 2>/dev/null || true)
+      [[ -n "$pid" ]] && PIDS+=("$pid")
+      # Up to 15 s: a loaded machine (other suites on the same cores) can be slow.
+      for _ in $(seq 1 300); do
+        grep -q "Ready to accept connections" "$WORK/$name$i.redis.out" 2>/dev/null && break
+        [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null && break
+        sleep 0.05
+      done
+      if grep -q "Ready to accept connections" "$WORK/$name$i.redis.out"; then
+        ready=1
+        break
+      fi
+      info "cluster node $i did not start on port $p (try $try): $(tail -2 "$WORK/$name$i.redis.out" | tr '\n' ' ')"
+      [[ -n "$pid" ]] && kill -9 "$pid" 2>/dev/null
     done
-    grep -q "Ready to accept connections" "$WORK/$name$i.redis.out" || fail "cluster node $i did not start: $(tail -3 "$WORK/$name$i.redis.out")"
+    ((ready)) || fail "cluster node $i did not start: $(tail -3 "$WORK/$name$i.redis.out")"
     CLUSTER_PORTS+=("$p")
     CLUSTER_NODES+="${CLUSTER_NODES:+,}127.0.0.1:$p"
   done
