@@ -205,18 +205,22 @@ static bool shard_node_addr(const redisReply *n, const redis_addr *asked, bool t
     return true;
 }
 
+/* The top of a CLUSTER SHARDS/SLOTS reply: an error or anything but a list is no map. */
+static bool reply_is_list(const redisReply *r, const char *cmd, const char *what, char *err, size_t errlen)
+{
+    if (r->type == REDIS_REPLY_ERROR)
+        snprintf(err, errlen, "%s: %s", cmd, r->str);
+    else if (r->type != REDIS_REPLY_ARRAY)
+        snprintf(err, errlen, "%s: not a list of %s", cmd, what);
+    return r->type == REDIS_REPLY_ARRAY;
+}
+
 bool cluster_parse_shards(const redisReply *r, const redis_addr *asked, bool tls, cluster_map *m, char *err,
                           size_t errlen)
 {
     cluster_map_clear(m);
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "CLUSTER SHARDS: %s", r->str);
+    if (!reply_is_list(r, "CLUSTER SHARDS", "shards", err, errlen))
         return false;
-    }
-    if (r->type != REDIS_REPLY_ARRAY) {
-        snprintf(err, errlen, "CLUSTER SHARDS: not a list of shards");
-        return false;
-    }
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *sh = r->element[i];
         const redisReply *slots = is_pairs(sh) ? field(sh, "slots") : NULL;
@@ -263,14 +267,8 @@ fail:
 bool cluster_parse_slots(const redisReply *r, const redis_addr *asked, cluster_map *m, char *err, size_t errlen)
 {
     cluster_map_clear(m);
-    if (r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "CLUSTER SLOTS: %s", r->str);
+    if (!reply_is_list(r, "CLUSTER SLOTS", "slot ranges", err, errlen))
         return false;
-    }
-    if (r->type != REDIS_REPLY_ARRAY) {
-        snprintf(err, errlen, "CLUSTER SLOTS: not a list of slot ranges");
-        return false;
-    }
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *e = r->element[i];
         if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 || e->element[0]->type != REDIS_REPLY_INTEGER ||
