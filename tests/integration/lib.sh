@@ -355,73 +355,24 @@ EOC
 }
 
 # start_cluster NAME [redis-server flags...]: a Redis Cluster of 3 primaries and 3
-# replicas on free loopback ports (each with its cluster bus port, +10000, free too);
-# CLUSTER_NODES gets HOST:PORT,... of all six, CLUSTER_PORTS the ports (primaries
-# first, as --cluster create assigns them). Waits until every node says cluster_state:ok.
-# With CLUSTER_TLS=1 the nodes speak only TLS (clients, cluster bus, replication) with
-# the certificates of make_pki in $PKI; ccli then adds the TLS flags to redis-cli.
-ccli() {
-  if [[ ${CLUSTER_TLS:-0} == 1 ]]; then redis-cli --tls --cacert "$PKI/ca.crt" "$@"; else redis-cli "$@"; fi
-}
+# replicas on free loopback ports (scripts/cluster.sh, in $WORK/NAME; each node with its
+# cluster bus port, +10000, free too); CLUSTER_NODES gets HOST:PORT,... of all six,
+# CLUSTER_PORTS the ports (primaries first, as --cluster create assigns them). Waits
+# until every node says cluster_state:ok and every replica is in sync. With
+# CLUSTER_TLS=1 the nodes speak only TLS (clients, cluster bus, replication) with the
+# certificates of make_pki in $PKI.
 start_cluster() {
-  local name=$1 i p pid ports; shift
-  CLUSTER_PORTS=()
-  CLUSTER_NODES=""
-  for i in 1 2 3 4 5 6; do
-    # Up to three tries on fresh ports: a port found free can be taken before the
-    # node binds it (other suites run on the same machine).
-    local try ready=0
-    for try in 1 2 3; do
-      p=$((10000 + RANDOM % 20000))
-      while ! port_is_free "$p" || ! port_is_free $((p + 10000)); do p=$((10000 + RANDOM % 20000)); done
-      rm -rf "$WORK/$name$i" "$WORK/$name$i.pid"
-      mkdir -p "$WORK/$name$i"
-      ports=(--port "$p")
-      [[ ${CLUSTER_TLS:-0} == 1 ]] && ports=(--port 0 --tls-port "$p" --tls-cert-file "$PKI/server.crt"
-        --tls-key-file "$PKI/server.key" --tls-ca-cert-file "$PKI/ca.crt" --tls-auth-clients no
-        --tls-cluster yes --tls-replication yes)
-      redis-server --bind 127.0.0.1 "${ports[@]}" --save '' --appendonly no --daemonize yes --dir "$WORK/$name$i" \
-        --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 --repl-diskless-sync-delay 0 \
-        --pidfile "$WORK/$name$i.pid" --logfile "$WORK/$name$i.redis.out" "$@" || fail "cluster node $i"
-      for _ in $(seq 1 100); do [[ -s "$WORK/$name$i.pid" ]] && break; sleep 0.02; done
-      pid=$(cat "$WORK/$name$i.pid" 2>/dev/null || true)
-      [[ -n "$pid" ]] && PIDS+=("$pid")
-      # Up to 15 s: a loaded machine (other suites on the same cores) can be slow.
-      for _ in $(seq 1 300); do
-        grep -q "Ready to accept connections" "$WORK/$name$i.redis.out" 2>/dev/null && break
-        [[ -n "$pid" ]] && ! kill -0 "$pid" 2>/dev/null && break
-        sleep 0.05
-      done
-      if grep -q "Ready to accept connections" "$WORK/$name$i.redis.out"; then
-        ready=1
-        break
-      fi
-      info "cluster node $i did not start on port $p (try $try): $(tail -2 "$WORK/$name$i.redis.out" | tr '\n' ' ')"
-      [[ -n "$pid" ]] && kill -9 "$pid" 2>/dev/null
-    done
-    ((ready)) || fail "cluster node $i did not start: $(tail -3 "$WORK/$name$i.redis.out")"
-    CLUSTER_PORTS+=("$p")
-    CLUSTER_NODES+="${CLUSTER_NODES:+,}127.0.0.1:$p"
+  local name=$1 rc=0 f; shift
+  local tls=()
+  [[ ${CLUSTER_TLS:-0} == 1 ]] && tls=(--tls "$PKI")
+  bash "$ROOT/scripts/cluster.sh" start "$WORK/$name" --primaries 3 --replicas 1 "${tls[@]}" "$@" || rc=$?
+  # Its nodes are this test's, stopped when it ends whatever happened.
+  for f in "$WORK/$name"/node*.pid; do
+    if [[ -s $f ]]; then PIDS+=("$(cat "$f")"); fi
   done
-  # shellcheck disable=SC2046
-  ccli --cluster create $(printf '127.0.0.1:%s ' "${CLUSTER_PORTS[@]}") --cluster-replicas 1 --cluster-yes \
-    >"$WORK/$name.create.out" 2>&1 || fail "cluster create: $(tail -5 "$WORK/$name.create.out")"
-  local deadline=$((SECONDS + 30))
-  for p in "${CLUSTER_PORTS[@]}"; do
-    until ccli -p "$p" cluster info 2>/dev/null | grep -q "cluster_state:ok"; do
-      ((SECONDS < deadline)) || fail "cluster node $p not ok within 30 s"
-      sleep 0.1
-    done
-  done
-  # Replicas in sync, or a failover of their primary could not happen (a replica that
-  # never synced does not stand for election).
-  for p in "${CLUSTER_PORTS[@]}"; do
-    ccli -p "$p" role | head -1 | grep -q slave || continue
-    until ccli -p "$p" info replication | grep -q "master_link_status:up"; do
-      ((SECONDS < deadline)) || fail "cluster replica $p not in sync within 30 s"
-      sleep 0.1
-    done
-  done
+  ((rc == 0)) || fail "cluster $name did not start (scripts/cluster.sh)"
+  # shellcheck disable=SC1091
+  . "$WORK/$name/env"
 }
 
 # cluster_primary_of SLOT: the port of the primary that serves slot, as the first node
