@@ -15,7 +15,13 @@
 #      PostgreSQL backend and Redis;
 #   4. Redis transports: drain and 1,000/s latency of the previous release's relay and
 #      of this one over plaintext, over TLS, and with --redis-wait-replicas 1 against a
-#      replica, all against one more Redis with a plaintext and a TLS port.
+#      replica, all against one more Redis with a plaintext and a TLS port;
+#   5. Redis Cluster (cluster): this tree's relay over a cluster of 3 primaries
+#      (scripts/cluster.sh, no replicas) with sharded Pub/Sub: the drain of part 3 (CPU
+#      per event of each shard, and how many events each shard got) and the 1,000/s
+#      latency of part 2 (obx_sub SSUBSCRIBEd on every node), beside the same relay on
+#      one plaintext Redis (part 4's figures when part 4 runs, else measured here,
+#      interleaved). The previous release is built only for parts 1-4.
 # Environment:
 #   BASELINE_REF (v0.1.0)      the release to compare with
 #   BENCH_EVENTS (200000)      events pre-filled for each drain
@@ -23,7 +29,7 @@
 #   BENCH_STEADY_SECONDS (10)  length of each steady-load run
 #   BENCH_PRODUCER_SECONDS (5) length of each pgbench run
 #   BENCH_PRODUCER_REPEAT (3)  repetitions of each producer measurement (median)
-#   BENCH_PARTS (producer,steady,drain,transports)  which parts to run
+#   BENCH_PARTS (producer,steady,drain,transports,cluster)  which parts to run
 #   BENCH_KEEP (0)             1 keeps the work directory (logs, raw outputs)
 #   BUILD (build)              where this tree's outboxd, obx_load and obx_sub are
 set -Eeuo pipefail
@@ -38,7 +44,7 @@ REPEAT=${BENCH_REPEAT:-3}
 STEADY_S=${BENCH_STEADY_SECONDS:-10}
 PROD_S=${BENCH_PRODUCER_SECONDS:-5}
 PROD_REPEAT=${BENCH_PRODUCER_REPEAT:-3}
-PARTS=${BENCH_PARTS:-producer,steady,drain,transports}
+PARTS=${BENCH_PARTS:-producer,steady,drain,transports,cluster}
 REF=${BASELINE_REF:-v0.1.0}
 DRAIN_RUNS=100
 STEADY_RUNS=50
@@ -53,14 +59,17 @@ done
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/outboxd-bench.XXXXXX")
 chmod 755 "$WORK"
 STACK="$WORK/stack"
+CLDIR="$WORK/cluster"
 TR_PIDS=()
+CLUSTER_PORTS=() # part 5's primaries while its cluster runs
 cleanup() {
-  # Only this shell's own background jobs that are still running, and the Redis
-  # servers part 4 started.
+  # Only this shell's own background jobs that are still running, the Redis servers
+  # part 4 started and part 5's cluster.
   local p
   for p in $(jobs -p) "${TR_PIDS[@]}"; do
     kill -9 "$p" 2>/dev/null || true
   done
+  bash "$ROOT/scripts/cluster.sh" stop "$CLDIR" >/dev/null 2>&1 || true
   bash "$ROOT/scripts/stack.sh" stop "$STACK" >/dev/null 2>&1 || true
   if [[ "${BENCH_KEEP:-0}" == 1 ]]; then
     echo "bench: work directory kept: $WORK" >&2
@@ -85,15 +94,22 @@ part() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 # ---- the two versions ----------------------------------------------------------------
 
-say "building $REF (scripts/baseline.sh)"
-BASE_BUILD=$(bash scripts/baseline.sh "$REF" 2>"$WORK/baseline.log") || die "baseline build: $(tail -5 "$WORK/baseline.log")"
-BASE_REV=$(basename "$BASE_BUILD" | cut -c1-7)
-declare -A BIN=([base]="$BASE_BUILD/outboxd" [cur]="$BUILD/outboxd")
-declare -A NAME=([base]="$REF ($BASE_REV)" [cur]="this tree")
+# The previous release takes part in parts 1-4 only; part 5 alone does not build it.
+VERSIONS=(cur)
+declare -A BIN=([cur]="$BUILD/outboxd")
+declare -A NAME=([base]="no baseline (part 5 alone)" [cur]="this tree")
+if part producer || part steady || part drain || part transports; then
+  say "building $REF (scripts/baseline.sh)"
+  BASE_BUILD=$(bash scripts/baseline.sh "$REF" 2>"$WORK/baseline.log") || die "baseline build: $(tail -5 "$WORK/baseline.log")"
+  BASE_REV=$(basename "$BASE_BUILD" | cut -c1-7)
+  BIN[base]="$BASE_BUILD/outboxd"
+  NAME[base]="$REF ($BASE_REV)"
+  VERSIONS=(base cur)
+fi
 
 say "compiling bench helpers"
 CFL="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I$ROOT/src $(pkg-config --cflags libpq)"
-# shellcheck disable=SC2086
+# shellcheck disable=SC2086,SC2046
 cc $CFL bench/bench_tool.c -o "$WORK/bench_tool" $(pkg-config --libs libpq)
 
 say "starting PostgreSQL and Redis"
@@ -102,7 +118,7 @@ bash scripts/stack.sh start "$STACK" >"$WORK/stack.log" 2>&1 || die "stack: $(ta
 . "$STACK/env"
 SERVER_URL="postgresql://postgres@127.0.0.1:$PGPORT"
 declare -A URL=([base]="$SERVER_URL/bench_base" [cur]="$SERVER_URL/bench_cur")
-for v in base cur; do
+for v in "${VERSIONS[@]}"; do
   psql -X -q "$SERVER_URL/postgres" -c "CREATE DATABASE bench_$v" >/dev/null
   DATABASE_URL=${URL[$v]} "${BIN[$v]}" migrate >"$WORK/migrate-$v.log" 2>&1 || die "migrate $v: $(cat "$WORK/migrate-$v.log")"
 done
@@ -132,11 +148,13 @@ calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 median() { sort -g | awk '{l[NR] = $1} END {print (NR ? l[int((NR + 1) / 2)] : 0)}'; }
 range() { sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print lo "-" hi}'; }
 
-# Empties a version's outbox and Redis (ids keep increasing; the relay's marks go with
-# FLUSHALL, so every measurement starts alike).
+# Empties a version's outbox and Redis, and part 5's cluster while it runs (ids keep
+# increasing; the relay's marks go with FLUSHALL, so every measurement starts alike).
 reset_data() {
+  local p
   q "${URL[$1]}" -c "TRUNCATE run_outbox, run_outbox_seq" >/dev/null
   rcli FLUSHALL >/dev/null
+  for p in "${CLUSTER_PORTS[@]}"; do redis-cli -p "$p" FLUSHALL >/dev/null; done
 }
 
 # start_relay VERSION LOG [flags]: that version's relay on its database; pid in RELAY_PID.
@@ -281,12 +299,18 @@ prefill() {
 
 declare -A DRAIN
 # drain_once VERSION [KEY]: appends "rate secs relay_ns backend_ns redis_ns hwm_kb others_ns"
-# to drain-KEY.txt (KEY = VERSION)
+# to drain-KEY.txt (KEY = VERSION). DRAIN_REDIS_PIDS (default: REDIS_PID) names the Redis
+# servers whose CPU counts as Redis's; with it set, each one's ns follow, in its order,
+# and then what DRAIN_HOOK (a command, if set) prints after the drain.
+DRAIN_REDIS_PIDS=()
+DRAIN_HOOK=""
 drain_once() {
   local v=$1 key=${2:-$1}
   prefill "$v" "$N"
-  local r0 t0 out be s0
-  r0=$(ticks "$REDIS_PID")
+  local t0 out be s0 i
+  local -a rp=("${DRAIN_REDIS_PIDS[@]}") r0=()
+  ((${#rp[@]})) || rp=("$REDIS_PID")
+  for i in "${!rp[@]}"; do r0[i]=$(ticks "${rp[i]}"); done
   s0=$(sys_busy_ns)
   t0=$EPOCHREALTIME
   start_relay "$v" "$WORK/relay-drain-$key.log"
@@ -300,13 +324,21 @@ drain_once() {
   # This tree's relay also runs VACUUM on a connection of its own: its work counts.
   vac=$(q "${URL[$v]}" -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'outboxd-vacuum-$RELAY_PID'")
   [[ -n "$vac" ]] && be_t=$((be_t + $(ticks "$vac")))
-  redis_t=$(($(ticks "$REDIS_PID") - r0))
+  local each="" d
+  redis_t=0
+  for i in "${!rp[@]}"; do
+    d=$(($(ticks "${rp[i]}") - r0[i]))
+    redis_t=$((redis_t + d))
+    each+=" $d"
+  done
+  ((${#DRAIN_REDIS_PIDS[@]})) || each=""
   others=$(($(sys_busy_ns) - s0 - relay_t - be_t - redis_t))
   hwm=$(hwm_kb "$RELAY_PID")
   stop_pid "$RELAY_PID" "${URL[$v]}"
   [[ $(q "${URL[$v]}" -c "SELECT count(*) FROM run_outbox WHERE published_at IS NULL") == 0 ]] ||
     die "drain $v: rows left unpublished"
-  echo "$(calc %.0f "$N / $secs") $secs $relay_t $be_t $redis_t $hwm $others" >>"$WORK/drain-$key.txt"
+  [[ -n $DRAIN_HOOK ]] && each+=" $($DRAIN_HOOK)"
+  echo "$(calc %.0f "$N / $secs") $secs $relay_t $be_t $redis_t $hwm $others$each" >>"$WORK/drain-$key.txt"
   say "  drain ${NAME[$v]}: $(calc %.0f "$N / $secs") events/s, PostgreSQL $(calc %.2f "$be_t / $N / 1000") us/event"
 }
 
@@ -410,6 +442,85 @@ run_transports() {
   TR_PIDS=()
 }
 
+# ---- 5. Redis Cluster ----------------------------------------------------------------
+
+# A cluster of 3 primaries (scripts/cluster.sh, no replicas; stopped by cleanup). This
+# tree's relay is given every node as a seed and publishes with sharded Pub/Sub (the
+# default with --redis-cluster): each run's events go to the primary that owns its
+# channel's slot. Drains as in part 3, each shard's Redis CPU and SPUBLISH count
+# (INFO commandstats, reset before each drain: the script's SPUBLISHes count there);
+# 1,000/s as in part 2 with obx_sub SSUBSCRIBEd to every run on every node. Without
+# part 4, the single-Redis figures come from the stack's Redis, interleaved with the
+# cluster's runs; with part 4, from its "this relay, plaintext".
+declare -A CLUSTER
+# cluster_spublish: the SPUBLISH calls of each primary since its CONFIG RESETSTAT, then
+# for each whether it holds the relay's high-water key (1/0: one more script call per
+# batch lands there), in the order of CLUSTER_PORTS.
+cluster_spublish() {
+  local p n out=() hw=()
+  for p in "${CLUSTER_PORTS[@]}"; do
+    n=$(redis-cli -p "$p" info commandstats | grep -o 'cmdstat_spublish:calls=[0-9]*' | cut -d= -f2 || true)
+    out+=("${n:-0}")
+    hw+=("$(redis-cli -p "$p" --scan --pattern 'outboxd:*:hw*' | grep -c . || true)")
+  done
+  echo "${out[*]} ${hw[*]}"
+}
+run_cluster() {
+  say "starting a Redis Cluster of 3 primaries (scripts/cluster.sh)"
+  bash scripts/cluster.sh start "$CLDIR" --primaries 3 --replicas 0 >"$WORK/cluster.log" 2>&1 ||
+    die "cluster: $(tail -5 "$WORK/cluster.log")"
+  # shellcheck disable=SC1091
+  . "$CLDIR/env"
+  local single=1 i v p
+  part transports && single=0
+  cl_one() { # cl_one drain|steady cluster|single [RUN]
+    if [[ $2 == cluster ]]; then
+      RELAY_EXTRA=(--redis-cluster "$CLUSTER_NODES")
+      SUB_EXTRA=(--nodes "$CLUSTER_NODES" --sharded "$STEADY_RUNS")
+      DRAIN_REDIS_PIDS=("${CLUSTER_PIDS[@]}")
+      DRAIN_HOOK=cluster_spublish
+      for p in "${CLUSTER_PORTS[@]}"; do redis-cli -p "$p" config resetstat >/dev/null; done
+    fi
+    if [[ $1 == drain ]]; then
+      drain_once cur "cl-$2"
+    else
+      steady_once cur 1000 "cl-$2-$3"
+      echo "${STEADY[cl-$2-$3]}" >>"$WORK/steady-cl-$2.txt"
+    fi
+    RELAY_EXTRA=()
+    SUB_EXTRA=()
+    DRAIN_REDIS_PIDS=()
+    DRAIN_HOOK=""
+  }
+  local vs=(cluster)
+  ((single)) && vs=(single cluster)
+  for ((i = 1; i <= REPEAT; i++)); do
+    for v in "${vs[@]}"; do
+      say "cluster $i/$REPEAT: drain, $v"
+      cl_one drain "$v"
+    done
+  done
+  for ((i = 1; i <= REPEAT; i++)); do
+    for v in "${vs[@]}"; do
+      say "cluster $i/$REPEAT: steady 1000/s, $v"
+      cl_one steady "$v" "$i"
+    done
+  done
+  for v in "${vs[@]}"; do
+    CLUSTER[$v]=$(median_line <"$WORK/drain-cl-$v.txt")
+    CLUSTER[$v-range]=$(cut -d' ' -f1 "$WORK/drain-cl-$v.txt" | range)
+    STEADY[cl-$v]=$(awk '{print $4, $0}' "$WORK/steady-cl-$v.txt" | median_line | cut -d' ' -f2-)
+  done
+  if ((!single)); then
+    CLUSTER[single]=${TRANSPORT[plain]}
+    CLUSTER[single-range]=${TRANGE[plain]}
+    STEADY[cl-single]=${STEADY[tr-plain]}
+  fi
+  CLUSTER_PORT_LIST=("${CLUSTER_PORTS[@]}")
+  bash scripts/cluster.sh stop "$CLDIR"
+  CLUSTER_PORTS=()
+}
+
 # ---- run -------------------------------------------------------------------------------
 
 STARTED=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
@@ -421,6 +532,7 @@ part producer && run_producers
 part steady && run_steady
 part drain && run_drains
 part transports && run_transports
+part cluster && run_cluster
 LOAD1=$(cut -d' ' -f1-3 /proc/loadavg)
 ELAPSED=$((SECONDS - T_START))
 
@@ -432,7 +544,11 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
 
 {
   echo
-  echo "outboxd benchmark  $STARTED  (bench/run.sh, ${ELAPSED}s; this tree $REV vs ${NAME[base]})"
+  if [[ -n ${BIN[base]:-} ]]; then
+    echo "outboxd benchmark  $STARTED  (bench/run.sh, ${ELAPSED}s; this tree $REV vs ${NAME[base]})"
+  else
+    echo "outboxd benchmark  $STARTED  (bench/run.sh, ${ELAPSED}s; this tree $REV; parts: $PARTS)"
+  fi
   echo "host: $(nproc) cores, $(psql --version | awk '{print "PostgreSQL", $3}'), $(redis-server --version | awk '{print "Redis", $3}' | tr -d 'v='), loopback;" \
     "PostgreSQL fsync=off as scripts/stack.sh starts it; load avg before $LOAD0, after $LOAD1"
   if part producer; then
@@ -514,6 +630,49 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
       "$(calc %.4f "$(fld 4 "${STEADY[tr-tls]}") / $(fld 4 "${STEADY[tr-plain]}")")" \
       "$(calc %.4f "$(fld 1 "${TRANSPORT[wait1]}") / $(fld 1 "${TRANSPORT[repl]}")")" \
       "$(calc %.4f "$(fld 4 "${STEADY[tr-wait1]}") / $(fld 4 "${STEADY[tr-repl]}")")"
+  fi
+  if part cluster; then
+    echo
+    echo "5. REDIS CLUSTER  (3 primaries, no replicas; this relay with --redis-cluster <every node>, sharded Pub/Sub;"
+    if part transports; then
+      echo "   single = part 4's \"this relay, plaintext\"; cluster: drain as in part 3, median of $REPEAT;"
+    else
+      echo "   single = the same relay on one plaintext Redis; drain as in part 3, median of $REPEAT, interleaved;"
+    fi
+    echo "   steady 1,000/s as in part 2 ($REPEAT runs each, the run with the median p99 shown), obx_sub SSUBSCRIBEd"
+    echo "   to every run on every node (cluster) or PSUBSCRIBEd (single); Redis = all of its servers)"
+    printf '  %-22s %9s %15s %9s %9s  %8s %7s %7s %8s %7s  %s\n' "variant" "drain/s" "range" "relay us" "Redis us" \
+      "achieved" "p50 ms" "p99 ms" "p99.9 ms" "relay %" "check"
+    for v in single cluster; do
+      l=${CLUSTER[$v]} st=${STEADY[cl-$v]:-"? ? ? ? ? ? ? ? ?"} rg=${CLUSTER[$v-range]}
+      printf '  %-22s %9s %15s %9.2f %9.2f  %7s/s %7s %7s %8s %6s%%  %s\n' \
+        "$([[ $v == single ]] && echo "one Redis" || echo "cluster, 3 primaries")" "$(thousands "$(fld 1 "$l")")" \
+        "$(thousands "${rg%-*}")-$(thousands "${rg#*-}")" "$(calc %.4f "$(fld 3 "$l") / $N / 1000")" \
+        "$(calc %.4f "$(fld 5 "$l") / $N / 1000")" "$(fld 1 "$st")" "$(fld 3 "$st")" "$(fld 4 "$st")" \
+        "$(fld 5 "$st")" "$(fld 7 "$st")" "$(fld 9 "$st")"
+    done
+    printf '   ratios cluster/single: drain %.2fx, p50 %.2fx, p99 %.2fx, relay CPU per event %.2fx, Redis CPU per event %.2fx\n' \
+      "$(calc %.4f "$(fld 1 "${CLUSTER[cluster]}") / $(fld 1 "${CLUSTER[single]}")")" \
+      "$(calc %.4f "$(fld 3 "${STEADY[cl-cluster]}") / $(fld 3 "${STEADY[cl-single]}")")" \
+      "$(calc %.4f "$(fld 4 "${STEADY[cl-cluster]}") / $(fld 4 "${STEADY[cl-single]}")")" \
+      "$(calc %.4f "$(fld 3 "${CLUSTER[cluster]}") / $(fld 3 "${CLUSTER[single]}")")" \
+      "$(calc %.4f "$(fld 5 "${CLUSTER[cluster]}") / $(fld 5 "${CLUSTER[single]}")")"
+    echo "   each shard in the median cluster drain (events = its SPUBLISHes; us per own event = its CPU / its events;"
+    echo "   hw = it holds the relay's high-water key, one more script call per batch)"
+    printf '  %-22s %9s %7s %9s %14s %15s\n' "shard" "events" "share" "CPU s" "us/own event" "us/all events"
+    l=${CLUSTER[cluster]}
+    for i in 0 1 2; do
+      ns=$(fld $((8 + i)) "$l") ev=$(fld $((11 + i)) "$l")
+      printf '  %-22s %9s %6.1f%% %9.3f %14.2f %15.2f\n' \
+        "127.0.0.1:${CLUSTER_PORT_LIST[i]}$([[ $(fld $((14 + i)) "$l") == 0 ]] || echo " hw")" "$(thousands "$ev")" \
+        "$(calc %.4f "$ev / $N * 100")" "$(calc %.4f "$ns / $HZ")" "$(calc %.4f "$ns / ($ev + 0.0001) / 1000")" \
+        "$(calc %.4f "$ns / $N / 1000")"
+    done
+    printf '  %-22s %9s %6.1f%% %9.3f %14.2f %15.2f\n' "all 3" \
+      "$(thousands "$(($(fld 11 "$l") + $(fld 12 "$l") + $(fld 13 "$l")))")" \
+      "$(calc %.4f "($(fld 11 "$l") + $(fld 12 "$l") + $(fld 13 "$l")) / $N * 100")" \
+      "$(calc %.4f "$(fld 5 "$l") / $HZ")" "$(calc %.4f "$(fld 5 "$l") / $N / 1000")" \
+      "$(calc %.4f "$(fld 5 "$l") / $N / 1000")"
   fi
   echo
 } | tee "$WORK/table.txt"
