@@ -8,7 +8,9 @@
 #   1. producer cost: inserts/s of a pgbench script (bench/pgbench-insert.sql) into
 #      run_outbox of each schema and into a plain table with the same columns
 #      (BIGSERIAL primary key, nothing else), at 1, 8 and 32 connections over 1,000
-#      runs and at 32 connections on one run; no relay runs meanwhile;
+#      runs and at 32 connections on one run; no relay runs meanwhile; beside them the
+#      plain table with the unique index replays need, and that with a PL/pgSQL
+#      trigger that only draws the id, to show where the outbox's cost goes;
 #   2. wake-up: commit->subscriber latency at 1,000 and 10,000 events/s (obx_load,
 #      obx_sub --check: nothing lost, repeated or reordered);
 #   3. drain: a pre-filled backlog, events/s and the CPU per event of the relay, its
@@ -129,6 +131,22 @@ psql -X -q "${URL[cur]}" -c "CREATE SCHEMA plain" \
         payload JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), published_at TIMESTAMPTZ NULL,
         attempts INT NOT NULL DEFAULT 0, last_error TEXT NULL)" >/dev/null
 URL[plain]="${URL[cur]}?options=-csearch_path%3Dplain"
+# Where the producer's cost goes, beside them: pidx = plain + a unique index of the
+# shape replays need (text, bigint: here (run_id, id)); ptrig = that + a
+# PL/pgSQL BEFORE INSERT trigger that only draws the id (and copies it into seq): all
+# the outbox's insert does except serializing the writers of a run (its counter) and
+# the wake-up check. No relay reads either.
+for s in pidx ptrig; do
+  psql -X -q "${URL[cur]}" -c "CREATE SCHEMA $s" \
+    -c "CREATE TABLE $s.run_outbox (LIKE plain.run_outbox INCLUDING DEFAULTS INCLUDING CONSTRAINTS, PRIMARY KEY (id))" \
+    -c "CREATE UNIQUE INDEX ON $s.run_outbox (run_id, $([[ $s == pidx ]] && echo id || echo seq))" >/dev/null
+  URL[$s]="${URL[cur]}?options=-csearch_path%3D$s"
+done
+psql -X -q "${URL[cur]}" -c "ALTER TABLE ptrig.run_outbox ALTER COLUMN id DROP DEFAULT" \
+  -c "CREATE FUNCTION ptrig.draw_id() RETURNS trigger LANGUAGE plpgsql AS \$f\$
+        BEGIN NEW.id := pg_catalog.nextval('plain.run_outbox_id_seq'::pg_catalog.regclass); NEW.seq := NEW.id;
+        RETURN NEW; END \$f\$" \
+  -c "CREATE TRIGGER draw_id BEFORE INSERT ON ptrig.run_outbox FOR EACH ROW EXECUTE FUNCTION ptrig.draw_id()" >/dev/null
 
 q() { psql -X -qtA -v ON_ERROR_STOP=1 "$1" "${@:2}"; }
 rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
@@ -198,8 +216,9 @@ producer_once() { # TARGET CONNS RUNS -> inserts/s (base0: the previous release 
   local t=$1 c=$2 runs=$3 j out db=$1
   j=$((c < 4 ? c : 4))
   [[ $t == base0 ]] && db=base
-  if [[ $t == plain ]]; then
-    q "${URL[cur]}" -c "TRUNCATE plain.run_outbox" -c CHECKPOINT >/dev/null
+  if [[ $t == plain || $t == pidx || $t == ptrig ]]; then
+    db=$t
+    q "${URL[cur]}" -c "TRUNCATE $t.run_outbox" -c CHECKPOINT >/dev/null
   else
     reset_data "$db"
     q "${URL[$db]}" -c CHECKPOINT >/dev/null
@@ -217,7 +236,7 @@ run_producers() {
   # spreads over all cells instead of spoiling one.
   for ((rep = 1; rep <= PROD_REPEAT; rep++)); do
     for w in 1:1000 8:1000 32:1000 32:1; do
-      for t in plain base base0 cur; do
+      for t in plain pidx ptrig base base0 cur; do
         v=$(producer_once "$t" "${w%:*}" "${w#*:}")
         echo "$w-$t $v" >>"$WORK/producer.txt"
         say "producer $rep/$PROD_REPEAT: conns=${w%:*} runs=${w#*:} $t: $v/s"
@@ -563,6 +582,17 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
       printf '  %-22s %9s %10s %6.2fx %11s %6.2fx %10s %6.2fx\n' \
         "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)" "$(thousands "$p")" \
         "$(thousands "$b")" "$(calc %.4f "$b / ($p + 0.001)")" "$(thousands "$b0")" "$(calc %.4f "$b0 / ($p + 0.001)")" \
+        "$(thousands "$c")" "$(calc %.4f "$c / ($p + 0.001)")"
+    done
+    echo "   where this tree's cost goes (each /plain): + the unique (run_id, seq) index replays need; + a PL/pgSQL"
+    echo "   BEFORE INSERT trigger that only draws the id (no per-run counter, no wake-up check); this tree"
+    printf '  %-22s %9s %9s %7s %10s %7s %10s %7s\n' "workload" "plain" "+index" "/plain" "+trigger" "/plain" \
+      "this tree" "/plain"
+    for w in 1:1000 8:1000 32:1000 32:1; do
+      p=${PROD[$w-plain]:-0} i=${PROD[$w-pidx]:-0} t=${PROD[$w-ptrig]:-0} c=${PROD[$w-cur]:-0}
+      printf '  %-22s %9s %9s %6.2fx %10s %6.2fx %10s %6.2fx\n' \
+        "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)" "$(thousands "$p")" \
+        "$(thousands "$i")" "$(calc %.4f "$i / ($p + 0.001)")" "$(thousands "$t")" "$(calc %.4f "$t / ($p + 0.001)")" \
         "$(thousands "$c")" "$(calc %.4f "$c / ($p + 0.001)")"
     done
   fi
