@@ -371,6 +371,26 @@ run_drains() {
   done
 }
 
+# alternate LABEL FN VARIANT...: REPEAT rounds of `FN drain VARIANT` over the variants,
+# then REPEAT rounds of `FN steady VARIANT ROUND`: the variants take turns, so that load
+# from other jobs on the machine falls on all of them.
+alternate() {
+  local label=$1 fn=$2 i v
+  shift 2
+  for ((i = 1; i <= REPEAT; i++)); do
+    for v in "$@"; do
+      say "$label $i/$REPEAT: drain, $v"
+      "$fn" drain "$v"
+    done
+  done
+  for ((i = 1; i <= REPEAT; i++)); do
+    for v in "$@"; do
+      say "$label $i/$REPEAT: steady 1000/s, $v"
+      "$fn" steady "$v" "$i"
+    done
+  done
+}
+
 # ---- 4. Redis transports -------------------------------------------------------------
 
 median_line() { # the line with the median first field, of the lines on stdin
@@ -438,18 +458,7 @@ run_transports() {
         sleep 0.05
       done
     fi
-    for ((i = 1; i <= REPEAT; i++)); do
-      for v in "${vs[@]}"; do
-        say "transports $i/$REPEAT: drain, $v"
-        one drain "$v"
-      done
-    done
-    for ((i = 1; i <= REPEAT; i++)); do
-      for v in "${vs[@]}"; do
-        say "transports $i/$REPEAT: steady 1000/s, $v"
-        one steady "$v" "$i"
-      done
-    done
+    alternate transports one "${vs[@]}"
   done
   for v in base plain tls repl wait1; do
     TRANSPORT[$v]=$(median_line <"$WORK/drain-tr-$v.txt")
@@ -513,18 +522,7 @@ run_cluster() {
   }
   local vs=(cluster)
   ((single)) && vs=(single cluster)
-  for ((i = 1; i <= REPEAT; i++)); do
-    for v in "${vs[@]}"; do
-      say "cluster $i/$REPEAT: drain, $v"
-      cl_one drain "$v"
-    done
-  done
-  for ((i = 1; i <= REPEAT; i++)); do
-    for v in "${vs[@]}"; do
-      say "cluster $i/$REPEAT: steady 1000/s, $v"
-      cl_one steady "$v" "$i"
-    done
-  done
+  alternate cluster cl_one "${vs[@]}"
   for v in "${vs[@]}"; do
     CLUSTER[$v]=$(median_line <"$WORK/drain-cl-$v.txt")
     CLUSTER[$v-range]=$(cut -d' ' -f1 "$WORK/drain-cl-$v.txt" | range)
@@ -584,8 +582,8 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
         "$(thousands "$b")" "$(calc %.4f "$b / ($p + 0.001)")" "$(thousands "$b0")" "$(calc %.4f "$b0 / ($p + 0.001)")" \
         "$(thousands "$c")" "$(calc %.4f "$c / ($p + 0.001)")"
     done
-    echo "   where this tree's cost goes (each /plain): + the unique (run_id, seq) index replays need; + a PL/pgSQL"
-    echo "   BEFORE INSERT trigger that only draws the id (no per-run counter, no wake-up check); this tree"
+    echo "   where this tree's cost goes (each /plain): + a unique (run_id, bigint) index, the shape replays need;"
+    echo "   + a PL/pgSQL BEFORE INSERT trigger that only draws the id (no per-run counter, no wake-up check); this tree"
     printf '  %-22s %9s %9s %7s %10s %7s %10s %7s\n' "workload" "plain" "+index" "/plain" "+trigger" "/plain" \
       "this tree" "/plain"
     for w in 1:1000 8:1000 32:1000 32:1; do
