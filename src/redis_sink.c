@@ -107,37 +107,70 @@ const char redis_sink_hw_script[] =
 
 /* Ranges of event ids whose publish outcome was lost with a connection. */
 #define UNCERTAIN_RANGES 8
+/* ASK targets retried at once in one batch (more wait for the next attempt). */
+#define ASK_TARGETS 8
+
+/* One queued call: the events evs[first..first + n) of one run. acl: Redis refused
+ * the whole call for the user's ACL. */
+typedef struct call {
+    size_t first, n;
+    bool acl;
+} call;
+
+/* Events split into parts (share_out): each part's events are a slice of these
+ * arrays, in the order they came. */
+typedef struct share {
+    size_t cap;
+    const event **evs;
+    bool *chained;
+    pub_result *out;
+    size_t *idx; /* entry j is entry idx[j] of what was split */
+    int *ask;    /* index into ask_to of an ASK redirection, or -1 */
+} share;
+
+/* What one node does for a publish call: its connection, its events (a run's all go
+ * to one node, in batch order) and the calls that carry them. The single Redis is one
+ * node, the sink's own connection; a cluster batch has one per primary it touches and
+ * one per ASK target. The nodes of a batch work side by side (publish_nodes). */
+typedef struct pub_node {
+    rconn *c;         /* NULL when there is none or it was lost */
+    redis_addr addr;  /* where c is connected */
+    int node;         /* node of the cluster map, or -1 */
+    bool asking;      /* send ASKING before each call (an ASK redirection) */
+    bool stalled;     /* c timed out: the node stayed silent */
+    bool wait;        /* a WAIT follows the calls sent and not read yet */
+    const event *const *evs;
+    const bool *chained;
+    pub_result *out;
+    size_t *idx;      /* with a share: where evs[i] came from */
+    int *ask;         /* with a share: evs[i]'s ASK target */
+    size_t n, next;   /* evs[0..n); evs[next] is the first not sent yet */
+    call *calls;      /* calls[0..ncalls) sent, their replies read up to read_from */
+    size_t ncalls, read_from;
+} pub_node;
 
 struct sink {
     redis_endpoint *ep;
     long wait_replicas;
     long wait_timeout_ms;
+    char wait_n[24];
     char wait_timeout[24];
     char ttl[24];
     char epoch[64];
     char origin[48]; /* "system identifier.database oid", or "" */
     bool announce;
-    rconn *c;             /* with a cluster: the node being published to, lent by it */
+    rconn *c;             /* the connection to the primary (none with a cluster) */
     redis_addr addr;      /* where c is connected */
     cluster *cl;          /* --redis-cluster, else NULL */
     bool sharded;         /* SPUBLISH */
     bool refresh;         /* re-read the slot map before the next publish */
-    bool asking;          /* send ASKING before each call (an ASK redirection) */
     bool said_map;
     double refreshed_at;  /* when the map was last read (monotonic s) */
-    struct {              /* scratch of a cluster publish, sized to the largest call */
-        size_t cap;
-        uint16_t *node;
-        size_t *idx;
-        const event **evs;
-        bool *chained;
-        pub_result *out;
-        int *ask;         /* index into ask_to, or -1 */
-    } s;
-    redis_addr ask_to[8];
+    share s;              /* a cluster batch split by node, sized to the largest batch */
+    int *part;            /* scratch of the split: each event's node, as s */
+    redis_addr ask_to[ASK_TARGETS];
     int nask_to;
     int migrating_slot;   /* the slot last said to be migrating (sharded), or -1 */
-    bool stalled;         /* in the current publish_on: the node timed out */
     redis_addr last_addr; /* the primary of the previous connection ("" before the first) */
     sentinel_watch watch;
     bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
@@ -159,7 +192,8 @@ struct sink {
 };
 
 static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen);
-static void note_ask(sink *k, size_t i, const redis_addr *to);
+static void note_ask(sink *k, pub_node *p, size_t i, const redis_addr *to);
+static void share_free(share *g);
 
 sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce)
 {
@@ -170,6 +204,7 @@ sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool ann
     k->announce = announce;
     k->wait_replicas = cfg->redis_wait_replicas;
     k->wait_timeout_ms = cfg->redis_wait_timeout_ms;
+    snprintf(k->wait_n, sizeof k->wait_n, "%ld", cfg->redis_wait_replicas);
     snprintf(k->wait_timeout, sizeof k->wait_timeout, "%ld", cfg->redis_wait_timeout_ms);
     snprintf(k->ttl, sizeof k->ttl, "%ld", cfg->mark_ttl_ms);
     sentinel_watch_init(&k->watch, e);
@@ -198,27 +233,23 @@ void sink_free(sink *k)
     sink_disconnect(k);
     sentinel_watch_close(&k->watch);
     cluster_free(k->cl);
-    free(k->s.node);
-    free(k->s.idx);
-    free(k->s.evs);
-    free(k->s.chained);
-    free(k->s.out);
-    free(k->s.ask);
+    share_free(&k->s);
+    free(k->part);
     free(k);
 }
 
-/* Drops the connection in use after an error; with a cluster, only that node's, and
- * the map is read again before the next publish (a failover, a moved slot). */
-static void drop_conn(sink *k)
+/* Drops a connection after an error; with a cluster, only that node's, and the map
+ * is read again before the next publish (a failover, a moved slot). */
+static void drop(sink *k, rconn **c)
 {
-    rconn_free(k->c);
-    k->c = NULL;
+    rconn_free(*c);
+    *c = NULL;
     k->refresh = k->cl != NULL;
 }
 
 void sink_disconnect(sink *k)
 {
-    drop_conn(k);
+    drop(k, &k->c);
     if (k->cl)
         cluster_reset(k->cl);
 }
@@ -299,8 +330,6 @@ static bool cluster_connect(sink *k)
     redis_addr before[8];
     int nbefore = m->nnodes < 8 ? m->nnodes : 8;
     memcpy(before, m->node, (size_t)nbefore * sizeof *before);
-    rconn_free(k->c);
-    k->c = NULL;
     k->refreshed_at = clock_mono_s();
     if (!cluster_refresh(k->cl, k->err, sizeof k->err))
         return false;
@@ -375,13 +404,6 @@ static bool was_uncertain(const sink *k, long long id)
     return false;
 }
 
-/* One queued call: the events evs[first..first + n) of one run. acl: Redis refused
- * the whole call for the user's ACL. */
-typedef struct call {
-    size_t first, n;
-    bool acl;
-} call;
-
 /* An error that refuses every run alike: an ACL denial, or a primary that takes no
  * writes now (too few replicas for min-replicas-to-write, out of memory, a failed
  * snapshot, a script running past busy-reply-threshold). */
@@ -442,32 +464,44 @@ static void note_migrating(sink *k, int slot)
                  slot);
 }
 
-/* Reads the replies of calls[0..ncalls) (and of the WAIT after them when wait),
- * mapping each event's number to a pub_result. */
-static bool read_replies(sink *k, const event *const *evs, call *calls, size_t ncalls, bool wait,
-                         pub_result *out)
+/* p's connection broke or timed out (what: the command waited for) with the events
+ * p->evs[from..to) sent: whether they went out is unknown, so they count as not sent
+ * and may be published twice (note_uncertain); a silent node is said to be stalled. */
+static void node_lost(sink *k, pub_node *p, const char *what, size_t from, size_t to)
+{
+    snprintf(k->err, sizeof k->err, "%s:%d: %s: %s", p->addr.host, p->addr.port, what, rconn_errstr(p->c));
+    p->stalled = rconn_timed_out(p->c);
+    for (size_t i = from; i < to; i++)
+        if (p->out[i] == PUB_OK || p->out[i] == PUB_DUP)
+            p->out[i] = PUB_UNSENT;
+    note_uncertain(k, p->evs, from, to);
+    drop(k, &p->c);
+}
+
+/* Reads the replies of p's calls sent since the last read (and of the WAIT after
+ * them), mapping each event's number to a pub_result. False when the connection was
+ * lost or must be made again (it is then dropped). */
+static bool read_replies(sink *k, pub_node *p)
 {
     bool reconnect = false;
-    size_t from = calls[0].first, to = calls[ncalls - 1].first + calls[ncalls - 1].n;
+    const event *const *evs = p->evs;
+    call *calls = p->calls + p->read_from;
+    size_t ncalls = p->ncalls - p->read_from, from = calls[0].first, to = p->next;
+    p->read_from = p->ncalls;
     for (size_t c = 0; c < ncalls; c++) {
         size_t first = calls[c].first, n = calls[c].n;
-        pub_result *o = out + first;
-        redisReply *r = rconn_reply(k->c);
-        if (r && k->asking) {
+        pub_result *o = p->out + first;
+        redisReply *r = rconn_reply(p->c);
+        if (r && p->asking) {
             /* ASKING's +OK; a refusal shows in the call's own reply (MOVED). */
             freeReplyObject(r);
-            r = rconn_reply(k->c);
+            r = rconn_reply(p->c);
         }
         int slot = -1;
         redis_addr to_node;
         enum cluster_redirect redirect = REDIRECT_NONE;
         if (!r) {
-            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
-            k->stalled = rconn_timed_out(k->c);
-            for (size_t j = first; j < to; j++)
-                out[j] = PUB_UNSENT;
-            note_uncertain(k, evs, first, to);
-            drop_conn(k);
+            node_lost(k, p, "publish", first, to);
             return false;
         }
         const char *merr = r->type == REDIS_REPLY_ARRAY && r->elements > n + 1 &&
@@ -481,7 +515,7 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
                 o[i] = PUB_UNSENT;
             note_uncertain(k, evs, first, first + n);
             reconnect = true;
-            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, merr);
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", p->addr.host, p->addr.port, merr);
         } else if (r->type == REDIS_REPLY_ARRAY && r->elements >= n) {
             k->ran = true;
             const char *why = r->elements > n && r->element[n]->type == REDIS_REPLY_STRING ? r->element[n]->str
@@ -511,9 +545,9 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
             if (k->legacy_script && !strncmp(r->str, "READONLY", 8))
                 note_uncertain(k, evs, first, first + n);
             reconnect = true;
-            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", p->addr.host, p->addr.port, r->str);
         } else if (r->type == REDIS_REPLY_ERROR && k->cl &&
-                   ((redirect = cluster_parse_redirect(r->str, &k->addr, &slot, &to_node)) != REDIRECT_NONE ||
+                   ((redirect = cluster_parse_redirect(r->str, &p->addr, &slot, &to_node)) != REDIRECT_NONE ||
                     cluster_error_is_retry(r->str))) {
             /* The slot is elsewhere: for good (MOVED: the map is read again and the
              * events retried), or while it migrates (ASK); TRYAGAIN, CLUSTERDOWN: the
@@ -526,7 +560,7 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
             for (size_t i = 0; i < n; i++) {
                 o[i] = park ? PUB_NOROUTE : PUB_UNSENT;
                 if (redirect == REDIRECT_ASK && !park && to_node.port)
-                    note_ask(k, first + i, &to_node);
+                    note_ask(k, p, first + i, &to_node);
             }
             if (park && slot >= 0)
                 note_migrating(k, slot);
@@ -534,7 +568,7 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
                 k->refresh = true;
             if (redirect == REDIRECT_MOVED && slot == k->migrating_slot)
                 k->migrating_slot = -1;
-            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", k->addr.host, k->addr.port, r->str);
+            snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", p->addr.host, p->addr.port, r->str);
         } else {
             /* The whole call refused. When the server takes no writes, or the user may
              * not run the script, that is no fault of this run: an outage, which holds
@@ -549,21 +583,15 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
         }
         freeReplyObject(r);
     }
-    if (wait) {
+    if (p->wait) {
         /* The server holds WAIT's reply for up to the wait timeout, which may be longer
          * than the command timeout: only silence beyond both is a lost connection. */
-        redisReply *r = rconn_reply_held(k->c, k->wait_timeout_ms);
+        redisReply *r = rconn_reply_held(p->c, k->wait_timeout_ms);
         if (!r) {
             /* Published, but whether the marks reached a replica is unknown: sent
              * again (after reconnecting), they are either found marked or published
              * once more, never left to a primary that may be gone. */
-            snprintf(k->err, sizeof k->err, "%s:%d: WAIT: %s", k->addr.host, k->addr.port, rconn_errstr(k->c));
-            k->stalled = rconn_timed_out(k->c);
-            for (size_t i = from; i < to; i++)
-                if (out[i] == PUB_OK || out[i] == PUB_DUP)
-                    out[i] = PUB_UNSENT;
-            note_uncertain(k, evs, from, to);
-            drop_conn(k);
+            node_lost(k, p, "WAIT", from, to);
             return false;
         }
         if (r->type != REDIS_REPLY_INTEGER || r->integer < k->wait_replicas) {
@@ -583,7 +611,7 @@ static bool read_replies(sink *k, const event *const *evs, call *calls, size_t n
         freeReplyObject(r);
     }
     if (reconnect) {
-        drop_conn(k);
+        drop(k, &p->c);
         return false;
     }
     return true;
@@ -616,10 +644,9 @@ typedef struct call_args {
     size_t *len, *off, cap;
 } call_args;
 
-/* Queues one call for evs[first..first + n), all of one run; *queued grows by its
+/* Queues one call for p->evs[first..first + n), all of one run; *queued grows by its
  * size. False with the reason in k->err. */
-static bool append_call(sink *k, const event *const *evs, size_t first, size_t n, bool chained, call_args *a,
-                        size_t *queued)
+static bool append_call(sink *k, pub_node *p, size_t first, size_t n, call_args *a, size_t *queued)
 {
     size_t argc = 8 + 3 * n;
     if (argc > a->cap) {
@@ -640,7 +667,7 @@ static bool append_call(sink *k, const event *const *evs, size_t first, size_t n
      * once all are there. */
     buf *t = &a->text;
     buf_reset(t);
-    const event *e0 = evs[first];
+    const event *e0 = p->evs[first];
     size_t j = 0;
 #define ARG(expr)                                                                                                     \
     do {                                                                                                              \
@@ -657,10 +684,10 @@ static bool append_call(sink *k, const event *const *evs, size_t first, size_t n
               : buf_printf(t, "outboxd:%s:mark:", k->epoch) && buf_append(t, e0->run_id, e0->run_id_len));
     ARG(buf_puts(t, "run:") && buf_append(t, e0->run_id, e0->run_id_len));
     ARG(buf_puts(t, k->ttl));
-    ARG(buf_puts(t, chained ? "1" : "0"));
+    ARG(buf_puts(t, p->chained[first] ? "1" : "0"));
     ARG(buf_puts(t, k->origin));
     for (size_t i = 0; i < n; i++) {
-        const event *e = evs[first + i];
+        const event *e = p->evs[first + i];
         ARG(buf_printf(t, "%lld", e->id));
         ARG(buf_printf(t, "%lld", e->seq));
         ARG(event_format_message(t, e));
@@ -668,9 +695,9 @@ static bool append_call(sink *k, const event *const *evs, size_t first, size_t n
 #undef ARG
     for (size_t i = 0; i < j; i++)
         a->argv[i] = t->data + a->off[i];
-    if ((k->asking && !rconn_append(k->c, 1, (const char *[]){"ASKING"}, NULL)) ||
-        !rconn_append(k->c, (int)j, a->argv, a->len)) {
-        snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
+    if ((p->asking && !rconn_append(p->c, 1, (const char *[]){"ASKING"}, NULL)) ||
+        !rconn_append(p->c, (int)j, a->argv, a->len)) {
+        snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(p->c));
         return false;
     }
     *queued += t->len;
@@ -680,55 +707,82 @@ oom:
     return false;
 }
 
-/* Publishes evs[0..n) on k->c, one call per run, pipelined; false when the
- * connection was lost (it is then dropped). */
-static bool publish_on(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
+/* Queues p's next calls, one per run, until PIPELINE_BYTES wait in the output buffer
+ * or all are queued (then a WAIT), and writes them to the server. False when the
+ * connection was lost or out of memory (it is then dropped). */
+static bool send_calls(sink *k, pub_node *p, call_args *a)
 {
+    size_t queued = 0, from = p->next;
+    while (p->next < p->n && queued < PIPELINE_BYTES) {
+        /* A call: this event and the chained ones after it, up to CALL_EVENTS. */
+        size_t i = p->next, len = 1;
+        while (i + len < p->n && p->chained[i + len] && len < CALL_EVENTS)
+            len++;
+        if (!append_call(k, p, i, len, a, &queued))
+            goto fail;
+        p->calls[p->ncalls++] = (call){i, len, false};
+        p->next = i + len;
+    }
+    /* WAIT once per node per publish call, after its last command: the marks (and
+     * messages) of the whole batch reach the replicas before it is marked published. */
+    p->wait = p->next == p->n && k->wait_replicas > 0;
+    if (p->wait && !rconn_append(p->c, 3, (const char *[]){"WAIT", k->wait_n, k->wait_timeout}, NULL)) {
+        snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(p->c));
+        goto fail;
+    }
+    if (!rconn_flush(p->c)) {
+        node_lost(k, p, "publish", from, p->next);
+        return false;
+    }
+    return true;
+fail:
+    /* Nothing of this round was written: the connection is out of step all the same. */
+    drop(k, &p->c);
+    return false;
+}
+
+/* Publishes each node's events on its connection p[i].c (the nodes without one are
+ * left out), the nodes side by side: every node's calls are written before any reply
+ * is read, so that a batch costs one round trip however many nodes it spans (and
+ * one more per PIPELINE_BYTES a node gets). Replies are read in the order of p: a
+ * node that stays silent holds up the reading of the ones after it, not their
+ * publishing, which they did meanwhile. False when a connection was lost (it is
+ * dropped: p[i].c is NULL) or out of memory. */
+static bool publish_nodes(sink *k, pub_node *p, int np)
+{
+    size_t total = 0;
+    for (int j = 0; j < np; j++)
+        total += p[j].n;
+    call *calls = malloc((total ? total : 1) * sizeof *calls);
+    if (!calls) {
+        snprintf(k->err, sizeof k->err, "publish: out of memory");
+        for (int j = 0; j < np; j++)
+            drop(k, &p[j].c);
+        return false;
+    }
     call_args args = {0};
     buf_init(&args.text, 0);
-    size_t queued = 0, ncalls = 0, read_from = 0;
-    call *calls = malloc((n ? n : 1) * sizeof *calls);
-    bool ok = calls != NULL;
-    if (!ok)
-        snprintf(k->err, sizeof k->err, "publish: out of memory");
-    char wait_n[24];
-    snprintf(wait_n, sizeof wait_n, "%ld", k->wait_replicas);
-    for (size_t i = 0; i < n && ok;) {
-        /* A call: this event and the chained ones after it, up to CALL_EVENTS. */
-        size_t len = 1;
-        while (i + len < n && chained[i + len] && len < CALL_EVENTS)
-            len++;
-        if (!append_call(k, evs, i, len, chained[i], &args, &queued)) {
-            ok = false;
-            break;
-        }
-        calls[ncalls++] = (call){i, len, false};
-        i += len;
-        /* Bound what waits in the output buffer: read the replies so far. */
-        if (queued >= PIPELINE_BYTES || i == n) {
-            /* WAIT once per call of sink_publish, after its last command: the marks
-             * (and messages) of the whole batch reach the replicas before it is
-             * marked published. */
-            bool wait = i == n && k->wait_replicas > 0;
-            if (wait && !rconn_append(k->c, 3, (const char *[]){"WAIT", wait_n, k->wait_timeout}, NULL)) {
-                snprintf(k->err, sizeof k->err, "publish: %s", rconn_errstr(k->c));
+    size_t at = 0;
+    for (int j = 0; j < np; at += p[j++].n)
+        p[j].calls = calls + at;
+    bool ok = true, more = true;
+    while (more) {
+        for (int j = 0; j < np; j++)
+            if (p[j].c && p[j].next < p[j].n && !send_calls(k, &p[j], &args))
                 ok = false;
-                break;
-            }
-            ok = read_replies(k, evs, calls + read_from, ncalls - read_from, wait, out);
-            read_from = ncalls;
-            queued = 0;
+        more = false;
+        for (int j = 0; j < np; j++) {
+            if (p[j].c && p[j].read_from < p[j].ncalls && !read_replies(k, &p[j]))
+                ok = false;
+            more |= p[j].c && p[j].next < p[j].n;
         }
-    }
-    if (!ok && k->c) {
-        /* Commands may be queued without replies read: the connection is out of step. */
-        drop_conn(k);
     }
     /* An ACL denial of a whole call while other calls ran is about that run (a key
      * rule that leaves out its mark): its run is held back, like a refused PUBLISH. */
-    for (size_t c = 0; k->ran && c < ncalls; c++)
-        for (size_t i = 0; calls[c].acl && i < calls[c].n; i++)
-            out[calls[c].first + i] = PUB_FAILED;
+    for (int j = 0; k->ran && j < np; j++)
+        for (size_t c = 0; c < p[j].ncalls; c++)
+            for (size_t i = 0; p[j].calls[c].acl && i < p[j].calls[c].n; i++)
+                p[j].out[p[j].calls[c].first + i] = PUB_FAILED;
     free(calls);
     free(args.argv);
     free(args.len);
@@ -737,98 +791,159 @@ static bool publish_on(sink *k, const event *const *evs, const bool *chained, si
     return ok;
 }
 
-/* An ASK redirection of the event at index i of the current group: retried on to. */
-static void note_ask(sink *k, size_t i, const redis_addr *to)
+/* An ASK redirection of the event at index i of node p: retried on to (retry_asks). */
+static void note_ask(sink *k, pub_node *p, size_t i, const redis_addr *to)
 {
-    if (k->asking)
+    if (p->asking)
         return; /* retried once only: the next attempt reads the map again */
     int t;
     for (t = 0; t < k->nask_to; t++)
         if (k->ask_to[t].port == to->port && !strcmp(k->ask_to[t].host, to->host))
             break;
     if (t == k->nask_to) {
-        if (t == (int)(sizeof k->ask_to / sizeof k->ask_to[0]))
+        if (t == ASK_TARGETS)
             return; /* too many targets at once: retried with the next attempt */
         k->ask_to[k->nask_to++] = *to;
     }
-    k->s.ask[i] = t;
+    p->ask[i] = t;
+}
+
+static bool share_reserve(share *g, size_t n)
+{
+    if (n <= g->cap)
+        return true;
+    /* After a failure the arrays grown so far stay so, the others as they were. */
+    void *t;
+#define GROW(f) ((t = realloc(g->f, n * sizeof *g->f)) && (g->f = t))
+    if (!(GROW(evs) && GROW(chained) && GROW(out) && GROW(idx) && GROW(ask)))
+        return false;
+#undef GROW
+    g->cap = n;
+    return true;
+}
+
+static void share_free(share *g)
+{
+    free(g->evs);
+    free(g->chained);
+    free(g->out);
+    free(g->idx);
+    free(g->ask);
+}
+
+/* Gives each node p[0..np) its events: those i of evs[0..n) with part[i] its index
+ * (-1: none), in order, as consecutive slices of g (reserved for n), not sent yet and
+ * not redirected. */
+static void share_out(pub_node *p, int np, const int *part, const event *const *evs, const bool *chained, size_t n,
+                      share *g)
+{
+    for (size_t i = 0; i < n; i++)
+        if (part[i] >= 0)
+            p[part[i]].n++;
+    size_t at = 0;
+    for (int j = 0; j < np; j++) {
+        p[j].evs = g->evs + at;
+        p[j].chained = g->chained + at;
+        p[j].out = g->out + at;
+        p[j].idx = g->idx + at;
+        p[j].ask = g->ask + at;
+        at += p[j].n;
+        p[j].n = 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (part[i] < 0)
+            continue;
+        pub_node *q = &p[part[i]];
+        size_t w = (size_t)(q->out - g->out) + q->n++;
+        g->evs[w] = evs[i];
+        g->chained[w] = chained[i];
+        g->out[w] = PUB_UNSENT;
+        g->idx[w] = i;
+        g->ask[w] = -1;
+    }
+}
+
+/* Retries once, with ASKING on the node named, the calls of p[0..np) that a migrating
+ * slot sent elsewhere (note_ask), the targets side by side. The events sent to one
+ * target keep their batch order: a run's events all went there, or the earlier ones
+ * published on the source (their mark moved along). */
+static void retry_asks(sink *k, pub_node *p, int np)
+{
+    if (!k->nask_to || np == 0)
+        return;
+    /* The nodes' events are consecutive in k->s, from p[0]'s on. */
+    size_t from = (size_t)(p[0].out - k->s.out), n = 0;
+    for (int j = 0; j < np; j++)
+        n += p[j].n;
+    pub_node a[ASK_TARGETS] = {0};
+    share g = {0};
+    if (share_reserve(&g, n)) {
+        share_out(a, k->nask_to, k->s.ask + from, k->s.evs + from, k->s.chained + from, n, &g);
+        for (int t = 0; t < k->nask_to; t++) {
+            a[t].addr = k->ask_to[t];
+            a[t].node = -1;
+            a[t].asking = true;
+            a[t].c = cluster_connect_at(k->cl, &a[t].addr, k->err, sizeof k->err);
+        }
+        (void)publish_nodes(k, a, k->nask_to);
+        for (int t = 0; t < k->nask_to; t++) {
+            rconn_free(a[t].c);
+            for (size_t i = 0; i < a[t].n; i++)
+                k->s.out[from + a[t].idx[i]] = a[t].out[i];
+        }
+    }
+    share_free(&g);
+    k->nask_to = 0;
+}
+
+/* Publishes on the cluster's nodes p[0..np) side by side (publish_nodes), over the
+ * connections the cluster lends, then retries their ASK redirections. False when a
+ * node could not be reached or its connection was lost. */
+static bool publish_group(sink *k, pub_node *p, int np)
+{
+    if (np == 0)
+        return true;
+    bool ok = true;
+    for (int j = 0; j < np; j++) {
+        p[j].c = cluster_take(k->cl, p[j].node, k->err, sizeof k->err);
+        if (!p[j].c) {
+            for (size_t i = 0; i < p[j].n; i++)
+                p[j].out[i] = PUB_NOROUTE;
+            k->refresh = true;
+            ok = false;
+        }
+    }
+    if (!publish_nodes(k, p, np))
+        ok = false;
+    for (int j = 0; j < np; j++) {
+        if (p[j].c)
+            cluster_put(k->cl, p[j].node, p[j].c);
+        p[j].c = NULL;
+        /* A node that timed out (stalled, e.g. SIGSTOP) is suspect for a while: its
+         * runs are parked at once instead of every batch waiting out its timeout
+         * again. */
+        if (p[j].stalled)
+            cluster_suspect(k->cl, p[j].node);
+    }
+    retry_asks(k, p, np);
+    return ok;
 }
 
 static bool scratch_reserve(sink *k, size_t n)
 {
     if (n <= k->s.cap)
         return true;
-#define GROW(f) ((k->s.f = realloc(k->s.f, n * sizeof *k->s.f)) != NULL)
-    if (!(GROW(node) && GROW(idx) && GROW(evs) && GROW(chained) && GROW(out) && GROW(ask)))
+    int *part = realloc(k->part, n * sizeof *part);
+    if (!part)
         return false;
-#undef GROW
-    k->s.cap = n;
-    return true;
-}
-
-/* Publishes the group evs[0..n) (one node's events, in batch order) on node v of the
- * map, then retries once, with ASKING, those that a migrating slot sent elsewhere.
- * False when the node could not be reached or its connection was lost. */
-static bool publish_node(sink *k, int v, const event **evs, bool *chained, size_t n, pub_result *out)
-{
-    const cluster_map *m = cluster_get_map(k->cl);
-    k->addr = m->node[v];
-    k->c = cluster_take(k->cl, v, k->err, sizeof k->err);
-    if (!k->c) {
-        for (size_t i = 0; i < n; i++)
-            out[i] = PUB_NOROUTE;
-        k->refresh = true;
-        return false;
-    }
-    k->nask_to = 0;
-    for (size_t i = 0; i < n; i++)
-        k->s.ask[i] = -1;
-    k->stalled = false;
-    bool ok = publish_on(k, evs, chained, n, out);
-    if (k->c)
-        cluster_put(k->cl, v, k->c);
-    k->c = NULL;
-    /* A node that timed out (stalled, e.g. SIGSTOP) is suspect for a while: its runs
-     * are parked at once instead of every batch waiting out its timeout again. */
-    if (k->stalled)
-        cluster_suspect(k->cl, v);
-    for (int t = 0; t < k->nask_to; t++) {
-        /* The events sent to one target keep their batch order: a run's events all
-         * went there, or the earlier ones published here (their mark moved along). */
-        const event **aevs = malloc(n * sizeof *aevs);
-        bool *ach = malloc(n * sizeof *ach);
-        size_t *aidx = malloc(n * sizeof *aidx);
-        pub_result *res = malloc(n * sizeof *res);
-        size_t an = 0;
-        for (size_t i = 0; aevs && ach && aidx && res && i < n; i++)
-            if (k->s.ask[i] == t) {
-                aevs[an] = evs[i];
-                ach[an] = chained[i];
-                res[an] = PUB_UNSENT;
-                aidx[an++] = i;
-            }
-        k->addr = k->ask_to[t];
-        if (an && (k->c = cluster_connect_at(k->cl, &k->ask_to[t], k->err, sizeof k->err))) {
-            k->asking = true;
-            (void)publish_on(k, aevs, ach, an, res);
-            k->asking = false;
-            rconn_free(k->c);
-            k->c = NULL;
-            for (size_t i = 0; i < an; i++)
-                out[aidx[i]] = res[i];
-        }
-        free(aevs);
-        free(ach);
-        free(aidx);
-        free(res);
-    }
-    return ok;
+    k->part = part;
+    return share_reserve(&k->s, n);
 }
 
 /* Splits a batch by the primary that owns each run's channel slot and publishes each
- * part on its node. Each run lives on one node, so its order and the chained rule
- * hold within its part; a node that is down or failing over leaves only its runs
- * unsent. */
+ * part on its node, the nodes side by side. Each run lives on one node, so its order
+ * and the chained rule hold within its part; a node that is down or failing over
+ * leaves only its runs unsent. */
 static bool publish_cluster(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
     /* While a node is down every batch asks for a fresh map: at most ten times a
@@ -849,49 +964,56 @@ static bool publish_cluster(sink *k, const event *const *evs, const bool *chaine
             snprintf(k->err, sizeof k->err, "publish: out of memory");
             return false;
         }
-        k->s.node[i] = m->owner[cluster_key_slot(ch.data, ch.len)];
+        uint16_t v = m->owner[cluster_key_slot(ch.data, ch.len)];
+        k->part[i] = v == CLUSTER_NO_NODE ? -1 : v;
     }
     buf_free(&ch);
     bool ok = true;
     char unowned[200] = "";
     for (size_t i = 0; i < n; i++)
-        if (k->s.node[i] == CLUSTER_NO_NODE) {
+        if (k->part[i] < 0) {
             out[i] = PUB_NOROUTE;
             if (!unowned[0])
                 snprintf(unowned, sizeof unowned, "run %.*s: its slot has no primary now (a shard down or failing over)",
                          (int)(evs[i]->run_id_len > 64 ? 64 : evs[i]->run_id_len), evs[i]->run_id);
             k->refresh = true;
         }
-    /* One pass per primary (a handful), each taking that node's events in order; the
-     * nodes that failed lately go last, so that trying one again (it may still be
-     * stalled: a timeout) does not hold up the healthy shards' runs of this batch.
-     * A run lives on one node: the order between nodes is free. */
-    bool late[CLUSTER_MAX_NODES]; /* taken before any pass: a pass may mark a node failed */
-    for (int v = 0; v < m->nnodes; v++)
-        late[v] = cluster_failed_lately(k->cl, v);
-    for (int pass = 0; pass < 2 * m->nnodes; pass++) {
-        int v = pass % m->nnodes;
-        if (late[v] != (pass >= m->nnodes))
-            continue;
-        size_t gn = 0;
-        const event **gevs = k->s.evs;
-        bool *gch = k->s.chained;
-        pub_result *gout = k->s.out;
-        size_t *gidx = k->s.idx;
-        for (size_t i = 0; i < n; i++)
-            if (k->s.node[i] == v) {
-                gevs[gn] = evs[i];
-                gch[gn] = chained[i];
-                gout[gn] = PUB_UNSENT;
-                gidx[gn++] = i;
-            }
-        if (gn == 0)
-            continue;
-        if (!publish_node(k, v, gevs, gch, gn, gout))
-            ok = false;
-        for (size_t j = 0; j < gn; j++)
-            out[gidx[j]] = gout[j];
+    /* The nodes this batch touches, in two groups: the healthy ones, then those that
+     * failed lately, which are sent to only once the healthy ones have answered, so
+     * that trying one again (it may still be stalled: a timeout, or a connection
+     * attempt that waits out one) holds up none of the healthy shards' runs. A run
+     * lives on one node: the order between nodes is free. */
+    pub_node *p = calloc((size_t)(m->nnodes ? m->nnodes : 1), sizeof *p);
+    if (!p) {
+        snprintf(k->err, sizeof k->err, "publish: out of memory");
+        return false;
     }
+    int pos[CLUSTER_MAX_NODES], np = 0, nhealthy = 0; /* pos: node -> its index in p */
+    for (int v = 0; v < m->nnodes; v++)
+        pos[v] = -1;
+    for (size_t i = 0; i < n; i++)
+        if (k->part[i] >= 0)
+            pos[k->part[i]] = -2; /* touched */
+    for (int late = 0; late < 2; late++)
+        for (int v = 0; v < m->nnodes; v++)
+            if (pos[v] == -2 && cluster_failed_lately(k->cl, v) == (late == 1)) {
+                p[np].node = v;
+                p[np].addr = m->node[v];
+                pos[v] = np++;
+                nhealthy += !late;
+            }
+    for (size_t i = 0; i < n; i++)
+        if (k->part[i] >= 0)
+            k->part[i] = pos[k->part[i]];
+    share_out(p, np, k->part, evs, chained, n, &k->s);
+    k->nask_to = 0;
+    bool healthy = publish_group(k, p, nhealthy);
+    if (!publish_group(k, p + nhealthy, np - nhealthy) || !healthy)
+        ok = false;
+    for (int j = 0; j < np; j++)
+        for (size_t i = 0; i < p[j].n; i++)
+            out[p[j].idx[i]] = p[j].out[i];
+    free(p);
     if (unowned[0]) {
         snprintf(k->err, sizeof k->err, "%s", unowned);
         ok = false;
@@ -937,7 +1059,7 @@ static void hw_release(sink *k, rconn *c, int node, bool broken)
 {
     if (node < 0) {
         if (broken)
-            drop_conn(k);
+            drop(k, &k->c);
     } else if (broken) {
         rconn_free(c);
         k->refresh = true;
@@ -1027,7 +1149,7 @@ static bool raise_hw(sink *k, const event *const *evs, size_t n)
         hw_release(k, c, node, true);
         if (!k->cl)
             return false;
-        /* A node that timed out is suspect for a while, as in publish_node: the
+        /* A node that timed out is suspect for a while, as in publish_group: the
          * batches of the other shards do not wait out its timeout every time. */
         if (node >= 0)
             cluster_suspect(k->cl, node);
@@ -1086,10 +1208,14 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
     }
     if (!raise_hw(k, evs, n)) {
         if (k->c)
-            drop_conn(k);
+            drop(k, &k->c);
         return false;
     }
-    bool ok = publish_on(k, evs, chained, n, out);
+    /* The connection is the node's while it publishes (NULL after when it was lost). */
+    pub_node p = {.c = k->c, .addr = k->addr, .node = -1, .evs = evs, .chained = chained, .out = out, .n = n};
+    k->c = NULL;
+    bool ok = publish_nodes(k, &p, 1);
+    k->c = p.c;
     note_outcome(k, out, n);
     return ok;
 }
