@@ -147,6 +147,7 @@ typedef struct pub_node {
     size_t n, next;   /* evs[0..n); evs[next] is the first not sent yet */
     call *calls;      /* calls[0..ncalls) sent, their replies read up to read_from */
     size_t ncalls, read_from;
+    const char **hw;  /* the high-water's call, sent ahead of the first call (one Redis), or NULL */
 } pub_node;
 
 struct sink {
@@ -194,6 +195,8 @@ struct sink {
 static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen);
 static void note_ask(sink *k, pub_node *p, size_t i, const redis_addr *to);
 static void share_free(share *g);
+static bool hw_reply(sink *k, const redisReply *r, bool goes_out);
+static void note_hw_refused(sink *k, const char *why);
 
 sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce)
 {
@@ -487,6 +490,21 @@ static bool read_replies(sink *k, pub_node *p)
     const event *const *evs = p->evs;
     call *calls = p->calls + p->read_from;
     size_t ncalls = p->ncalls - p->read_from, from = calls[0].first, to = p->next;
+    char hw_err[300] = "";
+    if (p->hw && p->read_from == 0) {
+        redisReply *r = rconn_reply(p->c);
+        if (!r) {
+            node_lost(k, p, "high-water", from, to);
+            return false;
+        }
+        if (!hw_reply(k, r, false)) {
+            /* The calls behind it met the same, most likely; if one ran, the batch
+             * went out without the raise (said below). */
+            snprintf(hw_err, sizeof hw_err, "%.290s", k->err);
+            reconnect = true;
+        }
+        freeReplyObject(r);
+    }
     p->read_from = p->ncalls;
     for (size_t c = 0; c < ncalls; c++) {
         size_t first = calls[c].first, n = calls[c].n;
@@ -583,6 +601,8 @@ static bool read_replies(sink *k, pub_node *p)
         }
         freeReplyObject(r);
     }
+    if (hw_err[0] && k->ran)
+        note_hw_refused(k, hw_err);
     if (p->wait) {
         /* The server holds WAIT's reply for up to the wait timeout, which may be longer
          * than the command timeout: only silence beyond both is a lost connection. */
@@ -713,6 +733,11 @@ oom:
 static bool send_calls(sink *k, pub_node *p, call_args *a)
 {
     size_t queued = 0, from = p->next;
+    /* Ahead of the batch on the same connection, so Redis raises it first. */
+    if (p->hw && p->next == 0 && !rconn_append(p->c, 6, p->hw, NULL)) {
+        snprintf(k->err, sizeof k->err, "high-water: %s", rconn_errstr(p->c));
+        goto fail;
+    }
     while (p->next < p->n && queued < PIPELINE_BYTES) {
         /* A call: this event and the chained ones after it, up to CALL_EVENTS. */
         size_t i = p->next, len = 1;
@@ -1119,69 +1144,89 @@ static void note_hw_refused(sink *k, const char *why)
     k->hw_failing = true;
 }
 
-/* Raises the high-water to the highest id of evs[0..n), before they are published:
- * one round trip per batch. False when the sink's own connection is lost or must be
- * made again (nothing was published then). A refusal that every write meets
- * (NOREPLICAS, OOM, MISCONF, BUSY) is left to the publish calls, which meet it too;
- * another refusal (an ACL user without SET), or in a cluster a node that cannot be
- * reached, lets the batch go out without it (note_hw_refused). */
-static bool raise_hw(sink *k, const event *const *evs, size_t n)
+/* The high-water's call for evs[0..n) (n > 0) in argv[0..6): its script, its key and
+ * the highest id of the batch, written into key and id. */
+static void hw_call(const sink *k, const event *const *evs, size_t n, char key[160], char id[24], const char *argv[6])
 {
-    if (n == 0)
-        return true;
     long long top = 0;
     for (size_t i = 0; i < n; i++)
         top = evs[i]->id > top ? evs[i]->id : top;
-    char key[160], id[24];
-    hw_key(k, key, sizeof key);
-    snprintf(id, sizeof id, "%lld", top);
-    int node;
-    rconn *c = hw_acquire(k, key, &node);
-    if (!c) {
-        if (!k->cl)
-            return false;
-        note_hw_refused(k, k->err);
-        return true;
-    }
-    redisReply *r = rconn_command(c, 6, (const char *[]){"EVALSHA", k->hw_sha, "1", key, id, k->ttl}, NULL);
-    if (!r) {
-        snprintf(k->err, sizeof k->err, "high-water: %s", rconn_errstr(c));
-        hw_release(k, c, node, true);
-        if (!k->cl)
-            return false;
-        /* A node that timed out is suspect for a while, as in publish_group: the
-         * batches of the other shards do not wait out its timeout every time. */
-        if (node >= 0)
-            cluster_suspect(k->cl, node);
-        note_hw_refused(k, k->err);
-        return true;
-    }
-    bool again = false;
+    hw_key(k, key, 160);
+    snprintf(id, 24, "%lld", top);
+    const char *a[6] = {"EVALSHA", k->hw_sha, "1", key, id, k->ttl};
+    memcpy(argv, a, sizeof a);
+}
+
+/* What the high-water script's reply r says; goes_out: the batch is published whatever
+ * it says (a cluster: the raise is a call of its own, on the key's node). A refusal
+ * that every write meets (NOREPLICAS, OOM, MISCONF, BUSY) is left to the publish
+ * calls, which meet it too; another (an ACL user without SET) is said and counted
+ * (note_hw_refused). False, the reason in k->err, when the connection must be made
+ * again (the script cache was flushed, or no longer a primary): said and counted too
+ * when the batch goes out all the same. */
+static bool hw_reply(sink *k, const redisReply *r, bool goes_out)
+{
     if (r->type == REDIS_REPLY_ERROR && hw_note_moved(k, r)) {
         /* The map is read again before the next batch; this one goes out without it. */
         snprintf(k->err, sizeof k->err, "high-water: %s", r->str);
         note_hw_refused(k, k->err);
-    } else if (r->type == REDIS_REPLY_ERROR) {
-        again = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) || !strncmp(r->str, "LOADING", 7) ||
-                !strncmp(r->str, "MASTERDOWN", 10);
+        return true;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        bool again = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
+                     !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10);
         bool everyone = !strncmp(r->str, "NOREPLICAS", 10) || !strncmp(r->str, "OOM", 3) ||
                         !strncmp(r->str, "MISCONF", 7) || !strncmp(r->str, "BUSY", 4);
         if (again) {
             snprintf(k->err, sizeof k->err, "high-water: %s", r->str);
-            if (k->cl)
-                note_hw_refused(k, k->err); /* the batch goes out without it: said, counted */
+            if (goes_out)
+                note_hw_refused(k, k->err);
         } else if (!everyone) {
             char why[400];
             redis_explain_error(r->str, why, sizeof why);
             note_hw_refused(k, why);
         }
-    } else if (k->hw_failing) {
+        return !again;
+    }
+    if (k->hw_failing) {
         k->hw_failing = false;
         log_info("redis: the high-water of published ids is raised again");
     }
+    return true;
+}
+
+/* In a cluster: raises the high-water to the highest id of evs[0..n) on the node of
+ * its key, before the batch is published (one more round trip per batch). The batch
+ * goes out whatever happens; a raise that could not be made is said and counted
+ * (note_hw_refused). (With one Redis the raise goes ahead of the batch's calls on the
+ * same connection: sink_publish.) */
+static void raise_hw(sink *k, const event *const *evs, size_t n)
+{
+    if (n == 0)
+        return;
+    char key[160], id[24];
+    const char *argv[6];
+    hw_call(k, evs, n, key, id, argv);
+    int node;
+    rconn *c = hw_acquire(k, key, &node);
+    if (!c) {
+        note_hw_refused(k, k->err);
+        return;
+    }
+    redisReply *r = rconn_command(c, 6, argv, NULL);
+    if (!r) {
+        snprintf(k->err, sizeof k->err, "high-water: %s", rconn_errstr(c));
+        hw_release(k, c, node, true);
+        /* A node that timed out is suspect for a while, as in publish_group: the
+         * batches of the other shards do not wait out its timeout every time. */
+        if (node >= 0)
+            cluster_suspect(k->cl, node);
+        note_hw_refused(k, k->err);
+        return;
+    }
+    bool again = !hw_reply(k, r, true);
     freeReplyObject(r);
     hw_release(k, c, node, again);
-    return !again || k->cl;
 }
 
 bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
@@ -1190,7 +1235,8 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
         out[i] = PUB_UNSENT;
     k->refused = k->ran = false;
     if (k->cl) {
-        bool ok = raise_hw(k, evs, n) && publish_cluster(k, evs, chained, n, out);
+        raise_hw(k, evs, n);
+        bool ok = publish_cluster(k, evs, chained, n, out);
         note_outcome(k, out, n);
         return ok;
     }
@@ -1206,13 +1252,14 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
         snprintf(k->err, sizeof k->err, "publish: not connected");
         return false;
     }
-    if (!raise_hw(k, evs, n)) {
-        if (k->c)
-            drop(k, &k->c);
-        return false;
-    }
-    /* The connection is the node's while it publishes (NULL after when it was lost). */
-    pub_node p = {.c = k->c, .addr = k->addr, .node = -1, .evs = evs, .chained = chained, .out = out, .n = n};
+    /* The connection is the node's while it publishes (NULL after when it was lost).
+     * The high-water goes ahead of the calls: no round trip of its own. */
+    char key[160], id[24];
+    const char *hw[6];
+    if (n)
+        hw_call(k, evs, n, key, id, hw);
+    pub_node p = {.c = k->c, .addr = k->addr, .node = -1, .evs = evs, .chained = chained, .out = out, .n = n,
+                  .hw = n ? hw : NULL};
     k->c = NULL;
     bool ok = publish_nodes(k, &p, 1);
     k->c = p.c;
