@@ -606,6 +606,11 @@ bool cluster_failed_lately(const cluster *cl, int node)
     return node >= 0 && node < cl->map.nnodes && cl->conn[node].backoff > 0;
 }
 
+bool cluster_has_conn(const cluster *cl, int node)
+{
+    return node >= 0 && node < cl->map.nnodes && cl->conn[node].c != NULL;
+}
+
 void cluster_suspect(cluster *cl, int node)
 {
     if (node >= 0 && node < cl->map.nnodes)

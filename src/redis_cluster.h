@@ -101,6 +101,8 @@ void cluster_suspect(cluster *cl, int node);
 /* Whether node i's last connection attempt or command failed and none succeeded since
  * (it was suspect, or is). */
 bool cluster_failed_lately(const cluster *cl, int node);
+/* Whether node i has a connection to lend (cluster_take returns it without connecting). */
+bool cluster_has_conn(const cluster *cl, int node);
 /* A connection to addr (an ASK target, maybe not in the map), owned by the caller. */
 rconn *cluster_connect_at(cluster *cl, const redis_addr *addr, char *err, size_t errlen);
 

@@ -610,8 +610,9 @@ static bool read_replies(sink *k, pub_node *p)
         if (!r) {
             /* Published, but whether the marks reached a replica is unknown: sent
              * again (after reconnecting), they are either found marked or published
-             * once more, never left to a primary that may be gone. */
-            node_lost(k, p, "WAIT", from, to);
+             * once more, never left to a primary that may be gone. WAIT covers
+             * every round of this node's calls, not only the last. */
+            node_lost(k, p, "WAIT", 0, to);
             return false;
         }
         if (r->type != REDIS_REPLY_INTEGER || r->integer < k->wait_replicas) {
@@ -1003,11 +1004,13 @@ static bool publish_cluster(sink *k, const event *const *evs, const bool *chaine
                          (int)(evs[i]->run_id_len > 64 ? 64 : evs[i]->run_id_len), evs[i]->run_id);
             k->refresh = true;
         }
-    /* The nodes this batch touches, in two groups: the healthy ones, then those that
-     * failed lately, which are sent to only once the healthy ones have answered, so
-     * that trying one again (it may still be stalled: a timeout, or a connection
-     * attempt that waits out one) holds up none of the healthy shards' runs. A run
-     * lives on one node: the order between nodes is free. */
+    /* The nodes this batch touches, in two groups: those with a connection at hand
+     * that did not fail lately, then the others (failed lately, or to be connected
+     * first: a new primary, one dropped to reload the script), which are sent to
+     * only once the first group has answered, so that trying one again or
+     * connecting to it (it may be stalled: a timeout, or a connection attempt that
+     * waits out one) holds up none of the first group's runs. A run lives on one
+     * node: the order between nodes is free. */
     pub_node *p = calloc((size_t)(m->nnodes ? m->nnodes : 1), sizeof *p);
     if (!p) {
         snprintf(k->err, sizeof k->err, "publish: out of memory");
@@ -1021,7 +1024,8 @@ static bool publish_cluster(sink *k, const event *const *evs, const bool *chaine
             pos[k->part[i]] = -2; /* touched */
     for (int late = 0; late < 2; late++)
         for (int v = 0; v < m->nnodes; v++)
-            if (pos[v] == -2 && cluster_failed_lately(k->cl, v) == (late == 1)) {
+            if (pos[v] == -2 &&
+                (cluster_failed_lately(k->cl, v) || !cluster_has_conn(k->cl, v)) == (late == 1)) {
                 p[np].node = v;
                 p[np].addr = m->node[v];
                 pos[v] = np++;
