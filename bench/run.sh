@@ -249,6 +249,24 @@ run_producers() {
   done < <(cut -d' ' -f1 "$WORK/producer.txt" | sort -u)
 }
 
+# producer_table KEY:LABEL...: part 1's table, a row per workload: the plain table's
+# inserts/s, then each KEY's and its ratio to the plain table.
+producer_table() {
+  local w p v kl line
+  line=$(printf '  %-22s %9s' "workload" "plain")
+  for kl in "$@"; do line+=$(printf ' %11s %7s' "${kl#*:}" "/plain"); done
+  echo "$line"
+  for w in 1:1000 8:1000 32:1000 32:1; do
+    p=${PROD[$w-plain]:-0}
+    line=$(printf '  %-22s %9s' "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)" "$(thousands "$p")")
+    for kl in "$@"; do
+      v=${PROD[$w-${kl%%:*}]:-0}
+      line+=$(printf ' %11s %6.2fx' "$(thousands "$v")" "$(calc %.4f "$v / ($p + 0.001)")")
+    done
+    echo "$line"
+  done
+}
+
 # ---- 2. steady load ------------------------------------------------------------------
 
 declare -A STEADY
@@ -573,26 +591,10 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
     echo "1. PRODUCER COST  (inserts/s, pgbench -f bench/pgbench-insert.sql, autocommit, ${PROD_S}s each, median of $PROD_REPEAT;"
     echo "   plain = same columns, BIGSERIAL primary key, no other index, no trigger; no relay running)"
     echo "   $REF as released (NOTIFY trigger on) and with its NOTIFY trigger off"
-    printf '  %-22s %9s %10s %7s %11s %7s %10s %7s\n' "workload" "plain" "$REF" "/plain" "no NOTIFY" "/plain" \
-      "this tree" "/plain"
-    for w in 1:1000 8:1000 32:1000 32:1; do
-      p=${PROD[$w-plain]:-0} b=${PROD[$w-base]:-0} b0=${PROD[$w-base0]:-0} c=${PROD[$w-cur]:-0}
-      printf '  %-22s %9s %10s %6.2fx %11s %6.2fx %10s %6.2fx\n' \
-        "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)" "$(thousands "$p")" \
-        "$(thousands "$b")" "$(calc %.4f "$b / ($p + 0.001)")" "$(thousands "$b0")" "$(calc %.4f "$b0 / ($p + 0.001)")" \
-        "$(thousands "$c")" "$(calc %.4f "$c / ($p + 0.001)")"
-    done
+    producer_table "base:$REF" "base0:no NOTIFY" "cur:this tree"
     echo "   where this tree's cost goes (each /plain): + a unique (run_id, bigint) index, the shape replays need;"
     echo "   + a PL/pgSQL BEFORE INSERT trigger that only draws the id (no per-run counter, no wake-up check); this tree"
-    printf '  %-22s %9s %9s %7s %10s %7s %10s %7s\n' "workload" "plain" "+index" "/plain" "+trigger" "/plain" \
-      "this tree" "/plain"
-    for w in 1:1000 8:1000 32:1000 32:1; do
-      p=${PROD[$w-plain]:-0} i=${PROD[$w-pidx]:-0} t=${PROD[$w-ptrig]:-0} c=${PROD[$w-cur]:-0}
-      printf '  %-22s %9s %9s %6.2fx %10s %6.2fx %10s %6.2fx\n' \
-        "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)" "$(thousands "$p")" \
-        "$(thousands "$i")" "$(calc %.4f "$i / ($p + 0.001)")" "$(thousands "$t")" "$(calc %.4f "$t / ($p + 0.001)")" \
-        "$(thousands "$c")" "$(calc %.4f "$c / ($p + 0.001)")"
-    done
+    producer_table "pidx:+index" "ptrig:+trigger" "cur:this tree"
   fi
   if part steady; then
     echo
