@@ -1,7 +1,7 @@
 /* The sink on our blocking Redis connection (redis_conn.c), reaching the primary
  * through redis_endpoint.c (TLS, sentinels), or each run's primary through
  * redis_cluster.c (a batch split by node). */
-#include "redis_sink.h"
+#include "redis_sink_int.h"
 
 #include "buf.h"
 #include "clock.h"
@@ -105,98 +105,12 @@ const char redis_sink_hw_script[] =
  * does not pile up in hiredis's output buffer. */
 #define PIPELINE_BYTES (4u << 20)
 
-/* Ranges of event ids whose publish outcome was lost with a connection. */
-#define UNCERTAIN_RANGES 8
-/* ASK targets retried at once in one batch (more wait for the next attempt). */
-#define ASK_TARGETS 8
-
-/* One queued call: the events evs[first..first + n) of one run. acl: Redis refused
- * the whole call for the user's ACL. */
-typedef struct call {
-    size_t first, n;
-    bool acl;
-} call;
-
-/* Events split into parts (share_out): each part's events are a slice of these
- * arrays, in the order they came. */
-typedef struct share {
-    size_t cap;
-    const event **evs;
-    bool *chained;
-    pub_result *out;
-    size_t *idx; /* entry j is entry idx[j] of what was split */
-    int *ask;    /* index into ask_to of an ASK redirection, or -1 */
-} share;
-
-/* What one node does for a publish call: its connection, its events (a run's all go
- * to one node, in batch order) and the calls that carry them. The single Redis is one
- * node, the sink's own connection; a cluster batch has one per primary it touches and
- * one per ASK target. The nodes of a batch work side by side (publish_nodes). */
-typedef struct pub_node {
-    rconn *c;         /* NULL when there is none or it was lost */
-    redis_addr addr;  /* where c is connected */
-    int node;         /* node of the cluster map, or -1 */
-    bool asking;      /* send ASKING before each call (an ASK redirection) */
-    bool stalled;     /* c timed out: the node stayed silent */
-    bool wait;        /* a WAIT follows the calls sent and not read yet */
-    const event *const *evs;
-    const bool *chained;
-    pub_result *out;
-    size_t *idx;      /* with a share: where evs[i] came from */
-    int *ask;         /* with a share: evs[i]'s ASK target */
-    size_t n, next;   /* evs[0..n); evs[next] is the first not sent yet */
-    call *calls;      /* calls[0..ncalls) sent, their replies read up to read_from */
-    size_t ncalls, read_from;
-    const char **hw;  /* the high-water's call, sent ahead of the first call (one Redis), or NULL */
-} pub_node;
-
-struct sink {
-    redis_endpoint *ep;
-    long wait_replicas;
-    long wait_timeout_ms;
-    char wait_n[24];
-    char wait_timeout[24];
-    char ttl[24];
-    char epoch[64];
-    char origin[48]; /* "system identifier.database oid", or "" */
-    bool announce;
-    rconn *c;             /* the connection to the primary (none with a cluster) */
-    redis_addr addr;      /* where c is connected */
-    cluster *cl;          /* --redis-cluster, else NULL */
-    bool sharded;         /* SPUBLISH */
-    bool refresh;         /* re-read the slot map before the next publish */
-    bool said_map;
-    double refreshed_at;  /* when the map was last read (monotonic s) */
-    share s;              /* a cluster batch split by node, sized to the largest batch */
-    int *part;            /* scratch of the split: each event's node, as s */
-    redis_addr ask_to[ASK_TARGETS];
-    int nask_to;
-    int migrating_slot;   /* the slot last said to be migrating (sharded), or -1 */
-    redis_addr last_addr; /* the primary of the previous connection ("" before the first) */
-    sentinel_watch watch;
-    bool legacy_script;   /* the server refused "#!lua" (Redis before 7): no flags */
-    bool wait_refused_said;
-    bool marks_failing;   /* the last mark written (or not) was refused */
-    char sha[41];
-    char hw_sha[41];
-    bool hw_failing;      /* the last raise of the high-water was refused (said once) */
-    char err[1024];
-    struct {
-        long long lo, hi;
-    } uncertain[UNCERTAIN_RANGES];
-    int nuncertain, next_uncertain;
-    sink_counters counters;
-    bool refused; /* in the current publish call: an ACL denial, or no writes taken */
-    bool ran;     /* in the current publish call: a script call ran */
-    bool refusing;
-    char refusal[1024];
-};
 
 static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen);
-static void note_ask(sink *k, pub_node *p, size_t i, const redis_addr *to);
-static void share_free(share *g);
-static bool hw_reply(sink *k, const redisReply *r, bool goes_out);
-static void note_hw_refused(sink *k, const char *why);
+void sink_note_ask(sink *k, pub_node *p, size_t i, const redis_addr *to);
+void sink_share_free(share *g);
+bool sink_hw_reply(sink *k, const redisReply *r, bool goes_out);
+void sink_hw_refused(sink *k, const char *why);
 
 sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce)
 {
@@ -236,14 +150,14 @@ void sink_free(sink *k)
     sink_disconnect(k);
     sentinel_watch_close(&k->watch);
     cluster_free(k->cl);
-    share_free(&k->s);
+    sink_share_free(&k->s);
     free(k->part);
     free(k);
 }
 
 /* Drops a connection after an error; with a cluster, only that node's, and the map
  * is read again before the next publish (a failover, a moved slot). */
-static void drop(sink *k, rconn **c)
+void sink_drop(sink *k, rconn **c)
 {
     rconn_free(*c);
     *c = NULL;
@@ -252,7 +166,7 @@ static void drop(sink *k, rconn **c)
 
 void sink_disconnect(sink *k)
 {
-    drop(k, &k->c);
+    sink_drop(k, &k->c);
     if (k->cl)
         cluster_reset(k->cl);
 }
@@ -327,7 +241,7 @@ static bool cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *
 
 /* Reads the slot map (connections are made as batches need them; those of nodes
  * still primaries are kept). A changed set of primaries is logged and counted. */
-static bool cluster_connect(sink *k)
+bool sink_cluster_connect(sink *k)
 {
     const cluster_map *m = cluster_get_map(k->cl);
     redis_addr before[8];
@@ -363,7 +277,7 @@ static bool cluster_connect(sink *k)
 bool sink_connect(sink *k)
 {
     if (k->cl)
-        return cluster_connect(k);
+        return sink_cluster_connect(k);
     sink_disconnect(k);
     k->c = redis_endpoint_connect(k->ep, &k->addr, k->err, sizeof k->err);
     if (!k->c || !load_script(k, k->c, &k->addr)) {
@@ -478,7 +392,7 @@ static void node_lost(sink *k, pub_node *p, const char *what, size_t from, size_
         if (p->out[i] == PUB_OK || p->out[i] == PUB_DUP)
             p->out[i] = PUB_UNSENT;
     note_uncertain(k, p->evs, from, to);
-    drop(k, &p->c);
+    sink_drop(k, &p->c);
 }
 
 /* Reads the replies of p's calls sent since the last read (and of the WAIT after
@@ -497,7 +411,7 @@ static bool read_replies(sink *k, pub_node *p)
             node_lost(k, p, "high-water", from, to);
             return false;
         }
-        if (!hw_reply(k, r, false)) {
+        if (!sink_hw_reply(k, r, false)) {
             /* The calls behind it met the same, most likely; if one ran, the batch
              * went out without the raise (said below). */
             snprintf(hw_err, sizeof hw_err, "%.290s", k->err);
@@ -578,7 +492,7 @@ static bool read_replies(sink *k, pub_node *p)
             for (size_t i = 0; i < n; i++) {
                 o[i] = park ? PUB_NOROUTE : PUB_UNSENT;
                 if (redirect == REDIRECT_ASK && !park && to_node.port)
-                    note_ask(k, p, first + i, &to_node);
+                    sink_note_ask(k, p, first + i, &to_node);
             }
             if (park && slot >= 0)
                 note_migrating(k, slot);
@@ -602,7 +516,7 @@ static bool read_replies(sink *k, pub_node *p)
         freeReplyObject(r);
     }
     if (hw_err[0] && k->ran)
-        note_hw_refused(k, hw_err);
+        sink_hw_refused(k, hw_err);
     if (p->wait) {
         /* The server holds WAIT's reply for up to the wait timeout, which may be longer
          * than the command timeout: only silence beyond both is a lost connection. */
@@ -632,7 +546,7 @@ static bool read_replies(sink *k, pub_node *p)
         freeReplyObject(r);
     }
     if (reconnect) {
-        drop(k, &p->c);
+        sink_drop(k, &p->c);
         return false;
     }
     return true;
@@ -763,7 +677,7 @@ static bool send_calls(sink *k, pub_node *p, call_args *a)
     return true;
 fail:
     /* Nothing of this round was written: the connection is out of step all the same. */
-    drop(k, &p->c);
+    sink_drop(k, &p->c);
     return false;
 }
 
@@ -774,7 +688,7 @@ fail:
  * node that stays silent holds up the reading of the ones after it, not their
  * publishing, which they did meanwhile. False when a connection was lost (it is
  * dropped: p[i].c is NULL) or out of memory. */
-static bool publish_nodes(sink *k, pub_node *p, int np)
+bool sink_publish_nodes(sink *k, pub_node *p, int np)
 {
     size_t total = 0;
     for (int j = 0; j < np; j++)
@@ -783,7 +697,7 @@ static bool publish_nodes(sink *k, pub_node *p, int np)
     if (!calls) {
         snprintf(k->err, sizeof k->err, "publish: out of memory");
         for (int j = 0; j < np; j++)
-            drop(k, &p[j].c);
+            sink_drop(k, &p[j].c);
         return false;
     }
     call_args args = {0};
@@ -817,430 +731,14 @@ static bool publish_nodes(sink *k, pub_node *p, int np)
     return ok;
 }
 
-/* An ASK redirection of the event at index i of node p: retried on to (retry_asks). */
-static void note_ask(sink *k, pub_node *p, size_t i, const redis_addr *to)
-{
-    if (p->asking)
-        return; /* retried once only: the next attempt reads the map again */
-    int t;
-    for (t = 0; t < k->nask_to; t++)
-        if (k->ask_to[t].port == to->port && !strcmp(k->ask_to[t].host, to->host))
-            break;
-    if (t == k->nask_to) {
-        if (t == ASK_TARGETS)
-            return; /* too many targets at once: retried with the next attempt */
-        k->ask_to[k->nask_to++] = *to;
-    }
-    p->ask[i] = t;
-}
-
-static bool share_reserve(share *g, size_t n)
-{
-    if (n <= g->cap)
-        return true;
-    /* After a failure the arrays grown so far stay so, the others as they were. */
-    void *t;
-#define GROW(f) ((t = realloc(g->f, n * sizeof *g->f)) && (g->f = t))
-    if (!(GROW(evs) && GROW(chained) && GROW(out) && GROW(idx) && GROW(ask)))
-        return false;
-#undef GROW
-    g->cap = n;
-    return true;
-}
-
-static void share_free(share *g)
-{
-    free(g->evs);
-    free(g->chained);
-    free(g->out);
-    free(g->idx);
-    free(g->ask);
-}
-
-/* Gives each node p[0..np) its events: those i of evs[0..n) with part[i] its index
- * (-1: none), in order, as consecutive slices of g (reserved for n), not sent yet and
- * not redirected. */
-static void share_out(pub_node *p, int np, const int *part, const event *const *evs, const bool *chained, size_t n,
-                      share *g)
-{
-    for (size_t i = 0; i < n; i++)
-        if (part[i] >= 0)
-            p[part[i]].n++;
-    size_t at = 0;
-    for (int j = 0; j < np; j++) {
-        p[j].evs = g->evs + at;
-        p[j].chained = g->chained + at;
-        p[j].out = g->out + at;
-        p[j].idx = g->idx + at;
-        p[j].ask = g->ask + at;
-        at += p[j].n;
-        p[j].n = 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (part[i] < 0)
-            continue;
-        pub_node *q = &p[part[i]];
-        size_t w = (size_t)(q->out - g->out) + q->n++;
-        g->evs[w] = evs[i];
-        g->chained[w] = chained[i];
-        g->out[w] = PUB_UNSENT;
-        g->idx[w] = i;
-        g->ask[w] = -1;
-    }
-}
-
-/* Retries once, with ASKING on the node named, the calls of p[0..np) that a migrating
- * slot sent elsewhere (note_ask), the targets side by side. The events sent to one
- * target keep their batch order: a run's events all went there, or the earlier ones
- * published on the source (their mark moved along). */
-static void retry_asks(sink *k, pub_node *p, int np)
-{
-    if (!k->nask_to || np == 0)
-        return;
-    /* The nodes' events are consecutive in k->s, from p[0]'s on. */
-    size_t from = (size_t)(p[0].out - k->s.out), n = 0;
-    for (int j = 0; j < np; j++)
-        n += p[j].n;
-    pub_node a[ASK_TARGETS] = {0};
-    share g = {0};
-    if (share_reserve(&g, n)) {
-        share_out(a, k->nask_to, k->s.ask + from, k->s.evs + from, k->s.chained + from, n, &g);
-        for (int t = 0; t < k->nask_to; t++) {
-            a[t].addr = k->ask_to[t];
-            a[t].node = -1;
-            a[t].asking = true;
-            a[t].c = cluster_connect_at(k->cl, &a[t].addr, k->err, sizeof k->err);
-        }
-        (void)publish_nodes(k, a, k->nask_to);
-        for (int t = 0; t < k->nask_to; t++) {
-            rconn_free(a[t].c);
-            for (size_t i = 0; i < a[t].n; i++)
-                k->s.out[from + a[t].idx[i]] = a[t].out[i];
-        }
-    }
-    share_free(&g);
-    k->nask_to = 0;
-}
-
-/* Publishes on the cluster's nodes p[0..np) side by side (publish_nodes), over the
- * connections the cluster lends, then retries their ASK redirections. False when a
- * node could not be reached or its connection was lost. */
-static bool publish_group(sink *k, pub_node *p, int np)
-{
-    if (np == 0)
-        return true;
-    bool ok = true;
-    for (int j = 0; j < np; j++) {
-        p[j].c = cluster_take(k->cl, p[j].node, k->err, sizeof k->err);
-        if (!p[j].c) {
-            for (size_t i = 0; i < p[j].n; i++)
-                p[j].out[i] = PUB_NOROUTE;
-            k->refresh = true;
-            ok = false;
-        }
-    }
-    if (!publish_nodes(k, p, np))
-        ok = false;
-    for (int j = 0; j < np; j++) {
-        if (p[j].c)
-            cluster_put(k->cl, p[j].node, p[j].c);
-        p[j].c = NULL;
-        /* A node that timed out (stalled, e.g. SIGSTOP) is suspect for a while: its
-         * runs are parked at once instead of every batch waiting out its timeout
-         * again. */
-        if (p[j].stalled)
-            cluster_suspect(k->cl, p[j].node);
-    }
-    retry_asks(k, p, np);
-    return ok;
-}
-
-static bool scratch_reserve(sink *k, size_t n)
-{
-    if (n <= k->s.cap)
-        return true;
-    int *part = realloc(k->part, n * sizeof *part);
-    if (!part)
-        return false;
-    k->part = part;
-    return share_reserve(&k->s, n);
-}
-
-/* Splits a batch by the primary that owns each run's channel slot and publishes each
- * part on its node, the nodes side by side. Each run lives on one node, so its order
- * and the chained rule hold within its part; a node that is down or failing over
- * leaves only its runs unsent. */
-static bool publish_cluster(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
-{
-    /* While a node is down every batch asks for a fresh map: at most ten times a
-     * second, which is plenty to notice its replica taking over. */
-    if (((k->refresh && clock_mono_s() - k->refreshed_at >= 0.1) || !cluster_has_map(k->cl)) && !cluster_connect(k))
-        return false;
-    if (!scratch_reserve(k, n)) {
-        snprintf(k->err, sizeof k->err, "publish: out of memory");
-        return false;
-    }
-    const cluster_map *m = cluster_get_map(k->cl);
-    buf ch;
-    buf_init(&ch, 0);
-    for (size_t i = 0; i < n; i++) {
-        buf_reset(&ch);
-        if (!buf_puts(&ch, "run:") || !buf_append(&ch, evs[i]->run_id, evs[i]->run_id_len)) {
-            buf_free(&ch);
-            snprintf(k->err, sizeof k->err, "publish: out of memory");
-            return false;
-        }
-        uint16_t v = m->owner[cluster_key_slot(ch.data, ch.len)];
-        k->part[i] = v == CLUSTER_NO_NODE ? -1 : v;
-    }
-    buf_free(&ch);
-    bool ok = true;
-    char unowned[200] = "";
-    for (size_t i = 0; i < n; i++)
-        if (k->part[i] < 0) {
-            out[i] = PUB_NOROUTE;
-            if (!unowned[0])
-                snprintf(unowned, sizeof unowned, "run %.*s: its slot has no primary now (a shard down or failing over)",
-                         (int)(evs[i]->run_id_len > 64 ? 64 : evs[i]->run_id_len), evs[i]->run_id);
-            k->refresh = true;
-        }
-    /* The nodes this batch touches, in two groups: those with a connection at hand
-     * that did not fail lately, then the others (failed lately, or to be connected
-     * first: a new primary, one dropped to reload the script), which are sent to
-     * only once the first group has answered, so that trying one again or
-     * connecting to it (it may be stalled: a timeout, or a connection attempt that
-     * waits out one) holds up none of the first group's runs. A run lives on one
-     * node: the order between nodes is free. */
-    pub_node *p = calloc((size_t)(m->nnodes ? m->nnodes : 1), sizeof *p);
-    if (!p) {
-        snprintf(k->err, sizeof k->err, "publish: out of memory");
-        return false;
-    }
-    int pos[CLUSTER_MAX_NODES], np = 0, nhealthy = 0; /* pos: node -> its index in p */
-    for (int v = 0; v < m->nnodes; v++)
-        pos[v] = -1;
-    for (size_t i = 0; i < n; i++)
-        if (k->part[i] >= 0)
-            pos[k->part[i]] = -2; /* touched */
-    for (int late = 0; late < 2; late++)
-        for (int v = 0; v < m->nnodes; v++)
-            if (pos[v] == -2 &&
-                (cluster_failed_lately(k->cl, v) || !cluster_has_conn(k->cl, v)) == (late == 1)) {
-                p[np].node = v;
-                p[np].addr = m->node[v];
-                pos[v] = np++;
-                nhealthy += !late;
-            }
-    for (size_t i = 0; i < n; i++)
-        if (k->part[i] >= 0)
-            k->part[i] = pos[k->part[i]];
-    share_out(p, np, k->part, evs, chained, n, &k->s);
-    k->nask_to = 0;
-    bool healthy = publish_group(k, p, nhealthy);
-    if (!publish_group(k, p + nhealthy, np - nhealthy) || !healthy)
-        ok = false;
-    for (int j = 0; j < np; j++)
-        for (size_t i = 0; i < p[j].n; i++)
-            out[p[j].idx[i]] = p[j].out[i];
-    free(p);
-    if (unowned[0]) {
-        snprintf(k->err, sizeof k->err, "%s", unowned);
-        ok = false;
-    }
-    return ok;
-}
-
-static void hw_key(const sink *k, char *key, size_t len)
-{
-    snprintf(key, len, "outboxd:%s:hw%s%s", k->epoch, k->origin[0] ? ":" : "", k->origin);
-}
-
-/* The connection for the high-water's key: the sink's own, or in a cluster one lent
- * by the node that owns the key's slot (*node >= 0; hand it back with hw_release).
- * NULL with the reason in k->err. */
-static rconn *hw_acquire(sink *k, const char *key, int *node)
-{
-    *node = -1;
-    if (!k->cl)
-        return k->c || sink_connect(k) ? k->c : NULL;
-    /* As publish_cluster: a map known to be stale is read again, ten times a second at most. */
-    if (((k->refresh && clock_mono_s() - k->refreshed_at >= 0.1) || !cluster_has_map(k->cl)) && !cluster_connect(k))
-        return NULL;
-    const cluster_map *m = cluster_get_map(k->cl);
-    int v = m->owner[cluster_key_slot(key, strlen(key))];
-    if (v == CLUSTER_NO_NODE) {
-        snprintf(k->err, sizeof k->err, "%s: its slot has no primary now (a shard down or failing over)", key);
-        k->refresh = true;
-        return NULL;
-    }
-    rconn *c = cluster_take(k->cl, v, k->err, sizeof k->err);
-    if (!c) {
-        k->refresh = true;
-        return NULL;
-    }
-    *node = v;
-    return c;
-}
-
-/* Ends what hw_acquire began; broken: the connection is no use any more (lost, or
- * one that must be made again to load the scripts or find the primary). */
-static void hw_release(sink *k, rconn *c, int node, bool broken)
-{
-    if (node < 0) {
-        if (broken)
-            drop(k, &k->c);
-    } else if (broken) {
-        rconn_free(c);
-        k->refresh = true;
-    } else {
-        cluster_put(k->cl, node, c);
-    }
-}
-
-/* A reply that says the key's slot is served elsewhere now: the map is read again.
- * (A raise skipped for it is made good by the next batch's, whose ids are higher.) */
-static bool hw_note_moved(sink *k, const redisReply *r)
-{
-    bool moved =
-        k->cl && r->type == REDIS_REPLY_ERROR && (!strncmp(r->str, "MOVED", 5) || !strncmp(r->str, "ASK", 3));
-    if (moved)
-        k->refresh = true;
-    return moved;
-}
-
-bool sink_high_water(sink *k, long long *hw)
-{
-    char key[160];
-    hw_key(k, key, sizeof key);
-    int node;
-    rconn *c = hw_acquire(k, key, &node);
-    if (!c)
-        return false;
-    redisReply *r = rconn_command(c, 2, (const char *[]){"GET", key}, NULL);
-    if (!r) {
-        snprintf(k->err, sizeof k->err, "GET %s: %s", key, rconn_errstr(c));
-        hw_release(k, c, node, true);
-        return false;
-    }
-    bool ok = r->type == REDIS_REPLY_NIL || r->type == REDIS_REPLY_STRING;
-    *hw = r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
-    (void)hw_note_moved(k, r);
-    if (!ok) {
-        char why[400];
-        redis_explain_error(r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply", why, sizeof why);
-        snprintf(k->err, sizeof k->err, "GET %s: %s", key, why);
-    }
-    freeReplyObject(r);
-    hw_release(k, c, node, false);
-    return ok;
-}
-
-/* The high-water could not be raised for a batch that goes out all the same: what is
- * lost is the detection of numbering that went back. Said once, counted with the
- * marks' failures. */
-static void note_hw_refused(sink *k, const char *why)
-{
-    k->counters.mark_failures++;
-    if (!k->hw_failing)
-        log_warn("redis: the high-water of published ids could not be raised (%s): a restored database whose "
-                 "numbering went back is not detected meanwhile (docs/GUARANTEES.md)",
-                 why);
-    k->hw_failing = true;
-}
-
-/* The high-water's call for evs[0..n) (n > 0) in argv[0..6): its script, its key and
- * the highest id of the batch, written into key and id. */
-static void hw_call(const sink *k, const event *const *evs, size_t n, char key[160], char id[24], const char *argv[6])
-{
-    long long top = 0;
-    for (size_t i = 0; i < n; i++)
-        top = evs[i]->id > top ? evs[i]->id : top;
-    hw_key(k, key, 160);
-    snprintf(id, 24, "%lld", top);
-    const char *a[6] = {"EVALSHA", k->hw_sha, "1", key, id, k->ttl};
-    memcpy(argv, a, sizeof a);
-}
-
-/* What the high-water script's reply r says; goes_out: the batch is published whatever
- * it says (a cluster: the raise is a call of its own, on the key's node). A refusal
- * that every write meets (NOREPLICAS, OOM, MISCONF, BUSY) is left to the publish
- * calls, which meet it too; another (an ACL user without SET) is said and counted
- * (note_hw_refused). False, the reason in k->err, when the connection must be made
- * again (the script cache was flushed, or no longer a primary): said and counted too
- * when the batch goes out all the same. */
-static bool hw_reply(sink *k, const redisReply *r, bool goes_out)
-{
-    if (r->type == REDIS_REPLY_ERROR && hw_note_moved(k, r)) {
-        /* The map is read again before the next batch; this one goes out without it. */
-        snprintf(k->err, sizeof k->err, "high-water: %s", r->str);
-        note_hw_refused(k, k->err);
-        return true;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        bool again = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
-                     !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10);
-        bool everyone = !strncmp(r->str, "NOREPLICAS", 10) || !strncmp(r->str, "OOM", 3) ||
-                        !strncmp(r->str, "MISCONF", 7) || !strncmp(r->str, "BUSY", 4);
-        if (again) {
-            snprintf(k->err, sizeof k->err, "high-water: %s", r->str);
-            if (goes_out)
-                note_hw_refused(k, k->err);
-        } else if (!everyone) {
-            char why[400];
-            redis_explain_error(r->str, why, sizeof why);
-            note_hw_refused(k, why);
-        }
-        return !again;
-    }
-    if (k->hw_failing) {
-        k->hw_failing = false;
-        log_info("redis: the high-water of published ids is raised again");
-    }
-    return true;
-}
-
-/* In a cluster: raises the high-water to the highest id of evs[0..n) on the node of
- * its key, before the batch is published (one more round trip per batch). The batch
- * goes out whatever happens; a raise that could not be made is said and counted
- * (note_hw_refused). (With one Redis the raise goes ahead of the batch's calls on the
- * same connection: sink_publish.) */
-static void raise_hw(sink *k, const event *const *evs, size_t n)
-{
-    if (n == 0)
-        return;
-    char key[160], id[24];
-    const char *argv[6];
-    hw_call(k, evs, n, key, id, argv);
-    int node;
-    rconn *c = hw_acquire(k, key, &node);
-    if (!c) {
-        note_hw_refused(k, k->err);
-        return;
-    }
-    redisReply *r = rconn_command(c, 6, argv, NULL);
-    if (!r) {
-        snprintf(k->err, sizeof k->err, "high-water: %s", rconn_errstr(c));
-        hw_release(k, c, node, true);
-        /* A node that timed out is suspect for a while, as in publish_group: the
-         * batches of the other shards do not wait out its timeout every time. */
-        if (node >= 0)
-            cluster_suspect(k->cl, node);
-        note_hw_refused(k, k->err);
-        return;
-    }
-    bool again = !hw_reply(k, r, true);
-    freeReplyObject(r);
-    hw_release(k, c, node, again);
-}
-
 bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
     for (size_t i = 0; i < n; i++)
         out[i] = PUB_UNSENT;
     k->refused = k->ran = false;
     if (k->cl) {
-        raise_hw(k, evs, n);
-        bool ok = publish_cluster(k, evs, chained, n, out);
+        sink_raise_hw(k, evs, n);
+        bool ok = sink_publish_cluster(k, evs, chained, n, out);
         note_outcome(k, out, n);
         return ok;
     }
@@ -1261,11 +759,11 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
     char key[160], id[24];
     const char *hw[6];
     if (n)
-        hw_call(k, evs, n, key, id, hw);
+        sink_hw_call(k, evs, n, key, id, hw);
     pub_node p = {.c = k->c, .addr = k->addr, .node = -1, .evs = evs, .chained = chained, .out = out, .n = n,
                   .hw = n ? hw : NULL};
     k->c = NULL;
-    bool ok = publish_nodes(k, &p, 1);
+    bool ok = sink_publish_nodes(k, &p, 1);
     k->c = p.c;
     note_outcome(k, out, n);
     return ok;
