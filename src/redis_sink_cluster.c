@@ -9,23 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* An ASK redirection of the event at index i of node p: retried on to (retry_asks). */
-void sink_note_ask(sink *k, pub_node *p, size_t i, const redis_addr *to)
-{
-    if (p->asking)
-        return; /* retried once only: the next attempt reads the map again */
-    int t;
-    for (t = 0; t < k->nask_to; t++)
-        if (k->ask_to[t].port == to->port && !strcmp(k->ask_to[t].host, to->host))
-            break;
-    if (t == k->nask_to) {
-        if (t == ASK_TARGETS)
-            return; /* too many targets at once: retried with the next attempt */
-        k->ask_to[k->nask_to++] = *to;
-    }
-    p->ask[i] = t;
-}
-
 static bool share_reserve(share *g, size_t n)
 {
     if (n <= g->cap)

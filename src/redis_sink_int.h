@@ -1,6 +1,8 @@
-/* What the sink's source files (redis_sink.c: connections, the publish pipeline;
- * redis_sink_cluster.c: a batch split by primary; redis_sink_hw.c: the high-water of
- * published ids) share and nobody else sees: the sink's layout and their helpers. */
+/* What the sink's source files share and nobody else sees: the sink's layout and
+ * their helpers. From the top down: redis_sink.c (the sink's interface),
+ * redis_sink_cluster.c (a batch split by primary), redis_sink_pipe.c (the publish
+ * pipeline), redis_sink_hw.c (the high-water of published ids), redis_sink_conn.c
+ * (connections and scripts). */
 #ifndef OUTBOXD_REDIS_SINK_INT_H
 #define OUTBOXD_REDIS_SINK_INT_H
 
@@ -94,17 +96,22 @@ struct sink {
     char refusal[1024];
 };
 
-/* redis_sink.c */
+/* redis_sink_conn.c */
 /* Drops a connection after an error; with a cluster, only that node's, and the map
  * is read again before the next publish. */
 void sink_drop(sink *k, rconn **c);
 /* Reads the cluster's slot map again (said when it changed). */
 bool sink_cluster_connect(sink *k);
+/* Readies a new connection to a cluster node (loads the scripts): cluster_new's hook. */
+bool sink_cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen);
+
+/* redis_sink_pipe.c */
 /* Publishes each node's events on its connection p[i].c, the nodes side by side. */
 bool sink_publish_nodes(sink *k, pub_node *p, int np);
+/* Notes an ASK redirection of p's event i to to, retried there (redis_sink_cluster.c). */
+void sink_note_ask(sink *k, pub_node *p, size_t i, const redis_addr *to);
 
 /* redis_sink_cluster.c */
-void sink_note_ask(sink *k, pub_node *p, size_t i, const redis_addr *to);
 void sink_share_free(share *g);
 bool sink_publish_cluster(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out);
 
