@@ -96,7 +96,7 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
 {
     for (size_t i = 0; i < n; i++)
         out[i] = PUB_UNSENT;
-    k->refused = k->ran = false;
+    k->refused = false;
     if (k->cl) {
         sink_raise_hw(k, evs, n);
         bool ok = sink_publish_cluster(k, evs, chained, n, out);

@@ -52,6 +52,7 @@ typedef struct pub_node {
     call *calls;      /* calls[0..ncalls) sent, their replies read up to read_from */
     size_t ncalls, read_from;
     const char **hw;  /* the high-water's call, sent ahead of the first call (one Redis), or NULL */
+    bool ran;         /* a script call of this node's ran (its ACL lets the script run) */
 } pub_node;
 
 struct sink {
@@ -91,7 +92,6 @@ struct sink {
     int nuncertain, next_uncertain;
     sink_counters counters;
     bool refused; /* in the current publish call: an ACL denial, or no writes taken */
-    bool ran;     /* in the current publish call: a script call ran */
     bool refusing;
     char refusal[1024];
 };

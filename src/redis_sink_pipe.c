@@ -171,7 +171,7 @@ static bool read_replies(sink *k, pub_node *p)
             reconnect = true;
             snprintf(k->err, sizeof k->err, "%s:%d: publish: %s", p->addr.host, p->addr.port, merr);
         } else if (r->type == REDIS_REPLY_ARRAY && r->elements >= n) {
-            k->ran = true;
+            p->ran = true;
             const char *why = r->elements > n && r->element[n]->type == REDIS_REPLY_STRING ? r->element[n]->str
                                                                                            : "unexpected reply";
             if (merr)
@@ -237,7 +237,7 @@ static bool read_replies(sink *k, pub_node *p)
         }
         freeReplyObject(r);
     }
-    if (hw_err[0] && k->ran)
+    if (hw_err[0] && p->ran)
         sink_hw_refused(k, hw_err);
     if (p->wait) {
         /* The server holds WAIT's reply for up to the wait timeout, which may be longer
@@ -436,10 +436,11 @@ bool sink_publish_nodes(sink *k, pub_node *p, int np)
             more |= p[j].c && p[j].next < p[j].n;
         }
     }
-    /* An ACL denial of a whole call while other calls ran is about that run (a key
-     * rule that leaves out its mark): its run is held back, like a refused PUBLISH. */
-    for (int j = 0; k->ran && j < np; j++)
-        for (size_t c = 0; c < p[j].ncalls; c++)
+    /* An ACL denial of a whole call while other calls on the same node ran is about
+     * that run (a key rule that leaves out its mark): its run is held back, like a
+     * refused PUBLISH. A node that refused every call refuses everyone: an outage. */
+    for (int j = 0; j < np; j++)
+        for (size_t c = 0; p[j].ran && c < p[j].ncalls; c++)
             for (size_t i = 0; p[j].calls[c].acl && i < p[j].calls[c].n; i++)
                 p[j].out[p[j].calls[c].first + i] = PUB_FAILED;
     free(calls);
