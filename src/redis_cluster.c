@@ -215,6 +215,20 @@ static bool reply_is_list(const redisReply *r, const char *cmd, const char *what
     return r->type == REDIS_REPLY_ARRAY;
 }
 
+/* Ends a parse of a slot map: the placeholder owner of ranges whose primary is not
+ * known becomes "no node"; a map that failed to parse is left empty. */
+static bool map_done(cluster_map *m, bool ok)
+{
+    if (!ok) {
+        cluster_map_clear(m);
+        return false;
+    }
+    for (int s = 0; s < CLUSTER_SLOTS; s++)
+        if (m->owner[s] == CLUSTER_NO_NODE - 1)
+            m->owner[s] = CLUSTER_NO_NODE;
+    return true;
+}
+
 bool cluster_parse_shards(const redisReply *r, const redis_addr *asked, bool tls, cluster_map *m, char *err,
                           size_t errlen)
 {
@@ -254,14 +268,9 @@ bool cluster_parse_shards(const redisReply *r, const redis_addr *asked, bool tls
                 goto fail;
         }
     }
-    /* Placeholder owners of shards without a primary become "no node". */
-    for (int s = 0; s < CLUSTER_SLOTS; s++)
-        if (m->owner[s] == CLUSTER_NO_NODE - 1)
-            m->owner[s] = CLUSTER_NO_NODE;
-    return true;
+    return map_done(m, true);
 fail:
-    cluster_map_clear(m);
-    return false;
+    return map_done(m, false);
 }
 
 bool cluster_parse_slots(const redisReply *r, const redis_addr *asked, cluster_map *m, char *err, size_t errlen)
@@ -296,13 +305,9 @@ bool cluster_parse_slots(const redisReply *r, const redis_addr *asked, cluster_m
                         err, errlen))
             goto fail;
     }
-    for (int s = 0; s < CLUSTER_SLOTS; s++)
-        if (m->owner[s] == CLUSTER_NO_NODE - 1)
-            m->owner[s] = CLUSTER_NO_NODE;
-    return true;
+    return map_done(m, true);
 fail:
-    cluster_map_clear(m);
-    return false;
+    return map_done(m, false);
 }
 
 enum cluster_redirect cluster_parse_redirect(const char *err, const redis_addr *from, int *slot, redis_addr *to)
