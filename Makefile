@@ -16,7 +16,7 @@ endif
 override CFLAGS := $(CFLAGS_BASE) $(CPPFLAGS) $(CFLAGS)
 
 CORE = buf log config event metrics store_pg store_relay store_schema redis_tls redis_conn redis_endpoint redis_cluster \
-	redis_aconn redis_pubsub redis_sink redis_sink_conn redis_sink_pipe redis_sink_cluster redis_sink_hw admin_http relay relay_batch relay_scan sse sse_run sse_cache sse_out sse_replay \
+	redis_aconn redis_pubsub redis_sink redis_sink_conn redis_sink_pipe redis_sink_cluster redis_sink_hw admin_http relay relay_chores relay_batch relay_scan sse sse_run sse_cache sse_out sse_replay \
 	sse_redis sse_workers sse_page sse_auth sse_reply jwks jwt http_client auth auth_forward
 CORE_OBJ = $(CORE:%=$(BUILD)/%.o)
 # The Redis connection layer, for the unit tests that link a module using it.

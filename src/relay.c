@@ -1,4 +1,5 @@
-/* The relay's loop: leadership, the cycle, waiting, and the chores between cycles.
+/* The relay's loop: leadership, the cycle and waiting (the chores between cycles are
+ * relay_chores.c's).
  *
  * One cycle is one statement (store_cycle): it marks what went out and reads every
  * row the relay has not seen, by id (relay_scan.h says how ids that commit late are
@@ -8,7 +9,7 @@
  * statement runs while Redis takes the previous batch. When nothing is left, the
  * relay takes the wake-up lock, reads once more, and waits for a NOTIFY: writers
  * notify only then. Leadership is a session advisory lock: standbys wait. */
-#include "relay.h"
+#include "relay_int.h"
 
 #include "admin_http.h"
 #include "clock.h"
@@ -36,17 +37,10 @@
 #define BUSY_NAP_MAX_MS 8
 #define BUSY_QUICK_S 0.25
 #define BUSY_POLL_MS 100
-/* In a backlog, the marks of one batch are spread over this many cycle statements
- * (by id modulo MARK_SPLIT): each statement then updates a quarter of a page's rows,
- * which fits the page's free space (fillfactor 80) and keeps every mark a HOT update.
- * docs/BENCHMARKS.md measures it. */
-#define MARK_SPLIT 4
 /* While Redis answers but refuses every event (NOREPLICAS, OOM, MISCONF, BUSY, an ACL
  * denial of the script), the relay asks again at least this often, so that events go
  * out within about a second of it taking writes again. */
 #define REFUSED_RETRY_MAX_MS 1000
-#define LOW_WATER_EVERY_S 1.0
-#define FORGET_WINDOW 1000
 
 /* ---- process: signals ------------------------------------------------------------- */
 
@@ -115,73 +109,7 @@ static void drain_wake_pipe(void)
     }
 }
 
-/* ---- state ------------------------------------------------------------------------ */
-
-/* What the admin thread may read, copied from the loop under `mu` after each step. */
-typedef struct relay_public {
-    pthread_mutex_t mu;
-    relay_stats stats;
-    long long backlog;
-    double oldest_age_s;
-    bool leader, db_up;
-    int held;
-    size_t gaps;
-    double gap_age_s, gap_blocker_age_s;
-    int gap_blocker_pid;
-    bool gap_blocker_prepared;
-    sink_counters redis;
-    bool redis_refusing;
-    char redis_refusal[1024];
-    const config *cfg;
-    redis_endpoint *endpoint;
-} relay_public;
-
-static relay_public pub = {.mu = PTHREAD_MUTEX_INITIALIZER, .backlog = -1};
-
-/* Ids published and not yet marked: slot k goes with the cycle statement k (mod
- * MARK_SPLIT). */
-typedef struct mark_ring {
-    long long *ids[MARK_SPLIT];
-    size_t n[MARK_SPLIT], cap[MARK_SPLIT];
-    long long *spare; /* the array of the slot last sent, reused for the next one */
-    size_t spare_cap;
-} mark_ring;
-
-typedef struct relay_state {
-    relay_ctx rc;
-    const config *cfg;
-    bool fatal; /* a condition no retry can mend: stop with exit code 1 */
-    bool leader;
-    bool numbering_checked; /* since taking the lead: the Redis high-water against the id sequence */
-    bool said_standby;
-    long backoff_ms;
-    long refused_ms; /* the backoff while Redis refuses everyone (reset once events go out) */
-    double next_stats, last_stats, next_backlog, next_prune;
-    long long backlog;
-    double oldest_age_s;
-    uint64_t published_at_last_stats;
-    /* the leader's cycle */
-    scan sc;
-    batch rows[2];       /* what the last two cycles read; `cur` points into one of them */
-    unsigned long cycle;
-    batch cur;           /* read, to be published by the next step */
-    bool cur_full;       /* the read that gave `cur` was full: a backlog */
-    long limit;
-    mark_ring marks;
-    bool recheck;        /* the wake-up lock is taken: the next read decides whether to wait */
-    int busy_naps;
-    double busy_since;   /* when the relay last found it could not wait */
-    double said_busy, said_gaps_full; /* when those were last logged */
-    double low_saved_at;
-    long long low_saved;
-    char forget_cursor[512];
-    /* VACUUM of run_outbox on a connection of its own (--vacuum-after) */
-    store *vac;
-    int vac_may;         /* -1 not known yet, 0 this role does not own the table, 1 it does */
-    bool vac_running;
-    double vac_started, next_vacuum;
-    long long churn;     /* events marked or deleted since the last VACUUM started */
-} relay_state;
+/* ---- state (relay_int.h) ------------------------------------------------------------ */
 
 static void backoff(relay_state *r)
 {
@@ -253,7 +181,7 @@ static void drop_cycle_state(relay_state *r)
     r->cur_full = false;
 }
 
-static void lose_db(relay_state *r)
+void relay_lose_db(relay_state *r)
 {
     log_warn("postgresql: %s", store_errstr(r->rc.db));
     store_disconnect(r->rc.db);
@@ -293,300 +221,6 @@ static bool connect_db(relay_state *r)
     r->said_standby = false;
     log_info("postgresql: connected (%s)", r->cfg->no_listen ? "poll only" : "listening");
     return true;
-}
-
-/* ---- chores between cycles ---------------------------------------------------------- */
-
-static void log_stats(relay_state *r, bool final)
-{
-    relay_stats *st = &r->rc.stats;
-    double now = clock_mono_s();
-    double span = now - r->last_stats;
-    long long backlog = r->leader ? r->backlog : -1;
-    double oldest = r->leader ? r->oldest_age_s : 0;
-    double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
-    sink_counters sc;
-    sink_get_counters(r->rc.out, &sc);
-    /* gap_blocker=none, prepared or pid:N (%.0d prints nothing for 0). */
-    log_info("stats%s: role=%s published=%llu rate=%.1f/s duplicates_suppressed=%llu "
-             "possible_duplicates=%llu mark_failures=%llu failures=%llu "
-             "retries=%llu pruned=%llu latency_ms p50=%.2f p99=%.2f max=%.2f batches=%llu batch_ms avg=%.2f max=%.2f "
-             "backlog=%lld oldest_unpublished_s=%.3f gaps=%zu oldest_gap_s=%.3f gap_blocker=%s%.0d "
-             "gap_blocker_s=%.3f",
-             final ? " (final)" : "", r->leader ? "leader" : "standby",
-             (unsigned long long)st->published, rate, (unsigned long long)st->duplicates,
-             sc.possible_duplicates, sc.mark_failures,
-             (unsigned long long)st->failures, (unsigned long long)st->retries,
-             (unsigned long long)st->pruned, hist_quantile(&st->latency, 0.5) / 1e3, hist_quantile(&st->latency, 0.99) / 1e3,
-             st->latency.max_us / 1e3, (unsigned long long)st->batches,
-             st->batch_time.count ? st->batch_time.sum_us / (double)st->batch_time.count / 1e3 : 0,
-             st->batch_time.max_us / 1e3, backlog, oldest, r->leader ? r->sc.ngaps : 0,
-             r->leader ? scan_oldest_gap_s(&r->sc, now) : 0,
-             !r->leader || !r->sc.blocker ? "none" : r->sc.blocker_prepared ? "prepared" : "pid:",
-             r->leader && r->sc.blocker ? r->sc.blocker_pid : 0,
-             r->leader && r->sc.blocker ? r->sc.blocker_age_s : 0);
-    hist_reset(&st->latency);
-    hist_reset(&st->batch_time);
-    r->last_stats = now;
-    r->published_at_last_stats = st->published;
-}
-
-/* The lowest id that may still need publishing or marking: what a relay that takes
- * over reads from. */
-static long long low_water(relay_state *r)
-{
-    long long low = scan_low(&r->sc);
-    for (size_t i = 0; i < r->cur.n; i++)
-        if (r->cur.ev[i].id < low)
-            low = r->cur.ev[i].id;
-    for (int k = 0; k < MARK_SPLIT; k++)
-        for (size_t i = 0; i < r->marks.n[k]; i++)
-            if (r->marks.ids[k][i] < low)
-                low = r->marks.ids[k][i];
-    for (int h = 0; h < r->rc.nheld; h++)
-        if (r->rc.held[h].from_id < low)
-            low = r->rc.held[h].from_id;
-    return low;
-}
-
-/* The leader's backlog, refreshed every 2 s for the stats line and /metrics: rows
- * from the frontier's low end on, and the held runs through their own rows. */
-static void refresh_backlog(relay_state *r)
-{
-    if (!r->leader || !store_connected(r->rc.db) || clock_mono_s() < r->next_backlog)
-        return;
-    r->next_backlog = clock_mono_s() + 2;
-    const char *runs[RELAY_HELD_MAX];
-    size_t lens[RELAY_HELD_MAX];
-    /* From the frontier (and the batch in flight) on: gaps hold no rows that were read,
-     * and one kept open for long would make this read every row above it. */
-    long long seqs[RELAY_HELD_MAX], from = r->sc.frontier + 1;
-    for (int h = 0; h < r->rc.nheld; h++) {
-        runs[h] = r->rc.held[h].run_id;
-        lens[h] = r->rc.held[h].len;
-        seqs[h] = r->rc.held[h].from_seq;
-    }
-    for (size_t i = 0; i < r->cur.n; i++)
-        if (r->cur.ev[i].id < from)
-            from = r->cur.ev[i].id;
-    if (!store_backlog(r->rc.db, from, r->sc.frontier, runs, lens, (size_t)r->rc.nheld, seqs, &r->backlog,
-                       &r->oldest_age_s))
-        lose_db(r);
-}
-
-/* Retention: once a second the leader deletes published rows past the window, a
- * thousand per statement, for at most 250 ms, so that publishing never waits long;
- * then it looks at a window of the counters of runs without rows. */
-static void prune_old(relay_state *r)
-{
-    long keep = r->cfg->retention_ms;
-    if (!r->leader || !store_connected(r->rc.db) || clock_mono_s() < r->next_prune)
-        return;
-    double start = clock_mono_s();
-    r->next_prune = start + 1;
-    long long total = 0, n = 0;
-    if (keep > 0) {
-        do {
-            if (!store_prune(r->rc.db, keep, 1000, &n)) {
-                log_warn("retention: %s", store_errstr(r->rc.db));
-                return;
-            }
-            total += n;
-        } while (n >= 1000 && clock_mono_s() - start < 0.25);
-        if (total)
-            log_debug("retention: deleted %lld published events older than %ld ms", total, keep);
-        r->rc.stats.pruned += (uint64_t)total;
-        r->churn += total;
-    }
-    if (r->cfg->counter_retention_ms > 0) {
-        long long gone;
-        if (!store_forget_runs(r->rc.db, r->cfg->counter_retention_ms, FORGET_WINDOW, r->forget_cursor,
-                               sizeof r->forget_cursor, &gone))
-            log_warn("retention: %s", store_errstr(r->rc.db));
-        else if (gone)
-            log_debug("retention: forgot %lld runs without events for %ld ms", gone, r->cfg->counter_retention_ms);
-    }
-}
-
-static void publish_state(relay_state *r)
-{
-    pthread_mutex_lock(&pub.mu);
-    pub.stats = r->rc.stats;
-    pub.backlog = r->leader ? r->backlog : -1;
-    pub.oldest_age_s = r->oldest_age_s;
-    pub.leader = r->leader;
-    pub.db_up = store_connected(r->rc.db);
-    pub.held = r->rc.nheld;
-    pub.gaps = r->leader ? r->sc.ngaps : 0;
-    pub.gap_age_s = r->leader ? scan_oldest_gap_s(&r->sc, clock_mono_s()) : 0;
-    pub.gap_blocker_pid = r->leader && r->sc.blocker ? r->sc.blocker_pid : 0;
-    pub.gap_blocker_age_s = r->leader && r->sc.blocker ? r->sc.blocker_age_s : 0;
-    pub.gap_blocker_prepared = r->leader && r->sc.blocker && r->sc.blocker_prepared;
-    const char *why;
-    sink_get_counters(r->rc.out, &pub.redis);
-    pub.redis_refusing = sink_refusing(r->rc.out, &why);
-    snprintf(pub.redis_refusal, sizeof pub.redis_refusal, "%s", why);
-    pthread_mutex_unlock(&pub.mu);
-}
-
-static bool render_metrics(buf *b, void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&pub.mu);
-    relay_public p = pub;
-    pthread_mutex_unlock(&pub.mu);
-    relay_stats *st = &p.stats;
-    return prom_counter(b, "outboxd_events_published_total",
-                        "Events delivered to Redis (or found delivered already) and marked published.",
-                        (double)st->published) &&
-           prom_counter(b, "outboxd_duplicates_suppressed_total",
-                        "Events the Redis marks recognised as published already (after a crash or timeout).",
-                        (double)st->duplicates) &&
-           prom_counter(b, "outboxd_publish_failures_total", "Publish attempts of an event that failed.",
-                        (double)st->failures) &&
-           prom_counter(b, "outboxd_publish_retries_total", "Extra publish attempts made within batches.",
-                        (double)st->retries) &&
-           prom_counter(b, "outboxd_redis_possible_duplicates_total",
-                        "Events published again after an attempt whose reply was lost, found without a mark: "
-                        "each may have reached Redis subscribers twice (marks lost in a failover); browsers "
-                        "never see a repeat.",
-                        (double)p.redis.possible_duplicates) &&
-           prom_counter(b, "outboxd_redis_primary_changes_total",
-                        "Connections made to a Redis primary other than the previous one (failovers).",
-                        (double)p.redis.primary_changes) &&
-           prom_counter(b, "outboxd_redis_wait_short_total",
-                        "Batches whose WAIT saw fewer replicas than --redis-wait-replicas in time.",
-                        (double)p.redis.wait_short) &&
-           prom_counter(b, "outboxd_redis_mark_failures_total",
-                        "Script calls whose events were published but whose run mark Redis refused to write "
-                        "(an ACL user without SET): they count as published; a re-send after a crash is not "
-                        "recognised as a duplicate meanwhile.",
-                        (double)p.redis.mark_failures) &&
-           prom_counter(b, "outboxd_epoch_changes_total",
-                        "New epochs written because the id numbering of run_outbox went back (a restored backup, "
-                        "lost commits): the Redis marks start afresh.",
-                        (double)st->epoch_changes) &&
-           prom_counter(b, "outboxd_batches_total", "Non-empty batches processed.", (double)st->batches) &&
-           prom_counter(b, "outboxd_events_pruned_total", "Published events deleted by --retention.",
-                        (double)st->pruned) &&
-           prom_gauge(b, "outboxd_backlog_events",
-                      "Unpublished events: ids above what the leader read, and unpublished rows below (-1 when "
-                      "not the leader).",
-                      (double)p.backlog) &&
-           prom_gauge(b, "outboxd_oldest_unpublished_age_seconds",
-                      "Age of the oldest unpublished event (0 when none).", p.oldest_age_s) &&
-           prom_gauge(b, "outboxd_leader", "1 when this relay holds the leader lock and publishes.",
-                      p.leader ? 1 : 0) &&
-           prom_gauge(b, "outboxd_held_runs", "Runs held back because Redis refused one of their events.",
-                      p.held) &&
-           prom_gauge(b, "outboxd_database_up", "1 while the relay's PostgreSQL connection is up.",
-                      p.db_up ? 1 : 0) &&
-           prom_gauge(b, "outboxd_gaps", "Ranges of missing ids below the leader's frontier that it reads again.",
-                      (double)p.gaps) &&
-           prom_gauge(b, "outboxd_gap_oldest_age_seconds", "Age of the oldest of those gaps (0 when none).",
-                      p.gap_age_s) &&
-           prom_gauge(b, "outboxd_gap_blocker_pid",
-                      "Backend of the oldest transaction writing run_outbox that holds gaps open (0 when none, "
-                      "or when it is a prepared transaction).",
-                      p.gap_blocker_pid) &&
-           prom_gauge(b, "outboxd_gap_blocker_age_seconds",
-                      "How long that transaction has been open or prepared (0 when none).", p.gap_blocker_age_s) &&
-           prom_gauge(b, "outboxd_gap_blocker_prepared", "1 when that transaction is a prepared (two-phase) one.",
-                      p.gap_blocker_prepared ? 1 : 0) &&
-           prom_histogram(b, "outboxd_publish_latency_seconds",
-                          "From created_at to Redis acknowledging the publish.", &st->latency_total) &&
-           prom_histogram(b, "outboxd_batch_duration_seconds", "From read to published, per non-empty batch.",
-                          &st->batch_time_total);
-}
-
-/* Ready = the database connection is up, the Redis primary takes a connection now
- * (TLS, AUTH, ROLE, the script), and Redis has not refused every event lately (an
- * ACL denial, or writes refused: NOREPLICAS, OOM, MISCONF, BUSY). */
-static bool check_ready(buf *body, void *arg)
-{
-    (void)arg;
-    pthread_mutex_lock(&pub.mu);
-    bool db = pub.db_up, leader = pub.leader, refusing = pub.redis_refusing;
-    char refusal[sizeof pub.redis_refusal];
-    memcpy(refusal, pub.redis_refusal, sizeof refusal);
-    const config *cfg = pub.cfg;
-    redis_endpoint *ep = pub.endpoint;
-    pthread_mutex_unlock(&pub.mu);
-    sink *probe = sink_new(ep, cfg, "", false);
-    bool redis = probe && sink_connect(probe);
-    const char *why = !probe ? "out of memory" : !redis ? sink_errstr(probe) : refusing ? refusal : "";
-    bool ok = db && redis && !refusing;
-    if (!buf_printf(body, "%s role=%s database=%s redis=%s%s%s\n", ok ? "ready" : "not ready",
-                    leader ? "leader" : "standby", db ? "up" : "down",
-                    !redis ? "down" : refusing ? "refusing" : "up", why[0] ? ": " : "", why))
-        ok = false;
-    sink_free(probe);
-    return ok;
-}
-
-/* Marks and retention leave dead row versions, and only VACUUM makes their room
- * usable for new rows: without it the table grows by everything written between two
- * visits of autovacuum (a minute at best). Once --vacuum-after events were marked or
- * deleted, the leader starts a VACUUM on a connection of its own and goes on
- * publishing; it only looks whether that one is done before it starts another.
- * VACUUM reads only the pages changed since the last one. */
-static void vacuum_chore(relay_state *r)
-{
-    double now = clock_mono_s();
-    if (r->vac_running) {
-        bool done;
-        if (!store_vacuum_poll(r->vac, &done)) {
-            log_warn("vacuum: %s", store_errstr(r->vac));
-            r->vac_running = false;
-            r->next_vacuum = now + 10;
-        } else if (done) {
-            r->vac_running = false;
-            log_debug("vacuum of run_outbox took %.0f ms", (now - r->vac_started) * 1e3);
-        }
-        return;
-    }
-    if (r->cfg->vacuum_after <= 0 || !r->leader || r->vac_may == 0 || r->churn < r->cfg->vacuum_after ||
-        now < r->next_vacuum)
-        return;
-    r->next_vacuum = now + 2;
-    if (!store_connected(r->vac) && !store_connect(r->vac)) {
-        log_warn("vacuum: %s", store_errstr(r->vac));
-        r->next_vacuum = now + 10;
-        return;
-    }
-    if (r->vac_may < 0) {
-        bool may;
-        if (!store_may_vacuum(r->vac, &may)) {
-            log_warn("vacuum: %s", store_errstr(r->vac));
-            return;
-        }
-        r->vac_may = may;
-        if (!may) {
-            log_info("vacuum: this role does not own run_outbox; autovacuum alone cleans it");
-            store_disconnect(r->vac);
-            return;
-        }
-    }
-    if (!store_vacuum_begin(r->vac)) {
-        log_warn("vacuum: %s", store_errstr(r->vac));
-        return;
-    }
-    r->vac_running = true;
-    r->vac_started = now;
-    r->churn = 0;
-}
-
-/* Time-driven chores between cycles: backlog, retention, vacuum, /metrics, the stats line. */
-static void periodic(relay_state *r)
-{
-    refresh_backlog(r);
-    prune_old(r);
-    vacuum_chore(r);
-    publish_state(r);
-    if (r->cfg->stats_interval_ms > 0 && clock_mono_s() >= r->next_stats) {
-        log_stats(r, false);
-        r->next_stats = clock_mono_s() + r->cfg->stats_interval_ms / 1e3;
-    }
 }
 
 /* ---- the leader's cycle ------------------------------------------------------------- */
@@ -641,7 +275,7 @@ static bool gaps_before_cycle(relay_state *r)
     if (scan_check_due(&r->sc, now)) {
         store_writers w;
         if (!store_outbox_writers(r->rc.db, &w)) {
-            lose_db(r);
+            relay_lose_db(r);
             backoff(r);
             return false;
         }
@@ -689,7 +323,7 @@ static long leader_cycle(relay_state *r)
     const char *cu_runs[RELAY_HELD_MAX];
     size_t cu_lens[RELAY_HELD_MAX];
     long long cu_seqs[RELAY_HELD_MAX];
-    long long low = low_water(r);
+    long long low = relay_low_water(r);
     bool save_low = low != r->low_saved && clock_mono_s() - r->low_saved_at >= LOW_WATER_EVERY_S;
     /* The slot this statement marks is emptied as it goes: a batch published while
      * the statement runs files ids into the coming slots, this one among them. */
@@ -722,7 +356,7 @@ static long leader_cycle(relay_state *r)
     batch *rows = &r->rows[(r->cycle + 1) % 2], *prev = &r->rows[r->cycle % 2];
     store_seen seen;
     if (!store_cycle_begin(db, &c)) {
-        lose_db(r);
+        relay_lose_db(r);
         backoff(r);
         return -1;
     }
@@ -731,7 +365,7 @@ static long leader_cycle(relay_state *r)
         published = true;
     }
     if (!store_cycle_end(db, rows, &seen)) {
-        lose_db(r);
+        relay_lose_db(r);
         backoff(r);
         return -1;
     }
@@ -773,7 +407,7 @@ static long leader_cycle(relay_state *r)
         batch_clear(rows);
         r->cur_full = false;
         if (!ring_flush(r)) {
-            lose_db(r);
+            relay_lose_db(r);
             backoff(r);
             return -1;
         }
@@ -815,7 +449,7 @@ static long leader_cycle(relay_state *r)
         return r->cfg->poll_interval_ms; /* nothing new since the lock was taken: wait */
     bool asleep;
     if (!store_sleep(db, &asleep)) {
-        lose_db(r);
+        relay_lose_db(r);
         backoff(r);
         return -1;
     }
@@ -861,7 +495,7 @@ static bool check_numbering(relay_state *r)
     char epoch[64], old[64], origin[48];
     long long hw, last;
     if (!store_check_schema(rc->db, epoch, sizeof epoch, origin, sizeof origin)) {
-        lose_db(r);
+        relay_lose_db(r);
         backoff(r);
         return false;
     }
@@ -874,7 +508,7 @@ static bool check_numbering(relay_state *r)
     }
     if (!store_id_last_value(rc->db, &last)) {
         if (!store_connected(rc->db) || strcmp(store_sqlstate(rc->db), "42501")) {
-            lose_db(r);
+            relay_lose_db(r);
             backoff(r);
             return false;
         }
@@ -889,7 +523,7 @@ static bool check_numbering(relay_state *r)
     if (hw > last) {
         memcpy(old, epoch, sizeof old);
         if (!store_new_epoch(rc->db) || !store_check_schema(rc->db, epoch, sizeof epoch, origin, sizeof origin)) {
-            lose_db(r);
+            relay_lose_db(r);
             backoff(r);
             return false;
         }
@@ -918,7 +552,7 @@ static long relay_step(relay_state *r)
     }
     if (!r->leader) {
         if (!store_try_lead(rc->db, &r->leader)) {
-            lose_db(r);
+            relay_lose_db(r);
             backoff(r);
             return -1;
         }
@@ -932,7 +566,7 @@ static long relay_step(relay_state *r)
         }
         long long low;
         if (!store_low_water(rc->db, &low)) {
-            lose_db(r);
+            relay_lose_db(r);
             backoff(r);
             return -1;
         }
@@ -993,12 +627,11 @@ int relay_main(const config *cfg)
     r.next_stats = r.last_stats + cfg->stats_interval_ms / 1e3;
     log_info("relay starting (pid %d)", (int)getpid());
     config_log(cfg, CMD_RELAY);
-    pub.cfg = cfg;
-    pub.endpoint = ep;
+    relay_public_init(cfg, ep);
     admin *http = NULL;
     int rc = 1;
     if (cfg->http_listen) {
-        admin_handlers h = {.metrics = render_metrics, .ready = check_ready};
+        admin_handlers h = {.metrics = relay_render_metrics, .ready = relay_check_ready};
         if (!(http = admin_start(cfg->http_listen, &h, err, sizeof err))) {
             log_error("%s", err);
             goto out;
@@ -1013,11 +646,11 @@ int relay_main(const config *cfg)
             admin_sd_notify("READY=1");
             said_ready = true;
         }
-        periodic(&r);
+        relay_periodic(&r);
         if (wait_ms > 0 && !stop_requested) {
             bool notified;
             if (!store_wait(db, wake_pipe[0], wait_ms, &notified)) {
-                lose_db(&r);
+                relay_lose_db(&r);
             } else if (!notified) {
                 /* The poll interval passed: read again, still holding the wake-up lock. */
                 r.recheck = store_asleep(db);
@@ -1036,7 +669,7 @@ int relay_main(const config *cfg)
     /* Every event this relay published is marked before it goes. */
     if (r.leader && store_connected(db) && !ring_flush(&r))
         log_warn("postgresql: %s (the events will be re-checked, and stopped as duplicates)", store_errstr(db));
-    log_stats(&r, true);
+    relay_log_stats(&r, true);
     rc = r.fatal ? 1 : 0;
 out:
     admin_stop(http);
