@@ -181,7 +181,7 @@ static void drop_cycle_state(relay_state *r)
     r->cur_full = false;
 }
 
-void relay_lose_db(relay_state *r)
+static void lose_db(relay_state *r)
 {
     log_warn("postgresql: %s", store_errstr(r->rc.db));
     store_disconnect(r->rc.db);
@@ -275,7 +275,7 @@ static bool gaps_before_cycle(relay_state *r)
     if (scan_check_due(&r->sc, now)) {
         store_writers w;
         if (!store_outbox_writers(r->rc.db, &w)) {
-            relay_lose_db(r);
+            lose_db(r);
             backoff(r);
             return false;
         }
@@ -356,7 +356,7 @@ static long leader_cycle(relay_state *r)
     batch *rows = &r->rows[(r->cycle + 1) % 2], *prev = &r->rows[r->cycle % 2];
     store_seen seen;
     if (!store_cycle_begin(db, &c)) {
-        relay_lose_db(r);
+        lose_db(r);
         backoff(r);
         return -1;
     }
@@ -365,7 +365,7 @@ static long leader_cycle(relay_state *r)
         published = true;
     }
     if (!store_cycle_end(db, rows, &seen)) {
-        relay_lose_db(r);
+        lose_db(r);
         backoff(r);
         return -1;
     }
@@ -407,7 +407,7 @@ static long leader_cycle(relay_state *r)
         batch_clear(rows);
         r->cur_full = false;
         if (!ring_flush(r)) {
-            relay_lose_db(r);
+            lose_db(r);
             backoff(r);
             return -1;
         }
@@ -449,7 +449,7 @@ static long leader_cycle(relay_state *r)
         return r->cfg->poll_interval_ms; /* nothing new since the lock was taken: wait */
     bool asleep;
     if (!store_sleep(db, &asleep)) {
-        relay_lose_db(r);
+        lose_db(r);
         backoff(r);
         return -1;
     }
@@ -495,7 +495,7 @@ static bool check_numbering(relay_state *r)
     char epoch[64], old[64], origin[48];
     long long hw, last;
     if (!store_check_schema(rc->db, epoch, sizeof epoch, origin, sizeof origin)) {
-        relay_lose_db(r);
+        lose_db(r);
         backoff(r);
         return false;
     }
@@ -508,7 +508,7 @@ static bool check_numbering(relay_state *r)
     }
     if (!store_id_last_value(rc->db, &last)) {
         if (!store_connected(rc->db) || strcmp(store_sqlstate(rc->db), "42501")) {
-            relay_lose_db(r);
+            lose_db(r);
             backoff(r);
             return false;
         }
@@ -523,7 +523,7 @@ static bool check_numbering(relay_state *r)
     if (hw > last) {
         memcpy(old, epoch, sizeof old);
         if (!store_new_epoch(rc->db) || !store_check_schema(rc->db, epoch, sizeof epoch, origin, sizeof origin)) {
-            relay_lose_db(r);
+            lose_db(r);
             backoff(r);
             return false;
         }
@@ -552,7 +552,7 @@ static long relay_step(relay_state *r)
     }
     if (!r->leader) {
         if (!store_try_lead(rc->db, &r->leader)) {
-            relay_lose_db(r);
+            lose_db(r);
             backoff(r);
             return -1;
         }
@@ -566,7 +566,7 @@ static long relay_step(relay_state *r)
         }
         long long low;
         if (!store_low_water(rc->db, &low)) {
-            relay_lose_db(r);
+            lose_db(r);
             backoff(r);
             return -1;
         }
@@ -646,11 +646,12 @@ int relay_main(const config *cfg)
             admin_sd_notify("READY=1");
             said_ready = true;
         }
-        relay_periodic(&r);
+        if (!relay_periodic(&r))
+            lose_db(&r);
         if (wait_ms > 0 && !stop_requested) {
             bool notified;
             if (!store_wait(db, wake_pipe[0], wait_ms, &notified)) {
-                relay_lose_db(&r);
+                lose_db(&r);
             } else if (!notified) {
                 /* The poll interval passed: read again, still holding the wake-up lock. */
                 r.recheck = store_asleep(db);

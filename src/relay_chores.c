@@ -91,11 +91,12 @@ long long relay_low_water(relay_state *r)
 }
 
 /* The leader's backlog, refreshed every 2 s for the stats line and /metrics: rows
- * from the frontier's low end on, and the held runs through their own rows. */
-static void refresh_backlog(relay_state *r)
+ * from the frontier's low end on, and the held runs through their own rows. False
+ * when the database connection was lost meanwhile. */
+static bool refresh_backlog(relay_state *r)
 {
     if (!r->leader || !store_connected(r->rc.db) || clock_mono_s() < r->next_backlog)
-        return;
+        return true;
     r->next_backlog = clock_mono_s() + 2;
     const char *runs[RELAY_HELD_MAX];
     size_t lens[RELAY_HELD_MAX];
@@ -110,9 +111,8 @@ static void refresh_backlog(relay_state *r)
     for (size_t i = 0; i < r->cur.n; i++)
         if (r->cur.ev[i].id < from)
             from = r->cur.ev[i].id;
-    if (!store_backlog(r->rc.db, from, r->sc.frontier, runs, lens, (size_t)r->rc.nheld, seqs, &r->backlog,
-                       &r->oldest_age_s))
-        relay_lose_db(r);
+    return store_backlog(r->rc.db, from, r->sc.frontier, runs, lens, (size_t)r->rc.nheld, seqs, &r->backlog,
+                         &r->oldest_age_s);
 }
 
 /* Retention: once a second the leader deletes published rows past the window, a
@@ -317,10 +317,13 @@ static void vacuum_chore(relay_state *r)
     r->churn = 0;
 }
 
-/* Time-driven chores between cycles: backlog, retention, vacuum, /metrics, the stats line. */
-void relay_periodic(relay_state *r)
+/* Time-driven chores between cycles: backlog, retention, vacuum, /metrics, the stats
+ * line. False when the database connection was lost (the rest waits for the next
+ * step). */
+bool relay_periodic(relay_state *r)
 {
-    refresh_backlog(r);
+    if (!refresh_backlog(r))
+        return false;
     prune_old(r);
     vacuum_chore(r);
     publish_state(r);
@@ -328,4 +331,5 @@ void relay_periodic(relay_state *r)
         relay_log_stats(r, false);
         r->next_stats = clock_mono_s() + r->cfg->stats_interval_ms / 1e3;
     }
+    return true;
 }

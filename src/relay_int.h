@@ -1,4 +1,4 @@
-/* What the relay's source files (relay.c: the loop and the leader's cycle;
+/* What the relay's source files (relay.c: the loop and the leader's cycle, above
  * relay_chores.c: the chores between cycles and what the admin thread reads) share and
  * nobody else sees: the loop's state and the chores' entry points. */
 #ifndef OUTBOXD_RELAY_INT_H
@@ -60,15 +60,12 @@ typedef struct relay_state {
     long long churn;     /* events marked or deleted since the last VACUUM started */
 } relay_state;
 
-/* relay.c */
-/* The database connection was lost: the leader's state goes with it. */
-void relay_lose_db(relay_state *r);
-
 /* relay_chores.c */
 /* What /metrics and /readyz describe besides the loop's state. */
 void relay_public_init(const config *cfg, redis_endpoint *ep);
-/* The chores between cycles: stats, backlog, retention, VACUUM, what the admin thread reads. */
-void relay_periodic(relay_state *r);
+/* The chores between cycles: stats, backlog, retention, VACUUM, what the admin thread
+ * reads. False when the database connection was lost. */
+bool relay_periodic(relay_state *r);
 /* The stats line (final: at exit). */
 void relay_log_stats(relay_state *r, bool final);
 /* Where a relay that takes over starts reading: below it every event is published. */
