@@ -26,9 +26,9 @@ typedef enum pub_result {
                   * down or failing over); pointless to retry within the batch */
 } pub_result;
 
-/* The Lua source of the publish script (see redis_sink.c); exported for benchmarks. */
+/* The Lua source of the publish script (see redis_sink_conn.c); exported for benchmarks. */
 extern const char redis_sink_publish_script[];
-/* The script that raises the high-water of published ids (see redis_sink.c). */
+/* The script that raises the high-water of published ids (see redis_sink_conn.c). */
 extern const char redis_sink_hw_script[];
 
 typedef struct sink sink;
@@ -57,7 +57,7 @@ typedef struct sink_counters {
 sink *sink_new(redis_endpoint *e, const config *cfg, const char *epoch, bool announce);
 void sink_free(sink *k);
 /* epoch names the marks' keys; origin (copied; "" = unknown) is written into each
- * mark, and a mark of another origin is passed over as no mark (redis_sink.c). */
+ * mark, and a mark of another origin is passed over as no mark (redis_sink_conn.c). */
 void sink_set_epoch(sink *k, const char *epoch, const char *origin);
 void sink_get_counters(const sink *k, sink_counters *out);
 /* True while Redis refuses every event, for the user's ACL or because it takes no

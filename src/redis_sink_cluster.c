@@ -3,7 +3,6 @@
 #include "redis_sink_int.h"
 
 #include "buf.h"
-#include "clock.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,9 +146,7 @@ static bool scratch_reserve(sink *k, size_t n)
  * leaves only its runs unsent. */
 bool sink_publish_cluster(sink *k, const event *const *evs, const bool *chained, size_t n, pub_result *out)
 {
-    /* While a node is down every batch asks for a fresh map: at most ten times a
-     * second, which is plenty to notice its replica taking over. */
-    if (((k->refresh && clock_mono_s() - k->refreshed_at >= 0.1) || !cluster_has_map(k->cl)) && !sink_cluster_connect(k))
+    if (!sink_cluster_fresh(k))
         return false;
     if (!scratch_reserve(k, n)) {
         snprintf(k->err, sizeof k->err, "publish: out of memory");

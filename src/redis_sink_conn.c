@@ -200,6 +200,12 @@ bool sink_cluster_connect(sink *k)
     return true;
 }
 
+bool sink_cluster_fresh(sink *k)
+{
+    bool stale = (k->refresh && clock_mono_s() - k->refreshed_at >= 0.1) || !cluster_has_map(k->cl);
+    return !stale || sink_cluster_connect(k);
+}
+
 bool sink_connect(sink *k)
 {
     if (k->cl)

@@ -2,7 +2,6 @@
  * a relay that takes the lead (docs/GUARANTEES.md, "Numbering that goes back"). */
 #include "redis_sink_int.h"
 
-#include "clock.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -22,8 +21,7 @@ static rconn *hw_acquire(sink *k, const char *key, int *node)
     *node = -1;
     if (!k->cl)
         return k->c || sink_connect(k) ? k->c : NULL;
-    /* As publish_cluster: a map known to be stale is read again, ten times a second at most. */
-    if (((k->refresh && clock_mono_s() - k->refreshed_at >= 0.1) || !cluster_has_map(k->cl)) && !sink_cluster_connect(k))
+    if (!sink_cluster_fresh(k))
         return NULL;
     const cluster_map *m = cluster_get_map(k->cl);
     int v = m->owner[cluster_key_slot(key, strlen(key))];

@@ -35,7 +35,7 @@ typedef struct share {
 /* What one node does for a publish call: its connection, its events (a run's all go
  * to one node, in batch order) and the calls that carry them. The single Redis is one
  * node, the sink's own connection; a cluster batch has one per primary it touches and
- * one per ASK target. The nodes of a batch work side by side (publish_nodes). */
+ * one per ASK target. The nodes of a batch work side by side (sink_publish_nodes). */
 typedef struct pub_node {
     rconn *c;         /* NULL when there is none or it was lost */
     redis_addr addr;  /* where c is connected */
@@ -102,6 +102,10 @@ struct sink {
 void sink_drop(sink *k, rconn **c);
 /* Reads the cluster's slot map again (said when it changed). */
 bool sink_cluster_connect(sink *k);
+/* Reads the slot map again when there is none, or when it is known stale and was read
+ * over 0.1 s ago: while a node is down every batch asks, ten times a second at most,
+ * which is plenty to notice its replica taking over. False when it could not be read. */
+bool sink_cluster_fresh(sink *k);
 /* Readies a new connection to a cluster node (loads the scripts): cluster_new's hook. */
 bool sink_cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen);
 
