@@ -41,8 +41,23 @@ static void on_signal(int sig)
     errno = saved;
 }
 
+/* The signals a worker keeps blocked from its fork until its own handlers are in place:
+ * one that arrives in between (the supervisor passes SIGTERM on to a worker still
+ * starting) waits for them instead of killing the worker, which the supervisor would
+ * count as an unclean stop. */
+static void stop_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+    sigaddset(set, SIGHUP);
+}
+
 void workers_ready(void)
 {
+    sigset_t set;
+    stop_signals(&set);
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
     if (ready_fd < 0)
         return;
     unsigned char b = 1;
@@ -88,19 +103,25 @@ static void set_handlers(void (*h)(int))
 static bool spawn(const workers_opts *o, void *slots, worker *w, int i, int ready_w)
 {
     pid_t parent = getpid();
+    /* Blocked across the fork, so that the child never runs the parent's handler (which
+     * would write to the parent's pipe); the parent's own wait in the pipe meanwhile. */
+    sigset_t block, old;
+    stop_signals(&block);
+    sigprocmask(SIG_BLOCK, &block, &old);
     pid_t pid = fork();
+    if (pid != 0)
+        sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
         log_error("sse: cannot start worker %d: %s", i, strerror(errno));
         return false;
     }
     if (pid == 0) {
+        /* The stop signals stay blocked until workers_ready. */
         set_handlers(SIG_DFL);
         /* A supervisor that dies (even by SIGKILL) takes its workers along, so that
          * their browsers reconnect elsewhere instead of staying on a headless port. */
         if (prctl(PR_SET_PDEATHSIG, SIGTERM) != 0 || getppid() != parent)
             _exit(1);
-        /* A SIGHUP must not kill a worker before it installs its own handling. */
-        signal(SIGHUP, SIG_IGN);
         close(sig_pipe[0]);
         close(sig_pipe[1]);
         ready_fd = ready_w;

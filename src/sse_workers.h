@@ -33,7 +33,8 @@ typedef struct workers_opts {
  * are stopped then) or did not stop cleanly. */
 int workers_run(const workers_opts *o);
 
-/* Called by a worker when it is ready to take connections. */
+/* Called by a worker when it is ready to take connections, with its handlers for
+ * SIGTERM, SIGINT and SIGHUP in place: until then those signals wait, blocked. */
 void workers_ready(void);
 
 /* The number of online cores (at least 1): the default worker count. */

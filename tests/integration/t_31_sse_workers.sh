@@ -4,7 +4,8 @@
 # again, its browsers (reconnecting with Last-Event-ID, as EventSource does) lose
 # nothing, and every stream gets every event once, in order. /metrics adds up every
 # worker's streams, and keeps what a killed worker counted. SIGTERM stops them all and the gateway exits 0. A second gateway
-# with workers on the same port is refused, not silently sharing it.
+# with workers on the same port is refused, not silently sharing it. A SIGTERM that comes
+# while the workers are still starting stops them cleanly too (exit 0).
 . "$(dirname "$0")/lib.sh"
 new_db
 start_relay relay
@@ -67,5 +68,20 @@ opened=$(grep 'stats:' "$WORK/sse.log" | tail -1 | grep -o 'streams_opened=[0-9]
 want=$((60 + $(field reopened "$WORK/sse.out")))
 ((opened >= want)) || fail "the gateway counts $opened stream openings, want at least $want (counts lost with the worker?)"
 ((opened <= want)) || fail "the gateway counts $opened stream openings, want at most $want (counts added twice?)"
+
+# SIGTERM as soon as the workers exist: each is still setting up (a JWKS URL makes that
+# take a while: its TLS context loads the system's CA bundle), and the signal must wait
+# for its handling rather than kill it (the gateway then exited 1).
+for i in 1 2 3 4 5; do
+  port=$(pick_port)
+  "$OUTBOXD" sse --listen "127.0.0.1:$port" --workers 3 --auth jwt \
+    --auth-jwks-url "https://127.0.0.1:9/jwks.json" >"$WORK/early-$i.log" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  for _ in $(seq 1 500); do [[ -n $(pgrep -P "$pid") ]] && break; sleep 0.01; done
+  kill -TERM "$pid"
+  rc=0; wait "$pid" || rc=$?
+  [[ $rc -eq 0 ]] || fail "SIGTERM during the workers' start: the gateway exited $rc: $(tail -3 "$WORK/early-$i.log")"
+done
+info "SIGTERM during the workers' start: 5 of 5 stopped cleanly"
 no_sanitizer_reports
 stop_relay "$RELAY_PID" 5
