@@ -575,6 +575,7 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    workers_hold_signals(NULL); /* a worker's are held already */
     hs.base = event_base_new();
     hs.http = hs.base ? evhttp_new(hs.base) : NULL;
     if (!hs.http) {
@@ -622,6 +623,7 @@ static int serve(const config *cfg, stats_slot *slots, int nworkers, int my_slot
     event_add(hs.sig_term, NULL);
     event_add(hs.sig_int, NULL);
     event_add(hs.sig_hup, NULL);
+    workers_release_signals();
 
     if (!slots) {
         log_info("sse gateway listening on http://%s/ (pid %d)", cfg->listen, (int)getpid());

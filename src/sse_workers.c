@@ -41,10 +41,11 @@ static void on_signal(int sig)
     errno = saved;
 }
 
-/* The signals a worker keeps blocked from its fork until its own handlers are in place:
- * one that arrives in between (the supervisor passes SIGTERM on to a worker still
- * starting) waits for them instead of killing the worker, which the supervisor would
- * count as an unclean stop. */
+/* The stop signals (and SIGHUP): held from a worker's fork, or a single gateway's
+ * start, until its own handlers are in place. One that arrives in between (the
+ * supervisor passes SIGTERM on to a worker still starting) then waits for them
+ * instead of killing the process, which the supervisor would count as an unclean
+ * stop. */
 static void stop_signals(sigset_t *set)
 {
     sigemptyset(set);
@@ -53,11 +54,22 @@ static void stop_signals(sigset_t *set)
     sigaddset(set, SIGHUP);
 }
 
-void workers_ready(void)
+void workers_hold_signals(sigset_t *old)
+{
+    sigset_t set;
+    stop_signals(&set);
+    sigprocmask(SIG_BLOCK, &set, old);
+}
+
+void workers_release_signals(void)
 {
     sigset_t set;
     stop_signals(&set);
     sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
+void workers_ready(void)
+{
     if (ready_fd < 0)
         return;
     unsigned char b = 1;
@@ -105,9 +117,8 @@ static bool spawn(const workers_opts *o, void *slots, worker *w, int i, int read
     pid_t parent = getpid();
     /* Blocked across the fork, so that the child never runs the parent's handler (which
      * would write to the parent's pipe); the parent's own wait in the pipe meanwhile. */
-    sigset_t block, old;
-    stop_signals(&block);
-    sigprocmask(SIG_BLOCK, &block, &old);
+    sigset_t old;
+    workers_hold_signals(&old);
     pid_t pid = fork();
     if (pid != 0)
         sigprocmask(SIG_SETMASK, &old, NULL);
@@ -116,7 +127,7 @@ static bool spawn(const workers_opts *o, void *slots, worker *w, int i, int read
         return false;
     }
     if (pid == 0) {
-        /* The stop signals stay blocked until workers_ready. */
+        /* The stop signals stay held until the worker has its handlers. */
         set_handlers(SIG_DFL);
         /* A supervisor that dies (even by SIGKILL) takes its workers along, so that
          * their browsers reconnect elsewhere instead of staying on a headless port. */

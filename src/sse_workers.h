@@ -9,6 +9,7 @@
 #define OUTBOXD_SSE_WORKERS_H
 
 #include <stdbool.h>
+#include <signal.h>
 #include <stddef.h>
 
 typedef struct workers_opts {
@@ -33,9 +34,15 @@ typedef struct workers_opts {
  * are stopped then) or did not stop cleanly. */
 int workers_run(const workers_opts *o);
 
-/* Called by a worker when it is ready to take connections, with its handlers for
- * SIGTERM, SIGINT and SIGHUP in place: until then those signals wait, blocked. */
+/* Called by a worker when it is ready to take connections. */
 void workers_ready(void);
+
+/* SIGTERM, SIGINT and SIGHUP held (blocked; old: the mask before, or NULL) until
+ * workers_release_signals: a gateway process holds them until its handlers are in
+ * place, so that one arriving meanwhile waits for them instead of killing it. A
+ * worker starts with them held. */
+void workers_hold_signals(sigset_t *old);
+void workers_release_signals(void);
 
 /* The number of online cores (at least 1): the default worker count. */
 int workers_default_count(void);
