@@ -61,6 +61,14 @@ const char *sink_errstr(const sink *k)
     return k->err;
 }
 
+const char *sink_run_errstr(const sink *k, const event *e)
+{
+    for (int i = 0; i < k->nrun_err; i++)
+        if (event_run_is(e, k->run_err[i].run, k->run_err[i].len))
+            return k->run_err[i].why;
+    return k->err;
+}
+
 void sink_get_counters(const sink *k, sink_counters *out)
 {
     *out = k->counters;
@@ -97,6 +105,7 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
     for (size_t i = 0; i < n; i++)
         out[i] = PUB_UNSENT;
     k->refused = false;
+    k->nrun_err = 0;
     if (k->cl) {
         sink_raise_hw(k, evs, n);
         bool ok = sink_publish_cluster(k, evs, chained, n, out);

@@ -74,6 +74,9 @@ bool sink_connect(sink *k) WUR;
 bool sink_connected(const sink *k);
 void sink_disconnect(sink *k);
 const char *sink_errstr(const sink *k);
+/* Why Redis refused the run of e in the last sink_publish (its call's error, whichever
+ * node it went to), or sink_errstr when that call recorded none. */
+const char *sink_run_errstr(const sink *k, const event *e);
 
 /* Publishes evs[0..n) in order, pipelined. chained[i] says that evs[i]'s predecessor
  * in its run is an earlier entry of this call, so it may go out only if that one did.

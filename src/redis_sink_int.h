@@ -13,6 +13,8 @@
 #define UNCERTAIN_RANGES 8
 /* ASK targets retried at once in one batch (more wait for the next attempt). */
 #define ASK_TARGETS 8
+/* Runs whose refusal one publish call keeps apart (the others get k->err). */
+#define RUN_ERRORS 16
 
 /* One queued call: the events evs[first..first + n) of one run. acl: Redis refused
  * the whole call for the user's ACL. */
@@ -86,6 +88,14 @@ struct sink {
     char hw_sha[41];
     bool hw_failing;      /* the last raise of the high-water was refused (said once) */
     char err[1024];
+    /* The runs Redis refused in the current publish call, each with its call's error:
+     * a batch goes to several nodes, and k->err is only the last thing that failed. */
+    struct {
+        const char *run;
+        size_t len;
+        char why[420];
+    } run_err[RUN_ERRORS];
+    int nrun_err;
     struct {
         long long lo, hi;
     } uncertain[UNCERTAIN_RANGES];

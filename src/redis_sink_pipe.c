@@ -52,14 +52,26 @@ static bool refuses_everyone(const char *reply)
            !strncmp(reply, "MISCONF", 7) || !strncmp(reply, "BUSY", 4);
 }
 
-/* An event the script did not publish because Redis refused it: the reason goes to
- * k->err, and a refusal of everyone is noted for sink_refusing. */
-static void note_refusal(sink *k, const char *reply)
+/* Events of e's run that Redis refused (the script did not publish them, or the whole
+ * call was refused): the reason goes to k->err and is kept for the run
+ * (sink_run_errstr), and a refusal of everyone is noted for sink_refusing. */
+static void note_refusal(sink *k, const event *e, const char *reply)
 {
     k->refused |= refuses_everyone(reply);
     char why[400];
     redis_explain_error(reply, why, sizeof why);
     snprintf(k->err, sizeof k->err, "publish: %s", why);
+    int i = 0;
+    while (i < k->nrun_err && !event_run_is(e, k->run_err[i].run, k->run_err[i].len))
+        i++;
+    if (i == RUN_ERRORS)
+        return;
+    if (i == k->nrun_err) {
+        k->nrun_err++;
+        k->run_err[i].run = e->run_id;
+        k->run_err[i].len = e->run_id_len;
+    }
+    snprintf(k->run_err[i].why, sizeof k->run_err[i].why, "publish: %s", why);
 }
 
 /* The events of a call went out but Redis refused to write the run's mark: they
@@ -185,7 +197,7 @@ static bool read_replies(sink *k, pub_node *p)
                 if (o[i] == PUB_OK && k->nuncertain && was_uncertain(k, evs[first + i]->id))
                     k->counters.possible_duplicates++;
                 if (o[i] == PUB_FAILED)
-                    note_refusal(k, why);
+                    note_refusal(k, evs[first + i], why);
             }
         } else if (r->type == REDIS_REPLY_ERROR &&
                    (!strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
@@ -233,7 +245,7 @@ static bool read_replies(sink *k, pub_node *p)
             calls[c].acl = wide && redis_error_is_acl(why);
             for (size_t i = 0; i < n; i++)
                 o[i] = wide ? PUB_REFUSED : PUB_FAILED;
-            note_refusal(k, why);
+            note_refusal(k, evs[first], why);
         }
         freeReplyObject(r);
     }

@@ -23,6 +23,8 @@ int relay_main(const config *cfg);
  * shard that is down (a third of all runs with three shards). */
 #define RELAY_HELD_MAX 1024
 #define RELAY_WAITING_MAX 1024
+/* Distinct reasons a batch keeps for the runs Redis refused (more: the last error). */
+#define RELAY_WHYS 8
 typedef struct held_run {
     char *run_id;
     size_t len;
@@ -54,13 +56,17 @@ typedef struct relay_ctx {
     bool *done;
     pub_result *res;
     pub_result *last_res;        /* per batch index: the result of its last attempt */
+    unsigned char *why_of;       /* per batch index: whys[] entry of why its run was refused (0: none) */
+    char whys[RELAY_WHYS][512];  /* [1..nwhys): the reasons Redis gave for refusing single runs */
+    int nwhys;
     long long *ids;
     long long *done_ids;         /* relay_publish_batch: the ids that went out */
     size_t *order;               /* ... and order[0..nwaiting): the first waiting event of each run */
     size_t nwaiting;
     size_t nfailed;              /* failures to record: ids[0..nfailed) */
     int failed_attempts;
-    char failed_error[512];
+    char failed_error[512];      /* the last error of the batch ... */
+    unsigned char failed_why[RELAY_WAITING_MAX]; /* ... or ids[j]'s own: whys[failed_why[j]] when not 0 */
     bool parked_said; /* the batches wait only on parked runs, and that was logged */
 } relay_ctx;
 

@@ -40,6 +40,7 @@ void relay_ctx_free(relay_ctx *rc)
 {
     relay_held_clear(rc);
     free(rc->last_res);
+    free(rc->why_of);
     free(rc->done_ids);
     free(rc->send);
     free(rc->send_idx);
@@ -69,6 +70,7 @@ static bool ctx_reserve(relay_ctx *rc, size_t n)
     bool ok = grow(&rc->send, n, sizeof *rc->send) && grow(&rc->send_idx, n, sizeof *rc->send_idx) &&
               grow(&rc->chained, n, sizeof *rc->chained) && grow(&rc->done, n, sizeof *rc->done) &&
               grow(&rc->res, n, sizeof *rc->res) && grow(&rc->last_res, n, sizeof *rc->last_res) &&
+              grow(&rc->why_of, n, sizeof *rc->why_of) &&
               grow(&rc->ids, n, sizeof *rc->ids) && grow(&rc->done_ids, n, sizeof *rc->done_ids) &&
               grow(&rc->order, n, sizeof *rc->order);
     if (ok)
@@ -188,6 +190,19 @@ static bool held_add(relay_ctx *rc, const event *e, const char *why)
     return true;
 }
 
+/* The whys[] entry holding why (added when new; 0, the batch's last error, when
+ * they are all taken). */
+static unsigned char why_slot(relay_ctx *rc, const char *why)
+{
+    for (int w = 1; w < rc->nwhys; w++)
+        if (!strcmp(rc->whys[w], why))
+            return (unsigned char)w;
+    if (rc->nwhys == RELAY_WHYS)
+        return 0;
+    snprintf(rc->whys[rc->nwhys], sizeof rc->whys[0], "%s", why);
+    return (unsigned char)rc->nwhys++;
+}
+
 int relay_held_now(relay_ctx *rc, const char **ids, size_t *lens)
 {
     double now = clock_mono_s();
@@ -245,8 +260,10 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
         rc->nwaiting = RELAY_WAITING_MAX;
         return o;
     }
+    rc->nwhys = 1;
     for (size_t i = 0; i < b->n; i++) {
         rc->done[i] = false;
+        rc->why_of[i] = 0;
         rc->last_res[i] = PUB_UNSENT;
     }
 
@@ -290,6 +307,8 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
             case PUB_UNSENT:
                 rc->stats.failures++;
                 snprintf(last_error, sizeof last_error, "%s", sink_errstr(rc->out));
+                if (rc->res[k] == PUB_FAILED)
+                    rc->why_of[rc->send_idx[k]] = why_slot(rc, sink_run_errstr(rc->out, rc->send[k]));
                 break;
             case PUB_NOROUTE:
                 /* Its shard has no primary to take it now: it waits for a later
@@ -346,7 +365,9 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
             rc->ids[j] = e->id;
             /* An error reply about this event: hold its run back, let the others go.
              * A refusal of everyone (PUB_REFUSED) holds back no run: an outage. */
-            if (rc->last_res[rc->order[j]] == PUB_FAILED && held_add(rc, e, last_error))
+            rc->failed_why[j] = rc->last_res[rc->order[j]] == PUB_FAILED ? rc->why_of[rc->order[j]] : 0;
+            const char *why = rc->failed_why[j] ? rc->whys[rc->failed_why[j]] : last_error;
+            if (rc->last_res[rc->order[j]] == PUB_FAILED && held_add(rc, e, why))
                 o.event_failures++;
             else if (rc->last_res[rc->order[j]] == PUB_NOROUTE)
                 (void)held_park(rc, e);
@@ -396,7 +417,15 @@ batch_outcome relay_publish_batch(relay_ctx *rc, const batch *b)
 
 void relay_record_failures(relay_ctx *rc)
 {
-    if (rc->nfailed && !store_record_failure(rc->db, rc->ids, rc->nfailed, rc->failed_attempts, rc->failed_error))
-        log_warn("%s", store_errstr(rc->db));
+    /* One statement per reason: each run's failure is recorded with its own. */
+    long long ids[RELAY_WAITING_MAX];
+    for (int w = 0; rc->nfailed && w < rc->nwhys; w++) {
+        size_t n = 0;
+        for (size_t j = 0; j < rc->nfailed; j++)
+            if (rc->failed_why[j] == w)
+                ids[n++] = rc->ids[j];
+        if (n && !store_record_failure(rc->db, ids, n, rc->failed_attempts, w ? rc->whys[w] : rc->failed_error))
+            log_warn("%s", store_errstr(rc->db));
+    }
     rc->nfailed = 0;
 }

@@ -1,6 +1,7 @@
 /* Fake store and sink: just enough behaviour for relay.c. */
 #include "fakes.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -63,6 +64,25 @@ void sink_set_epoch(sink *k, const char *epoch, const char *origin) { (void)k, (
 bool sink_connected(const sink *k) { return k->connected; }
 void sink_disconnect(sink *k) { k->connected = false; }
 const char *sink_errstr(const sink *k) { (void)k; return "fake error"; }
+const char *sink_run_errstr(const sink *k, const event *e)
+{
+    (void)k;
+    for (int i = 0; i < 2; i++) {
+        const char *run = fw.run_err[i] + strlen("refused ");
+        if (fw.run_err[i][0] && strlen(run) == e->run_id_len && !memcmp(run, e->run_id, e->run_id_len))
+            return fw.run_err[i];
+    }
+    return "fake error";
+}
+
+/* A refusal of e (PUB_FAILED): its run's reason, for sink_run_errstr. */
+static void refuse_run(const event *e)
+{
+    if (strcmp(sink_run_errstr(NULL, e), "fake error"))
+        return;
+    int i = fw.run_err[0][0] ? 1 : 0;
+    snprintf(fw.run_err[i], sizeof fw.run_err[i], "refused %.*s", (int)e->run_id_len, e->run_id);
+}
 bool sink_connect(sink *k)
 {
     if (fw.refuse_connect)
@@ -104,6 +124,10 @@ bool sink_publish(sink *k, const event *const *evs, const bool *chained, size_t 
             if (fw.fail_times > 0)
                 fw.fail_times--;
             r = PUB_FAILED;
+            refuse_run(e);
+        } else if (e->id == fw.fail_id2) {
+            r = PUB_FAILED;
+            refuse_run(e);
         } else if (m && e->id <= m->id) {
             r = PUB_DUP;
         } else if (chained[i] && (!m || m->seq != e->seq - 1)) {
@@ -135,9 +159,11 @@ void store_free(store *s) { free(s); }
 const char *store_errstr(const store *s) { (void)s; return "fake store error"; }
 bool store_record_failure(store *s, const long long *ids, size_t n, int attempts, const char *error)
 {
-    (void)s, (void)error;
-    for (size_t i = 0; i < n; i++)
+    (void)s;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(fw.failed_errors[fw.nfailed], sizeof fw.failed_errors[0], "%s", error);
         fw.failed_ids[fw.nfailed++] = ids[i];
+    }
     fw.failed_attempts = attempts;
     return true;
 }

@@ -16,6 +16,8 @@ typedef struct fake_world {
     int ndelivered;
     long long fail_id;             /* answer PUB_FAILED for this id ... */
     int fail_times;                /* ... this many times (-1 = always) */
+    long long fail_id2;            /* and always for this one (0: none) */
+    char run_err[2][64];           /* sink_run_errstr of the runs refused: "refused <run>" */
     int refuse_calls;              /* refuse every event (PUB_REFUSED) in this many publishes (-1 = always) */
     int cut_after;                 /* drop the connection after this many commands (-1 = never) */
     bool cut_loses_reply;          /* the command at the cut runs, but its reply is lost */
@@ -26,6 +28,7 @@ typedef struct fake_world {
     int noroute_offered;           /* ... and count how often they were offered */
     /* store */
     long long failed_ids[FAKE_MAX];
+    char failed_errors[FAKE_MAX][64]; /* the error recorded with each */
     int nfailed;
     int failed_attempts;
 } fake_world;

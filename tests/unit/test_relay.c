@@ -121,6 +121,24 @@ static void test_transient_failure_is_retried_in_order(void **state)
     assert_true(delivered_at(3) < delivered_at(6));
 }
 
+/* Two runs refused in one batch, each for its own reason: each failure is recorded
+ * (and its run held) with its own run's reason, not with the batch's last error. */
+static void test_each_run_keeps_its_own_reason(void **state)
+{
+    (void)state;
+    make_batch(three_runs, 6);
+    fw.fail_id = 3; /* a2 */
+    fw.fail_times = -1;
+    fw.fail_id2 = 2; /* b1 */
+    batch_outcome o = relay_publish_batch(&rc, &b);
+    relay_record_failures(&rc);
+    assert_int_equal(o.event_failures, 2);
+    assert_int_equal(fw.nfailed, 2);
+    for (int i = 0; i < 2; i++)
+        assert_string_equal(fw.failed_errors[i], fw.failed_ids[i] == 3 ? "refused a" : "refused b");
+    assert_true(fw.failed_ids[0] + fw.failed_ids[1] == 5);
+}
+
 static void test_persistent_failure_holds_back_only_its_run(void **state)
 {
     (void)state;
@@ -334,6 +352,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_events_of_a_run_go_out_together, setup, teardown),
         cmocka_unit_test_setup_teardown(test_transient_failure_is_retried_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persistent_failure_holds_back_only_its_run, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_each_run_keeps_its_own_reason, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lost_reply_is_not_delivered_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_down_reads_again_and_holds_no_run, setup, teardown),
         cmocka_unit_test_setup_teardown(test_refused_by_everyone_holds_no_run, setup, teardown),
