@@ -53,14 +53,17 @@ static bool refuses_everyone(const char *reply)
 }
 
 /* Events of e's run that Redis refused (the script did not publish them, or the whole
- * call was refused): the reason goes to k->err and is kept for the run
- * (sink_run_errstr), and a refusal of everyone is noted for sink_refusing. */
-static void note_refusal(sink *k, const event *e, const char *reply)
+ * call was refused): the reason goes to k->err, and a refusal of everyone is noted for
+ * sink_refusing. One that may be this run's own (own: it may end as PUB_FAILED, not as
+ * an outage) is kept for the run (sink_run_errstr). */
+static void note_refusal(sink *k, const event *e, const char *reply, bool own)
 {
     k->refused |= refuses_everyone(reply);
     char why[400];
     redis_explain_error(reply, why, sizeof why);
     snprintf(k->err, sizeof k->err, "publish: %s", why);
+    if (!own)
+        return;
     int i = 0;
     while (i < k->nrun_err && !event_run_is(e, k->run_err[i].run, k->run_err[i].len))
         i++;
@@ -197,7 +200,7 @@ static bool read_replies(sink *k, pub_node *p)
                 if (o[i] == PUB_OK && k->nuncertain && was_uncertain(k, evs[first + i]->id))
                     k->counters.possible_duplicates++;
                 if (o[i] == PUB_FAILED)
-                    note_refusal(k, evs[first + i], why);
+                    note_refusal(k, evs[first + i], why, true);
             }
         } else if (r->type == REDIS_REPLY_ERROR &&
                    (!strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
@@ -245,7 +248,7 @@ static bool read_replies(sink *k, pub_node *p)
             calls[c].acl = wide && redis_error_is_acl(why);
             for (size_t i = 0; i < n; i++)
                 o[i] = wide ? PUB_REFUSED : PUB_FAILED;
-            note_refusal(k, evs[first], why);
+            note_refusal(k, evs[first], why, !wide || calls[c].acl);
         }
         freeReplyObject(r);
     }

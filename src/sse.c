@@ -503,6 +503,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     (void)what;
     (void)arg;
     if (hs.stopping && sig != SIGHUP) {
+        /* A worker gets a stop signal twice when it was sent to the whole group
+         * (systemd's default KillMode, Ctrl-C in a terminal) and passed on by the
+         * supervisor: it keeps draining. The supervisor stops the workers at once on
+         * a second signal of its own. */
+        if (hs.slots)
+            return;
         static const char msg[] = "outboxd: second signal, exiting at once\n";
         if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) {
         }

@@ -120,10 +120,11 @@ static bool spawn(const workers_opts *o, void *slots, worker *w, int i, int read
     sigset_t old;
     workers_hold_signals(&old);
     pid_t pid = fork();
+    int fork_errno = errno;
     if (pid != 0)
         sigprocmask(SIG_SETMASK, &old, NULL);
     if (pid < 0) {
-        log_error("sse: cannot start worker %d: %s", i, strerror(errno));
+        log_error("sse: cannot start worker %d: %s", i, strerror(fork_errno));
         return false;
     }
     if (pid == 0) {

@@ -5,7 +5,8 @@
 # nothing, and every stream gets every event once, in order. /metrics adds up every
 # worker's streams, and keeps what a killed worker counted. SIGTERM stops them all and the gateway exits 0. A second gateway
 # with workers on the same port is refused, not silently sharing it. A SIGTERM that comes
-# while the workers are still starting stops them cleanly too (exit 0).
+# while the workers are still starting stops them cleanly too (exit 0), and so does one
+# sent to the supervisor and its workers at once.
 . "$(dirname "$0")/lib.sh"
 new_db
 start_relay relay
@@ -83,5 +84,15 @@ for i in 1 2 3 4 5; do
   [[ $rc -eq 0 ]] || fail "SIGTERM during the workers' start: the gateway exited $rc: $(tail -3 "$WORK/early-$i.log")"
 done
 info "SIGTERM during the workers' start: 5 of 5 stopped cleanly"
+
+# SIGTERM to the supervisor and every worker at once, as systemd's default KillMode
+# (the whole control group) and Ctrl-C in a terminal (SIGINT, the whole process group)
+# do: each worker then gets the signal twice (once passed on); the second must not cut
+# its browsers off (it made the workers exit 1).
+start_sse both --workers 2
+kill -INT "$SSE_PID" $(pgrep -P "$SSE_PID")
+rc=0; wait "$SSE_PID" || rc=$?
+[[ $rc -eq 0 ]] || fail "a signal to the supervisor and its workers at once: exit $rc: $(tail -3 "$WORK/both.log")"
+info "a signal to the whole group: clean stop"
 no_sanitizer_reports
 stop_relay "$RELAY_PID" 5
