@@ -115,8 +115,9 @@ static void set_handlers(void (*h)(int))
 static bool spawn(const workers_opts *o, void *slots, worker *w, int i, int ready_w)
 {
     pid_t parent = getpid();
-    /* Blocked across the fork, so that the child never runs the parent's handler (which
-     * would write to the parent's pipe); the parent's own wait in the pipe meanwhile. */
+    /* Held across the fork, so that the child never runs the parent's handler (which
+     * would write to the parent's pipe); a signal for the parent meanwhile reaches its
+     * handler as soon as the mask is restored. */
     sigset_t old;
     workers_hold_signals(&old);
     pid_t pid = fork();
