@@ -134,15 +134,12 @@ bool sink_hw_reply(sink *k, const redisReply *r, bool goes_out)
         return true;
     }
     if (r->type == REDIS_REPLY_ERROR) {
-        bool again = !strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
-                     !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10);
-        bool everyone = !strncmp(r->str, "NOREPLICAS", 10) || !strncmp(r->str, "OOM", 3) ||
-                        !strncmp(r->str, "MISCONF", 7) || !strncmp(r->str, "BUSY", 4);
+        bool again = sink_error_reconnect(r->str);
         if (again) {
             snprintf(k->err, sizeof k->err, "high-water: %s", r->str);
             if (goes_out)
                 sink_hw_refused(k, k->err);
-        } else if (!everyone) {
+        } else if (!sink_error_no_writes(r->str)) {
             char why[400];
             redis_explain_error(r->str, why, sizeof why);
             sink_hw_refused(k, why);

@@ -120,6 +120,14 @@ bool sink_cluster_fresh(sink *k);
 bool sink_cluster_conn_ready(rconn *c, const redis_addr *at, void *arg, char *err, size_t errlen);
 
 /* redis_sink_pipe.c */
+/* An error reply of a primary that takes no writes now, from anyone (too few replicas
+ * for min-replicas-to-write, out of memory, a failed snapshot, a script running past
+ * busy-reply-threshold). */
+bool sink_error_no_writes(const char *reply);
+/* An error reply that is about the connection, not the command: the script cache was
+ * flushed, or the server is no longer a usable primary (a failover, still loading).
+ * Connecting again finds the primary and loads the scripts. */
+bool sink_error_reconnect(const char *reply);
 /* Publishes each node's events on its connection p[i].c, the nodes side by side. */
 bool sink_publish_nodes(sink *k, pub_node *p, int np);
 /* Notes an ASK redirection of p's event i to to, retried there (redis_sink_cluster.c). */

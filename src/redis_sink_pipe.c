@@ -43,13 +43,23 @@ static bool was_uncertain(const sink *k, long long id)
     return false;
 }
 
+bool sink_error_no_writes(const char *reply)
+{
+    return !strncmp(reply, "NOREPLICAS", 10) || !strncmp(reply, "OOM", 3) || !strncmp(reply, "MISCONF", 7) ||
+           !strncmp(reply, "BUSY", 4);
+}
+
+bool sink_error_reconnect(const char *reply)
+{
+    return !strncmp(reply, "NOSCRIPT", 8) || !strncmp(reply, "READONLY", 8) || !strncmp(reply, "LOADING", 7) ||
+           !strncmp(reply, "MASTERDOWN", 10);
+}
+
 /* An error that refuses every run alike: an ACL denial, or a primary that takes no
- * writes now (too few replicas for min-replicas-to-write, out of memory, a failed
- * snapshot, a script running past busy-reply-threshold). */
+ * writes now. */
 static bool refuses_everyone(const char *reply)
 {
-    return redis_error_is_acl(reply) || !strncmp(reply, "NOREPLICAS", 10) || !strncmp(reply, "OOM", 3) ||
-           !strncmp(reply, "MISCONF", 7) || !strncmp(reply, "BUSY", 4);
+    return redis_error_is_acl(reply) || sink_error_no_writes(reply);
 }
 
 /* Events of e's run that Redis refused (the script did not publish them, or the whole
@@ -202,9 +212,7 @@ static bool read_replies(sink *k, pub_node *p)
                 if (o[i] == PUB_FAILED)
                     note_refusal(k, evs[first + i], why, true);
             }
-        } else if (r->type == REDIS_REPLY_ERROR &&
-                   (!strncmp(r->str, "NOSCRIPT", 8) || !strncmp(r->str, "READONLY", 8) ||
-                    !strncmp(r->str, "LOADING", 7) || !strncmp(r->str, "MASTERDOWN", 10))) {
+        } else if (r->type == REDIS_REPLY_ERROR && sink_error_reconnect(r->str)) {
             /* Not about these events: the script cache was flushed, or this is no
              * longer a usable primary (a failover). Reconnecting finds the primary
              * again and loads the script. A legacy script may have run its PUBLISHes
