@@ -27,7 +27,7 @@ UNIT = test_buf test_config test_relay test_scan test_metrics test_sse test_sse_
 	test_redis_conn \
 	test_redis_pubsub test_redis_cluster
 
-.PHONY: all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
+.PHONY: pgext all deps test test-sanitize unit integration run bench bench-scale soak clean format docs
 all: $(BUILD)/outboxd $(TOOLS:%=$(BUILD)/%)
 
 deps:
@@ -75,8 +75,13 @@ $(BUILD):
 unit: $(UNIT:%=$(BUILD)/%)
 	@set -e; for t in $(UNIT); do $(BUILD)/$$t; done
 
-integration: all
+integration: all pgext
 	@BUILD=$(BUILD) bash tests/integration/run.sh
+
+# The PostgreSQL extension outboxd (pgext/: the seq trigger in C), built with PGXS in
+# pgext/; `make -C pgext install` (as root) installs it into the server.
+pgext:
+	@$(MAKE) --no-print-directory -s -C pgext
 
 test: deps
 	@$(MAKE) --no-print-directory all unit
@@ -124,6 +129,7 @@ format:
 
 clean:
 	rm -rf build
+	rm -f pgext/*.o pgext/*.so pgext/*.bc
 
 # ---- Releases: version, install, Debian package -----------------------------------
 # Kept apart from the build above, so that module lists can change without it.

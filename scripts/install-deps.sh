@@ -11,6 +11,7 @@ packages=(
   libssl-dev libjansson-dev           # OpenSSL 3 (TLS to Redis, token signatures) and jansson (JSON)
   openssl                             # the CLI makes test keys and certificates
   postgresql redis-server redis-tools # servers for tests and the demo
+  postgresql-server-dev-15            # PGXS: builds the extension outboxd (pgext/, the seq trigger in C)
   procps iproute2 curl                # pkill/ps, ss, and an HTTP client for tests
   chromium                            # headless browser test of the viewer page
   pgbouncer                           # test: the relay refuses transaction pooling

@@ -33,6 +33,7 @@ static const char *const level_choices[] = {"error", "warn", "info", "debug", NU
 static const char *const format_choices[] = {"text", "json", NULL};
 static const char *const auth_choices[] = {"none", "jwt", "forward", NULL};
 static const char *const pubsub_choices[] = {"sharded", "global", NULL};
+static const char *const seq_trigger_choices[] = {"auto", "c", "plpgsql", NULL};
 
 #define OFF(f) offsetof(config, f)
 #define DAY_MS (24L * 3600 * 1000)
@@ -172,6 +173,11 @@ static const setting settings[] = {
     {"new-epoch", NULL, T_BOOL, CMD_MIGRATE, "false", 0, 0, 0, NULL, OFF(new_epoch),
      "also write a new epoch, so that Redis marks start afresh, and restart the relays' sessions: after "
      "restoring a backup that the relay cannot recognise by itself (docs/OPERATIONS.md)"},
+    {"seq-trigger", "OUTBOXD_SEQ_TRIGGER", T_ENUM, CMD_MIGRATE, "auto", 0, 0, 0, seq_trigger_choices,
+     OFF(seq_trigger),
+     "the trigger that gives each event its seq: c = the extension outboxd's (CREATE EXTENSION outboxd first; "
+     "cheaper inserts), plpgsql = the one that needs no extension, auto = c when the extension is in the "
+     "database, else plpgsql"},
     {"json", NULL, T_BOOL, CMD_STATUS, "false", 0, 0, 0, NULL, OFF(json), "print JSON"},
     {"reason", NULL, T_STR, CMD_SKIP, NULL, 0, 0, 0, NULL, OFF(reason), "why the event is skipped (logged)"},
     {"jti", NULL, T_STR, CMD_REVOKE, NULL, 0, 0, 0, NULL, OFF(jti), "revoke the token with this jti claim"},

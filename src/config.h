@@ -49,6 +49,7 @@ typedef struct redis_addr {
 
 /* --redis-pubsub: SPUBLISH/SSUBSCRIBE or PUBLISH/SUBSCRIBE (unset: -1). */
 enum redis_pubsub { REDIS_PUBSUB_SHARDED, REDIS_PUBSUB_GLOBAL };
+enum seq_trigger { SEQ_TRIGGER_AUTO, SEQ_TRIGGER_C, SEQ_TRIGGER_PLPGSQL };
 
 typedef struct config {
     char *database_url;
@@ -109,6 +110,7 @@ typedef struct config {
 
     bool json;
     bool new_epoch; /* migrate: write a new epoch (after restoring a backup) */
+    int seq_trigger; /* migrate: enum seq_trigger */
     char *reason;
     char *http_listen;
     long retention_ms;

@@ -59,12 +59,15 @@ static int cmd_migrate(const config *cfg, char **pos)
     if (!s)
         return 1;
     int from, to;
-    if (!store_migrate(s, &from, &to))
+    const char *trigger = "";
+    bool changed = false;
+    if (!store_migrate(s, cfg->seq_trigger, &from, &to, &trigger, &changed))
         return fail_store(s, "migrate");
     if (from == to)
         printf("schema is up to date (version %d)\n", to);
     else
         printf("schema migrated from version %d to %d\n", from, to);
+    printf("seq trigger: %s%s\n", trigger, changed ? " (installed now)" : "");
     if (cfg->new_epoch) {
         /* Relays read the epoch when they connect and when they take the lead:
          * ending their sessions makes every one of them read it again now. */

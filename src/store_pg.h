@@ -30,7 +30,10 @@ const char *store_sqlstate(const store *s);
 
 /* Applies missing migrations (serialized by an advisory lock). *from and *to get the
  * versions before and after. Fails on a schema newer than this binary. */
-bool store_migrate(store *s, int *from, int *to) WUR;
+/* Applies the missing migrations, then installs the seq trigger `seq_trigger` asks for
+ * (enum seq_trigger): *trigger names the one in place, *trigger_changed says whether
+ * it was changed now. */
+bool store_migrate(store *s, int seq_trigger, int *from, int *to, const char **trigger, bool *trigger_changed) WUR;
 /* Checks that the schema is installed and at the version this binary speaks, and
  * reads the database's epoch (a random id made by migrate, and the timeline) into
  * epoch, and its origin ("system identifier.database oid"; "" when the role may not

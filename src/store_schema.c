@@ -3,6 +3,7 @@
  * that the relay and the one-shot commands make before they use the tables. */
 #include "store_int.h"
 
+#include "config.h"
 #include "log.h"
 
 #include <stdio.h>
@@ -194,43 +195,110 @@ static void pause_ms(long ms)
     nanosleep(&ts, NULL);
 }
 
-/* Applies one migration in one transaction. Returns 1 applied, 0 failed. */
-static int apply(store *s, const struct migration *m)
+/* Runs `sql` in one transaction, after taking run_outbox's lock in `lock_mode` when
+ * it is set, and records migration `version` in it when version > 0. Producers queue
+ * behind a pending lock request, so it is asked for at most MIGRATE_LOCK_TIMEOUT and
+ * retried after a pause. `what` names the step in errors. Returns false with s->err
+ * set when it failed; nothing was changed then. */
+static bool locked_tx(store *s, const char *what, const char *lock_mode, const char *sql, int version,
+                      const char *name)
 {
-    char ver[24];
-    snprintf(ver, sizeof ver, "%d", m->version);
-    const char *params[] = {ver, m->name};
+    char ver[24], lock[128];
+    snprintf(ver, sizeof ver, "%d", version);
+    snprintf(lock, sizeof lock,
+             "SET LOCAL lock_timeout = '" MIGRATE_LOCK_TIMEOUT "'; LOCK TABLE run_outbox IN %s MODE",
+             lock_mode ? lock_mode : "");
+    const char *params[] = {ver, name};
     for (int attempt = 1;; attempt++) {
         if (!store_run_cmd(s, "begin", "BEGIN", 0, NULL))
-            return 0;
-        bool ok = true;
-        if (m->locks_outbox)
-            ok = store_run_cmd(s, "lock run_outbox",
-                               "SET LOCAL lock_timeout = '" MIGRATE_LOCK_TIMEOUT "';"
-                               "LOCK TABLE run_outbox IN ACCESS EXCLUSIVE MODE",
-                               0, NULL);
-        ok = ok && store_run_cmd(s, "apply migration", m->sql, 0, NULL) &&
-             store_run_cmd(s, "record migration",
-                           "INSERT INTO outboxd_migrations (version, name) VALUES ($1::int, $2)", 2, params) &&
-             store_run_cmd(s, "commit", "COMMIT", 0, NULL);
+            return false;
+        bool ok = (!lock_mode || store_run_cmd(s, "lock run_outbox", lock, 0, NULL)) &&
+                  store_run_cmd(s, what, sql, 0, NULL) &&
+                  (version <= 0 ||
+                   store_run_cmd(s, "record migration",
+                                 "INSERT INTO outboxd_migrations (version, name) VALUES ($1::int, $2)", 2, params)) &&
+                  store_run_cmd(s, "commit", "COMMIT", 0, NULL);
         if (ok)
-            return 1;
+            return true;
         bool busy = !strcmp(s->sqlstate, "55P03"); /* lock_not_available */
         store_rollback(s);
         if (!busy || !store_connected(s))
-            return 0;
+            return false;
         if (attempt == MIGRATE_LOCK_ATTEMPTS) {
             snprintf(s->err, sizeof s->err,
-                     "migration %d: run_outbox stayed locked by other transactions through %d attempts "
+                     "%s: run_outbox stayed locked by other transactions through %d attempts "
                      "(see pg_stat_activity for long transactions on it); nothing was changed",
-                     m->version, attempt);
-            return 0;
+                     what, attempt);
+            return false;
         }
         if (attempt == 1 || attempt % 10 == 0)
-            log_info("migration %d: run_outbox is busy (a transaction holds it longer than %s); "
-                     "retrying (attempt %d)", m->version, MIGRATE_LOCK_TIMEOUT, attempt);
+            log_info("%s: run_outbox is busy (a transaction holds it longer than %s); retrying (attempt %d)", what,
+                     MIGRATE_LOCK_TIMEOUT, attempt);
         pause_ms(MIGRATE_LOCK_PAUSE_MS);
     }
+}
+
+/* Applies one migration in one transaction. Returns 1 applied, 0 failed. */
+static int apply(store *s, const struct migration *m)
+{
+    char what[48];
+    snprintf(what, sizeof what, "migration %d", m->version);
+    return locked_tx(s, what, m->locks_outbox ? "ACCESS EXCLUSIVE" : NULL, m->sql, m->version, m->name);
+}
+
+/* The seq trigger (docs/SCHEMA.md, "The seq trigger"): migration 2's PL/pgSQL function,
+ * or the C function of the extension outboxd (pgext/), which gives each event its seq
+ * from the run's newest row instead of a counter row updated per event. Both serialize
+ * a run's writers until commit and both read the counter as a floor once retention has
+ * emptied a run; only the PL/pgSQL one keeps the counter up to date. So a switch to it
+ * first raises every counter to its run's newest seq, with inserts held off by the
+ * table lock meanwhile (a scan of the (run_id, seq) index). */
+static const char use_c_trigger[] =
+    "DO $do$ BEGIN EXECUTE format("
+    "'CREATE OR REPLACE TRIGGER run_outbox_assign_seq BEFORE INSERT ON %1$I.run_outbox FOR EACH ROW"
+    " EXECUTE FUNCTION %2$s(%3$L, %4$L, %5$L, %6$L, %7$L, %8$L, %9$L)',"
+    " current_schema(), to_regprocedure('outboxd_assign_seq_c()')::regproc, 'run_outbox_run_seq',"
+    " 'run_outbox_seq_pkey', 'last_seq',"
+    " (SELECT relname FROM pg_catalog.pg_class WHERE oid = pg_catalog.pg_get_serial_sequence("
+    "   pg_catalog.quote_ident(current_schema()) || '.run_outbox', 'id')::regclass),"
+    " '" STORE_NOTIFY_CHANNEL "', '" STR(LOCK_CLASS) "', '" STR(LOCK_SLEEP) "'); END $do$";
+static const char use_plpgsql_trigger[] =
+    "INSERT INTO run_outbox_seq AS f (run_id, last_seq)"
+    "  SELECT run_id, max(seq) FROM run_outbox GROUP BY run_id"
+    "  ON CONFLICT (run_id) DO UPDATE SET last_seq = greatest(f.last_seq, excluded.last_seq);"
+    "CREATE OR REPLACE TRIGGER run_outbox_assign_seq BEFORE INSERT ON run_outbox"
+    "  FOR EACH ROW EXECUTE FUNCTION outboxd_assign_seq()";
+
+static bool choose_seq_trigger(store *s, int want, const char **now, bool *changed)
+{
+    *changed = false;
+    PGresult *r = store_run(s, "read the seq trigger",
+                            "SELECT to_regprocedure('outboxd_assign_seq_c()') IS NOT NULL, coalesce(("
+                            "  SELECT CASE l.lanname WHEN 'c' THEN 'c' ELSE 'p' END FROM pg_catalog.pg_trigger t"
+                            "   JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_language l ON l.oid = p.prolang"
+                            "   WHERE t.tgrelid = 'run_outbox'::regclass AND t.tgname = 'run_outbox_assign_seq'), '-')",
+                            0, NULL);
+    if (!r)
+        return false;
+    bool have_c = PQgetvalue(r, 0, 0)[0] == 't', is_c = PQgetvalue(r, 0, 1)[0] == 'c';
+    bool missing = PQgetvalue(r, 0, 1)[0] == '-'; /* DROP EXTENSION ... CASCADE takes it */
+    PQclear(r);
+    if (want == SEQ_TRIGGER_C && !have_c) {
+        snprintf(s->err, sizeof s->err,
+                 "--seq-trigger c: the function outboxd_assign_seq_c() is not in the database (or not on its "
+                 "search_path): install the extension's package and run CREATE EXTENSION outboxd as a superuser "
+                 "(docs/SCHEMA.md); the trigger was left as it was");
+        return false;
+    }
+    bool c = want == SEQ_TRIGGER_C || (want == SEQ_TRIGGER_AUTO && have_c);
+    *now = c ? "c (the extension outboxd)" : "plpgsql";
+    if (!c && !is_c && !missing)
+        return true;
+    /* The C trigger is installed again even when it is already in place: its
+     * arguments then follow what this build expects. */
+    *changed = c != is_c || missing;
+    return c ? locked_tx(s, "install the C seq trigger", "SHARE ROW EXCLUSIVE", use_c_trigger, 0, NULL)
+             : locked_tx(s, "install the PL/pgSQL seq trigger", "SHARE ROW EXCLUSIVE", use_plpgsql_trigger, 0, NULL);
 }
 
 /* Ends the sessions of the relays connected now (application_name outboxd-relay-PID,
@@ -262,7 +330,7 @@ static bool end_relay_sessions(store *s, const char *why)
     return true;
 }
 
-bool store_migrate(store *s, int *from, int *to)
+bool store_migrate(store *s, int seq_trigger, int *from, int *to, const char **trigger, bool *trigger_changed)
 {
     char key[64];
     snprintf(key, sizeof key, "SELECT pg_advisory_lock(%d, %d)", LOCK_CLASS, LOCK_MIGRATE);
@@ -311,6 +379,8 @@ bool store_migrate(store *s, int *from, int *to)
                  why);
         goto done;
     }
+    if (!choose_seq_trigger(s, seq_trigger, trigger, trigger_changed))
+        goto done;
     ok = true;
 done:
     if (store_connected(s)) {

@@ -1,0 +1,197 @@
+/* The PostgreSQL extension `outboxd`: the per-run seq trigger written in C, an optional
+ * replacement for migration 2's PL/pgSQL one. It keeps the same promise (an INSERT gets
+ * the run's next seq, gapless; writers of a run are serialized until commit; the id is
+ * drawn after that) without running an SQL statement per event, which is what made
+ * the PL/pgSQL trigger cost a third of a producer's inserts (docs/BENCHMARKS.md).
+ *
+ * How: the writers of a run are serialized by a transaction-level lock on a hash of
+ * the run (a lock-manager entry, as pg_advisory_xact_lock takes, in a lock space of
+ * its own); holding it, the run's last seq is the newest row of the run that the
+ * (run_id, seq) unique index leads to and that is visible to SnapshotSelf (committed,
+ * or this transaction's own, this command's included). Every earlier writer of the
+ * run has ended by then, so nothing newer can exist. A run with no rows left (the
+ * relay's retention deleted them) goes on from its floor in the counter table, which
+ * retention writes in the same transaction as the delete. No write besides the row.
+ *
+ * Written by hand: no library does this; it uses only PostgreSQL's own index and lock
+ * APIs. `outboxd migrate` installs it (docs/SCHEMA.md, "The seq trigger") with these
+ * trigger arguments, all checked at every call:
+ *   0 the unique btree index (run key text, seq bigint) of the table
+ *   1 the unique btree index (run key text) of the counter table
+ *   2 the counter table's column holding a run's floor (bigint)
+ *   3 the sequence the id is drawn from
+ *   4 the channel to notify when a relay waits
+ *   5, 6 the advisory lock (two int4 keys) a waiting relay holds
+ * Names are looked up in the schema of the table the trigger is on. */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_am_d.h"
+#include "catalog/pg_type_d.h"
+#include "commands/async.h"
+#include "commands/sequence.h"
+#include "commands/trigger.h"
+#include "common/hashfn.h"
+#include "executor/tuptable.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "parser/parse_relation.h"
+#include "storage/lock.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+
+PG_MODULE_MAGIC;
+
+/* The run locks' lock space: advisory locks taken from SQL use 1 (one bigint key) and
+ * 2 (two int4 keys) here, so no application lock can meet ours. */
+#define RUN_LOCK_SPACE 0x6f62
+
+#define NARGS 7
+
+static Oid relation_in(const char *name, Oid nsp, char kind)
+{
+    Oid oid = get_relname_relid(name, nsp);
+    if (!OidIsValid(oid) || get_rel_relkind(oid) != kind)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+                        errmsg("outboxd trigger: no %s \"%s\" in schema \"%s\"",
+                               kind == RELKIND_INDEX ? "index" : "sequence", name, get_namespace_name(nsp)),
+                        errhint("Run \"outboxd migrate\" to install the trigger again.")));
+    return oid;
+}
+
+static int32 int_arg(const char *text)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < INT_MIN || v > INT_MAX)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                        errmsg("outboxd trigger: \"%s\" is not an int4 lock key", text)));
+    return (int32) v;
+}
+
+/* Checks that idx is a plain unique btree on heap with nkeys key columns, the first a
+ * text column of a deterministic collation (equal runs are then equal bytes, which
+ * the run lock hashes) and the second, when there is one, a bigint. */
+static void check_index(Relation idx, Relation heap, int nkeys)
+{
+    Form_pg_index ix = idx->rd_index;
+    TupleDesc desc = RelationGetDescr(heap);
+    bool ok = ix->indrelid == RelationGetRelid(heap) && ix->indisunique && idx->rd_rel->relam == BTREE_AM_OID &&
+              ix->indnkeyatts == nkeys && RelationGetIndexPredicate(idx) == NIL;
+    for (int i = 0; ok && i < nkeys; i++) {
+        AttrNumber a = ix->indkey.values[i];
+        ok = a > 0 && a <= desc->natts && TupleDescAttr(desc, a - 1)->atttypid == (i == 0 ? TEXTOID : INT8OID);
+    }
+    ok = ok && get_collation_isdeterministic(idx->rd_indcollation[0]);
+    if (!ok)
+        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                        errmsg("outboxd trigger: \"%s\" is not a unique btree index on %s of the form the trigger needs",
+                               RelationGetRelationName(idx), RelationGetRelationName(heap)),
+                        errhint("Run \"outboxd migrate\" to install the trigger again.")));
+}
+
+/* The value of column attno in the newest row that idx leads to for key `run` and that
+ * SnapshotSelf sees; false when there is none. The index is opened and closed here. */
+static bool newest(Oid idxoid, Relation heap_or_null, Datum run, const char *col, int nkeys, int64 *out)
+{
+    Relation idx = index_open(idxoid, AccessShareLock);
+    Relation heap = heap_or_null ? heap_or_null : table_open(idx->rd_index->indrelid, AccessShareLock);
+    check_index(idx, heap, nkeys);
+    AttrNumber attno = nkeys == 2 ? idx->rd_index->indkey.values[1] : attnameAttNum(heap, col, false);
+    if (attno <= 0 || TupleDescAttr(RelationGetDescr(heap), attno - 1)->atttypid != INT8OID)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                        errmsg("outboxd trigger: %s has no bigint column \"%s\"", RelationGetRelationName(heap), col)));
+    ScanKeyData key;
+    ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, InvalidOid, idx->rd_indcollation[0], F_TEXTEQ, run);
+    IndexScanDesc scan = index_beginscan(heap, idx, SnapshotSelf, 1, 0);
+    index_rescan(scan, &key, 1, NULL, 0);
+    TupleTableSlot *slot = table_slot_create(heap, NULL);
+    bool found = index_getnext_slot(scan, BackwardScanDirection, slot);
+    if (found) {
+        bool isnull;
+        Datum v = slot_getattr(slot, attno, &isnull);
+        found = !isnull;
+        if (found)
+            *out = DatumGetInt64(v);
+    }
+    index_endscan(scan);
+    ExecDropSingleTupleTableSlot(slot);
+    if (!heap_or_null)
+        table_close(heap, AccessShareLock);
+    index_close(idx, AccessShareLock);
+    return found;
+}
+
+PG_FUNCTION_INFO_V1(outboxd_assign_seq_c);
+
+Datum outboxd_assign_seq_c(PG_FUNCTION_ARGS)
+{
+    if (!CALLED_AS_TRIGGER(fcinfo))
+        ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                        errmsg("outboxd trigger: outboxd_assign_seq_c() is a trigger function")));
+    TriggerData *td = (TriggerData *) fcinfo->context;
+    if (!TRIGGER_FIRED_BEFORE(td->tg_event) || !TRIGGER_FIRED_FOR_ROW(td->tg_event) ||
+        !TRIGGER_FIRED_BY_INSERT(td->tg_event) || td->tg_trigger->tgnargs != NARGS)
+        ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+                        errmsg("outboxd trigger: outboxd_assign_seq_c() runs BEFORE INSERT FOR EACH ROW, "
+                               "with %d arguments", NARGS),
+                        errhint("Run \"outboxd migrate\" to install the trigger again.")));
+    Relation rel = td->tg_relation;
+    TupleDesc desc = RelationGetDescr(rel);
+    char **args = td->tg_trigger->tgargs;
+    Oid nsp = RelationGetNamespace(rel);
+    Oid run_index = relation_in(args[0], nsp, RELKIND_INDEX);
+    Oid counter_index = relation_in(args[1], nsp, RELKIND_INDEX);
+    Oid id_seq = relation_in(args[3], nsp, RELKIND_SEQUENCE);
+    int32 lock_class = int_arg(args[5]), lock_sleep = int_arg(args[6]);
+    AttrNumber id_col = attnameAttNum(rel, "id", false);
+    if (id_col <= 0 || TupleDescAttr(desc, id_col - 1)->atttypid != INT8OID)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                        errmsg("outboxd trigger: %s has no bigint column \"id\"", RelationGetRelationName(rel))));
+
+    /* The run, by the index's first key column (checked in newest() before use). */
+    Relation idx = index_open(run_index, AccessShareLock);
+    check_index(idx, rel, 2);
+    AttrNumber run_col = idx->rd_index->indkey.values[0], seq_col = idx->rd_index->indkey.values[1];
+    index_close(idx, AccessShareLock);
+    bool isnull;
+    Datum run = heap_getattr(td->tg_trigtuple, run_col, desc, &isnull);
+    if (isnull)
+        ereport(ERROR, (errcode(ERRCODE_NOT_NULL_VIOLATION),
+                        errmsg("null value in column \"%s\" of relation \"%s\"", NameStr(TupleDescAttr(desc, run_col - 1)->attname),
+                               RelationGetRelationName(rel))));
+
+    /* The wake-up, as in the PL/pgSQL trigger: a relay waiting holds the lock. */
+    LOCKTAG tag;
+    SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) lock_class, (uint32) lock_sleep, 2);
+    if (LockAcquire(&tag, ShareLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+        Async_Notify(args[4], "");
+
+    /* The run's lock, held until the transaction (or the subtransaction) ends. */
+    text *t = DatumGetTextPP(run);
+    uint64 h = DatumGetUInt64(hash_any_extended((const unsigned char *) VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), 0));
+    SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, RUN_LOCK_SPACE);
+    (void) LockAcquire(&tag, ExclusiveLock, false, false);
+
+    int64 last = 0;
+    if (!newest(run_index, rel, run, NULL, 2, &last) && !newest(counter_index, NULL, run, args[2], 1, &last))
+        last = 0;
+    if (last == PG_INT64_MAX)
+        ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE), errmsg("outboxd trigger: the run's seq is at its maximum")));
+
+    int cols[2] = {seq_col, id_col};
+    Datum vals[2] = {Int64GetDatum(last + 1), Int64GetDatum(nextval_internal(id_seq, true))};
+    bool nulls[2] = {false, false};
+    return PointerGetDatum(heap_modify_tuple_by_cols(td->tg_trigtuple, desc, 2, cols, vals, nulls));
+}

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The C seq trigger (the extension outboxd, pgext/): migrate installs it when its
+# function is in the database, and every promise of the PL/pgSQL one holds with it:
+# t_05 (16 writers of one run, rollbacks: gapless, id order, every event once in order),
+# t_61 (retention empties runs, they go on from their last seq; counters forgotten)
+# and t_67 (a prepared writer holds its run and its id's gap) run again on it. Then:
+# one statement inserting many rows of a run, COPY, a savepoint rolled back, writers
+# under REPEATABLE READ (the counter's update made them fail; the C trigger must not),
+# switches between the two triggers while events flow (nothing lost, duplicated or out
+# of order, seq gapless across each switch), and misuse refused with clear errors.
+. "$(dirname "$0")/lib.sh"
+[[ -f "$ROOT/pgext/outboxd.so" ]] || fail "pgext/outboxd.so is not built (make pgext)"
+for t in t_05_same_run_writers t_61_run_counters t_67_prepared_writer; do
+  SEQ_TRIGGER=c bash "$ROOT/tests/integration/$t.sh" || fail "$t failed with the C seq trigger"
+  info "$t passed with the C seq trigger"
+done
+
+SEQ_TRIGGER=c new_db
+gapless() { # every run: seq 1..n in id order
+  local bad
+  bad=$(q "SELECT count(*) FROM (SELECT seq, row_number() OVER (PARTITION BY run_id ORDER BY id) AS n
+           FROM run_outbox) x WHERE seq <> n")
+  [[ $bad == 0 ]] || fail "$1: $bad rows whose seq is not their place in the run: $(q "SELECT run_id, id, seq FROM run_outbox ORDER BY run_id, id" | head -20)"
+}
+
+# One statement, many rows of a run (each row's trigger sees the rows before it), COPY,
+# a savepoint rolled back (its seq is given again), run ids that differ only in case
+# or are long and not ASCII.
+long=$(printf 'é%.0s' $(seq 1 600))
+q "INSERT INTO run_outbox (run_id, payload) SELECT CASE WHEN g % 3 = 0 THEN 'Many' ELSE 'many' END, '{}'
+   FROM generate_series(1, 300) g" >/dev/null
+printf 'many\t{}\nMany\t{}\n%s\t{}\nmany\t{}\n' "$long" |
+  psql -X -q "$DATABASE_URL" -c "\\copy run_outbox (run_id, payload) FROM STDIN" || fail "COPY into run_outbox failed"
+psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" >/dev/null <<SQL || fail "savepoint sequence failed"
+BEGIN;
+INSERT INTO run_outbox (run_id, payload) VALUES ('sp', '{"i":1}');
+SAVEPOINT a;
+INSERT INTO run_outbox (run_id, payload) VALUES ('sp', '{"i":"rolled back"}');
+ROLLBACK TO a;
+INSERT INTO run_outbox (run_id, payload) VALUES ('sp', '{"i":2}'), ('$long', '{}');
+COMMIT;
+SQL
+[[ $(q "SELECT string_agg(seq::text, ',' ORDER BY id) FROM run_outbox WHERE run_id = 'sp'") == "1,2" ]] ||
+  fail "a rolled-back savepoint left a gap: $(q "SELECT seq, payload FROM run_outbox WHERE run_id = 'sp'")"
+[[ $(q "SELECT max(seq) FROM run_outbox WHERE run_id = 'many'") == 202 &&
+  $(q "SELECT max(seq) FROM run_outbox WHERE run_id = 'Many'") == 101 &&
+  $(q "SELECT max(seq) FROM run_outbox WHERE run_id = '$long'") == 2 ]] ||
+  fail "runs counted wrong: $(q "SELECT run_id = '$long', max(seq) FROM run_outbox GROUP BY 1 ORDER BY 2")"
+gapless "one statement, COPY, savepoint"
+
+# Writers under REPEATABLE READ, 8 connections on 2 runs, 2 events per transaction.
+cat >"$WORK/rr.sql" <<'SQL'
+\set r random(1, 2)
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+INSERT INTO run_outbox (run_id, payload) VALUES ('rr-' || :r, '{}');
+INSERT INTO run_outbox (run_id, payload) VALUES ('rr-' || :r, '{}');
+COMMIT;
+SQL
+pgbench -n -f "$WORK/rr.sql" -c 8 -j 2 -t 100 "$DATABASE_URL" >"$WORK/rr.out" 2>&1 ||
+  fail "REPEATABLE READ writers failed: $(tail -5 "$WORK/rr.out")"
+[[ $(q "SELECT count(*) FROM run_outbox WHERE run_id LIKE 'rr-%'") == 1600 ]] ||
+  fail "REPEATABLE READ writers lost inserts: $(q "SELECT count(*) FROM run_outbox WHERE run_id LIKE 'rr-%'") of 1600"
+gapless "REPEATABLE READ writers"
+
+# Switches while 1,000 events/s flow over 20 runs: C -> PL/pgSQL (counters raised to
+# each run's newest seq first) -> C -> PL/pgSQL.
+start_relay relay
+start_sub sub --prefix sw --idle-ms 3000 --max-seconds 60 --check
+start_load --rate 1000 --runs 20 --conns 4 --seconds 6 --prefix sw
+for want in plpgsql c plpgsql; do
+  sleep 1.2
+  "$OUTBOXD" migrate --seq-trigger "$want" >"$WORK/switch.out" 2>&1 || fail "migrate --seq-trigger $want: $(cat "$WORK/switch.out")"
+  grep -q "^seq trigger: ${want}.*(installed now)" "$WORK/switch.out" || fail "no switch to $want: $(cat "$WORK/switch.out")"
+done
+wait "$LOAD_PID" || fail "the load failed across the switches: $(cat "$WORK/load.out")"
+info "$(cat "$WORK/load.out")"
+wait_sub sub "$SUB_PID"
+wait_drained 10
+gapless "switches under load"
+[[ $(q "SELECT count(*) FROM run_outbox r JOIN run_outbox_seq f USING (run_id) WHERE f.last_seq < r.seq") == 0 ]] ||
+  fail "a counter is below its run's newest seq after the switch to PL/pgSQL"
+stop_relay "$RELAY_PID" 5
+
+# --seq-trigger c without the function: a clear error, the trigger left as it was.
+new_db
+out=$("$OUTBOXD" migrate --seq-trigger c 2>&1) && fail "--seq-trigger c without the extension succeeded: $out"
+[[ $out == *"CREATE EXTENSION outboxd"* ]] || fail "unclear error without the extension: $out"
+[[ $(q "SELECT tgfoid::regproc FROM pg_trigger WHERE tgname = 'run_outbox_assign_seq'") == outboxd_assign_seq ]] ||
+  fail "the PL/pgSQL trigger was changed by a failed --seq-trigger c"
+# Misuse of the function itself: each refused with its reason, nothing inserted.
+q "CREATE FUNCTION outboxd_assign_seq_c() RETURNS trigger LANGUAGE c AS '$ROOT/pgext/outboxd.so', 'outboxd_assign_seq_c'"
+ins="INSERT INTO run_outbox (run_id, payload) VALUES ('x', '{}')"
+# mk WHEN EACH ARGS: the function as a second trigger beside the PL/pgSQL one (it runs
+# after it among the BEFORE ROW triggers), then an insert, in a transaction.
+mk() { echo "BEGIN; CREATE TRIGGER z_misuse $1 ON run_outbox FOR EACH $2 EXECUTE FUNCTION outboxd_assign_seq_c($3); $ins; COMMIT"; }
+args="'run_outbox_run_seq', 'run_outbox_seq_pkey', 'last_seq', 'run_outbox_id_seq', 'outboxd', '1868724324'"
+for case in \
+  "BEFORE INSERT|STATEMENT|$args, '3'|runs BEFORE INSERT FOR EACH ROW" \
+  "AFTER INSERT|ROW|$args, '3'|runs BEFORE INSERT FOR EACH ROW" \
+  "BEFORE INSERT|ROW|'run_outbox_run_seq'|with 7 arguments" \
+  "BEFORE INSERT|ROW|${args/run_outbox_run_seq/run_outbox_pkey}, '3'|is not a unique btree index" \
+  "BEFORE INSERT|ROW|${args/run_outbox_run_seq/no_such_index}, '3'|no index \"no_such_index\"" \
+  "BEFORE INSERT|ROW|${args/run_outbox_id_seq/run_outbox_pkey}, '3'|no sequence \"run_outbox_pkey\"" \
+  "BEFORE INSERT|ROW|${args/last_seq/run_id}, '3'|no bigint column \"run_id\"" \
+  "BEFORE INSERT|ROW|$args, '3x'|is not an int4 lock key"; do
+  IFS='|' read -r when each a want <<<"$case"
+  out=$(psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "$(mk "$when" "$each" "$a")" 2>&1) && fail "accepted: $when $each ($a)"
+  [[ $out == *"$want"* ]] || fail "want \"$want\" for $when $each ($a), got: $out"
+done
+out=$(q "SELECT outboxd_assign_seq_c()" 2>&1) && fail "called as a plain function: $out"
+[[ $out == *"trigger"* ]] || fail "unclear error for a plain call: $out"
+[[ $(q "SELECT count(*) FROM run_outbox") == 0 ]] || fail "a refused insert left a row"
+"$OUTBOXD" migrate >"$WORK/m.out" 2>&1 && grep -q "^seq trigger: c" "$WORK/m.out" || fail "migrate did not mend the trigger: $(cat "$WORK/m.out")"
+q "$ins" >/dev/null
+info "misuse refused; migrate installs the trigger again"
