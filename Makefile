@@ -101,7 +101,7 @@ run: deps
 
 # BENCH_SSE_AUTH=0 skips the gateway's authorization cost (bench/sse_auth.sh).
 bench: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all pgext
 	@bash bench/run.sh
 	@[ "$${BENCH_SSE_AUTH:-1}" = 0 ] || bash bench/sse_auth.sh
 

@@ -124,6 +124,14 @@ for v in "${VERSIONS[@]}"; do
   psql -X -q "$SERVER_URL/postgres" -c "CREATE DATABASE bench_$v" >/dev/null
   DATABASE_URL=${URL[$v]} "${BIN[$v]}" migrate >"$WORK/migrate-$v.log" 2>&1 || die "migrate $v: $(cat "$WORK/migrate-$v.log")"
 done
+# This tree with the C seq trigger of pgext/ (the extension outboxd; its function made
+# from the built library, as CREATE EXTENSION outboxd makes it from the installed one).
+psql -X -q "$SERVER_URL/postgres" -c "CREATE DATABASE bench_curc" >/dev/null
+URL[curc]="$SERVER_URL/bench_curc"
+psql -X -q "${URL[curc]}" -c "CREATE FUNCTION outboxd_assign_seq_c() RETURNS trigger LANGUAGE c
+  AS '$ROOT/pgext/outboxd.so', 'outboxd_assign_seq_c'" >/dev/null
+DATABASE_URL=${URL[curc]} "${BIN[cur]}" migrate >"$WORK/migrate-curc.log" 2>&1 &&
+  grep -q "^seq trigger: c" "$WORK/migrate-curc.log" || die "migrate with the C seq trigger: $(cat "$WORK/migrate-curc.log")"
 # The plain table: the same columns, a BIGSERIAL primary key, no other index, no
 # trigger. It lives in the current database, reached through search_path.
 psql -X -q "${URL[cur]}" -c "CREATE SCHEMA plain" \
@@ -236,7 +244,7 @@ run_producers() {
   # spreads over all cells instead of spoiling one.
   for ((rep = 1; rep <= PROD_REPEAT; rep++)); do
     for w in 1:1000 8:1000 32:1000 32:1; do
-      for t in plain pidx ptrig base base0 cur; do
+      for t in plain pidx ptrig base base0 cur curc; do
         v=$(producer_once "$t" "${w%:*}" "${w#*:}")
         echo "$w-$t $v" >>"$WORK/producer.txt"
         say "producer $rep/$PROD_REPEAT: conns=${w%:*} runs=${w#*:} $t: $v/s"
@@ -591,10 +599,11 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
     echo "1. PRODUCER COST  (inserts/s, pgbench -f bench/pgbench-insert.sql, autocommit, ${PROD_S}s each, median of $PROD_REPEAT;"
     echo "   plain = same columns, BIGSERIAL primary key, no other index, no trigger; no relay running)"
     echo "   $REF as released (NOTIFY trigger on) and with its NOTIFY trigger off"
-    producer_table "base:$REF" "base0:no NOTIFY" "cur:this tree"
+    producer_table "base:$REF" "base0:no NOTIFY" "cur:this tree" "curc:C trigger"
     echo "   where this tree's cost goes (each /plain): + a unique (run_id, bigint) index, the shape replays need;"
-    echo "   + a PL/pgSQL BEFORE INSERT trigger that only draws the id (no per-run counter, no wake-up check); this tree"
-    producer_table "pidx:+index" "ptrig:+trigger" "cur:this tree"
+    echo "   + a PL/pgSQL BEFORE INSERT trigger that only draws the id (no per-run counter, no wake-up check); this tree;"
+    echo "   this tree with the C seq trigger (the extension outboxd, pgext/)"
+    producer_table "pidx:+index" "ptrig:+trigger" "cur:this tree" "curc:C trigger"
   fi
   if part steady; then
     echo
