@@ -30,6 +30,7 @@
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
+#include "access/xact.h"
 #include "catalog/pg_am_d.h"
 #include "catalog/pg_type_d.h"
 #include "commands/async.h"
@@ -101,13 +102,21 @@ static void check_index(Relation idx, Relation heap, int nkeys)
                         errhint("Run \"outboxd migrate\" to install the trigger again.")));
 }
 
-/* The value of column attno in the newest row that idx leads to for key `run` and that
- * SnapshotSelf sees; false when there is none. The index is opened and closed here. */
-static bool newest(Oid idxoid, Relation heap_or_null, Datum run, const char *col, int nkeys, int64 *out)
+/* The value of column `col` (of the index's second key column when it has two) in the
+ * newest row that index idxoid leads to for key `run` and that SnapshotSelf sees; false
+ * when there is none. heap_or_null: the index's table when the caller has it open. The
+ * table must belong to `owner`. */
+static bool newest(Oid idxoid, Relation heap_or_null, Oid owner, Datum run, const char *col, int nkeys, int64 *out)
 {
     Relation idx = index_open(idxoid, AccessShareLock);
     Relation heap = heap_or_null ? heap_or_null : table_open(idx->rd_index->indrelid, AccessShareLock);
     check_index(idx, heap, nkeys);
+    /* The trigger reads the counter without the inserting role's privileges: it must
+     * be a table of the outbox's owner, not one a trigger's creator points it at. */
+    if (owner != heap->rd_rel->relowner)
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("outboxd trigger: %s does not belong to the owner of the table the trigger is on",
+                               RelationGetRelationName(heap))));
     AttrNumber attno = nkeys == 2 ? idx->rd_index->indkey.values[1] : attnameAttNum(heap, col, false);
     if (attno <= 0 || TupleDescAttr(RelationGetDescr(heap), attno - 1)->atttypid != INT8OID)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
@@ -185,11 +194,18 @@ Datum outboxd_assign_seq_c(PG_FUNCTION_ARGS)
     (void) LockAcquire(&tag, ExclusiveLock, false, false);
 
     int64 last = 0;
-    if (!newest(run_index, rel, run, NULL, 2, &last) && !newest(counter_index, NULL, run, args[2], 1, &last))
+    Oid owner = rel->rd_rel->relowner;
+    if (!newest(run_index, rel, owner, run, NULL, 2, &last) &&
+        !newest(counter_index, NULL, owner, run, args[2], 1, &last))
         last = 0;
     if (last == PG_INT64_MAX)
         ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE), errmsg("outboxd trigger: the run's seq is at its maximum")));
 
+    /* The relay tells a gap in the ids that may still fill from one that will not by
+     * the transaction ids of the writers (docs/SCHEMA.md, "How the relay finds new
+     * events"): this one must have its id before it draws the event's. (The counter's
+     * update gave it one in the PL/pgSQL trigger; nextval gives one only now and then.) */
+    (void) GetTopTransactionId();
     int cols[2] = {seq_col, id_col};
     Datum vals[2] = {Int64GetDatum(last + 1), Int64GetDatum(nextval_internal(id_seq, true))};
     bool nulls[2] = {false, false};

@@ -283,7 +283,9 @@ static const command_def commands[] = {
      "Creates or upgrades the outboxd schema (run_outbox and its triggers). Idempotent.\n"
      "Ends the database sessions of running relays after a change that relays of earlier versions\n"
      "cannot work with, so that those stop and the new ones take over. --new-epoch starts the Redis\n"
-     "de-duplication marks afresh, after restoring a backup (docs/OPERATIONS.md).", 0,
+     "de-duplication marks afresh, after restoring a backup (docs/OPERATIONS.md). --seq-trigger\n"
+     "chooses the trigger that gives each event its seq: the C one of the PostgreSQL extension\n"
+     "outboxd (cheaper inserts) when CREATE EXTENSION outboxd was run, else PL/pgSQL (docs/SCHEMA.md).", 0,
      cmd_migrate},
     {"relay", CMD_RELAY, "outboxd relay [options]",
      "publish run_outbox to Redis run:{run_id}, in order, once",

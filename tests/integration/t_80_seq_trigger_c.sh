@@ -48,6 +48,18 @@ SQL
   fail "runs counted wrong: $(q "SELECT run_id = '$long', max(seq) FROM run_outbox GROUP BY 1 ORDER BY 2")"
 gapless "one statement, COPY, savepoint"
 
+# Each writer has its transaction id before its event id is drawn (the relay's gap
+# logic relies on it): a BEFORE trigger that runs after the seq trigger sees one, in
+# 100 autocommit inserts (nextval alone gives one to one insert in 32).
+q "CREATE FUNCTION xid_probe() RETURNS trigger LANGUAGE plpgsql AS \$f\$ BEGIN
+     NEW.payload := jsonb_build_object('xid', pg_current_xact_id_if_assigned()::text); RETURN NEW; END \$f\$;
+   CREATE TRIGGER zz_xid_probe BEFORE INSERT ON run_outbox FOR EACH ROW EXECUTE FUNCTION xid_probe()"
+for i in $(seq 1 100); do echo "INSERT INTO run_outbox (run_id, payload) VALUES ('xid-$((i % 3))', '{}');"; done |
+  psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" >/dev/null
+q "DROP TRIGGER zz_xid_probe ON run_outbox"
+[[ $(q "SELECT count(*) FROM run_outbox WHERE run_id LIKE 'xid-%' AND payload->>'xid' IS NOT NULL") == 100 ]] ||
+  fail "a writer drew its event id before it had a transaction id: $(q "SELECT count(*) FROM run_outbox WHERE run_id LIKE 'xid-%' AND payload->>'xid' IS NULL") of 100"
+
 # Writers under REPEATABLE READ, 8 connections on 2 runs, 2 events per transaction.
 cat >"$WORK/rr.sql" <<'SQL'
 \set r random(1, 2)
@@ -107,6 +119,15 @@ for case in \
   out=$(psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "$(mk "$when" "$each" "$a")" 2>&1) && fail "accepted: $when $each ($a)"
   [[ $out == *"$want"* ]] || fail "want \"$want\" for $when $each ($a), got: $out"
 done
+# A counter table of another owner: the trigger would read it without the inserting
+# role's privileges, so it is refused.
+other="t80_other_$$"
+trap 'q "DROP TABLE IF EXISTS secret" >/dev/null 2>&1; psql -X -q "$BASE_URL/postgres" -c "DROP ROLE IF EXISTS $other" >/dev/null 2>&1; cleanup' EXIT
+q "CREATE ROLE $other; CREATE TABLE secret (k text PRIMARY KEY, v bigint); ALTER TABLE secret OWNER TO $other;
+   INSERT INTO secret VALUES ('x', 41)"
+out=$(psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "$(mk "BEFORE INSERT" ROW "${args/run_outbox_seq_pkey/secret_pkey}, '3'" | sed "s/'last_seq'/'v'/")" 2>&1) &&
+  fail "a counter table of another owner was read: $(q "SELECT seq FROM run_outbox WHERE run_id = 'x'")"
+[[ $out == *"does not belong to the owner"* ]] || fail "want an ownership error, got: $out"
 out=$(q "SELECT outboxd_assign_seq_c()" 2>&1) && fail "called as a plain function: $out"
 [[ $out == *"trigger"* ]] || fail "unclear error for a plain call: $out"
 [[ $(q "SELECT count(*) FROM run_outbox") == 0 ]] || fail "a refused insert left a row"
