@@ -98,8 +98,8 @@ part() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 # The previous release takes part in parts 1-4 only; part 5 alone does not build it.
 VERSIONS=(cur)
-declare -A BIN=([cur]="$BUILD/outboxd")
-declare -A NAME=([base]="no baseline (part 5 alone)" [cur]="this tree")
+declare -A BIN=([cur]="$BUILD/outboxd" [curc]="$BUILD/outboxd")
+declare -A NAME=([base]="no baseline (part 5 alone)" [cur]="this tree" [curc]="this tree, C trig.")
 if part producer || part steady || part drain || part transports; then
   say "building $REF (scripts/baseline.sh)"
   BASE_BUILD=$(bash scripts/baseline.sh "$REF" 2>"$WORK/baseline.log") || die "baseline build: $(tail -5 "$WORK/baseline.log")"
@@ -319,7 +319,7 @@ $(calc %.1f "($b1 - $b0) / $HZ / ($t1 - $t0) * 100") $check"
 run_steady() {
   local rate v
   for rate in 1000 10000; do
-    for v in base cur; do
+    for v in base cur curc; do
       say "steady: ${NAME[$v]}, $rate events/s, ${STEADY_S}s"
       steady_once "$v" "$rate"
     done
@@ -612,7 +612,7 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
     printf '  %-8s %-18s %9s %9s %8s %8s %9s %8s %8s %8s  %s\n' "offered" "version" "achieved" "received" \
       "p50 ms" "p99 ms" "p99.9 ms" "max ms" "relay %" "its PG %" "check"
     for rate in 1000 10000; do
-      for v in base cur; do
+      for v in base cur curc; do
         l=${STEADY[$v-$rate]:-"? ? ? ? ? ? ? ? ?"}
         printf '  %-8s %-18s %8s/s %9s %8s %8s %9s %8s %8s %8s  %s\n' "$rate/s" "${NAME[$v]}" "$(fld 1 "$l")" \
           "$(fld 2 "$l")" "$(fld 3 "$l")" "$(fld 4 "$l")" "$(fld 5 "$l")" "$(fld 6 "$l")" "$(fld 7 "$l")" \

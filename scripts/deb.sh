@@ -9,7 +9,8 @@ cd "$root"
 : "${VERSION:?VERSION is set by make deb}" "${COMMIT:?COMMIT is set by make deb}"
 BUILD=${BUILD:-build}
 
-bash scripts/install-deps.sh dpkg-dev debhelper pkg-config libpq-dev libhiredis-dev libevent-dev libcmocka-dev
+bash scripts/install-deps.sh dpkg-dev debhelper pkg-config libpq-dev libhiredis-dev libevent-dev libcmocka-dev \
+  postgresql-server-dev-15
 
 [[ "$BUILD" = /* ]] || BUILD="$root/$BUILD"
 out="$BUILD/deb"
@@ -46,4 +47,4 @@ if ! (cd "$src" && env -u BUILD -u SANITIZE -u OPT -u VERSION -u COMMIT -u MAKEF
 fi
 mv "$out"/src/*.deb "$out"/src/*.changes "$out"/src/*.buildinfo "$out/"
 rm -rf "$out/src"
-ls "$out"/outboxd_*.deb
+ls "$out"/outboxd_*.deb "$out"/postgresql-15-outboxd_*.deb

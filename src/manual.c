@@ -261,7 +261,7 @@ static void print_man(const manual_command *cmds, size_t ncmds)
            "export REDIS_URL=redis://:password@redis\\-host:6379/0\n"
            "outboxd migrate\n"
            "outboxd relay \\-\\-http\\-listen 127.0.0.1:9187 &\n"
-           "outboxd sse \\-\\-listen 0.0.0.0:8080 &\n"
+           "outboxd sse \\-\\-listen 127.0.0.1:8080 &\n"
            "outboxd emit run\\-42 \\(aq{\"step\": 1}\\(aq\n"
            "curl \\-N http://127.0.0.1:8080/runs/run\\-42/events\n"
            ".RE\n.fi\n"

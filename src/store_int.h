@@ -14,6 +14,14 @@
 #define LOCK_LEADER 2
 #define LOCK_SLEEP 3          /* held by the leading relay while it waits for a NOTIFY */
 
+/* SQL: the language of the seq trigger's function on run_outbox, 'c' (the extension
+ * outboxd) or 'plpgsql', or 'missing' (DROP EXTENSION ... CASCADE takes the trigger). */
+#define SEQ_TRIGGER_KIND_SQL                                                                       \
+    "coalesce((SELECT CASE l.lanname WHEN 'c' THEN 'c' ELSE 'plpgsql' END"                         \
+    " FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid"                  \
+    " JOIN pg_catalog.pg_language l ON l.oid = p.prolang"                                          \
+    " WHERE t.tgrelid = 'run_outbox'::regclass AND t.tgname = 'run_outbox_assign_seq'), 'missing')"
+
 struct store {
     char *url;
     char *appname;

@@ -573,7 +573,7 @@ bool store_emit(store *s, const char *run_id, const char *json, long long *id, l
 
 bool store_print_status(store *s, bool json, const char *extra)
 {
-    char sql[1024];
+    char sql[2048];
     snprintf(sql, sizeof sql,
              /* Unpublished rows lie at or above the relay's low water. */
              "SELECT (SELECT count(*) FROM run_outbox WHERE id >= (SELECT low_water FROM outboxd_relay)"
@@ -588,7 +588,7 @@ bool store_print_status(store *s, bool json, const char *extra)
              "   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
              "   WHERE l.locktype = 'advisory' AND l.classid = %d AND l.objid = %d AND l.granted"
              "   LIMIT 1),"
-             " (SELECT count(*) FROM run_outbox_seq)",
+             " (SELECT count(*) FROM run_outbox_seq), " SEQ_TRIGGER_KIND_SQL,
              LOCK_CLASS, LOCK_LEADER);
     PGresult *r = store_run(s, "status", sql, 0, NULL);
     if (!r) {
@@ -615,6 +615,7 @@ bool store_print_status(store *s, bool json, const char *extra)
     const char *version = PQgetvalue(r, 0, 6);
     const char *leader = PQgetisnull(r, 0, 7) ? NULL : PQgetvalue(r, 0, 7);
     const char *counters = PQgetvalue(r, 0, 8);
+    const char *trigger = PQgetvalue(r, 0, 9);
     int nb = PQntuples(blocked);
 
     buf out;
@@ -625,9 +626,9 @@ bool store_print_status(store *s, bool json, const char *extra)
                         "{\"backlog\":%lld,\"oldest_unpublished_age_seconds\":%.3f,"
                         "\"published_last_minute\":%lld,\"publish_rate_per_second\":%.2f,"
                         "\"last_published_id\":%s,\"table_bytes\":%s,\"index_bytes\":%s,"
-                        "\"schema_version\":%s,\"run_counters\":%s,\"leader\":",
+                        "\"schema_version\":%s,\"run_counters\":%s,\"seq_trigger\":\"%s\",\"leader\":",
                         backlog, oldest, last_minute, last_minute / 60.0, last_id, table_bytes,
-                        index_bytes, version, counters) &&
+                        index_bytes, version, counters, trigger) &&
              (leader ? buf_json_string(&out, leader, strlen(leader)) : buf_puts(&out, "null")) &&
              buf_puts(&out, ",\"blocked\":[");
         for (int i = 0; ok && i < nb; i++)
@@ -649,11 +650,13 @@ bool store_print_status(store *s, bool json, const char *extra)
                         "last published id:     %s\n"
                         "table size:            %s bytes (indexes %s bytes)\n"
                         "schema version:        %s\n"
-                        "run counters:          %s (runs whose events retention deleted)\n"
+                        "run counters:          %s\n"
+                        "seq trigger:           %s\n"
                         "relay leader:          %s\n"
                         "runs with failed attempts: %d%s\n",
                         backlog, oldest, last_minute, last_minute / 60.0, last_id, table_bytes,
-                        index_bytes, version, counters, leader ? leader : "none", nb, nb == 20 ? " (first 20)" : "");
+                        index_bytes, version, counters, trigger, leader ? leader : "none", nb,
+                        nb == 20 ? " (first 20)" : "");
         for (int i = 0; ok && i < nb; i++)
             ok = buf_printf(&out, "  run %s: id %s seq %s, %s attempts, last error: %s\n",
                             PQgetvalue(blocked, i, 0), PQgetvalue(blocked, i, 1),

@@ -273,15 +273,12 @@ static bool choose_seq_trigger(store *s, int want, const char **now, bool *chang
 {
     *changed = false;
     PGresult *r = store_run(s, "read the seq trigger",
-                            "SELECT to_regprocedure('outboxd_assign_seq_c()') IS NOT NULL, coalesce(("
-                            "  SELECT CASE l.lanname WHEN 'c' THEN 'c' ELSE 'p' END FROM pg_catalog.pg_trigger t"
-                            "   JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid JOIN pg_catalog.pg_language l ON l.oid = p.prolang"
-                            "   WHERE t.tgrelid = 'run_outbox'::regclass AND t.tgname = 'run_outbox_assign_seq'), '-')",
+                            "SELECT to_regprocedure('outboxd_assign_seq_c()') IS NOT NULL, " SEQ_TRIGGER_KIND_SQL,
                             0, NULL);
     if (!r)
         return false;
-    bool have_c = PQgetvalue(r, 0, 0)[0] == 't', is_c = PQgetvalue(r, 0, 1)[0] == 'c';
-    bool missing = PQgetvalue(r, 0, 1)[0] == '-'; /* DROP EXTENSION ... CASCADE takes it */
+    bool have_c = PQgetvalue(r, 0, 0)[0] == 't', is_c = !strcmp(PQgetvalue(r, 0, 1), "c");
+    bool missing = !strcmp(PQgetvalue(r, 0, 1), "missing");
     PQclear(r);
     if (want == SEQ_TRIGGER_C && !have_c) {
         snprintf(s->err, sizeof s->err,

@@ -207,8 +207,10 @@ seqs=$(grep -o '"seq":[0-9]*' "$work/sub.out" | cut -d: -f2 | xargs)
 unpublished=$(innet chroot "$R" runuser -u postgres -- psql -qtAX -d app -c "SELECT count(*) FROM run_outbox WHERE published_at IS NULL")
 [[ $unpublished == 0 ]] || fail "$unpublished events not marked published"
 http=$(unit_env outboxd-relay.service | sed -n 's/^OUTBOXD_HTTP_LISTEN=//p')
-innet chroot "$R" curl -sf "http://$http/metrics" | grep -q "^outboxd_events_published_total 3$" ||
-  fail "relay /metrics on $http: $(innet chroot "$R" curl -s "http://$http/metrics" | grep published_total)"
+# Read whole first: grep -q would stop reading at the match and fail curl (pipefail).
+metrics=$(innet chroot "$R" curl -sf "http://$http/metrics") || fail "relay /metrics on $http: curl failed"
+grep -q "^outboxd_events_published_total 3$" <<<"$metrics" ||
+  fail "relay /metrics on $http: $(grep published_total <<<"$metrics")"
 say "relay from its unit: migrate, READY=1, 3 events published in order and marked, /metrics on $http"
 
 start_notify_receiver sse
@@ -220,8 +222,27 @@ listen=$(unit_env outboxd-sse.service | sed -n 's/^OUTBOXD_LISTEN=//p')
 innet chroot "$R" curl -s -N --max-time 2 "http://127.0.0.1:${listen##*:}/runs/pkg-1/events" >"$work/sse.out" || true
 [[ $(grep '^id: ' "$work/sse.out" | xargs) == "id: 1 id: 2 id: 3" ]] || fail "SSE stream: $(cat "$work/sse.out")"
 stop_unit "$sse_pid" sse
+say "gateway from its unit: READY=1, streamed the run; exit 0 with STOPPING=1 on SIGTERM"
+
+# The extension's package: CREATE EXTENSION, then the unit's migrate takes the C seq
+# trigger, and the relay (still running) publishes what is written with it.
+cp "$ext1" "$R/tmp/"
+in_root sh -c 'cd /tmp && apt-get -y -o Dpkg::Use-Pty=0 install ./postgresql-15-outboxd_*.deb' >"$work/ext.log" 2>&1 ||
+  fail "apt-get install ./$(basename "$ext1"): $(tail -15 "$work/ext.log")"
+innet chroot "$R" runuser -u postgres -- psql -qX -d app -c "CREATE EXTENSION outboxd" >"$work/ext-create.log" 2>&1 ||
+  fail "CREATE EXTENSION outboxd: $(cat "$work/ext-create.log")"
+unit_argv outboxd-relay.service ExecStartPre
+"${argv[@]}" >"$work/migrate-c.log" 2>&1 || fail "ExecStartPre with the extension: $(cat "$work/migrate-c.log")"
+grep -q "^seq trigger: c (the extension outboxd) (installed now)" "$work/migrate-c.log" ||
+  fail "migrate did not take the extension's trigger: $(cat "$work/migrate-c.log")"
+for i in 4 5; do
+  innet chroot "$R" env -i PATH=/usr/bin:/bin "${envs[@]}" outboxd emit pkg-1 "{\"n\": $i}" >/dev/null || fail "outboxd emit"
+done
+for _ in $(seq 1 100); do [[ $(grep -c '"run_id":"pkg-1"' "$work/sub.out") -ge 5 ]] && break; sleep 0.1; done
+seqs=$(grep -o '"seq":[0-9]*' "$work/sub.out" | cut -d: -f2 | xargs)
+[[ "$seqs" == "1 2 3 4 5" ]] || fail "with the C trigger the subscriber saw seqs '$seqs', want '1 2 3 4 5'"
 stop_unit "$relay_pid" relay
-say "gateway from its unit: READY=1, streamed the run; both exited 0 with STOPPING=1 on SIGTERM"
+say "postgresql-15-outboxd: CREATE EXTENSION, migrate took the C trigger, seqs 4 and 5 published; relay exit 0"
 
 # --- Upgrade, remove, purge. ---
 uid=$(in_root id -u outboxd)
@@ -235,7 +256,7 @@ say "upgrade to $v2 kept the edited outboxd.env and the user"
 apt_in_root remove remove outboxd
 [[ $(sha256sum <"$env_file") == "$edited" ]] || fail "remove changed the edited outboxd.env"
 user_is_system
-apt_in_root purge purge outboxd
+apt_in_root purge purge outboxd postgresql-15-outboxd
 apt_in_root autoremove autoremove --purge
 innet chroot "$R" pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
 nothing_of_ours "$work/snap-tools"

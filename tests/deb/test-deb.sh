@@ -12,7 +12,10 @@
 #     EnvironmentFile=) run against a PostgreSQL and Redis started in that root: READY=1
 #     on NOTIFY_SOCKET, events published in order to Redis and marked, streamed over
 #     SSE, /metrics served, exit 0 on SIGTERM; upgrading to the newer build keeps the
-#     edited /etc/outboxd/outboxd.env; purge leaves nothing of ours.
+#     edited /etc/outboxd/outboxd.env; purge leaves nothing of ours;
+#   - the extension's package postgresql-15-outboxd installs, CREATE EXTENSION outboxd
+#     works, the relay unit's migrate then installs the C seq trigger, and events
+#     written with it are published in order.
 # Takes several minutes, so it is not part of make test. Needs root (mounts, chroot);
 # runs in its own mount, PID and network namespaces, so that whatever it starts ends
 # with it. KEEP=1 keeps the work directory.
@@ -45,7 +48,8 @@ done
 arch=$(dpkg --print-architecture)
 deb1="$work/build-$v1/deb/outboxd_${v1}_$arch.deb"
 deb2="$work/build-$v2/deb/outboxd_${v2}_$arch.deb"
-[[ -f "$deb1" && -f "$deb2" ]] || fail "make deb did not produce $deb1 and $deb2"
+ext1="$work/build-$v1/deb/postgresql-15-outboxd_${v1}_$arch.deb"
+[[ -f "$deb1" && -f "$deb2" && -f "$ext1" ]] || fail "make deb did not produce $deb1, $deb2 and $ext1"
 say "built outboxd $v1 and $v2 (commit $commit)"
 
 # This machine's Debian 12 sources (deb822 or one-line files), else Debian's default.
@@ -74,7 +78,7 @@ cp /etc/resolv.conf "$R/etc/resolv.conf"
 # Package scripts start no services in this root; the test starts what it needs.
 printf '#!/bin/sh\nexit 101\n' >"$R/usr/sbin/policy-rc.d"
 chmod 755 "$R/usr/sbin/policy-rc.d"
-export R work deb1 deb2 v1 v2 commit t_start
+export R work deb1 deb2 ext1 v1 v2 commit t_start
 
 timeout -k 10 1800 unshare --mount --pid --fork --kill-child --mount-proc --propagation private \
   bash "$root/tests/deb/in-root.sh"

@@ -5,7 +5,8 @@
 # scripts, /etc/outboxd/outboxd.env a private conffile, the outboxd user created on
 # install and deleted only on purge, and a binary that reports the version and
 # commit it was built from although the package builds from a copy without .git.
-# (tests/deb/test-deb.sh installs it in a clean Debian 12 root: make test-deb.)
+# (tests/deb/test-deb.sh installs it in a clean Debian 12 root: make test-deb.) The
+# extension's package postgresql-15-outboxd is built beside it.
 . "$(dirname "$0")/lib.sh"
 # A command that fails outside a check names itself (set -e would end the test silently).
 trap 'echo "  [$T] line $LINENO failed: $BASH_COMMAND" >&2' ERR
@@ -70,6 +71,30 @@ awk '/deb-systemd-helper debian-installed/ {guard = 1} /End automatically added 
 grep -q "adduser .*--system" "$ctl/postinst" || fail "postinst does not create the outboxd system user"
 awk '/"\$1" = purge/ {p = 1} p && /deluser --quiet --system outboxd/ {found = 1} END {exit !found}' "$ctl/postrm" ||
   fail "postrm does not delete the user on purge"
+
+# The extension's package: lintian-clean, for PostgreSQL 15, its library and files where
+# CREATE EXTENSION looks for them, and the packaged library works: a database given its
+# function gets the C seq trigger from migrate, and an insert its seq.
+ext="$BUILD/deb/postgresql-15-outboxd_${version}_$(dpkg --print-architecture).deb"
+[[ -f "$ext" ]] || fail "make deb did not produce $(basename "$ext"): $(ls "$BUILD/deb")"
+lintian --fail-on error,warning --no-tag-display-limit "$ext" >"$WORK/lintian-ext" 2>&1 ||
+  fail "lintian (extension): $(grep -E '^[EW]:' "$WORK/lintian-ext" | head -10 || tail -5 "$WORK/lintian-ext")"
+dpkg-deb -f "$ext" Depends | grep -q "\bpostgresql-15\b" || fail "the extension's Depends lacks postgresql-15: $(dpkg-deb -f "$ext" Depends)"
+dpkg-deb -c "$ext" | awk '{print $6}' >"$WORK/ext-contents"
+for p in ./usr/lib/postgresql/15/lib/outboxd.so ./usr/share/postgresql/15/extension/outboxd.control \
+  ./usr/share/postgresql/15/extension/outboxd--1.0.sql ./usr/share/doc/postgresql-15-outboxd/copyright; do
+  grep -qx "$p" "$WORK/ext-contents" || fail "the extension's package lacks $p"
+done
+extroot="$WORK/extroot"
+dpkg-deb -x "$ext" "$extroot"
+chmod 755 "$WORK" "$extroot"
+new_db
+q "CREATE FUNCTION outboxd_assign_seq_c() RETURNS trigger LANGUAGE c
+   AS '$extroot/usr/lib/postgresql/15/lib/outboxd.so', 'outboxd_assign_seq_c'" >/dev/null
+"$OUTBOXD" migrate | grep -q "^seq trigger: c " || fail "migrate did not take the packaged extension's trigger"
+[[ $(q "INSERT INTO run_outbox (run_id, payload) VALUES ('p', '{}'), ('p', '{}') RETURNING seq" | paste -sd,) == 1,2 ]] ||
+  fail "the packaged trigger did not give seq 1, 2"
+info "extension package: lintian clean, its library gives seqs"
 
 # CHANGELOG.md's newest release is debian/changelog's newest release.
 md=$(sed -n 's/^## \[\([0-9][0-9.]*\)\].*/\1/p' "$ROOT/CHANGELOG.md" | head -1)

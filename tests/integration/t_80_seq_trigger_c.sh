@@ -47,6 +47,8 @@ SQL
   $(q "SELECT max(seq) FROM run_outbox WHERE run_id = '$long'") == 2 ]] ||
   fail "runs counted wrong: $(q "SELECT run_id = '$long', max(seq) FROM run_outbox GROUP BY 1 ORDER BY 2")"
 gapless "one statement, COPY, savepoint"
+"$OUTBOXD" status | grep -q "^seq trigger: *c$" || fail "status does not name the C trigger: $("$OUTBOXD" status)"
+"$OUTBOXD" status --json | grep -q '"seq_trigger":"c"' || fail "status --json: $("$OUTBOXD" status --json)"
 
 # Each writer has its transaction id before its event id is drawn (the relay's gap
 # logic relies on it): a BEFORE trigger that runs after the seq trigger sees one, in
@@ -92,6 +94,7 @@ gapless "switches under load"
 [[ $(q "SELECT count(*) FROM run_outbox r JOIN run_outbox_seq f USING (run_id) WHERE f.last_seq < r.seq") == 0 ]] ||
   fail "a counter is below its run's newest seq after the switch to PL/pgSQL"
 stop_relay "$RELAY_PID" 5
+"$OUTBOXD" status | grep -q "^seq trigger: *plpgsql$" || fail "status does not name the PL/pgSQL trigger: $("$OUTBOXD" status)"
 
 # --seq-trigger c without the function: a clear error, the trigger left as it was.
 new_db
