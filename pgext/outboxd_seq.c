@@ -5,8 +5,9 @@
  * the PL/pgSQL trigger cost a third of a producer's inserts (docs/BENCHMARKS.md).
  *
  * How: the writers of a run are serialized by a transaction-level lock on a hash of
- * the run (a lock-manager entry, as pg_advisory_xact_lock takes, in a lock space of
- * its own); holding it, the run's last seq is the newest row of the run that the
+ * the table and the run (a lock-manager entry, as pg_advisory_xact_lock takes, in a
+ * lock space of its own; a transaction of very many runs takes one table lock instead,
+ * see lock_run); holding it, the run's last seq is the newest row of the run that the
  * (run_id, seq) unique index leads to and that is visible to SnapshotSelf (committed,
  * or this transaction's own, this command's included). Every earlier writer of the
  * run has ended by then, so nothing newer can exist. A run with no rows left (the
@@ -31,6 +32,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/pg_am_d.h"
 #include "catalog/pg_type_d.h"
 #include "commands/async.h"
@@ -41,7 +43,9 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_relation.h"
+#include "storage/lmgr.h"
 #include "storage/lock.h"
+#include "storage/proc.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -88,8 +92,11 @@ static void check_index(Relation idx, Relation heap, int nkeys)
 {
     Form_pg_index ix = idx->rd_index;
     TupleDesc desc = RelationGetDescr(heap);
-    bool ok = ix->indrelid == RelationGetRelid(heap) && ix->indisunique && idx->rd_rel->relam == BTREE_AM_OID &&
-              ix->indnkeyatts == nkeys && RelationGetIndexPredicate(idx) == NIL;
+    /* Valid, ready, live and immediate: an index being built or dropped may miss rows
+     * or not enforce uniqueness yet. */
+    bool ok = ix->indrelid == RelationGetRelid(heap) && ix->indisunique && ix->indisvalid && ix->indisready &&
+              ix->indislive && ix->indimmediate && idx->rd_rel->relam == BTREE_AM_OID && ix->indnkeyatts == nkeys &&
+              RelationGetIndexPredicate(idx) == NIL;
     for (int i = 0; ok && i < nkeys; i++) {
         AttrNumber a = ix->indkey.values[i];
         ok = a > 0 && a <= desc->natts && TupleDescAttr(desc, a - 1)->atttypid == (i == 0 ? TEXTOID : INT8OID);
@@ -108,8 +115,10 @@ static void check_index(Relation idx, Relation heap, int nkeys)
  * table must belong to `owner`. */
 static bool newest(Oid idxoid, Relation heap_or_null, Oid owner, Datum run, const char *col, int nkeys, int64 *out)
 {
+    /* The table before its index, as PostgreSQL locks them; both locks held until the
+     * transaction ends. */
+    Relation heap = heap_or_null ? heap_or_null : table_open(IndexGetRelation(idxoid, false), AccessShareLock);
     Relation idx = index_open(idxoid, AccessShareLock);
-    Relation heap = heap_or_null ? heap_or_null : table_open(idx->rd_index->indrelid, AccessShareLock);
     check_index(idx, heap, nkeys);
     /* The trigger reads the counter without the inserting role's privileges: it must
      * be a table of the outbox's owner, not one a trigger's creator points it at. */
@@ -137,9 +146,39 @@ static bool newest(Oid idxoid, Relation heap_or_null, Oid owner, Datum run, cons
     index_endscan(scan);
     ExecDropSingleTupleTableSlot(slot);
     if (!heap_or_null)
-        table_close(heap, AccessShareLock);
-    index_close(idx, AccessShareLock);
+        table_close(heap, NoLock);
+    index_close(idx, NoLock);
     return found;
+}
+
+/* Each run's lock is an entry in the server's shared lock table, which holds about
+ * max_locks_per_transaction x (max_connections + max_prepared_transactions) locks of
+ * every database together: a transaction that writes thousands of runs would fill it,
+ * and make other sessions fail too. So a transaction that has taken this many run
+ * locks takes the counter table's ExclusiveLock instead of more of them. Every writer
+ * holds that table's RowExclusiveLock (a fast-path lock, held by its own backend) from
+ * before its run's lock until it ends, so the ExclusiveLock waits for the writers in
+ * flight and keeps every other writer of every run out until this transaction ends. */
+#define BULK_RUNS (max_locks_per_xact * 8)
+
+static LocalTransactionId counted_lxid = InvalidLocalTransactionId;
+static int run_locks; /* run locks this transaction took (those of aborted subtransactions too) */
+
+static void lock_run(Oid counter_table, const LOCKTAG *run)
+{
+    if (MyProc->lxid != counted_lxid) {
+        counted_lxid = MyProc->lxid;
+        run_locks = 0;
+    }
+    LockRelationOid(counter_table, RowExclusiveLock);
+    if (CheckRelationOidLockedByMe(counter_table, ExclusiveLock, true))
+        return;
+    if (run_locks >= BULK_RUNS) {
+        LockRelationOid(counter_table, ExclusiveLock);
+        return;
+    }
+    if (LockAcquire(run, ExclusiveLock, false, false) == LOCKACQUIRE_OK)
+        run_locks++;
 }
 
 PG_FUNCTION_INFO_V1(outboxd_assign_seq_c);
@@ -173,7 +212,7 @@ Datum outboxd_assign_seq_c(PG_FUNCTION_ARGS)
     Relation idx = index_open(run_index, AccessShareLock);
     check_index(idx, rel, 2);
     AttrNumber run_col = idx->rd_index->indkey.values[0], seq_col = idx->rd_index->indkey.values[1];
-    index_close(idx, AccessShareLock);
+    index_close(idx, NoLock);
     bool isnull;
     Datum run = heap_getattr(td->tg_trigtuple, run_col, desc, &isnull);
     if (isnull)
@@ -187,11 +226,13 @@ Datum outboxd_assign_seq_c(PG_FUNCTION_ARGS)
     if (LockAcquire(&tag, ShareLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
         Async_Notify(args[4], "");
 
-    /* The run's lock, held until the transaction (or the subtransaction) ends. */
+    /* The run's lock, held until the transaction (or the subtransaction) ends. The
+     * table is in the hash: a trigger on another table never takes this one's locks. */
     text *t = DatumGetTextPP(run);
-    uint64 h = DatumGetUInt64(hash_any_extended((const unsigned char *) VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), 0));
+    uint64 h = DatumGetUInt64(
+        hash_any_extended((const unsigned char *) VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), RelationGetRelid(rel)));
     SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, RUN_LOCK_SPACE);
-    (void) LockAcquire(&tag, ExclusiveLock, false, false);
+    lock_run(IndexGetRelation(counter_index, false), &tag);
 
     int64 last = 0;
     Oid owner = rel->rd_rel->relowner;

@@ -513,10 +513,13 @@ bool store_forget_runs(store *s, long idle_ms, long limit, char *cursor, size_t 
     *forgotten = 0;
     /* A window of `limit` counters in run_id order after the cursor: a full round
      * over all counters takes (counters / limit) sweeps and needs no index of its own.
-     * The idle ones are locked first (a writer of the run then waits, and writers
-     * busy now are skipped), and only then is it checked, in a snapshot taken after
-     * those locks, that the run has no rows: a writer that committed before sees its
-     * row counted, one after finds the counter gone and starts the run over. */
+     * The idle ones are locked first (a writer of the run with the PL/pgSQL trigger
+     * then waits, and writers busy now are skipped), and only then is it checked, in a
+     * snapshot taken after those locks, that the run has no rows: a writer that
+     * committed before sees its row counted, one after finds the counter gone and
+     * starts the run over. The C trigger never locks the counter: a writer of the run
+     * meanwhile reads the counter being deleted as still there (as its floor), and its
+     * row, newer than the floor, carries the run on. */
     if (!store_run_cmd(s, "forget idle runs", "BEGIN", 0, NULL))
         return false;
     PGresult *r = store_run(s, "forget idle runs",

@@ -250,52 +250,98 @@ static int apply(store *s, const struct migration *m)
  * or the C function of the extension outboxd (pgext/), which gives each event its seq
  * from the run's newest row instead of a counter row updated per event. Both serialize
  * a run's writers until commit and both read the counter as a floor once retention has
- * emptied a run; only the PL/pgSQL one keeps the counter up to date. So a switch to it
- * first raises every counter to its run's newest seq, with inserts held off by the
- * table lock meanwhile (a scan of the (run_id, seq) index). */
-static const char use_c_trigger[] =
-    "DO $do$ BEGIN EXECUTE format("
-    "'CREATE OR REPLACE TRIGGER run_outbox_assign_seq BEFORE INSERT ON %1$I.run_outbox FOR EACH ROW"
-    " EXECUTE FUNCTION %2$s(%3$L, %4$L, %5$L, %6$L, %7$L, %8$L, %9$L)',"
-    " current_schema(), to_regprocedure('outboxd_assign_seq_c()')::regproc, 'run_outbox_run_seq',"
-    " 'run_outbox_seq_pkey', 'last_seq',"
-    " (SELECT relname FROM pg_catalog.pg_class WHERE oid = pg_catalog.pg_get_serial_sequence("
-    "   pg_catalog.quote_ident(current_schema()) || '.run_outbox', 'id')::regclass),"
-    " '" STORE_NOTIFY_CHANNEL "', '" STR(LOCK_CLASS) "', '" STR(LOCK_SLEEP) "'); END $do$";
-static const char use_plpgsql_trigger[] =
-    "INSERT INTO run_outbox_seq AS f (run_id, last_seq)"
-    "  SELECT run_id, max(seq) FROM run_outbox GROUP BY run_id"
-    "  ON CONFLICT (run_id) DO UPDATE SET last_seq = greatest(f.last_seq, excluded.last_seq);"
-    "CREATE OR REPLACE TRIGGER run_outbox_assign_seq BEFORE INSERT ON run_outbox"
-    "  FOR EACH ROW EXECUTE FUNCTION outboxd_assign_seq()";
+ * emptied a run; only the PL/pgSQL one keeps the counter up to date, so a switch to it
+ * first raises every counter to its run's newest seq.
+ *
+ * The state, in one row: the C function (a C-language trigger function of that name in
+ * any schema, the extension's own first: only a superuser can make a C function, so a
+ * look-alike in PL/pgSQL on the search_path is never taken), the statement that installs
+ * it with the arguments this build passes, whether the trigger in place is exactly that,
+ * the kind of trigger in place, and whether the outbox and its counter have one owner
+ * (the C trigger reads the counter only then). */
+#define C_TRIGGER_ARGS                                                                             \
+    "'run_outbox_run_seq', 'run_outbox_seq_pkey', 'last_seq', seq.relname, '" STORE_NOTIFY_CHANNEL \
+    "', '" STR(LOCK_CLASS) "', '" STR(LOCK_SLEEP) "'"
+static const char seq_trigger_state[] =
+    "WITH f AS (SELECT p.oid, format('%I.%I', n.nspname, p.proname) AS name FROM pg_catalog.pg_proc p"
+    "   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace JOIN pg_catalog.pg_language l ON l.oid = p.prolang"
+    "   WHERE p.proname = 'outboxd_assign_seq_c' AND p.pronargs = 0 AND l.lanname = 'c'"
+    "     AND p.prorettype = 'pg_catalog.trigger'::pg_catalog.regtype"
+    "   ORDER BY EXISTS (SELECT 1 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_extension e ON e.oid = d.refobjid"
+    "     WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid AND d.deptype = 'e'"
+    "       AND e.extname = 'outboxd') DESC, p.oid LIMIT 1),"
+    " seq AS (SELECT relname FROM pg_catalog.pg_class WHERE oid = pg_catalog.pg_get_serial_sequence("
+    "   pg_catalog.quote_ident(current_schema()) || '.run_outbox', 'id')::pg_catalog.regclass),"
+    " t AS (SELECT tgfoid, pg_catalog.encode(tgargs, 'escape') AS args FROM pg_catalog.pg_trigger"
+    "   WHERE tgrelid = 'run_outbox'::pg_catalog.regclass AND tgname = 'run_outbox_assign_seq')"
+    " SELECT f.name,"
+    "  format('CREATE OR REPLACE TRIGGER run_outbox_assign_seq BEFORE INSERT ON run_outbox FOR EACH ROW"
+    " EXECUTE FUNCTION %s(%L, %L, %L, %L, %L, %L, %L)', f.name, " C_TRIGGER_ARGS "),"
+    "  coalesce((SELECT t.tgfoid = f.oid AND t.args = concat_ws('\\000', " C_TRIGGER_ARGS ", '') FROM t), false),"
+    "  " SEQ_TRIGGER_KIND_SQL ","
+    "  (SELECT a.relowner = b.relowner FROM pg_catalog.pg_class a, pg_catalog.pg_class b"
+    "   WHERE a.oid = 'run_outbox'::pg_catalog.regclass AND b.oid = 'run_outbox_seq'::pg_catalog.regclass)"
+    " FROM seq LEFT JOIN f ON true";
+
+/* Raises the counters to their runs' newest seqs: for `where`'s rows of run_outbox. */
+#define RAISE_COUNTERS(where)                                                                      \
+    "INSERT INTO run_outbox_seq AS f (run_id, last_seq)"                                           \
+    "  SELECT run_id, max(seq) FROM run_outbox " where " GROUP BY run_id"                          \
+    "  ON CONFLICT (run_id) DO UPDATE SET last_seq = greatest(f.last_seq, excluded.last_seq)"
+
+/* Back to PL/pgSQL. The counters are raised once without a lock on the table, while
+ * producers write on, then again under the lock that holds them off, for the rows from
+ * the relay's low water on only: every id below it was published, so committed, before
+ * the first pass began. Inserts wait for the backlog's scan, not the table's. */
+static bool use_plpgsql(store *s)
+{
+    PGresult *r = store_run(s, "read the low water", "SELECT low_water FROM outboxd_relay", 0, NULL);
+    if (!r)
+        return false;
+    long long low = PQntuples(r) ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+    PQclear(r);
+    char sql[1024];
+    snprintf(sql, sizeof sql,
+             RAISE_COUNTERS("WHERE id >= %lld") "; CREATE OR REPLACE TRIGGER run_outbox_assign_seq BEFORE INSERT"
+                                                " ON run_outbox FOR EACH ROW EXECUTE FUNCTION outboxd_assign_seq()",
+             low);
+    return store_run_cmd(s, "raise the run counters", RAISE_COUNTERS(""), 0, NULL) &&
+           locked_tx(s, "install the PL/pgSQL seq trigger", "SHARE ROW EXCLUSIVE", sql, 0, NULL);
+}
 
 static bool choose_seq_trigger(store *s, int want, const char **now, bool *changed)
 {
     *changed = false;
-    PGresult *r = store_run(s, "read the seq trigger",
-                            "SELECT to_regprocedure('outboxd_assign_seq_c()') IS NOT NULL, " SEQ_TRIGGER_KIND_SQL,
-                            0, NULL);
+    PGresult *r = store_run(s, "read the seq trigger", seq_trigger_state, 0, NULL);
     if (!r)
         return false;
-    bool have_c = PQgetvalue(r, 0, 0)[0] == 't', is_c = !strcmp(PQgetvalue(r, 0, 1), "c");
-    bool missing = !strcmp(PQgetvalue(r, 0, 1), "missing");
-    PQclear(r);
-    if (want == SEQ_TRIGGER_C && !have_c) {
-        snprintf(s->err, sizeof s->err,
-                 "--seq-trigger c: the function outboxd_assign_seq_c() is not in the database (or not on its "
-                 "search_path): install the extension's package and run CREATE EXTENSION outboxd as a superuser "
-                 "(docs/SCHEMA.md); the trigger was left as it was");
-        return false;
-    }
+    bool have_c = !PQgetisnull(r, 0, 0), in_place = PQgetvalue(r, 0, 2)[0] == 't';
+    const char *kind = PQgetvalue(r, 0, 3);
+    bool one_owner = PQgetvalue(r, 0, 4)[0] == 't';
     bool c = want == SEQ_TRIGGER_C || (want == SEQ_TRIGGER_AUTO && have_c);
+    bool ok = true;
     *now = c ? "c (the extension outboxd)" : "plpgsql";
-    if (!c && !is_c && !missing)
-        return true;
-    /* The C trigger is installed again even when it is already in place: its
-     * arguments then follow what this build expects. */
-    *changed = c != is_c || missing;
-    return c ? locked_tx(s, "install the C seq trigger", "SHARE ROW EXCLUSIVE", use_c_trigger, 0, NULL)
-             : locked_tx(s, "install the PL/pgSQL seq trigger", "SHARE ROW EXCLUSIVE", use_plpgsql_trigger, 0, NULL);
+    if (c && !have_c) {
+        snprintf(s->err, sizeof s->err,
+                 "--seq-trigger c: the database has no C function outboxd_assign_seq_c(): install the "
+                 "extension's package and run CREATE EXTENSION outboxd as a superuser (docs/SCHEMA.md); "
+                 "the trigger was left as it was");
+        ok = false;
+    } else if (c && !one_owner) {
+        snprintf(s->err, sizeof s->err,
+                 "run_outbox and run_outbox_seq have different owners, and the C seq trigger reads the counters "
+                 "only from a table of the outbox's owner: give both one owner (ALTER TABLE ... OWNER TO), or use "
+                 "--seq-trigger plpgsql; the trigger was left as it was");
+        ok = false;
+    } else if (c && !in_place) {
+        *changed = true;
+        ok = locked_tx(s, "install the C seq trigger", "SHARE ROW EXCLUSIVE", PQgetvalue(r, 0, 1), 0, NULL);
+    } else if (!c && strcmp(kind, "plpgsql")) {
+        *changed = true;
+        ok = use_plpgsql(s);
+    }
+    PQclear(r);
+    return ok;
 }
 
 /* Ends the sessions of the relays connected now (application_name outboxd-relay-PID,

@@ -229,7 +229,8 @@ say "gateway from its unit: READY=1, streamed the run; exit 0 with STOPPING=1 on
 cp "$ext1" "$R/tmp/"
 in_root sh -c 'cd /tmp && apt-get -y -o Dpkg::Use-Pty=0 install ./postgresql-15-outboxd_*.deb' >"$work/ext.log" 2>&1 ||
   fail "apt-get install ./$(basename "$ext1"): $(tail -15 "$work/ext.log")"
-innet chroot "$R" runuser -u postgres -- psql -qX -d app -c "CREATE EXTENSION outboxd" >"$work/ext-create.log" 2>&1 ||
+innet chroot "$R" runuser -u postgres -- psql -qX -d app -c "CREATE EXTENSION outboxd" \
+  -c "GRANT EXECUTE ON FUNCTION outboxd_assign_seq_c() TO outboxd" >"$work/ext-create.log" 2>&1 ||
   fail "CREATE EXTENSION outboxd: $(cat "$work/ext-create.log")"
 unit_argv outboxd-relay.service ExecStartPre
 "${argv[@]}" >"$work/migrate-c.log" 2>&1 || fail "ExecStartPre with the extension: $(cat "$work/migrate-c.log")"

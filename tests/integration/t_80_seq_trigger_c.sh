@@ -62,6 +62,24 @@ q "DROP TRIGGER zz_xid_probe ON run_outbox"
 [[ $(q "SELECT count(*) FROM run_outbox WHERE run_id LIKE 'xid-%' AND payload->>'xid' IS NOT NULL") == 100 ]] ||
   fail "a writer drew its event id before it had a transaction id: $(q "SELECT count(*) FROM run_outbox WHERE run_id LIKE 'xid-%' AND payload->>'xid' IS NULL") of 100"
 
+# One transaction writing 40,000 runs (more than this server's lock table holds): after
+# max_locks_per_transaction x 8 run locks it holds the counter table's ExclusiveLock
+# instead of more of them, and another session's insert still works afterwards.
+psql -X -qtA -v ON_ERROR_STOP=1 "$DATABASE_URL" >"$WORK/bulk.out" 2>&1 <<'SQL' || fail "a 40,000-run transaction failed: $(cat "$WORK/bulk.out")"
+BEGIN;
+INSERT INTO run_outbox (run_id, payload) SELECT 'bulk-' || (g % 40000), '{}' FROM generate_series(1, 80000) g;
+SELECT count(*) FILTER (WHERE locktype = 'advisory' AND objsubid = 28514) || ' ' ||
+       count(*) FILTER (WHERE relation = 'run_outbox_seq'::regclass AND mode = 'ExclusiveLock')
+  FROM pg_locks WHERE pid = pg_backend_pid();
+COMMIT;
+SQL
+want=$(($(q "SHOW max_locks_per_transaction") * 8))
+[[ $(tail -1 "$WORK/bulk.out") == "$want 1" ]] ||
+  fail "bulk transaction held '$(tail -1 "$WORK/bulk.out")' (run locks, counter table ExclusiveLock), want '$want 1'"
+[[ $(q "INSERT INTO run_outbox (run_id, payload) VALUES ('bulk-7', '{}') RETURNING seq") == 3 ]] ||
+  fail "after the bulk transaction run bulk-7 did not go on at seq 3"
+gapless "a transaction of 40,000 runs"
+
 # Writers under REPEATABLE READ, 8 connections on 2 runs, 2 events per transaction.
 cat >"$WORK/rr.sql" <<'SQL'
 \set r random(1, 2)
@@ -96,14 +114,39 @@ gapless "switches under load"
 stop_relay "$RELAY_PID" 5
 "$OUTBOXD" status | grep -q "^seq trigger: *plpgsql$" || fail "status does not name the PL/pgSQL trigger: $("$OUTBOXD" status)"
 
+# A migrate with nothing to do takes no lock on run_outbox: it returns while a writer's
+# transaction is open (installing would wait for it).
+"$OUTBOXD" migrate | grep -q "^seq trigger: c .*(installed now)" || fail "migrate did not install the C trigger again"
+psql -X -q "$DATABASE_URL" -c "BEGIN" -c "INSERT INTO run_outbox (run_id, payload) VALUES ('open', '{}')" \
+  -c "SELECT pg_sleep(5)" -c "COMMIT" >/dev/null &
+opener=$!
+sleep 0.5
+t0=$EPOCHREALTIME
+timeout 3 "$OUTBOXD" migrate >"$WORK/idle.out" 2>&1 || fail "an idle migrate waited or failed: $(cat "$WORK/idle.out")"
+grep -q "installed now" "$WORK/idle.out" && fail "an idle migrate installed the trigger again: $(cat "$WORK/idle.out")"
+info "idle migrate beside an open writer: $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.3f", b - a}') s"
+wait "$opener"
+
 # --seq-trigger c without the function: a clear error, the trigger left as it was.
+other="t80_other_$$"
+trap 'q "DROP TABLE IF EXISTS secret" >/dev/null 2>&1; psql -X -q "$BASE_URL/postgres" -c "DROP ROLE IF EXISTS $other" -c "DROP ROLE IF EXISTS ${other}_owner" >/dev/null 2>&1; cleanup' EXIT
 new_db
 out=$("$OUTBOXD" migrate --seq-trigger c 2>&1) && fail "--seq-trigger c without the extension succeeded: $out"
 [[ $out == *"CREATE EXTENSION outboxd"* ]] || fail "unclear error without the extension: $out"
 [[ $(q "SELECT tgfoid::regproc FROM pg_trigger WHERE tgname = 'run_outbox_assign_seq'") == outboxd_assign_seq ]] ||
   fail "the PL/pgSQL trigger was changed by a failed --seq-trigger c"
 # Misuse of the function itself: each refused with its reason, nothing inserted.
+# A PL/pgSQL look-alike on the search_path is not taken for the C function.
+q "CREATE SCHEMA evil; CREATE FUNCTION evil.outboxd_assign_seq_c() RETURNS trigger LANGUAGE plpgsql
+   AS \$f\$ BEGIN RAISE EXCEPTION 'look-alike ran'; END \$f\$; SET search_path = evil, public"
+out=$("$OUTBOXD" migrate --database-url "$DATABASE_URL?options=-csearch_path%3Devil,public" --seq-trigger c 2>&1) &&
+  fail "a PL/pgSQL look-alike was taken for the C function: $out"
 q "CREATE FUNCTION outboxd_assign_seq_c() RETURNS trigger LANGUAGE c AS '$ROOT/pgext/outboxd.so', 'outboxd_assign_seq_c'"
+# The C trigger reads the counter only from a table of the outbox's owner: migrate says so.
+q "CREATE ROLE ${other}_owner; ALTER TABLE run_outbox_seq OWNER TO ${other}_owner"
+out=$("$OUTBOXD" migrate --seq-trigger c 2>&1) && fail "migrate installed the C trigger over two owners: $out"
+[[ $out == *"different owners"* ]] || fail "unclear error for two owners: $out"
+q "ALTER TABLE run_outbox_seq OWNER TO CURRENT_USER; DROP ROLE ${other}_owner"
 ins="INSERT INTO run_outbox (run_id, payload) VALUES ('x', '{}')"
 # mk WHEN EACH ARGS: the function as a second trigger beside the PL/pgSQL one (it runs
 # after it among the BEFORE ROW triggers), then an insert, in a transaction.
@@ -124,8 +167,6 @@ for case in \
 done
 # A counter table of another owner: the trigger would read it without the inserting
 # role's privileges, so it is refused.
-other="t80_other_$$"
-trap 'q "DROP TABLE IF EXISTS secret" >/dev/null 2>&1; psql -X -q "$BASE_URL/postgres" -c "DROP ROLE IF EXISTS $other" >/dev/null 2>&1; cleanup' EXIT
 q "CREATE ROLE $other; CREATE TABLE secret (k text PRIMARY KEY, v bigint); ALTER TABLE secret OWNER TO $other;
    INSERT INTO secret VALUES ('x', 41)"
 out=$(psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "$(mk "BEFORE INSERT" ROW "${args/run_outbox_seq_pkey/secret_pkey}, '3'" | sed "s/'last_seq'/'v'/")" 2>&1) &&
