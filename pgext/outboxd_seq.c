@@ -6,9 +6,9 @@
  *
  * How: the writers of a run are serialized by a transaction-level lock on a hash of
  * the table and the run (a lock-manager entry, as pg_advisory_xact_lock takes, in a
- * lock space of its own; a transaction of very many runs takes one table lock instead,
- * see lock_run); holding it, the run's last seq is the newest row of the run that the
- * (run_id, seq) unique index leads to and that is visible to SnapshotSelf (committed,
+ * lock space of its own; lock_run says how many one transaction may hold); holding
+ * it, the run's last seq is the newest row of the run that the (run_id, seq) unique
+ * index leads to and that is visible to SnapshotSelf (committed,
  * or this transaction's own, this command's included). Every earlier writer of the
  * run has ended by then, so nothing newer can exist. A run with no rows left (the
  * relay's retention deleted them) goes on from its floor in the counter table, which
@@ -43,7 +43,6 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "parser/parse_relation.h"
-#include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
 #include "utils/fmgroids.h"
@@ -153,30 +152,29 @@ static bool newest(Oid idxoid, Relation heap_or_null, Oid owner, Datum run, cons
 
 /* Each run's lock is an entry in the server's shared lock table, which holds about
  * max_locks_per_transaction x (max_connections + max_prepared_transactions) locks of
- * every database together: a transaction that writes thousands of runs would fill it,
- * and make other sessions fail too. So a transaction that has taken this many run
- * locks takes the counter table's ExclusiveLock instead of more of them. Every writer
- * holds that table's RowExclusiveLock (a fast-path lock, held by its own backend) from
- * before its run's lock until it ends, so the ExclusiveLock waits for the writers in
- * flight and keeps every other writer of every run out until this transaction ends. */
-#define BULK_RUNS (max_locks_per_xact * 8)
+ * every database together: a transaction writing thousands of runs would fill it and
+ * make other sessions fail too. So a transaction may lock this many runs; the next
+ * run it writes is refused with a clear error, before any lock is taken. (Taking one
+ * table lock instead was tried: upgrading to it while holding run locks deadlocks
+ * with the producers waiting for those runs, and it stops the relay's retention.) */
+#define MAX_RUNS (max_locks_per_xact * 8)
 
 static LocalTransactionId counted_lxid = InvalidLocalTransactionId;
 static int run_locks; /* run locks this transaction took (those of aborted subtransactions too) */
 
-static void lock_run(Oid counter_table, const LOCKTAG *run)
+static void lock_run(const LOCKTAG *run)
 {
     if (MyProc->lxid != counted_lxid) {
         counted_lxid = MyProc->lxid;
         run_locks = 0;
     }
-    LockRelationOid(counter_table, RowExclusiveLock);
-    if (CheckRelationOidLockedByMe(counter_table, ExclusiveLock, true))
-        return;
-    if (run_locks >= BULK_RUNS) {
-        LockRelationOid(counter_table, ExclusiveLock);
-        return;
-    }
+    if (run_locks >= MAX_RUNS && !LockHeldByMe(run, ExclusiveLock))
+        ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+                        errmsg("outboxd trigger: this transaction writes events of more than %d runs", MAX_RUNS),
+                        errdetail("With the C seq trigger each run written holds a lock until commit, in a lock "
+                                  "table all sessions share (max_locks_per_transaction x 8 runs per transaction)."),
+                        errhint("Write fewer runs per transaction, raise max_locks_per_transaction, or use "
+                                "\"outboxd migrate --seq-trigger plpgsql\" for bulk loads.")));
     if (LockAcquire(run, ExclusiveLock, false, false) == LOCKACQUIRE_OK)
         run_locks++;
 }
@@ -232,7 +230,7 @@ Datum outboxd_assign_seq_c(PG_FUNCTION_ARGS)
     uint64 h = DatumGetUInt64(
         hash_any_extended((const unsigned char *) VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t), RelationGetRelid(rel)));
     SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, RUN_LOCK_SPACE);
-    lock_run(IndexGetRelation(counter_index, false), &tag);
+    lock_run(&tag);
 
     int64 last = 0;
     Oid owner = rel->rd_rel->relowner;

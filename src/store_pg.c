@@ -489,6 +489,7 @@ bool store_prune(store *s, long older_than_ms, long limit, long long *deleted)
                             "     kept AS (INSERT INTO run_outbox_seq AS f (run_id, last_seq, last_event_at)"
                             "              SELECT l.run_id, l.seq, l.at FROM last l WHERE NOT EXISTS"
                             "               (SELECT 1 FROM run_outbox o WHERE o.run_id = l.run_id AND o.seq > l.seq)"
+                            "              ORDER BY l.run_id" /* as migrate raises counters: no deadlock */
                             "              ON CONFLICT (run_id) DO UPDATE"
                             "              SET last_seq = greatest(f.last_seq, excluded.last_seq),"
                             "                  last_event_at = greatest(f.last_event_at, excluded.last_event_at))"

@@ -273,20 +273,22 @@ static const char seq_trigger_state[] =
     " seq AS (SELECT relname FROM pg_catalog.pg_class WHERE oid = pg_catalog.pg_get_serial_sequence("
     "   pg_catalog.quote_ident(current_schema()) || '.run_outbox', 'id')::pg_catalog.regclass),"
     " t AS (SELECT tgfoid, pg_catalog.encode(tgargs, 'escape') AS args FROM pg_catalog.pg_trigger"
-    "   WHERE tgrelid = 'run_outbox'::pg_catalog.regclass AND tgname = 'run_outbox_assign_seq')"
+    "   WHERE tgrelid = 'run_outbox'::pg_catalog.regclass AND tgname = 'run_outbox_assign_seq'"
+    "     AND tgenabled = 'O' AND tgtype = 7 AND tgqual IS NULL)" /* BEFORE INSERT FOR EACH ROW, enabled */
     " SELECT f.name,"
     "  format('CREATE OR REPLACE TRIGGER run_outbox_assign_seq BEFORE INSERT ON run_outbox FOR EACH ROW"
     " EXECUTE FUNCTION %s(%L, %L, %L, %L, %L, %L, %L)', f.name, " C_TRIGGER_ARGS "),"
-    "  coalesce((SELECT t.tgfoid = f.oid AND t.args = concat_ws('\\000', " C_TRIGGER_ARGS ", '') FROM t), false),"
+    "  coalesce((SELECT t.tgfoid = f.oid AND t.args = concat_ws(E'\\\\000', " C_TRIGGER_ARGS ", '') FROM t), false),"
     "  " SEQ_TRIGGER_KIND_SQL ","
     "  (SELECT a.relowner = b.relowner FROM pg_catalog.pg_class a, pg_catalog.pg_class b"
-    "   WHERE a.oid = 'run_outbox'::pg_catalog.regclass AND b.oid = 'run_outbox_seq'::pg_catalog.regclass)"
-    " FROM seq LEFT JOIN f ON true";
+    "   WHERE a.oid = 'run_outbox'::pg_catalog.regclass AND b.oid = 'run_outbox_seq'::pg_catalog.regclass),"
+    "  pg_catalog.has_function_privilege(f.oid, 'EXECUTE'), seq.relname IS NOT NULL"
+    " FROM (SELECT) one LEFT JOIN seq ON true LEFT JOIN f ON true";
 
 /* Raises the counters to their runs' newest seqs: for `where`'s rows of run_outbox. */
 #define RAISE_COUNTERS(where)                                                                      \
     "INSERT INTO run_outbox_seq AS f (run_id, last_seq)"                                           \
-    "  SELECT run_id, max(seq) FROM run_outbox " where " GROUP BY run_id"                          \
+    "  SELECT run_id, max(seq) FROM run_outbox " where " GROUP BY run_id ORDER BY run_id"         \
     "  ON CONFLICT (run_id) DO UPDATE SET last_seq = greatest(f.last_seq, excluded.last_seq)"
 
 /* Back to PL/pgSQL. The counters are raised once without a lock on the table, while
@@ -317,11 +319,21 @@ static bool choose_seq_trigger(store *s, int want, const char **now, bool *chang
         return false;
     bool have_c = !PQgetisnull(r, 0, 0), in_place = PQgetvalue(r, 0, 2)[0] == 't';
     const char *kind = PQgetvalue(r, 0, 3);
-    bool one_owner = PQgetvalue(r, 0, 4)[0] == 't';
-    bool c = want == SEQ_TRIGGER_C || (want == SEQ_TRIGGER_AUTO && have_c);
+    bool one_owner = PQgetvalue(r, 0, 4)[0] == 't', may_use = PQgetvalue(r, 0, 5)[0] == 't';
+    bool id_seq = PQgetvalue(r, 0, 6)[0] == 't';
+    if (want == SEQ_TRIGGER_AUTO && have_c && !may_use && !in_place)
+        log_warn("the C seq trigger is in the database, but this role may not use it (GRANT EXECUTE ON FUNCTION "
+                 "%s() TO it): installing the PL/pgSQL one",
+                 PQgetvalue(r, 0, 0));
+    bool c = want == SEQ_TRIGGER_C || (want == SEQ_TRIGGER_AUTO && have_c && (may_use || in_place));
     bool ok = true;
     *now = c ? "c (the extension outboxd)" : "plpgsql";
-    if (c && !have_c) {
+    if (c && !id_seq) {
+        snprintf(s->err, sizeof s->err,
+                 "the C seq trigger draws ids from the sequence run_outbox.id owns, and it owns none: "
+                 "ALTER SEQUENCE run_outbox_id_seq OWNED BY run_outbox.id, or use --seq-trigger plpgsql");
+        ok = false;
+    } else if (c && !have_c) {
         snprintf(s->err, sizeof s->err,
                  "--seq-trigger c: the database has no C function outboxd_assign_seq_c(): install the "
                  "extension's package and run CREATE EXTENSION outboxd as a superuser (docs/SCHEMA.md); "
@@ -332,6 +344,12 @@ static bool choose_seq_trigger(store *s, int want, const char **now, bool *chang
                  "run_outbox and run_outbox_seq have different owners, and the C seq trigger reads the counters "
                  "only from a table of the outbox's owner: give both one owner (ALTER TABLE ... OWNER TO), or use "
                  "--seq-trigger plpgsql; the trigger was left as it was");
+        ok = false;
+    } else if (c && !in_place && !may_use) {
+        snprintf(s->err, sizeof s->err,
+                 "--seq-trigger c: this role may not use %s() (the extension takes EXECUTE from PUBLIC): GRANT "
+                 "EXECUTE ON FUNCTION %s() TO it as a superuser; the trigger was left as it was",
+                 PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 0));
         ok = false;
     } else if (c && !in_place) {
         *changed = true;
