@@ -108,27 +108,10 @@ static void check_index(Relation idx, Relation heap, int nkeys)
                         errhint("Run \"outboxd migrate\" to install the trigger again.")));
 }
 
-/* The value of column `col` (of the index's second key column when it has two) in the
- * newest row that index idxoid leads to for key `run` and that SnapshotSelf sees; false
- * when there is none. heap_or_null: the index's table when the caller has it open. The
- * table must belong to `owner`. */
-static bool newest(Oid idxoid, Relation heap_or_null, Oid owner, Datum run, const char *col, int nkeys, int64 *out)
+/* Column attno of the newest row that index idx of heap leads to for key `run` and that
+ * SnapshotSelf sees; false when there is none. */
+static bool newest(Relation idx, Relation heap, AttrNumber attno, Datum run, int64 *out)
 {
-    /* The table before its index, as PostgreSQL locks them; both locks held until the
-     * transaction ends. */
-    Relation heap = heap_or_null ? heap_or_null : table_open(IndexGetRelation(idxoid, false), AccessShareLock);
-    Relation idx = index_open(idxoid, AccessShareLock);
-    check_index(idx, heap, nkeys);
-    /* The trigger reads the counter without the inserting role's privileges: it must
-     * be a table of the outbox's owner, not one a trigger's creator points it at. */
-    if (owner != heap->rd_rel->relowner)
-        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-                        errmsg("outboxd trigger: %s does not belong to the owner of the table the trigger is on",
-                               RelationGetRelationName(heap))));
-    AttrNumber attno = nkeys == 2 ? idx->rd_index->indkey.values[1] : attnameAttNum(heap, col, false);
-    if (attno <= 0 || TupleDescAttr(RelationGetDescr(heap), attno - 1)->atttypid != INT8OID)
-        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
-                        errmsg("outboxd trigger: %s has no bigint column \"%s\"", RelationGetRelationName(heap), col)));
     ScanKeyData key;
     ScanKeyEntryInitialize(&key, 0, 1, BTEqualStrategyNumber, InvalidOid, idx->rd_indcollation[0], F_TEXTEQ, run);
     IndexScanDesc scan = index_beginscan(heap, idx, SnapshotSelf, 1, 0);
@@ -144,9 +127,33 @@ static bool newest(Oid idxoid, Relation heap_or_null, Oid owner, Datum run, cons
     }
     index_endscan(scan);
     ExecDropSingleTupleTableSlot(slot);
-    if (!heap_or_null)
-        table_close(heap, NoLock);
+    return found;
+}
+
+/* The floor of a run with no rows: column `col` of its row in the counter table, found
+ * through the unique index `index_name` in schema nsp; false when the run has none.
+ * Only a run's first event (or its first after retention emptied it) comes here. */
+static bool counter_floor(const char *index_name, Oid nsp, Oid owner, const char *col, Datum run, int64 *out)
+{
+    Oid idxoid = relation_in(index_name, nsp, RELKIND_INDEX);
+    /* The table before its index, as PostgreSQL locks them; both locks held until the
+     * transaction ends. */
+    Relation heap = table_open(IndexGetRelation(idxoid, false), AccessShareLock);
+    Relation idx = index_open(idxoid, AccessShareLock);
+    check_index(idx, heap, 1);
+    /* The trigger reads the counter without the inserting role's privileges: it must
+     * be a table of the outbox's owner, not one a trigger's creator points it at. */
+    if (owner != heap->rd_rel->relowner)
+        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+                        errmsg("outboxd trigger: %s does not belong to the owner of the table the trigger is on",
+                               RelationGetRelationName(heap))));
+    AttrNumber attno = attnameAttNum(heap, col, false);
+    if (attno <= 0 || TupleDescAttr(RelationGetDescr(heap), attno - 1)->atttypid != INT8OID)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
+                        errmsg("outboxd trigger: %s has no bigint column \"%s\"", RelationGetRelationName(heap), col)));
+    bool found = newest(idx, heap, attno, run, out);
     index_close(idx, NoLock);
+    table_close(heap, NoLock);
     return found;
 }
 
@@ -198,7 +205,6 @@ Datum outboxd_assign_seq_c(PG_FUNCTION_ARGS)
     char **args = td->tg_trigger->tgargs;
     Oid nsp = RelationGetNamespace(rel);
     Oid run_index = relation_in(args[0], nsp, RELKIND_INDEX);
-    Oid counter_index = relation_in(args[1], nsp, RELKIND_INDEX);
     Oid id_seq = relation_in(args[3], nsp, RELKIND_SEQUENCE);
     int32 lock_class = int_arg(args[5]), lock_sleep = int_arg(args[6]);
     AttrNumber id_col = attnameAttNum(rel, "id", false);
@@ -206,11 +212,11 @@ Datum outboxd_assign_seq_c(PG_FUNCTION_ARGS)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN),
                         errmsg("outboxd trigger: %s has no bigint column \"id\"", RelationGetRelationName(rel))));
 
-    /* The run, by the index's first key column (checked in newest() before use). */
+    /* The run, by the index's first key column; the seq, its second. The lock is held
+     * until the transaction ends. */
     Relation idx = index_open(run_index, AccessShareLock);
     check_index(idx, rel, 2);
     AttrNumber run_col = idx->rd_index->indkey.values[0], seq_col = idx->rd_index->indkey.values[1];
-    index_close(idx, NoLock);
     bool isnull;
     Datum run = heap_getattr(td->tg_trigtuple, run_col, desc, &isnull);
     if (isnull)
@@ -233,10 +239,10 @@ Datum outboxd_assign_seq_c(PG_FUNCTION_ARGS)
     lock_run(&tag);
 
     int64 last = 0;
-    Oid owner = rel->rd_rel->relowner;
-    if (!newest(run_index, rel, owner, run, NULL, 2, &last) &&
-        !newest(counter_index, NULL, owner, run, args[2], 1, &last))
+    if (!newest(idx, rel, seq_col, run, &last) &&
+        !counter_floor(args[1], nsp, rel->rd_rel->relowner, args[2], run, &last))
         last = 0;
+    index_close(idx, NoLock);
     if (last == PG_INT64_MAX)
         ereport(ERROR, (errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE), errmsg("outboxd trigger: the run's seq is at its maximum")));
 

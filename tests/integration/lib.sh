@@ -27,17 +27,21 @@ fail() { echo "FAIL [$T]: $*" >&2; exit 1; }
 info() { echo "  [$T] $*" >&2; }
 q() { psql -X -qtA "$DATABASE_URL" -c "$1"; }
 
+# load_extension LIBRARY: the extension outboxd's install script, as CREATE EXTENSION
+# runs it, with LIBRARY for the library (the built one is not in the server's
+# directories), into $DATABASE_URL.
+load_extension() {
+  sed -e '/^\\echo/d' -e "s|MODULE_PATHNAME|$1|" "$ROOT/pgext/outboxd--1.0.sql" |
+    psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" >/dev/null || fail "could not load the extension's script"
+}
+
 # A fresh database for this test, migrated. With SEQ_TRIGGER=c it has the C seq
-# trigger of pgext/ (its function made from the built library, as CREATE EXTENSION
-# outboxd would make it from the installed one), which migrate then installs.
+# trigger of pgext/ (load_extension), which migrate then installs.
 new_db() {
   local db="t_${T//[^a-z0-9]/_}_$RANDOM"
   psql -X -q "$BASE_URL/postgres" -c "CREATE DATABASE $db" >/dev/null
   export DATABASE_URL="$BASE_URL/$db"
-  if [[ ${SEQ_TRIGGER:-} == c ]]; then
-    q "CREATE FUNCTION outboxd_assign_seq_c() RETURNS trigger LANGUAGE c
-         AS '$ROOT/pgext/outboxd.so', 'outboxd_assign_seq_c'" >/dev/null
-  fi
+  [[ ${SEQ_TRIGGER:-} == c ]] && load_extension "$ROOT/pgext/outboxd.so"
   "$OUTBOXD" migrate >"$WORK/migrate.out" 2>"$WORK/migrate.log" || fail "migrate: $(cat "$WORK/migrate.log")"
   if [[ ${SEQ_TRIGGER:-} == c ]]; then
     grep -q "^seq trigger: c " "$WORK/migrate.out" || fail "migrate did not install the C seq trigger: $(cat "$WORK/migrate.out")"

@@ -89,8 +89,7 @@ extroot="$WORK/extroot"
 dpkg-deb -x "$ext" "$extroot"
 chmod 755 "$WORK" "$extroot"
 new_db
-q "CREATE FUNCTION outboxd_assign_seq_c() RETURNS trigger LANGUAGE c
-   AS '$extroot/usr/lib/postgresql/15/lib/outboxd.so', 'outboxd_assign_seq_c'" >/dev/null
+load_extension "$extroot/usr/lib/postgresql/15/lib/outboxd.so"
 "$OUTBOXD" migrate | grep -q "^seq trigger: c " || fail "migrate did not take the packaged extension's trigger"
 [[ $(q "INSERT INTO run_outbox (run_id, payload) VALUES ('p', '{}'), ('p', '{}') RETURNING seq" | paste -sd,) == 1,2 ]] ||
   fail "the packaged trigger did not give seq 1, 2"

@@ -127,7 +127,7 @@ wait "$opener"
 
 # --seq-trigger c without the function: a clear error, the trigger left as it was.
 other="t80_other_$$"
-trap 'q "DROP TABLE IF EXISTS secret" >/dev/null 2>&1; psql -X -q "$BASE_URL/postgres" -c "DROP ROLE IF EXISTS $other" -c "DROP ROLE IF EXISTS ${other}_owner" >/dev/null 2>&1; cleanup' EXIT
+trap 'q "DROP TABLE IF EXISTS secret" >/dev/null 2>&1; psql -X -q "$BASE_URL/postgres" -c "DROP ROLE IF EXISTS $other" -c "DROP ROLE IF EXISTS ${other}_owner" -c "DROP ROLE IF EXISTS ${other}_nogrant" >/dev/null 2>&1; cleanup' EXIT
 new_db
 out=$("$OUTBOXD" migrate --seq-trigger c 2>&1) && fail "--seq-trigger c without the extension succeeded: $out"
 [[ $out == *"CREATE EXTENSION outboxd"* ]] || fail "unclear error without the extension: $out"
@@ -139,7 +139,16 @@ q "CREATE SCHEMA evil; CREATE FUNCTION evil.outboxd_assign_seq_c() RETURNS trigg
    AS \$f\$ BEGIN RAISE EXCEPTION 'look-alike ran'; END \$f\$; SET search_path = evil, public"
 out=$("$OUTBOXD" migrate --database-url "$DATABASE_URL?options=-csearch_path%3Devil,public" --seq-trigger c 2>&1) &&
   fail "a PL/pgSQL look-alike was taken for the C function: $out"
-q "CREATE FUNCTION outboxd_assign_seq_c() RETURNS trigger LANGUAGE c AS '$ROOT/pgext/outboxd.so', 'outboxd_assign_seq_c'"
+load_extension "$ROOT/pgext/outboxd.so"
+# A role that was not granted the function cannot attach it to a table of its own
+# (it would take run locks and read counters through it): CREATE TRIGGER is refused.
+q "CREATE ROLE ${other}_nogrant; GRANT CREATE ON SCHEMA public TO ${other}_nogrant" >/dev/null
+out=$(psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "SET ROLE ${other}_nogrant" \
+  -c "CREATE TABLE mine (id bigint, run_id text, seq bigint, payload jsonb)" \
+  -c "CREATE TRIGGER t BEFORE INSERT ON mine FOR EACH ROW EXECUTE FUNCTION outboxd_assign_seq_c()" 2>&1) &&
+  fail "a role without EXECUTE attached the C trigger function"
+[[ $out == *"permission denied for function outboxd_assign_seq_c"* ]] || fail "want permission denied, got: $out"
+q "DROP TABLE IF EXISTS mine; REVOKE CREATE ON SCHEMA public FROM ${other}_nogrant; DROP ROLE ${other}_nogrant" >/dev/null
 # The C trigger reads the counter only from a table of the outbox's owner: migrate says so.
 q "CREATE ROLE ${other}_owner; ALTER TABLE run_outbox_seq OWNER TO ${other}_owner"
 out=$("$OUTBOXD" migrate --seq-trigger c 2>&1) && fail "migrate installed the C trigger over two owners: $out"
