@@ -159,7 +159,10 @@ ins="INSERT INTO run_outbox (run_id, payload) VALUES ('x', '{}')"
 # after it among the BEFORE ROW triggers), then an insert, in a transaction.
 mk() { echo "BEGIN; CREATE TRIGGER z_misuse $1 ON run_outbox FOR EACH $2 EXECUTE FUNCTION outboxd_assign_seq_c($3); $ins; COMMIT"; }
 args="'run_outbox_run_seq', 'run_outbox_seq_pkey', 'last_seq', 'run_outbox_id_seq', 'outboxd', '1868724324'"
+# A run's newest entry must be its last in the index: a descending seq is refused.
+q "CREATE UNIQUE INDEX run_outbox_desc ON run_outbox (run_id, seq DESC)"
 for case in \
+  "BEFORE INSERT|ROW|${args/run_outbox_run_seq/run_outbox_desc}, '3'|is not a unique btree index" \
   "BEFORE INSERT|STATEMENT|$args, '3'|runs BEFORE INSERT FOR EACH ROW" \
   "AFTER INSERT|ROW|$args, '3'|runs BEFORE INSERT FOR EACH ROW" \
   "BEFORE INSERT|ROW|'run_outbox_run_seq'|with 7 arguments" \
@@ -172,6 +175,7 @@ for case in \
   out=$(psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" -c "$(mk "$when" "$each" "$a")" 2>&1) && fail "accepted: $when $each ($a)"
   [[ $out == *"$want"* ]] || fail "want \"$want\" for $when $each ($a), got: $out"
 done
+q "DROP INDEX run_outbox_desc"
 # A counter table of another owner: the trigger would read it without the inserting
 # role's privileges, so it is refused.
 q "CREATE ROLE $other; CREATE TABLE secret (k text PRIMARY KEY, v bigint); ALTER TABLE secret OWNER TO $other;
