@@ -6,6 +6,7 @@
 # and t_67 (a prepared writer holds its run and its id's gap) run again on it. Then:
 # one statement inserting many rows of a run, COPY, a savepoint rolled back, writers
 # under REPEATABLE READ (the counter's update made them fail; the C trigger must not),
+# writers beside retention (runs emptied and continued from their floor while written),
 # switches between the two triggers while events flow (nothing lost, duplicated or out
 # of order, seq gapless across each switch), and misuse refused with clear errors.
 . "$(dirname "$0")/lib.sh"
@@ -91,6 +92,34 @@ pgbench -n -f "$WORK/rr.sql" -c 8 -j 2 -t 100 "$DATABASE_URL" >"$WORK/rr.out" 2>
 [[ $(q "SELECT count(*) FROM run_outbox WHERE run_id LIKE 'rr-%'") == 1600 ]] ||
   fail "REPEATABLE READ writers lost inserts: $(q "SELECT count(*) FROM run_outbox WHERE run_id LIKE 'rr-%'") of 1600"
 gapless "REPEATABLE READ writers"
+
+# Writers beside retention: 300 events/s over 600 runs in turn, a run every 2 s,
+# while the relay deletes published events after 1 s. Runs are emptied between their
+# events and go on from the floor retention writes, in the same transaction as its
+# delete, while their next writer may be reading it: every run must reach Redis as
+# 1, 2, 3 ... with no seq missing, repeated or out of order.
+start_relay relay --retention 1s
+redis-cli -p "$REDIS_PORT" psubscribe 'run:rt-*' >"$WORK/rt.msgs" &
+listener=$!
+PIDS+=("$listener")
+sleep 0.3
+start_load --rate 300 --runs 600 --conns 4 --seconds 9 --prefix rt
+wait "$LOAD_PID" || fail "the load failed beside retention: $(cat "$WORK/load.out")"
+info "$(cat "$WORK/load.out")"
+wait_drained 10
+sleep 0.5
+kill "$listener"
+stop_relay "$RELAY_PID" 5
+pruned=$(q "SELECT count(*) FROM run_outbox_seq WHERE run_id LIKE 'rt-%'")
+((pruned > 0)) || fail "retention emptied no run while they were written"
+verdict=$(grep '^{' "$WORK/rt.msgs" | jq -r '[.run_id, .seq] | @tsv' | awk -F'\t' '
+  { if ($2 != last[$1] + 1) bad++; last[$1] = $2; n++ }
+  END { printf "%d %d", n, bad }')
+[[ ${verdict#* } == 0 ]] || fail "a run reached Redis with a seq missing, repeated or out of order ($verdict)"
+[[ ${verdict% *} == "$(field inserted "$WORK/load.out")" ]] ||
+  fail "Redis got ${verdict% *} events of $(field inserted "$WORK/load.out") inserted beside retention"
+info "beside retention: ${verdict% *} events in order, $pruned runs emptied and continued from their floor"
+q "DELETE FROM run_outbox WHERE run_id LIKE 'rt-%'" >/dev/null
 
 # Switches while 1,000 events/s flow over 20 runs: C -> PL/pgSQL (counters raised to
 # each run's newest seq first) -> C -> PL/pgSQL.
