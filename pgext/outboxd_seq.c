@@ -15,7 +15,8 @@
  * retention writes in the same transaction as the delete. No write besides the row.
  *
  * Written by hand: no library does this; it uses only PostgreSQL's own index and lock
- * APIs. `outboxd migrate` installs it (docs/SCHEMA.md, "The seq trigger") with these
+ * APIs, among them nbtree's search functions (last_of_run), whose signatures change
+ * between major versions: this is PostgreSQL 15's. `outboxd migrate` installs it (docs/SCHEMA.md, "The seq trigger") with these
  * trigger arguments, all checked at every call:
  *   0 the unique btree index (run key text, seq bigint) of the table
  *   1 the unique btree index (run key text) of the counter table
@@ -164,7 +165,7 @@ static int last_of_run(Relation idx, Relation heap, AttrNumber attno, Datum run,
         found = 0;
     /* Unlocked but still pinned until the row is read: vacuum cannot remove the entry
      * and give its row's place to another meanwhile (nbtree/README, "the interlock"). */
-    LockBuffer(buf, BUFFER_LOCK_UNLOCK);
+    _bt_unlockbuf(idx, buf);
     if (found == 1) {
         found = -1;
         Buffer hbuf = ReadBuffer(heap, ItemPointerGetBlockNumber(&tid));
@@ -314,6 +315,10 @@ Datum outboxd_assign_seq_c(PG_FUNCTION_ARGS)
     SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (h >> 32), (uint32) h, RUN_LOCK_SPACE);
     lock_run(&tag);
 
+    /* The run as a plain value from here on: compressed or stored apart (a row from
+     * INSERT ... SELECT), it would be expanded by every comparison in the index,
+     * some while a page is locked. */
+    run = PointerGetDatum(t);
     int64 last = 0;
     int found = last_of_run(idx, rel, seq_col, run, &last);
     if (found < 0)
