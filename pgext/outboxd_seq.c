@@ -14,9 +14,10 @@
  * relay's retention deleted them) goes on from its floor in the counter table, which
  * retention writes in the same transaction as the delete. No write besides the row.
  *
- * Written by hand: no library does this; it uses only PostgreSQL's own index and lock
- * APIs, among them nbtree's search functions (last_of_run), whose signatures change
- * between major versions: this is PostgreSQL 15's. `outboxd migrate` installs it (docs/SCHEMA.md, "The seq trigger") with these
+ * Written by hand: no library does this; it uses only PostgreSQL's own index, heap and
+ * lock APIs, among them nbtree's search functions (last_of_run), whose signatures
+ * change between major versions: it is written for PostgreSQL 15, and refuses to
+ * build for another. `outboxd migrate` installs it (docs/SCHEMA.md, "The seq trigger") with these
  * trigger arguments, all checked at every call:
  *   0 the unique btree index (run key text, seq bigint) of the table
  *   1 the unique btree index (run key text) of the counter table
@@ -57,6 +58,10 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
+
+#if PG_VERSION_NUM < 150000 || PG_VERSION_NUM >= 160000
+#error "the outboxd extension is written for PostgreSQL 15 (nbtree's search functions differ in other major versions)"
+#endif
 
 PG_MODULE_MAGIC;
 
@@ -122,7 +127,8 @@ static void check_index(Relation idx, Relation heap, int nkeys)
  * run's own, when its row is visible to SnapshotSelf, is the newest row (1: no entry of
  * the run sorts after it, and every earlier writer of the run has ended). Anything else
  * (the entry on the page to the left, a posting list, a killed entry, a row not visible
- * such as an aborted writer's) is -1: ask newest(). */
+ * such as an aborted writer's, a NULL seq, a table that is not a heap) is -1: ask
+ * newest(). */
 static int last_of_run(Relation idx, Relation heap, AttrNumber attno, Datum run, int64 *out)
 {
     if (heap->rd_rel->relam != HEAP_TABLE_AM_OID)
