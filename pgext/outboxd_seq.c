@@ -17,8 +17,8 @@
  * Written by hand: no library does this; it uses only PostgreSQL's own index, heap and
  * lock APIs, among them nbtree's search functions (last_of_run), whose signatures
  * change between major versions: it is written for PostgreSQL 15, and refuses to
- * build for another. `outboxd migrate` installs it (docs/SCHEMA.md, "The seq trigger") with these
- * trigger arguments, all checked at every call:
+ * build for another. `outboxd migrate` installs it (docs/SCHEMA.md, "The seq
+ * trigger") with these trigger arguments, all checked at every call:
  *   0 the unique btree index (run key text, seq bigint) of the table
  *   1 the unique btree index (run key text) of the counter table
  *   2 the counter table's column holding a run's floor (bigint)
@@ -46,8 +46,8 @@
 #include "executor/tuptable.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "storage/bufmgr.h"
 #include "parser/parse_relation.h"
+#include "storage/bufmgr.h"
 #include "storage/lock.h"
 #include "storage/proc.h"
 #include "utils/fmgroids.h"
