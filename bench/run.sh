@@ -31,6 +31,9 @@
 #   BENCH_STEADY_SECONDS (10)  length of each steady-load run
 #   BENCH_PRODUCER_SECONDS (5) length of each pgbench run
 #   BENCH_PRODUCER_REPEAT (3)  repetitions of each producer measurement (median)
+#   BENCH_PRODUCER_WORKLOADS ("1:1000 8:1000 32:1000 32:1")  part 1's CONNS:RUNS
+#   BENCH_PRODUCER_TARGETS ("pidx ptrig base base0 cur curc")  part 1's tables besides
+#                              the plain one (always measured: every ratio is to it)
 #   BENCH_PARTS (producer,steady,drain,transports,cluster)  which parts to run
 #   BENCH_KEEP (0)             1 keeps the work directory (logs, raw outputs)
 #   BUILD (build)              where this tree's outboxd, obx_load and obx_sub are
@@ -46,6 +49,8 @@ REPEAT=${BENCH_REPEAT:-3}
 STEADY_S=${BENCH_STEADY_SECONDS:-10}
 PROD_S=${BENCH_PRODUCER_SECONDS:-5}
 PROD_REPEAT=${BENCH_PRODUCER_REPEAT:-3}
+read -r -a PROD_WORKLOADS <<<"${BENCH_PRODUCER_WORKLOADS:-1:1000 8:1000 32:1000 32:1}"
+read -r -a PROD_TARGETS <<<"plain ${BENCH_PRODUCER_TARGETS:-pidx ptrig base base0 cur curc}"
 PARTS=${BENCH_PARTS:-producer,steady,drain,transports,cluster}
 REF=${BASELINE_REF:-v0.1.0}
 DRAIN_RUNS=100
@@ -54,6 +59,13 @@ STEADY_CONNS=8
 PAD=210 # obx_load payload {"t":..,"k":..,"pad":"x..."}: about 250 bytes as stored
 HZ=1000000000 # ticks() counts nanoseconds
 
+for w in "${PROD_WORKLOADS[@]}"; do
+  [[ $w =~ ^[1-9][0-9]*:[1-9][0-9]*$ ]] || { echo "bench: BENCH_PRODUCER_WORKLOADS: \"$w\" is not CONNS:RUNS" >&2; exit 2; }
+done
+for t in "${PROD_TARGETS[@]:1}"; do
+  [[ " pidx ptrig base base0 cur curc " == *" $t "* ]] ||
+    { echo "bench: BENCH_PRODUCER_TARGETS: \"$t\" is none of pidx ptrig base base0 cur curc" >&2; exit 2; }
+done
 for b in outboxd obx_load obx_sub; do
   [[ -x "$BUILD/$b" ]] || { echo "bench: $BUILD/$b missing: run 'make all' first" >&2; exit 1; }
 done
@@ -219,7 +231,7 @@ relay_backend() { # pid of the relay's PostgreSQL backend (the newest: an old on
 
 # ---- 1. producer cost ------------------------------------------------------------------
 
-declare -A PROD
+declare -A PROD PAIR
 producer_once() { # TARGET CONNS RUNS -> inserts/s (base0: the previous release with its NOTIFY trigger off)
   local t=$1 c=$2 runs=$3 j out db=$1
   j=$((c < 4 ? c : 4))
@@ -241,36 +253,59 @@ producer_once() { # TARGET CONNS RUNS -> inserts/s (base0: the previous release 
 run_producers() {
   local rep w t v
   # Repetitions outermost, targets innermost: a burst of other load on the machine
-  # spreads over all cells instead of spoiling one.
+  # spreads over all cells instead of spoiling one, and each table's cell lies next
+  # to the plain table's of the same repetition (the within-repetition ratios).
   for ((rep = 1; rep <= PROD_REPEAT; rep++)); do
-    for w in 1:1000 8:1000 32:1000 32:1; do
-      for t in plain pidx ptrig base base0 cur curc; do
+    for w in "${PROD_WORKLOADS[@]}"; do
+      for t in "${PROD_TARGETS[@]}"; do
         v=$(producer_once "$t" "${w%:*}" "${w#*:}")
-        echo "$w-$t $v" >>"$WORK/producer.txt"
+        echo "$rep $w-$t $v" >>"$WORK/producer.txt"
         say "producer $rep/$PROD_REPEAT: conns=${w%:*} runs=${w#*:} $t: $v/s"
       done
     done
   done
   local key
   while read -r key; do
-    PROD[$key]=$(awk -v k="$key" '$1 == k {print $2}' "$WORK/producer.txt" | median)
-  done < <(cut -d' ' -f1 "$WORK/producer.txt" | sort -u)
+    PROD[$key]=$(awk -v k="$key" '$2 == k {print $3}' "$WORK/producer.txt" | median)
+    # The ratio to the plain table within each repetition: its median and range.
+    PAIR[$key]=$(awk -v k="$key" -v p="${key%-*}-plain" '$2 == p {pl[$1] = $3} $2 == k {v[$1] = $3}
+      END {for (r in v) if (pl[r] > 0) printf "%.4f\n", v[r] / pl[r]}' "$WORK/producer.txt" | sort -g |
+      awk '{l[NR] = $1} END {if (NR) printf "%.2fx %.2f-%.2f\n", l[int((NR + 1) / 2)], l[1], l[NR]}')
+  done < <(cut -d' ' -f2 "$WORK/producer.txt" | sort -u)
 }
 
 # producer_table KEY:LABEL...: part 1's table, a row per workload: the plain table's
-# inserts/s, then each KEY's and its ratio to the plain table.
+# inserts/s, then each KEY's and its ratio to the plain table ("-": not measured).
 producer_table() {
   local w p v kl line
   line=$(printf '  %-22s %9s' "workload" "plain")
   for kl in "$@"; do line+=$(printf ' %11s %7s' "${kl#*:}" "/plain"); done
   echo "$line"
-  for w in 1:1000 8:1000 32:1000 32:1; do
+  for w in "${PROD_WORKLOADS[@]}"; do
     p=${PROD[$w-plain]:-0}
     line=$(printf '  %-22s %9s' "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)" "$(thousands "$p")")
     for kl in "$@"; do
-      v=${PROD[$w-${kl%%:*}]:-0}
-      line+=$(printf ' %11s %6.2fx' "$(thousands "$v")" "$(calc %.4f "$v / ($p + 0.001)")")
+      v=${PROD[$w-${kl%%:*}]:-}
+      if [[ -z $v ]]; then
+        line+=$(printf ' %11s %7s' - -)
+      else
+        line+=$(printf ' %11s %6.2fx' "$(thousands "$v")" "$(calc %.4f "$v / ($p + 0.001)")")
+      fi
     done
+    echo "$line"
+  done
+}
+
+# pair_table KEY:LABEL...: each KEY's ratio to the plain table within a repetition
+# (the two cells measured a few seconds apart): median and range over the repetitions.
+pair_table() {
+  local w kl line
+  line=$(printf '  %-22s' "workload")
+  for kl in "$@"; do line+=$(printf ' %17s' "${kl#*:}"); done
+  echo "$line"
+  for w in "${PROD_WORKLOADS[@]}"; do
+    line=$(printf '  %-22s' "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)")
+    for kl in "$@"; do line+=$(printf ' %17s' "${PAIR[$w-${kl%%:*}]:--}"); done
     echo "$line"
   done
 }
@@ -604,6 +639,8 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
     echo "   + a PL/pgSQL BEFORE INSERT trigger that only draws the id (no per-run counter, no wake-up check); this tree;"
     echo "   this tree with the C seq trigger (the extension outboxd, pgext/)"
     producer_table "pidx:+index" "ptrig:+trigger" "cur:this tree" "curc:C trigger"
+    echo "   ratio to the plain table within each repetition (cells seconds apart): median and range"
+    pair_table "base:$REF" "base0:no NOTIFY" "cur:this tree" "curc:C trigger"
   fi
   if part steady; then
     echo
