@@ -169,7 +169,7 @@ static bool ring_flush(relay_state *r)
 }
 
 /* The leader's state goes with its session: a relay that leads again starts from the
- * low water stored in the database. */
+ * low water stored in the database, and reports its backlog afresh (at once). */
 static void drop_cycle_state(relay_state *r)
 {
     ring_clear(&r->marks);
@@ -179,6 +179,9 @@ static void drop_cycle_state(relay_state *r)
     relay_held_clear(&r->rc);
     r->recheck = false;
     r->cur_full = false;
+    r->backlog = 0;
+    r->oldest_age_s = 0;
+    r->next_backlog = 0;
 }
 
 static void lose_db(relay_state *r)

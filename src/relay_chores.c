@@ -30,7 +30,7 @@ typedef struct relay_public {
     redis_endpoint *endpoint;
 } relay_public;
 
-static relay_public pub = {.mu = PTHREAD_MUTEX_INITIALIZER, .backlog = -1};
+static relay_public pub = {.mu = PTHREAD_MUTEX_INITIALIZER, .backlog = -1, .oldest_age_s = -1};
 
 void relay_public_init(const config *cfg, redis_endpoint *ep)
 {
@@ -44,7 +44,7 @@ void relay_log_stats(relay_state *r, bool final)
     double now = clock_mono_s();
     double span = now - r->last_stats;
     long long backlog = r->leader ? r->backlog : -1;
-    double oldest = r->leader ? r->oldest_age_s : 0;
+    double oldest = r->leader ? r->oldest_age_s : -1;
     double rate = span > 0 ? (double)(st->published - r->published_at_last_stats) / span : 0;
     sink_counters sc;
     sink_get_counters(r->rc.out, &sc);
@@ -154,7 +154,7 @@ static void publish_state(relay_state *r)
     pthread_mutex_lock(&pub.mu);
     pub.stats = r->rc.stats;
     pub.backlog = r->leader ? r->backlog : -1;
-    pub.oldest_age_s = r->oldest_age_s;
+    pub.oldest_age_s = r->leader ? r->oldest_age_s : -1;
     pub.leader = r->leader;
     pub.db_up = store_connected(r->rc.db);
     pub.held = r->rc.nheld;
@@ -215,7 +215,8 @@ bool relay_render_metrics(buf *b, void *arg)
                       "not the leader).",
                       (double)p.backlog) &&
            prom_gauge(b, "outboxd_oldest_unpublished_age_seconds",
-                      "Age of the oldest unpublished event (0 when none).", p.oldest_age_s) &&
+                      "Age of the oldest unpublished event (0 when none, -1 when not the leader).",
+                      p.oldest_age_s) &&
            prom_gauge(b, "outboxd_leader", "1 when this relay holds the leader lock and publishes.",
                       p.leader ? 1 : 0) &&
            prom_gauge(b, "outboxd_held_runs", "Runs held back because Redis refused one of their events.",

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Operating surface: /metrics counters move when events flow, /healthz and /readyz
-# answer (readiness flips while Redis is stalled), retention deletes published rows
-# past the window and never an unpublished one, `outboxd prune` does it on demand,
-# and `outboxd status --json` reports backlog 0 after a drain.
+# answer (readiness flips while Redis is stalled), a standby reports no backlog of its
+# own (-1), retention deletes published rows past the window and never an unpublished
+# one, `outboxd prune` does it on demand, and `outboxd status --json` reports backlog
+# 0 after a drain.
 . "$(dirname "$0")/lib.sh"
 new_db
 hport=$(pick_port)
@@ -30,6 +31,24 @@ for m in outboxd_publish_failures_total outboxd_publish_retries_total outboxd_ba
          outboxd_oldest_unpublished_age_seconds outboxd_batch_duration_seconds_count; do
   [[ -n "$(metric $m)" ]] || fail "metric $m missing"
 done
+# keep-1 waits, so the leader's oldest unpublished event ages. A standby has no figure
+# of its own: -1, so that max() over all relays is the leader's.
+for _ in $(seq 1 60); do awk 'BEGIN {exit !(ARGV[1] > 0.5)}' "$(metric outboxd_oldest_unpublished_age_seconds)" && break; sleep 0.1; done
+awk 'BEGIN {exit !(ARGV[1] > 0.5)}' "$(metric outboxd_oldest_unpublished_age_seconds)" ||
+  fail "the leader's oldest unpublished age is $(metric outboxd_oldest_unpublished_age_seconds) with keep-1 waiting"
+leader_pid=$RELAY_PID leader_h=$h
+sport=$(pick_port)
+h="http://127.0.0.1:$sport"
+start_relay standby --http-listen "127.0.0.1:$sport"
+for _ in $(seq 1 100); do curl -s "$h/readyz" | grep -q "role=standby" && break; sleep 0.05; done
+curl -s "$h/readyz" | grep -q "role=standby" || fail "second relay /readyz: $(curl -s "$h/readyz")"
+sleep 1 # two rounds of the standby's loop: what it reports, not its initial state
+[[ $(metric outboxd_leader) == 0 && $(metric outboxd_backlog_events) == -1 &&
+   $(metric outboxd_oldest_unpublished_age_seconds) == -1 ]] ||
+  fail "standby metrics: leader $(metric outboxd_leader) backlog $(metric outboxd_backlog_events)" \
+    "oldest age $(metric outboxd_oldest_unpublished_age_seconds), want 0, -1, -1"
+stop_relay "$RELAY_PID" 5
+RELAY_PID=$leader_pid h=$leader_h
 
 rpid=$(cat "$STACK_DIR/redis.pid")
 kill -STOP "$rpid"
