@@ -177,7 +177,7 @@ static const setting settings[] = {
      OFF(seq_trigger),
      "the trigger that gives each event its seq: c = the extension outboxd's (CREATE EXTENSION outboxd first; "
      "cheaper inserts), plpgsql = the one that needs no extension, auto = c when the extension is in the "
-     "database, else plpgsql"},
+     "database and this role may execute its function, else plpgsql"},
     {"json", NULL, T_BOOL, CMD_STATUS, "false", 0, 0, 0, NULL, OFF(json), "print JSON"},
     {"reason", NULL, T_STR, CMD_SKIP, NULL, 0, 0, 0, NULL, OFF(reason), "why the event is skipped (logged)"},
     {"jti", NULL, T_STR, CMD_REVOKE, NULL, 0, 0, 0, NULL, OFF(jti), "revoke the token with this jti claim"},

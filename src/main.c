@@ -285,7 +285,8 @@ static const command_def commands[] = {
      "cannot work with, so that those stop and the new ones take over. --new-epoch starts the Redis\n"
      "de-duplication marks afresh, after restoring a backup (docs/OPERATIONS.md). --seq-trigger\n"
      "chooses the trigger that gives each event its seq: the C one of the PostgreSQL extension\n"
-     "outboxd (cheaper inserts) when CREATE EXTENSION outboxd was run, else PL/pgSQL (docs/SCHEMA.md).", 0,
+     "outboxd (cheaper inserts) when CREATE EXTENSION outboxd was run and this role may execute its\n"
+     "function, else PL/pgSQL (docs/SCHEMA.md).", 0,
      cmd_migrate},
     {"relay", CMD_RELAY, "outboxd relay [options]",
      "publish run_outbox to Redis run:{run_id}, in order, once",
@@ -297,7 +298,8 @@ static const command_def commands[] = {
      "stream runs to browsers as Server-Sent Events (and a viewer page)",
      "Serves each run's events as Server-Sent Events at GET /runs/{run_id}/events (resume with\n"
      "the Last-Event-ID header or ?last_event_id=N), a viewer page at GET /runs/{run_id}, and\n"
-     "GET /healthz. Live from Redis, replayed from PostgreSQL: every event once, in order.\n"
+     "GET /healthz and GET /metrics. Live from Redis, replayed from PostgreSQL: every event once,\n"
+     "in order.\n"
      "--auth jwt|forward decides who may read a run (401/403 otherwise); with --auth none the\n"
      "gateway listens only on loopback unless --allow-anonymous. SIGHUP reloads --auth-jwks.",
      0, cmd_sse},
