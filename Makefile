@@ -112,9 +112,10 @@ bench-scale: deps
 	@$(MAKE) --no-print-directory all
 	@bash bench/scale.sh
 
-# Retention soak: a million events through a relay with --retention on (bench/soak.sh).
+# Retention soak: a million events through a relay with --retention on (bench/soak.sh;
+# SOAK_SEQ_TRIGGER=c with the C seq trigger).
 soak: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory all pgext
 	@bash bench/soak.sh
 
 # Regenerates docs/CONFIGURATION.md, the man page and bash completion from the

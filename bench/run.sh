@@ -136,14 +136,15 @@ for v in "${VERSIONS[@]}"; do
   psql -X -q "$SERVER_URL/postgres" -c "CREATE DATABASE bench_$v" >/dev/null
   DATABASE_URL=${URL[$v]} "${BIN[$v]}" migrate >"$WORK/migrate-$v.log" 2>&1 || die "migrate $v: $(cat "$WORK/migrate-$v.log")"
 done
-# This tree with the C seq trigger of pgext/ (the extension outboxd; its function made
-# from the built library, as CREATE EXTENSION outboxd makes it from the installed one).
+# This tree with the C seq trigger of pgext/ (the extension outboxd, loaded from the
+# built library as CREATE EXTENSION outboxd loads the installed one).
 psql -X -q "$SERVER_URL/postgres" -c "CREATE DATABASE bench_curc" >/dev/null
 URL[curc]="$SERVER_URL/bench_curc"
-psql -X -q "${URL[curc]}" -c "CREATE FUNCTION outboxd_assign_seq_c() RETURNS trigger LANGUAGE c
-  AS '$ROOT/pgext/outboxd.so', 'outboxd_assign_seq_c'" >/dev/null
-DATABASE_URL=${URL[curc]} "${BIN[cur]}" migrate >"$WORK/migrate-curc.log" 2>&1 &&
-  grep -q "^seq trigger: c" "$WORK/migrate-curc.log" || die "migrate with the C seq trigger: $(cat "$WORK/migrate-curc.log")"
+bash scripts/pgext-load.sh "${URL[curc]}" || die "could not load the extension outboxd"
+if ! DATABASE_URL=${URL[curc]} "${BIN[cur]}" migrate >"$WORK/migrate-curc.log" 2>&1 ||
+  ! grep -q "^seq trigger: c" "$WORK/migrate-curc.log"; then
+  die "migrate with the C seq trigger: $(cat "$WORK/migrate-curc.log")"
+fi
 # The plain table: the same columns, a BIGSERIAL primary key, no other index, no
 # trigger. It lives in the current database, reached through search_path.
 psql -X -q "${URL[cur]}" -c "CREATE SCHEMA plain" \

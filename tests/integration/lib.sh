@@ -28,11 +28,9 @@ info() { echo "  [$T] $*" >&2; }
 q() { psql -X -qtA "$DATABASE_URL" -c "$1"; }
 
 # load_extension LIBRARY: the extension outboxd's install script, as CREATE EXTENSION
-# runs it, with LIBRARY for the library (the built one is not in the server's
-# directories), into $DATABASE_URL.
+# runs it, with LIBRARY for the library, into $DATABASE_URL (scripts/pgext-load.sh).
 load_extension() {
-  sed -e '/^\\echo/d' -e "s|MODULE_PATHNAME|$1|" "$ROOT/pgext/outboxd--1.0.sql" |
-    psql -X -q -v ON_ERROR_STOP=1 "$DATABASE_URL" >/dev/null || fail "could not load the extension's script"
+  bash "$ROOT/scripts/pgext-load.sh" "$DATABASE_URL" "$1" || fail "could not load the extension's script"
 }
 
 # A fresh database for this test, migrated. With SEQ_TRIGGER=c it has the C seq
