@@ -49,8 +49,10 @@ REPEAT=${BENCH_REPEAT:-3}
 STEADY_S=${BENCH_STEADY_SECONDS:-10}
 PROD_S=${BENCH_PRODUCER_SECONDS:-5}
 PROD_REPEAT=${BENCH_PRODUCER_REPEAT:-3}
-read -r -a PROD_WORKLOADS <<<"${BENCH_PRODUCER_WORKLOADS:-1:1000 8:1000 32:1000 32:1}"
-read -r -a PROD_TARGETS <<<"plain ${BENCH_PRODUCER_TARGETS:-pidx ptrig base base0 cur curc}"
+# Each once, in the order given; the plain table first, whether named or not.
+uniq_words() { awk '{for (i = 1; i <= NF; i++) if (!seen[$i]++) printf "%s ", $i}' <<<"$*"; }
+read -r -a PROD_WORKLOADS <<<"$(uniq_words "${BENCH_PRODUCER_WORKLOADS:-1:1000 8:1000 32:1000 32:1}")"
+read -r -a PROD_TARGETS <<<"$(uniq_words plain "${BENCH_PRODUCER_TARGETS:-pidx ptrig base base0 cur curc}")"
 PARTS=${BENCH_PARTS:-producer,steady,drain,transports,cluster}
 REF=${BASELINE_REF:-v0.1.0}
 DRAIN_RUNS=100
@@ -184,7 +186,7 @@ kv() { # kv NAME TEXT: the value of NAME=value in TEXT, or "?"
   echo "${v:-?}"
 }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
-median() { sort -g | awk '{l[NR] = $1} END {print (NR ? l[int((NR + 1) / 2)] : 0)}'; }
+median() { sort -g | awk '{l[NR] = $1} END {print (NR ? (l[int((NR + 1) / 2)] + l[int(NR / 2) + 1]) / 2 : 0)}'; }
 range() { sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print lo "-" hi}'; }
 
 # Empties a version's outbox and Redis, and part 5's cluster while it runs (ids keep
@@ -260,6 +262,7 @@ run_producers() {
     for w in "${PROD_WORKLOADS[@]}"; do
       for t in "${PROD_TARGETS[@]}"; do
         v=$(producer_once "$t" "${w%:*}" "${w#*:}")
+        [[ $v =~ ^[0-9]+$ ]] || die "pgbench $t conns=${w%:*} runs=${w#*:} printed no inserts/s"
         echo "$rep $w-$t $v" >>"$WORK/producer.txt"
         say "producer $rep/$PROD_REPEAT: conns=${w%:*} runs=${w#*:} $t: $v/s"
       done
@@ -271,7 +274,7 @@ run_producers() {
     # The ratio to the plain table within each repetition: its median and range.
     PAIR[$key]=$(awk -v k="$key" -v p="${key%-*}-plain" '$2 == p {pl[$1] = $3} $2 == k {v[$1] = $3}
       END {for (r in v) if (pl[r] > 0) printf "%.4f\n", v[r] / pl[r]}' "$WORK/producer.txt" | sort -g |
-      awk '{l[NR] = $1} END {if (NR) printf "%.2fx %.2f-%.2f\n", l[int((NR + 1) / 2)], l[1], l[NR]}')
+      awk '{l[NR] = $1} END {if (NR) printf "%.2fx %.2f-%.2f\n", (l[int((NR + 1) / 2)] + l[int(NR / 2) + 1]) / 2, l[1], l[NR]}')
   done < <(cut -d' ' -f2 "$WORK/producer.txt" | sort -u)
 }
 

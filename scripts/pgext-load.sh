@@ -9,5 +9,5 @@ url=${1:?usage: pgext-load.sh DATABASE_URL [LIBRARY]}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 lib=${2:-$root/pgext/outboxd.so}
 [[ -f $lib ]] || { echo "pgext-load.sh: $lib is not built (make pgext)" >&2; exit 1; }
-sed -e '/^\\echo/d' -e "s|MODULE_PATHNAME|$lib|" "$root/pgext/outboxd--1.0.sql" |
-  psql -X -q -v ON_ERROR_STOP=1 "$url" >/dev/null
+sed -e '/^\\echo/d' -e "s|'MODULE_PATHNAME'|:'lib'|" "$root/pgext/outboxd--1.0.sql" |
+  psql -X -q -1 -v ON_ERROR_STOP=1 -v lib="$lib" "$url" >/dev/null

@@ -42,7 +42,11 @@ h="http://127.0.0.1:$sport"
 start_relay standby --http-listen "127.0.0.1:$sport"
 for _ in $(seq 1 100); do curl -s "$h/readyz" | grep -q "role=standby" && break; sleep 0.05; done
 curl -s "$h/readyz" | grep -q "role=standby" || fail "second relay /readyz: $(curl -s "$h/readyz")"
-sleep 1 # two rounds of the standby's loop: what it reports, not its initial state
+# Its stats line comes right after it publishes its figures: from then on they are
+# what its loop reports, not its initial state.
+wait_log "$WORK/standby.log" "stats: role=standby" 10
+grep -q "stats: role=standby .*backlog=-1 oldest_unpublished_s=-1.000 " "$WORK/standby.log" ||
+  fail "standby stats line: $(grep "stats: role=standby" "$WORK/standby.log" | head -1)"
 [[ $(metric outboxd_leader) == 0 && $(metric outboxd_backlog_events) == -1 &&
    $(metric outboxd_oldest_unpublished_age_seconds) == -1 ]] ||
   fail "standby metrics: leader $(metric outboxd_leader) backlog $(metric outboxd_backlog_events)" \
