@@ -186,7 +186,9 @@ kv() { # kv NAME TEXT: the value of NAME=value in TEXT, or "?"
   echo "${v:-?}"
 }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
-median() { sort -g | awk '{l[NR] = $1} END {print (NR ? (l[int((NR + 1) / 2)] + l[int(NR / 2) + 1]) / 2 : 0)}'; }
+# The middle value, or the mean of the two middle ones; every digit kept (awk's own
+# print would give CPU nanoseconds in six significant digits).
+median() { sort -g | awk '{l[NR] = $1} END {printf "%.17g\n", NR ? (l[int((NR + 1) / 2)] + l[int(NR / 2) + 1]) / 2 : 0}'; }
 range() { sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print lo "-" hi}'; }
 
 # Empties a version's outbox and Redis, and part 5's cluster while it runs (ids keep
@@ -270,7 +272,7 @@ run_producers() {
   done
   local key
   while read -r key; do
-    PROD[$key]=$(awk -v k="$key" '$2 == k {print $3}' "$WORK/producer.txt" | median)
+    PROD[$key]=$(awk -v k="$key" '$2 == k {print $3}' "$WORK/producer.txt" | median | xargs printf '%.0f')
     # The ratio to the plain table within each repetition: its median and range.
     PAIR[$key]=$(awk -v k="$key" -v p="${key%-*}-plain" '$2 == p {pl[$1] = $3} $2 == k {v[$1] = $3}
       END {for (r in v) if (pl[r] > 0) printf "%.4f\n", v[r] / pl[r]}' "$WORK/producer.txt" | sort -g |
