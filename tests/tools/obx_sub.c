@@ -15,10 +15,12 @@
  * MOVED for the slots of other shards, ignored, and delivers those of its own), and
  * subscribes a channel again on every node when a node ends its subscription (its
  * slot moved, it was demoted).
+ * --repeats-ok: duplicates are reported but do not fail the check; for a test that
+ * compares them with the relay's own count (a Redis that lost its marks).
  *   obx_sub [--host H] [--port P] [--nodes H:P,H:P...] [--user U] [--password PW]
  *           [--tls-ca F [--tls-cert F --tls-key F] [--tls-server-name N]]
  *           [--pattern run:*] [--prefix P] [--expect N] [--idle-ms MS] [--max-seconds S]
- *           [--ready-file F] [--check] [--sharded N]
+ *           [--ready-file F] [--check] [--repeats-ok] [--sharded N]
  * Exits 0 when the check passes (or was not asked for), 1 when it fails. */
 #include "obx_common.h"
 #include "metrics.h"
@@ -115,11 +117,12 @@ int main(int argc, char **argv)
     int port = 6379;
     long expect = 0, idle_ms = 0;
     double max_seconds = 60;
-    bool check = false, tls_on = false;
+    bool check = false, tls_on = false, repeats_ok = false;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         if (!strcmp(k, "--check")) { check = true; continue; }
         if (!strcmp(k, "--tls")) { tls_on = true; continue; }
+        if (!strcmp(k, "--repeats-ok")) { repeats_ok = true; continue; }
         i++;
         if (!strcmp(k, "--host")) host = v;
         else if (!strcmp(k, "--port")) port = atoi(v);
@@ -345,5 +348,5 @@ int main(int argc, char **argv)
     printf("\n");
     for (size_t i = 0; i < nrec; i++) free(recs[i].run_id);
     free(recs);
-    return check && (lost || dups || disorder || unexpected) ? 1 : 0;
+    return check && (lost || (dups && !repeats_ok) || disorder || unexpected) ? 1 : 0;
 }
