@@ -40,10 +40,8 @@
 set -Eeuo pipefail
 trap 'echo "[bench] FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
-BUILD=${BUILD:-build}
-[[ "$BUILD" = /* ]] || BUILD="$ROOT/$BUILD"
 N=${BENCH_EVENTS:-200000}
 REPEAT=${BENCH_REPEAT:-3}
 STEADY_S=${BENCH_STEADY_SECONDS:-10}
@@ -96,14 +94,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() { # a free loopback port below the ephemeral range
-  local p
-  for _ in $(seq 1 100); do
-    p=$((10000 + RANDOM % 22000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
-  done
-  return 1
-}
 say() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
@@ -180,16 +170,7 @@ sys_busy_ns() { # CPU time the whole machine spent busy (all cores), in ns
   awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 1e9 / hz}' /proc/stat
 }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-kv() { # kv NAME TEXT: the value of NAME=value in TEXT, or "?"
-  local v
-  v=$(grep -o "$1=[0-9.]*" <<<"$2" | head -1 | cut -d= -f2 || true)
-  echo "${v:-?}"
-}
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
-# The middle value, or the mean of the two middle ones; every digit kept (awk's own
-# print would give CPU nanoseconds in six significant digits).
-median() { sort -g | awk '{l[NR] = $1} END {printf "%.17g\n", NR ? (l[int((NR + 1) / 2)] + l[int(NR / 2) + 1]) / 2 : 0}'; }
-range() { sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {print lo "-" hi}'; }
 
 # Empties a version's outbox and Redis, and part 5's cluster while it runs (ids keep
 # increasing; the relay's marks go with FLUSHALL, so every measurement starts alike).

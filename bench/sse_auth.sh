@@ -19,10 +19,8 @@
 #   BENCH_SSE_MODES (none jwt forward)
 set -Eeuo pipefail
 trap 'echo "[bench-auth] FAILED at line $LINENO: $BASH_COMMAND" >&2' ERR
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
-BUILD=${BUILD:-build}
-[[ "$BUILD" = /* ]] || BUILD="$ROOT/$BUILD"
 STREAMS=${BENCH_SSE_STREAMS:-10000}
 SECS=${BENCH_SSE_SECONDS:-20}
 REPEAT=${BENCH_SSE_REPEAT:-2}
@@ -47,17 +45,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 say() { printf '[bench-auth %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-kv() { local v; v=$(grep -o "$1=[0-9.]*" <<<"$2" | head -1 | cut -d= -f2 || true); echo "${v:-?}"; }
-median() { sort -n | awk '{a[NR] = $1} END {if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2); else print "?"}'; }
 # CPU time of a process and its children (the gateway's workers), in ns.
 cpu_ns() {
   local pids="$1 $(pgrep -P "$1" | tr '\n' ' ')" p
   for p in $pids; do cat /proc/"$p"/task/*/schedstat 2>/dev/null || true; done | awk '{t += $1} END {printf "%.0f\n", t}'
-}
-free_port() {
-  local p=$((20000 + RANDOM % 12000))
-  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((20000 + RANDOM % 12000)); done
-  echo "$p"
 }
 
 say "starting PostgreSQL and Redis"
@@ -129,7 +120,7 @@ done
 kill -TERM "$RELAY" 2>/dev/null || true
 wait "$RELAY" || true
 
-col() { awk -v m="$1" -v c="$2" '$1 == m {print $c}' "$WORK/results" | median; }
+col() { awk -v m="$1" -v c="$2" '$1 == m {print $c}' "$WORK/results" | median '?'; }
 {
   echo
   echo "SSE AUTHORIZATION COST  ($(date -u '+%Y-%m-%d %H:%M:%S UTC'); bench/sse_auth.sh; $(git rev-parse --short HEAD 2>/dev/null || echo no git))"
