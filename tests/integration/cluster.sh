@@ -40,10 +40,8 @@ cluster_scenario() {
     # A subscriber on the slot's owner: until the slot leaves it, it must get every
     # event of the run (a publish sent to the importing node with ASKING reaches no
     # subscriber, as shard channels stay on the source until SETSLOT ... NODE).
-    redis-cli -p "$src" ssubscribe run:cl-7 >"$WORK/owner-sub.out" 2>&1 &
-    osub=$!
-    PIDS+=("$osub")
-    for _ in $(seq 1 100); do grep -q ssubscribe "$WORK/owner-sub.out" && break; sleep 0.05; done
+    redis_listen "$WORK/owner-sub.out" "$src" ssubscribe run:cl-7
+    osub=$LISTEN_PID
     grep -q ssubscribe "$WORK/owner-sub.out" || fail "SSUBSCRIBE run:cl-7 on $src"
   fi
   start_load --rate 1000 --runs 500 --conns 8 --seconds 12 --prefix cl

@@ -316,6 +316,22 @@ start_redis() {
   fail "redis $name did not start: $(tail -3 "$WORK/$name.redis.out")"
 }
 
+# redis_listen FILE PORT [redis-cli flags...] (P|S)SUBSCRIBE NAME...: redis-cli
+# subscribed in the background, what it gets in FILE line by line, its pid in
+# $LISTEN_PID; returns once Redis confirmed the subscription.
+redis_listen() {
+  local file=$1 port=$2; shift 2
+  stdbuf -oL redis-cli -p "$port" "$@" >"$file" 2>&1 &
+  LISTEN_PID=$!
+  PIDS+=("$LISTEN_PID")
+  for _ in $(seq 1 200); do
+    grep -qE '^"?[ps]?subscribe("|$)' "$file" && return 0
+    kill -0 "$LISTEN_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  fail "redis-cli $* did not subscribe: $(head -3 "$file")"
+}
+
 # acl_rules WHO: the user line for outboxd-WHO from docs/OPERATIONS.md, with the
 # password WHO-pw: the tests use the documented rules exactly as written.
 acl_rules() {

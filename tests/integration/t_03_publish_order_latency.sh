@@ -15,10 +15,9 @@ sleep 1
 stop_relay "$pid" 5
 
 start_sub sub --prefix lat --expect 301 --max-seconds 30 --check
-redis-cli -p "$REDIS_PORT" subscribe 'run:lat-format' >"$WORK/raw" &
-PIDS+=($!)
+redis_listen "$WORK/raw" "$REDIS_PORT" subscribe 'run:lat-format'
 start_relay relay
-sleep 0.3
+wait_log "$WORK/relay.log" "leader: this relay publishes" 10
 "$OUTBOXD" emit lat-format '{"text":"a\nb","n":[1,2]}' >/dev/null
 "$BUILD/obx_load" --rate 100 --runs 5 --conns 2 --count 300 --prefix lat >/dev/null
 wait_sub sub "$SUB_PID"

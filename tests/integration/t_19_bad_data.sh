@@ -12,8 +12,7 @@ big() { head -c "$1" /dev/zero | tr '\0' a; }
 long_id="long-$(big 1019)"
 ids=("odd-{}" "odd-*" "odd-?:[x]" "odd with spaces" "odd-é-日本-\u2028" "$long_id")
 # One subscriber on the literal channel "run:odd-*" must see that run only.
-redis-cli -p "$REDIS_PORT" --raw subscribe 'run:odd-*' >"$WORK/literal" &
-PIDS+=($!)
+redis_listen "$WORK/literal" "$REDIS_PORT" --raw subscribe 'run:odd-*'
 start_sub odd --prefix odd --idle-ms 4000 --max-seconds 60 --check
 ODD_PID=$SUB_PID
 start_sub long --prefix long --idle-ms 4000 --max-seconds 60 --check

@@ -10,10 +10,8 @@
 new_db
 start_relay relay --retention 1s --counter-retention 5s --vacuum-after 100
 start_sse sse
-redis-cli -p "$REDIS_PORT" subscribe run:c-1 >"$WORK/c1.msgs" &
-listener=$!
-PIDS+=("$listener")
-sleep 0.3
+redis_listen "$WORK/c1.msgs" "$REDIS_PORT" subscribe run:c-1
+listener=$LISTEN_PID
 for i in 1 2 3; do "$OUTBOXD" emit c-1 "{\"i\":$i}" >/dev/null; done
 # 200 more runs with one event each: their counters must go as well.
 q "INSERT INTO run_outbox (run_id, payload) SELECT 'many-' || g, '{}' FROM generate_series(1, 200) g"

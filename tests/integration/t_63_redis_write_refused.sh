@@ -16,10 +16,8 @@ WR_PORT=$R_PORT
 rc() { redis-cli -p "$WR_PORT" "$@"; }
 export REDIS_URL="redis://127.0.0.1:$WR_PORT/0"
 # Every message as it arrives, one line each, to count them while the test runs.
-stdbuf -oL redis-cli -p "$WR_PORT" --csv psubscribe 'run:wr-*' >"$WORK/raw.out" 2>&1 &
-PIDS+=("$!")
+redis_listen "$WORK/raw.out" "$WR_PORT" --csv psubscribe 'run:wr-*'
 raw() { grep -c '^"pmessage"' "$WORK/raw.out" || true; }
-for _ in $(seq 1 100); do grep -q '^"psubscribe"' "$WORK/raw.out" && break; sleep 0.05; done
 hport=$(pick_port)
 h="http://127.0.0.1:$hport"
 metric() { curl -s "$h/metrics" | awk -v m="$1" '$1 == m {print $2}'; }

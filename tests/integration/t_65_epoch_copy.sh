@@ -14,9 +14,7 @@ psql -X -q "$BASE_URL/postgres" -c "CREATE DATABASE $B_DB TEMPLATE ${A_URL##*/}"
 B_URL="$BASE_URL/$B_DB"
 start_redis cp plain
 export REDIS_URL="redis://127.0.0.1:$R_PORT/0"
-stdbuf -oL redis-cli -p "$R_PORT" --csv psubscribe 'run:cp-*' >"$WORK/raw.out" 2>&1 &
-PIDS+=("$!")
-for _ in $(seq 1 100); do grep -q '^"psubscribe"' "$WORK/raw.out" && break; sleep 0.05; done
+redis_listen "$WORK/raw.out" "$R_PORT" --csv psubscribe 'run:cp-*'
 raw() { grep -c '^"pmessage"' "$WORK/raw.out" || true; }
 wait_raw() { for _ in $(seq 1 60); do [[ $(raw) == "$1" ]] && return 0; sleep 0.05; done; [[ $(raw) == "$1" ]]; }
 

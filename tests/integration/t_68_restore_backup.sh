@@ -30,10 +30,7 @@ export DATABASE_URL="postgresql://postgres@127.0.0.1:$pport/rb"
 "$OUTBOXD" migrate >/dev/null 2>"$WORK/migrate.log" || fail "migrate: $(cat "$WORK/migrate.log")"
 
 raw_sub() { # raw_sub NAME: a subscriber to run:rb-*, everything it gets in $WORK/NAME.raw
-  stdbuf -oL redis-cli -p "$REDIS_PORT" --csv psubscribe 'run:rb-*' >"$WORK/$1.raw" 2>&1 &
-  PIDS+=("$!")
-  for _ in $(seq 1 100); do grep -q '^"psubscribe"' "$WORK/$1.raw" && return 0; sleep 0.05; done
-  fail "subscriber $1 did not subscribe"
+  redis_listen "$WORK/$1.raw" "$REDIS_PORT" --csv psubscribe 'run:rb-*'
 }
 emit() { "$OUTBOXD" emit "$1" "$2" >/dev/null || fail "emit $1 $2"; }
 # got NAME RUN PHASE: the "i" of each message of RUN with that phase, in arrival order.

@@ -99,11 +99,8 @@ gapless "REPEATABLE READ writers"
 # delete, while their next writer may be reading it: every run must reach Redis as
 # 1, 2, 3 ... with no seq missing, repeated or out of order.
 start_relay relay --retention 1s
-stdbuf -oL redis-cli -p "$REDIS_PORT" psubscribe 'run:rt-*' >"$WORK/rt.msgs" 2>&1 &
-listener=$!
-PIDS+=("$listener")
-for _ in $(seq 1 100); do grep -qx psubscribe "$WORK/rt.msgs" && break; sleep 0.05; done
-grep -qx psubscribe "$WORK/rt.msgs" || fail "the checking listener did not subscribe: $(cat "$WORK/rt.msgs")"
+redis_listen "$WORK/rt.msgs" "$REDIS_PORT" psubscribe 'run:rt-*'
+listener=$LISTEN_PID
 start_load --rate 300 --runs 600 --conns 4 --seconds 9 --prefix rt
 # Every run is written again in the load's last 3 s: a run with a floor at 6 s was
 # emptied and then went on from that floor.
