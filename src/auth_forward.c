@@ -26,9 +26,10 @@
 #define MAX_TTL_MS (3600L * 1000)
 #define MIN_TTL_MS 1000
 #define MAX_BODY 65536
-/* Open streams ask again this long before their answer expires (the sweep's period),
- * so that a denial ends them within the answer's TTL. */
-#define RECHECK_EARLY_MS 500
+/* Open streams ask again this long before their answer expires: the gateway's sweep
+ * (every 500 ms, AUTH_SWEEP_MS) comes by at least 250 ms before the expiry, so a
+ * denial from a backend that answers within that ends them within the answer's TTL. */
+#define RECHECK_EARLY_MS 750
 #define SHARED_SLOTS 4096 /* answers and calls shared by the workers */
 #define SHARED_PROBE 8
 #define POLL_MS 10       /* how often a worker looks for another's answer */
@@ -334,15 +335,18 @@ static void on_answer(const http_response *r, void *arg)
 
 static void poll_shared(evutil_socket_t fd, short what, void *arg);
 
-/* Gets e an answer: another worker's, when one is fresh or on its way, else ours
- * from a call. OBTAIN_ANSWERED: e has it now (no callbacks were run). */
+/* Gets e an answer: another worker's, when one is fresh past `after` or on its way,
+ * else ours from a call. An open stream's early recheck passes its own answer's
+ * expiry: the shared slot holds that same answer until then (this worker's, or the
+ * one it took), and taking it would leave the recheck to the first sweep past the
+ * TTL. OBTAIN_ANSWERED: e has it now (no callbacks were run). */
 enum obtain { OBTAIN_FAILED, OBTAIN_PENDING, OBTAIN_ANSWERED };
-static enum obtain obtain(fwd_entry *e, long long now)
+static enum obtain obtain(fwd_entry *e, long long now, long long after)
 {
     if (sharing) {
         sh_lock();
         shared_slot *slot = slot_for(e->key, true);
-        if (slot->state == SLOT_ANSWERED && now < slot->until_ms) {
+        if (slot->state == SLOT_ANSWERED && after < slot->until_ms) {
             e->answer = slot->answer;
             e->expires_ms = slot->until_ms;
             sh->st.cache_hits++;
@@ -408,7 +412,7 @@ static void poll_shared(evutil_socket_t fd, short what, void *arg)
         } else {
             /* The asker died or its slot was taken: ask ourselves. */
             e->in_flight = false;
-            if (obtain(e, now) == OBTAIN_FAILED)
+            if (obtain(e, now, now) == OBTAIN_FAILED)
                 settle(e, FWD_UNAVAILABLE, now + UNAVAILABLE_TTL_MS);
         }
     }
@@ -473,7 +477,7 @@ fwd_answer fwd_check(const fwd_request *r, fwd_entry **out, fwd_done_fn cb, void
         }
     }
     if (!e->in_flight) {
-        enum obtain o = obtain(e, now_ms);
+        enum obtain o = obtain(e, now_ms, now_ms);
         if (o == OBTAIN_FAILED) {
             evict();
             return FWD_UNAVAILABLE;
@@ -508,7 +512,7 @@ fwd_answer fwd_verdict(fwd_entry *e)
     if (e->answer != FWD_ALLOW)
         return e->answer;
     long long early = e->expires_ms - RECHECK_EARLY_MS;
-    if (now_ms >= early && !e->in_flight && obtain(e, now_ms) == OBTAIN_FAILED) {
+    if (now_ms >= early && !e->in_flight && obtain(e, now_ms, e->expires_ms) == OBTAIN_FAILED) {
         e->answer = FWD_UNAVAILABLE;
         e->expires_ms = now_ms + UNAVAILABLE_TTL_MS;
     }

@@ -195,10 +195,10 @@ static void test_open_streams_rechecked_before_expiry(void **state)
     check("r", "session=a", &g, NULL);
     answer(0, 200, 10);
     fwd_entry *e = g.e; /* the stream's reference */
-    now_ms += 9499;
+    now_ms += 9249;
     assert_int_equal(fwd_verdict(e), FWD_ALLOW);
     assert_int_equal(ncalls, 1);
-    now_ms += 1; /* half a second before expiry: ask again, keep going meanwhile */
+    now_ms += 1; /* 750 ms before expiry: ask again, keep going meanwhile */
     assert_int_equal(fwd_verdict(e), FWD_ALLOW);
     assert_int_equal(ncalls, 2);
     assert_int_equal(fwd_verdict(e), FWD_ALLOW);
@@ -211,6 +211,16 @@ static void test_open_streams_rechecked_before_expiry(void **state)
     assert_int_equal(fwd_verdict(e), FWD_DENY_401);
     assert_int_equal(g2.last, FWD_DENY_401);
     fwd_unref(e);
+}
+
+/* With --workers the answers are shared (fwd_share_init): the shared slot holds the
+ * stream's own answer until it expires, and the early recheck must still call, not
+ * take that answer again (which left a revoked cookie's stream open up to a sweep
+ * past its TTL). Last: sharing stays on for the process. */
+static void test_shared_streams_rechecked_before_expiry(void **state)
+{
+    assert_true(fwd_share_init());
+    test_open_streams_rechecked_before_expiry(state);
 }
 
 static void test_unused_entries_bounded(void **state)
@@ -269,6 +279,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_streams_rechecked_before_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unused_entries_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_waiters_told_at_shutdown, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_streams_rechecked_before_expiry, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
