@@ -27,11 +27,15 @@ stop_relay "$RELAY_PID" 5
 
 start_sub mk --prefix mk --expect 10 --max-seconds 60 --check
 q "INSERT INTO run_outbox (run_id, payload) SELECT 'mk-1', jsonb_build_object('g', g) FROM generate_series(1, 10) g"
-psql -X -q "$DATABASE_URL" -c "BEGIN; SELECT 1 FROM run_outbox WHERE run_id = 'mk-1' AND seq = 10 FOR UPDATE; SELECT pg_sleep(3); COMMIT;" >/dev/null &
+# The row stays locked until the holder's backend is ended below (a fixed hold would
+# have to outlast a slow relay's start).
+PGAPPNAME=t10-holder psql -X -q "$DATABASE_URL" -c "BEGIN; SELECT 1 FROM run_outbox WHERE run_id = 'mk-1' AND seq = 10 FOR UPDATE; SELECT pg_sleep(60); COMMIT;" >/dev/null 2>&1 &
 holder=$!; PIDS+=("$holder")
-sleep 0.3
+held() { [[ $(q "SELECT count(*) FROM pg_stat_activity WHERE application_name = 't10-holder' AND wait_event = 'PgSleep'") == 1 ]]; }
+for _ in $(seq 1 100); do held && break; sleep 0.05; done
+held || fail "the row lock's holder did not start"
 start_relay mark
-for _ in $(seq 1 100); do
+for _ in $(seq 1 200); do
   n=$(q "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'outboxd-relay-%' AND wait_event_type = 'Lock'")
   [[ $n -ge 1 ]] && break
   sleep 0.05
@@ -39,7 +43,8 @@ done
 [[ $n -ge 1 ]] || fail "the relay never waited in its marking UPDATE"
 q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE 'outboxd-relay-%' AND wait_event_type = 'Lock'" >/dev/null
 info "terminated the relay's backend inside the marking UPDATE"
-wait "$holder"
+q "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 't10-holder'" >/dev/null
+wait "$holder" || true
 wait_drained 20
 wait_sub mk "$SUB_PID"
 stop_relay "$RELAY_PID" 5
