@@ -192,10 +192,11 @@ shard_runs() {
 # cluster notices (cluster-node-timeout 2 s). KILL_T0 and the shard's runs
 # (KILLED_RUNS, a SQL list) are kept for cluster_others_flowed.
 cluster_kill9() {
-  local src=$1
+  local src=$1 pid
   shard_runs "$src"
+  pid=$(redis-cli -p "$src" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')
   KILL_T0=$(date +%s.%N)
-  kill -9 "$(redis-cli -p "$src" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')"
+  kill -9 "$pid"
   info "kill -9 of the primary $src at $(q "SELECT count(*) FROM run_outbox") events ($(($(tr -cd , <<<"$KILLED_RUNS" | wc -c) + 1)) runs on its shard)"
 }
 
