@@ -7,14 +7,21 @@
 . "$(dirname "$0")/lib.sh"
 new_db
 prefill 3000 30 order
-redis-cli -p "$REDIS_PORT" MONITOR >"$WORK/monitor.out" 2>&1 &
+stdbuf -oL redis-cli -p "$REDIS_PORT" MONITOR >"$WORK/monitor.out" 2>&1 &
 MON_PID=$!
 PIDS+=("$MON_PID")
-sleep 0.3
+for _ in $(seq 1 100); do grep -qx OK "$WORK/monitor.out" && break; sleep 0.05; done
+grep -qx OK "$WORK/monitor.out" || fail "MONITOR did not start: $(head -3 "$WORK/monitor.out")"
 start_relay relay --max-batch-size 100
 wait_drained 30
 stop_relay "$RELAY_PID" 5
-sleep 0.3
+# Until MONITOR's output has stopped growing.
+size=-1
+for _ in $(seq 1 50); do
+  [[ $(stat -c %s "$WORK/monitor.out") == "$size" ]] && break
+  size=$(stat -c %s "$WORK/monitor.out")
+  sleep 0.2
+done
 kill "$MON_PID" 2>/dev/null
 # A MONITOR line: time [db client] "arg" "arg" ...; a quote inside an argument is
 # escaped (\"), so '" "' only ever separates arguments. Commands a script runs are
