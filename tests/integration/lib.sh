@@ -316,6 +316,16 @@ start_redis() {
   fail "redis $name did not start: $(tail -3 "$WORK/$name.redis.out")"
 }
 
+# wait_replica PORT: until the replica on PORT has its primary's data and link (start
+# the primary with --repl-diskless-sync-delay 0, or the first sync waits 5 s).
+wait_replica() {
+  for _ in $(seq 1 200); do
+    redis-cli -p "$1" info replication | grep -q "master_link_status:up" && return 0
+    sleep 0.05
+  done
+  fail "the replica on $1 did not sync with its primary"
+}
+
 # redis_listen FILE PORT [redis-cli flags...] (P|S)SUBSCRIBE NAME...: redis-cli
 # subscribed in the background, what it gets in FILE line by line, its pid in
 # $LISTEN_PID; returns once Redis confirmed the subscription.

@@ -11,14 +11,11 @@
 sentinel_scenario() {
   local fault=$1
   new_db
-  start_redis primary plain
+  start_redis primary plain --repl-diskless-sync-delay 0
   local P=$R_PORT
   start_redis replica plain --replicaof 127.0.0.1 "$P"
   local R=$R_PORT
-  for _ in $(seq 1 100); do
-    redis-cli -p "$R" info replication | grep -q "master_link_status:up" && break
-    sleep 0.05
-  done
+  wait_replica "$R"
   start_sentinels outboxd-test "$P"
   local s=(--redis-sentinel "$SENTINELS" --redis-sentinel-master outboxd-test --redis-timeout 500ms)
   local hport

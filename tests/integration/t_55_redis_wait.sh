@@ -13,12 +13,12 @@ new_db
   echo "user default on nopass ~* &* +@all"
   echo "$(acl_rules relay) +wait"
 } >"$WORK/users.acl"
-start_redis primary plain --aclfile "$WORK/users.acl"
+start_redis primary plain --aclfile "$WORK/users.acl" --repl-diskless-sync-delay 0
 P=$R_PORT
 start_redis replica plain --replicaof 127.0.0.1 "$P"
 R=$R_PORT
 REPLICA_PID=$(cat "$WORK/replica.pid")
-for _ in $(seq 1 100); do redis-cli -p "$R" info replication | grep -q "master_link_status:up" && break; sleep 0.05; done
+wait_replica "$R"
 hport=$(pick_port)
 metric() { curl -s "http://127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 REDIS_URL="redis://outboxd-relay:relay-pw@127.0.0.1:$P/0" start_relay relay --redis-wait-replicas 1 \
