@@ -316,6 +316,28 @@ start_redis() {
   fail "redis $name did not start: $(tail -3 "$WORK/$name.redis.out")"
 }
 
+# wait_sleeping APPNAME: until the session of that application_name is in its
+# pg_sleep (whatever it did before the sleep is done).
+wait_sleeping() {
+  for _ in $(seq 1 200); do
+    [[ $(q "SELECT count(*) FROM pg_stat_activity WHERE application_name = '$1' AND wait_event = 'PgSleep'") -ge 1 ]] &&
+      return 0
+    sleep 0.05
+  done
+  fail "session $1 did not reach its pg_sleep"
+}
+
+# wait_relay_asleep: until the leading relay waits for a NOTIFY: it holds the wake-up
+# lock (advisory, objid 3) exactly then (src/store_schema.c, migration 2).
+wait_relay_asleep() {
+  for _ in $(seq 1 200); do
+    [[ $(q "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1868724324 AND objid = 3
+            AND mode = 'ExclusiveLock' AND granted") -ge 1 ]] && return 0
+    sleep 0.05
+  done
+  fail "the relay did not go to wait for a NOTIFY"
+}
+
 # wait_replica PORT: until the replica on PORT has its primary's data and link (start
 # the primary with --repl-diskless-sync-delay 0, or the first sync waits 5 s).
 wait_replica() {

@@ -31,9 +31,7 @@ q "INSERT INTO run_outbox (run_id, payload) SELECT 'mk-1', jsonb_build_object('g
 # have to outlast a slow relay's start).
 PGAPPNAME=t10-holder psql -X -q "$DATABASE_URL" -c "BEGIN; SELECT 1 FROM run_outbox WHERE run_id = 'mk-1' AND seq = 10 FOR UPDATE; SELECT pg_sleep(60); COMMIT;" >/dev/null 2>&1 &
 holder=$!; PIDS+=("$holder")
-held() { [[ $(q "SELECT count(*) FROM pg_stat_activity WHERE application_name = 't10-holder' AND wait_event = 'PgSleep'") == 1 ]]; }
-for _ in $(seq 1 100); do held && break; sleep 0.05; done
-held || fail "the row lock's holder did not start"
+wait_sleeping t10-holder
 start_relay mark
 for _ in $(seq 1 200); do
   n=$(q "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'outboxd-relay-%' AND wait_event_type = 'Lock'")

@@ -34,10 +34,10 @@ sleep 3
 before=$(q "SELECT count(*) FROM run_outbox WHERE published_at IS NOT NULL")
 ((before > 1000)) || fail "the v0.1.0 relay published only $before events before the upgrade"
 
-psql -X -q "$DATABASE_URL" -c "BEGIN" -c "INSERT INTO run_outbox (run_id, payload) VALUES ('up-long', '{}')" \
+PGAPPNAME=t60-long psql -X -q "$DATABASE_URL" -c "BEGIN" -c "INSERT INTO run_outbox (run_id, payload) VALUES ('up-long', '{}')" \
   -c "SELECT pg_sleep(2)" -c "COMMIT" >"$WORK/long.out" 2>&1 &
 long=$!
-sleep 0.3
+wait_sleeping t60-long
 t0=$EPOCHREALTIME
 "$OUTBOXD" migrate >"$WORK/migrate.out" 2>"$WORK/migrate.log" || fail "migrate under load: $(cat "$WORK/migrate.log")"
 ms=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", (b - a) * 1000}')

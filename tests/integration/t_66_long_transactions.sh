@@ -99,11 +99,16 @@ gaps_close 10 "after the slow writer committed"
 # the wake-up lock, as one that inserted while the relay was busy does (it queues for
 # it while the relay waits; the event emitted beside it wakes the relay, which lets
 # it go).
-psql -X -q "$DATABASE_URL" -c "BEGIN" -c "SELECT pg_advisory_xact_lock_shared(1868724324, 3)" \
+PGAPPNAME=t66-open psql -X -q "$DATABASE_URL" -c "BEGIN" -c "SELECT pg_advisory_xact_lock_shared(1868724324, 3)" \
   -c "INSERT INTO run_outbox (run_id, payload) VALUES ('lt-open', '{}')" \
   -c "SELECT pg_sleep(7)" -c "COMMIT" >"$WORK/open.out" 2>&1 &
 open=$!
-sleep 0.3
+# Until it queues for its share (the relay waits) or has it and sleeps.
+for _ in $(seq 1 200); do
+  [[ $(q "SELECT count(*) FROM pg_stat_activity WHERE application_name = 't66-open'
+          AND wait_event IN ('advisory', 'PgSleep')") == 1 ]] && break
+  sleep 0.05
+done
 "$OUTBOXD" emit lt-wake '{}' >/dev/null || fail "emit failed"
 sleep 1.2
 [[ $(q "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1868724324 AND objid = 3

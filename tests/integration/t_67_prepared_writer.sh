@@ -20,7 +20,7 @@ wait_log "$WORK/relay.log" "leader: this relay publishes" 10
 metric() { curl -s --max-time 2 "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 start_sub sub --prefix pw- --idle-ms 6000 --max-seconds 90 --check
 "$OUTBOXD" emit pw-run '{"n":1}' >/dev/null || fail "emit failed"
-sleep 0.5
+wait_relay_asleep
 
 # The relay waits: the insert notifies, and PostgreSQL refuses to prepare it.
 out=$(psql -X -q "$DATABASE_URL" -c "BEGIN" -c "INSERT INTO run_outbox (run_id, payload) VALUES ('pw-no', '{}')" \
