@@ -338,14 +338,17 @@ wait_relay_asleep() {
   fail "the relay did not go to wait for a NOTIFY"
 }
 
-# wait_replica PORT: until the replica on PORT has its primary's data and link (start
-# the primary with --repl-diskless-sync-delay 0, or the first sync waits 5 s).
+# wait_replica PRIMARY_PORT REPLICA_PORT: until a write on the primary reaches the
+# replica within a WAIT of 100 ms. (After its first sync a replica says its link is up
+# a second or so before its primary streams writes to it, so the first WAITs after
+# writes would be short.) Start the primary with --repl-diskless-sync-delay 0, or the
+# first sync waits 5 s.
 wait_replica() {
   for _ in $(seq 1 200); do
-    redis-cli -p "$1" info replication | grep -q "master_link_status:up" && return 0
+    [[ $(printf 'SET outboxd-test:replica-check 1\nWAIT 1 100\n' | redis-cli -p "$1" | tail -1) == 1 ]] && return 0
     sleep 0.05
   done
-  fail "the replica on $1 did not sync with its primary"
+  fail "the replica on $2 did not sync with its primary on $1"
 }
 
 # redis_listen FILE PORT [redis-cli flags...] (P|S)SUBSCRIBE NAME...: redis-cli

@@ -15,7 +15,7 @@ sentinel_scenario() {
   local P=$R_PORT
   start_redis replica plain --replicaof 127.0.0.1 "$P"
   local R=$R_PORT
-  wait_replica "$R"
+  wait_replica "$P" "$R"
   start_sentinels outboxd-test "$P"
   local s=(--redis-sentinel "$SENTINELS" --redis-sentinel-master outboxd-test --redis-timeout 500ms)
   local hport

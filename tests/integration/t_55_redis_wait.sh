@@ -18,7 +18,7 @@ P=$R_PORT
 start_redis replica plain --replicaof 127.0.0.1 "$P"
 R=$R_PORT
 REPLICA_PID=$(cat "$WORK/replica.pid")
-wait_replica "$R"
+wait_replica "$P" "$R"
 hport=$(pick_port)
 metric() { curl -s "http://127.0.0.1:$hport/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 REDIS_URL="redis://outboxd-relay:relay-pw@127.0.0.1:$P/0" start_relay relay --redis-wait-replicas 1 \
