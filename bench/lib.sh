@@ -20,12 +20,5 @@ kv() {
   v=$(grep -o "$1=[0-9.]*" <<<"$2" | head -1 | cut -d= -f2 || true)
   echo "${v:-?}"
 }
-# free_port: a free loopback port below the ephemeral range.
-free_port() {
-  local p
-  for _ in $(seq 1 100); do
-    p=$((10000 + RANDOM % 22000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return 0; }
-  done
-  return 1
-}
+# free_port, port_free
+. "$ROOT/scripts/ports.sh"

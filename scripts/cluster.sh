@@ -18,7 +18,7 @@ cmd=${1:?usage: cluster.sh start|stop DIR [options]}
 dir=${2:?usage: cluster.sh start|stop DIR [options]}
 shift 2
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+. "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
 say() { echo "cluster.sh: $*" >&2; }
 
 stop() {

@@ -15,19 +15,7 @@ as_pg() {
   if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# Below Linux's ephemeral range (32768+), so that no outgoing connection's local
-# port can hold the one a server is about to bind.
-free_port() {
-  local p
-  for _ in $(seq 1 100); do
-    p=$((10000 + RANDOM % 22000))
-    port_free "$p" && { echo "$p"; return 0; }
-  done
-  echo "stack.sh: no free port found" >&2
-  return 1
-}
+. "$(dirname "${BASH_SOURCE[0]}")/ports.sh"
 
 start() {
   mkdir -p "$dir"

@@ -181,13 +181,9 @@ start_sse() {
   done
   fail "gateway did not start: $(cat "$WORK/$name.log")"
 }
-# A free port below the ephemeral range (see scripts/stack.sh).
-pick_port() {
-  local p=$((10000 + RANDOM % 22000))
-  while ! port_is_free "$p"; do p=$((10000 + RANDOM % 22000)); done
-  echo "$p"
-}
-port_is_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+. "$ROOT/scripts/ports.sh"
+# A free port below the ephemeral range (scripts/ports.sh).
+pick_port() { free_port || fail "no free loopback port"; }
 # rss_kb PID: resident memory of the process and its children (a gateway's workers), in KB.
 rss_kb() {
   local p total=0

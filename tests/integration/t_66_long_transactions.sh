@@ -104,11 +104,10 @@ PGAPPNAME=t66-open psql -X -q "$DATABASE_URL" -c "BEGIN" -c "SELECT pg_advisory_
   -c "SELECT pg_sleep(7)" -c "COMMIT" >"$WORK/open.out" 2>&1 &
 open=$!
 # Until it queues for its share (the relay waits) or has it and sleeps.
-for _ in $(seq 1 200); do
-  [[ $(q "SELECT count(*) FROM pg_stat_activity WHERE application_name = 't66-open'
-          AND wait_event IN ('advisory', 'PgSleep')") == 1 ]] && break
-  sleep 0.05
-done
+queued() { [[ $(q "SELECT count(*) FROM pg_stat_activity WHERE application_name = 't66-open'
+                   AND wait_event IN ('advisory', 'PgSleep')") == 1 ]]; }
+for _ in $(seq 1 200); do queued && break; sleep 0.05; done
+queued || fail "the open writer did not start"
 "$OUTBOXD" emit lt-wake '{}' >/dev/null || fail "emit failed"
 sleep 1.2
 [[ $(q "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1868724324 AND objid = 3
