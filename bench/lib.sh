@@ -22,3 +22,34 @@ kv() {
 }
 # free_port, port_free
 . "$ROOT/scripts/ports.sh"
+
+# plain_table URL: creates plain.run_outbox in the database at URL, the table the
+# producer's inserts/s are compared with: the outbox's columns, a BIGSERIAL primary
+# key, no other index, no trigger. Reached through search_path (plain_url).
+plain_table() {
+  psql -X -q -v ON_ERROR_STOP=1 "$1" -c "CREATE SCHEMA plain" \
+    -c "CREATE TABLE plain.run_outbox (id BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL, seq BIGINT NOT NULL DEFAULT 0,
+          payload JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), published_at TIMESTAMPTZ NULL,
+          attempts INT NOT NULL DEFAULT 0, last_error TEXT NULL)" >/dev/null
+}
+# schema_url URL SCHEMA: URL with SCHEMA first on its search_path.
+schema_url() { echo "$1?options=-csearch_path%3D$2"; }
+# insert_rate URL CONNS RUNS SECONDS: inserts/s of bench/pgbench-insert.sql (one event
+# of one of RUNS runs per transaction) at CONNS connections; fails with pgbench's
+# output when it prints no rate.
+insert_rate() {
+  local out
+  if out=$(pgbench -n -f "$ROOT/bench/pgbench-insert.sql" -D runs="$3" -c "$2" -j "$(($2 < 4 ? $2 : 4))" -T "$4" "$1" 2>&1) &&
+    awk '/^tps = / {printf "%.0f\n", $3; found = 1} END {exit !found}' <<<"$out"; then
+    return 0
+  fi
+  echo "pgbench at $2 connections over $3 runs: $out" >&2
+  return 1
+}
+# huge_pages PGDATA: how the server's shared memory is mapped, from its postmaster's
+# HugetlbPages: "huge pages (N kB)" or "4 kB pages".
+huge_pages() {
+  local kb
+  kb=$(awk '/^HugetlbPages:/ {print $2}' "/proc/$(head -1 "$1/postmaster.pid")/status" 2>/dev/null || true)
+  if [[ ${kb:-0} -gt 0 ]]; then echo "huge pages ($kb kB)"; else echo "4 kB pages"; fi
+}

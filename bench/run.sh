@@ -35,6 +35,8 @@
 #   BENCH_PRODUCER_TARGETS ("pidx ptrig base base0 cur curc")  part 1's tables besides
 #                              the plain one (always measured: every ratio is to it)
 #   BENCH_PARTS (producer,steady,drain,transports,cluster)  which parts to run
+#   BENCH_HUGE_PAGES (try)     PostgreSQL's huge_pages: on needs huge pages reserved
+#                              on the machine (docs/BENCHMARKS.md, "Huge pages")
 #   BENCH_KEEP (0)             1 keeps the work directory (logs, raw outputs)
 #   BUILD (build)              where this tree's outboxd, obx_load and obx_sub are
 set -Eeuo pipefail
@@ -119,9 +121,11 @@ CFL="-std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I$ROOT/src $(pkg-config --cflags 
 cc $CFL bench/bench_tool.c -o "$WORK/bench_tool" $(pkg-config --libs libpq)
 
 say "starting PostgreSQL and Redis"
-bash scripts/stack.sh start "$STACK" >"$WORK/stack.log" 2>&1 || die "stack: $(tail -5 "$WORK/stack.log")"
+PG_HUGE_PAGES=${BENCH_HUGE_PAGES:-try} bash scripts/stack.sh start "$STACK" >"$WORK/stack.log" 2>&1 ||
+  die "stack: $(tail -5 "$WORK/stack.log")"
 # shellcheck disable=SC1091
 . "$STACK/env"
+SHMEM=$(huge_pages "$PGDATA")
 SERVER_URL="postgresql://postgres@127.0.0.1:$PGPORT"
 declare -A URL=([base]="$SERVER_URL/bench_base" [cur]="$SERVER_URL/bench_cur")
 for v in "${VERSIONS[@]}"; do
@@ -139,11 +143,8 @@ if ! DATABASE_URL=${URL[curc]} "${BIN[cur]}" migrate >"$WORK/migrate-curc.log" 2
 fi
 # The plain table: the same columns, a BIGSERIAL primary key, no other index, no
 # trigger. It lives in the current database, reached through search_path.
-psql -X -q "${URL[cur]}" -c "CREATE SCHEMA plain" \
-  -c "CREATE TABLE plain.run_outbox (id BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL, seq BIGINT NOT NULL DEFAULT 0,
-        payload JSONB NOT NULL, created_at TIMESTAMPTZ NOT NULL DEFAULT now(), published_at TIMESTAMPTZ NULL,
-        attempts INT NOT NULL DEFAULT 0, last_error TEXT NULL)" >/dev/null
-URL[plain]="${URL[cur]}?options=-csearch_path%3Dplain"
+plain_table "${URL[cur]}"
+URL[plain]=$(schema_url "${URL[cur]}" plain)
 # Where the producer's cost goes, beside them: pidx = plain + a unique index of the
 # shape replays need (text, bigint: here (run_id, id)); ptrig = that + a
 # PL/pgSQL BEFORE INSERT trigger that only draws the id (and copies it into seq): all
@@ -153,7 +154,7 @@ for s in pidx ptrig; do
   psql -X -q "${URL[cur]}" -c "CREATE SCHEMA $s" \
     -c "CREATE TABLE $s.run_outbox (LIKE plain.run_outbox INCLUDING DEFAULTS INCLUDING CONSTRAINTS, PRIMARY KEY (id))" \
     -c "CREATE UNIQUE INDEX ON $s.run_outbox (run_id, $([[ $s == pidx ]] && echo id || echo seq))" >/dev/null
-  URL[$s]="${URL[cur]}?options=-csearch_path%3D$s"
+  URL[$s]=$(schema_url "${URL[cur]}" "$s")
 done
 psql -X -q "${URL[cur]}" -c "ALTER TABLE ptrig.run_outbox ALTER COLUMN id DROP DEFAULT" \
   -c "CREATE FUNCTION ptrig.draw_id() RETURNS trigger LANGUAGE plpgsql AS \$f\$
@@ -219,8 +220,7 @@ relay_backend() { # pid of the relay's PostgreSQL backend (the newest: an old on
 
 declare -A PROD PAIR
 producer_once() { # TARGET CONNS RUNS -> inserts/s (base0: the previous release with its NOTIFY trigger off)
-  local t=$1 c=$2 runs=$3 j out db=$1
-  j=$((c < 4 ? c : 4))
+  local t=$1 c=$2 runs=$3 v db=$1
   [[ $t == base0 ]] && db=base
   if [[ $t == plain || $t == pidx || $t == ptrig ]]; then
     db=$t
@@ -230,10 +230,9 @@ producer_once() { # TARGET CONNS RUNS -> inserts/s (base0: the previous release 
     q "${URL[$db]}" -c CHECKPOINT >/dev/null
   fi
   [[ $t == base0 ]] && q "${URL[base]}" -c "ALTER TABLE run_outbox DISABLE TRIGGER run_outbox_notify" >/dev/null
-  out=$(pgbench -n -f "$ROOT/bench/pgbench-insert.sql" -D runs="$runs" -c "$c" -j "$j" -T "$PROD_S" "${URL[$db]}" 2>&1) ||
-    die "pgbench $t c=$c runs=$runs: $out"
+  v=$(insert_rate "${URL[$db]}" "$c" "$runs" "$PROD_S" 2>"$WORK/pgbench.err") || die "$t: $(cat "$WORK/pgbench.err")"
   [[ $t == base0 ]] && q "${URL[base]}" -c "ALTER TABLE run_outbox ENABLE TRIGGER run_outbox_notify" >/dev/null
-  awk '/^tps = / {printf "%.0f\n", $3}' <<<"$out"
+  echo "$v"
 }
 
 run_producers() {
@@ -615,7 +614,7 @@ col() { awk -v c="$1" '{print $c}' "$2"; }
     echo "outboxd benchmark  $STARTED  (bench/run.sh, ${ELAPSED}s; this tree $REV; parts: $PARTS)"
   fi
   echo "host: $(nproc) cores, $(psql --version | awk '{print "PostgreSQL", $3}'), $(redis-server --version | awk '{print "Redis", $3}' | tr -d 'v='), loopback;" \
-    "PostgreSQL fsync=off as scripts/stack.sh starts it; load avg before $LOAD0, after $LOAD1"
+    "PostgreSQL fsync=off as scripts/stack.sh starts it, shared memory in $SHMEM; load avg before $LOAD0, after $LOAD1"
   if part producer; then
     echo
     echo "1. PRODUCER COST  (inserts/s, pgbench -f bench/pgbench-insert.sql, autocommit, ${PROD_S}s each, median of $PROD_REPEAT;"

@@ -4,6 +4,9 @@
 #   scripts/stack.sh stop DIR    -> stops both (safe to call twice)
 # DIR/env exports DATABASE_URL, REDIS_URL, PGPORT, REDIS_PORT, PGDATA, REDIS_PID.
 # PostgreSQL refuses to run as root, so as root it runs as the 'postgres' user.
+# PG_HUGE_PAGES (on|off|try; unset: PostgreSQL's default, try) sets PostgreSQL's
+# huge_pages: with on, the start fails unless the machine has huge pages reserved
+# (vm.nr_hugepages); the benchmarks use it (docs/BENCHMARKS.md, "Huge pages").
 set -euo pipefail
 
 cmd=${1:?usage: stack.sh start|stop DIR}
@@ -21,6 +24,10 @@ start() {
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   local pgdata="$dir/pg" pgport redisport
+  case ${PG_HUGE_PAGES:-try} in
+    on | off | try) ;;
+    *) echo "stack.sh: PG_HUGE_PAGES must be on, off or try, not \"$PG_HUGE_PAGES\"" >&2; exit 2 ;;
+  esac
   pgport=$(free_port)
   redisport=$(free_port)
   while [[ "$redisport" == "$pgport" ]]; do redisport=$(free_port); done
@@ -32,7 +39,8 @@ start() {
   # fsync off: a test server loses nothing we care about in a crash of the machine,
   # and commits stay cheap enough for the load tests on a small VM.
   as_pg "$pgbin/pg_ctl" -D "$pgdata" -l "$dir/pg.log" -w -t 30 \
-    -o "-p $pgport -c listen_addresses=127.0.0.1 -k $pgdata -c fsync=off -c max_connections=300 -c max_prepared_transactions=16" start >/dev/null
+    -o "-p $pgport -c listen_addresses=127.0.0.1 -k $pgdata -c fsync=off -c max_connections=300 -c max_prepared_transactions=16 -c huge_pages=${PG_HUGE_PAGES:-try}" start >/dev/null ||
+    { echo "stack.sh: PostgreSQL did not start: $(tail -3 "$dir/pg.log")" >&2; exit 1; }
   as_pg "$pgbin/createdb" -h 127.0.0.1 -p "$pgport" -U postgres outboxd
 
   redis-server --port "$redisport" --bind 127.0.0.1 --save '' --appendonly no \
