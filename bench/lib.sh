@@ -25,7 +25,7 @@ kv() {
 
 # plain_table URL: creates plain.run_outbox in the database at URL, the table the
 # producer's inserts/s are compared with: the outbox's columns, a BIGSERIAL primary
-# key, no other index, no trigger. Reached through search_path (plain_url).
+# key, no other index, no trigger. Reached through search_path (schema_url URL plain).
 plain_table() {
   psql -X -q -v ON_ERROR_STOP=1 "$1" -c "CREATE SCHEMA plain" \
     -c "CREATE TABLE plain.run_outbox (id BIGSERIAL PRIMARY KEY, run_id TEXT NOT NULL, seq BIGINT NOT NULL DEFAULT 0,
