@@ -7,7 +7,7 @@
 # repetition, so that load from other jobs falls on all four. Prints each repetition,
 # then per server the medians and the C trigger's ratio to the plain table within a
 # repetition (median and range).
-# Needs huge pages reserved on the machine for one server (about 70 of 2 MB: as root,
+# Needs huge pages reserved on the machine for one server (about 80 of 2 MB: as root,
 # sysctl vm.nr_hugepages=100).
 # Environment:
 #   HUGE_CONNS (32)    pgbench connections
