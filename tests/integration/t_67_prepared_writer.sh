@@ -22,10 +22,9 @@ start_sub sub --prefix pw- --idle-ms 6000 --max-seconds 90 --check
 "$OUTBOXD" emit pw-run '{"n":1}' >/dev/null || fail "emit failed"
 # Published, and the relay back to waiting (it held the wake-up lock before the emit
 # too: only after the publish does holding it mean waiting again).
-for _ in $(seq 1 200); do
-  [[ $(q "SELECT count(*) FROM run_outbox WHERE run_id = 'pw-run' AND published_at IS NOT NULL") == 1 ]] && break
-  sleep 0.05
-done
+published() { [[ $(q "SELECT count(*) FROM run_outbox WHERE run_id = 'pw-run' AND published_at IS NOT NULL") == 1 ]]; }
+for _ in $(seq 1 200); do published && break; sleep 0.05; done
+published || fail "pw-run's first event was not published within 10 s"
 wait_relay_asleep
 
 # The relay waits: the insert notifies, and PostgreSQL refuses to prepare it.
