@@ -58,11 +58,12 @@ cluster_scenario() {
   esac
   wait "$LOAD_PID" || fail "load generator failed"
   info "$(cat "$WORK/load.out")"
+  tell_drained 60 "$spid"
   local rc=0
   wait "$spid" || rc=$?
   info "sse: $(cat "$WORK/sse.out")"
   [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"
-  [[ $fault == reshard || $fault == kill9 ]] || wait_sub sub "$SUB_PID"
+  [[ $fault == reshard || $fault == kill9 ]] || finish_sub sub "$SUB_PID"
   wait_drained 20
   if [[ $fault == steady ]]; then
     for p in "${CLUSTER_PORTS[@]:0:3}"; do

@@ -74,6 +74,25 @@ wait_sub() {
   [[ $rc -eq 0 ]] || fail "subscriber $name found a problem: $(cat "$WORK/$name.out") $(head -5 "$WORK/$name.err")"
 }
 
+# tell_drained SECONDS PID...: once the test has made every event it will make, waits
+# until the outbox is drained (wait_drained SECONDS) and tells each checking client
+# (obx_sub, obx_sse) so with SIGUSR1: it then ends at its first quiet moment (500 ms
+# without a message; 1 s with every stream open for obx_sse) instead of after its
+# whole --idle-ms. Ending early can fail a test (an event not yet arrived counts as
+# lost); a repeat sent after that quiet moment goes unseen, as one sent after
+# --idle-ms always did.
+tell_drained() {
+  local limit=$1; shift
+  wait_drained "$limit"
+  kill -USR1 "$@" 2>/dev/null || true
+}
+
+# finish_sub NAME PID: tell_drained 30 PID, then the subscriber's verdict (wait_sub).
+finish_sub() {
+  tell_drained 30 "$2"
+  wait_sub "$1" "$2"
+}
+
 # field NAME FILE: value of name=value in a tool's output line.
 field() { grep -o "$1=[0-9.]*" "$2" | head -1 | cut -d= -f2; }
 
@@ -238,9 +257,30 @@ test_ca() {
   openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
     -extfile "$d/ext" -out "$d/server.pem" 2>/dev/null || fail "cannot sign the server certificate"
 }
+# stream_code URL UNTIL [CURL ARGS...]: http_code for an event stream, which stays open:
+# stops reading 200 ms after a line of the body matches the extended regex UNTIL (a
+# later event in those 200 ms is still caught), else at curl's --max-time (3 s unless
+# given); prints the status, 000 when no answer came.
+stream_code() {
+  local url=$1 until=$2 c code; shift 2
+  rm -f "$WORK/body" "$WORK/headers"
+  curl -s -N -o "$WORK/body" -D "$WORK/headers" --max-time 3 "$@" "$url" &
+  c=$!
+  while kill -0 "$c" 2>/dev/null; do
+    if grep -qE "$until" "$WORK/body" 2>/dev/null; then
+      sleep 0.2
+      kill "$c" 2>/dev/null
+      break
+    fi
+    sleep 0.02
+  done
+  wait "$c" 2>/dev/null || true
+  code=$(awk 'NR == 1 {print $2; exit}' "$WORK/headers" 2>/dev/null)
+  echo "${code:-000}"
+}
 # stream_ok URL TOKEN: 200 with the first event of the run within 2 s.
 stream_ok() {
-  [[ $(http_code "$1" --max-time 2 -H "Authorization: Bearer $2") == 200 ]] && grep -q '^id: ' "$WORK/body"
+  [[ $(stream_code "$1" '^id: ' --max-time 2 -H "Authorization: Bearer $2") == 200 ]] && grep -q '^id: ' "$WORK/body"
 }
 # sse_checked_under_load "LOAD ARGS" OBX_SSE ARGS...: the checking SSE client (obx_sse
 # --check) opens its streams, then obx_load runs with LOAD ARGS; fails unless every
@@ -254,6 +294,7 @@ sse_checked_under_load() {
   # shellcheck disable=SC2086
   "$BUILD/obx_load" $load >"$WORK/load.out"
   info "$(cat "$WORK/load.out")"
+  tell_drained 30 "$cpid"
   wait "$cpid" || rc=$?
   info "sse: $(cat "$WORK/sse.out")"
   [[ $rc -eq 0 ]] || fail "SSE check failed (lost, repeated or reordered events): $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

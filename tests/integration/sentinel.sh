@@ -48,7 +48,8 @@ sentinel_scenario() {
   ms=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.0f", (b - a) * 1000}')
   wait "$LOAD_PID"
   info "$(cat "$WORK/load.out")"
-  wait_sub sub "$SUB_PID"
+  finish_sub sub "$SUB_PID"
+  tell_drained 30 "$spid"
   local rc=0
   wait "$spid" || rc=$?
   info "sse: $(cat "$WORK/sse.out")"

@@ -7,7 +7,7 @@ start_relay relay
 start_sub sub --prefix load --idle-ms 3000 --max-seconds 60 --check
 "$BUILD/obx_load" --rate 1000 --runs 50 --conns 8 --seconds 10 --prefix load >"$WORK/load.out"
 info "$(cat "$WORK/load.out")"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 [[ $(field received "$WORK/sub.out") -ge 9000 ]] || fail "too few events received for a 10 s run at 1,000/s"
 wait_drained 10
 # Per-run commit order = seq order = id order, in the table itself.

@@ -10,7 +10,7 @@ start_sub sub --prefix one --idle-ms 3000 --max-seconds 60 --check
 "$BUILD/obx_load" --rate 2000 --runs 1 --conns 16 --count 3000 --prefix one \
   --rollback-pct 10 --max-delay-ms 3 >"$WORK/load.out"
 info "$(cat "$WORK/load.out")"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 wait_drained 10
 n=$(q "SELECT count(*) FROM run_outbox")
 [[ $(q "SELECT max(seq) FROM run_outbox") == "$n" ]] || fail "seq is not gapless: max $(q "SELECT max(seq) FROM run_outbox") for $n rows"
@@ -21,6 +21,6 @@ start_sub many --prefix many --idle-ms 3000 --max-seconds 60 --check
 "$BUILD/obx_load" --rate 2000 --runs 50 --conns 16 --count 4000 --prefix many \
   --rollback-pct 5 --max-delay-ms 5 >"$WORK/load2.out"
 info "$(cat "$WORK/load2.out")"
-wait_sub many "$SUB_PID"
+finish_sub many "$SUB_PID"
 wait_drained 10
 stop_relay "$RELAY_PID" 5

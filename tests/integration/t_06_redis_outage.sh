@@ -31,7 +31,7 @@ redis-cli -p "$REDIS_PORT" -a secret --no-auth-warning config set requirepass ""
 info "redis back"
 wait "$LOAD_PID"
 info "$(cat "$WORK/load.out")"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 wait_drained 10
 dups=$(field duplicates "$WORK/sub.out")
 possible=$(curl -s --max-time 5 "http://127.0.0.1:$hport/metrics" |

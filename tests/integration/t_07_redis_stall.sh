@@ -13,7 +13,7 @@ kill -STOP "$rpid"; info "redis stopped"
 sleep 3
 kill -CONT "$rpid"; info "redis continued"
 wait "$LOAD_PID"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 wait_drained 10
 grep -q "failures=[1-9]" "$WORK/relay.log" || info "note: no publish failure was counted during the stall"
 

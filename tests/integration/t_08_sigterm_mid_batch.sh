@@ -19,7 +19,7 @@ info "after 20 stops: $(q "SELECT count(*) FROM run_outbox WHERE published_at IS
 start_relay final
 wait "$LOAD_PID"
 wait_drained 60
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 stop_relay "$RELAY_PID" 5
 sup=$(cat "$WORK"/relay*.log "$WORK/final.log" | grep 'stats (final)' | grep -o 'duplicates_suppressed=[0-9]*' |
       cut -d= -f2 | awk '{ s += $1 } END { print s + 0 }')

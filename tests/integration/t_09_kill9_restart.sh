@@ -23,7 +23,7 @@ info "after 20 crashes: $(q "SELECT count(*) FROM run_outbox WHERE published_at 
 start_relay final
 wait "$LOAD_PID"
 wait_drained 60
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 stop_relay "$RELAY_PID" 5
 # The last crash left a published but unmarked batch: the final relay met it again
 # and the marks kept it from going out twice.

@@ -26,6 +26,6 @@ start_relay a2
 wait_log "$WORK/a2.log" "standby:" 10
 failover "$B" "$WORK/a2.log"
 wait "$LOAD_PID"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 wait_drained 10
 stop_relay "$RELAY_PID" 5

@@ -22,6 +22,7 @@ redis_kill; info "redis killed"
 sleep 2
 redis_start; info "redis restarted"
 wait "$LOAD_PID"
+tell_drained 30 "$cpid"
 rc=0; wait "$cpid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

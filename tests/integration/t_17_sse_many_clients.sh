@@ -19,6 +19,7 @@ rss1=$(rss_kb "$SSE_PID")
 info "gateway RSS: ${rss0} KB idle, ${rss1} KB with 1,000 idle streams ($(((rss1 - rss0) * 1024 / 1000)) bytes each)"
 "$BUILD/obx_load" --rate 1000 --runs 100 --conns 8 --seconds 6 --prefix many >"$WORK/load.out"
 info "$(cat "$WORK/load.out")"
+tell_drained 30 "$cpid"
 rc=0; wait "$cpid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

@@ -27,8 +27,8 @@ for n in 8192 1048576 10485760; do
   q "INSERT INTO run_outbox (run_id, payload) VALUES ('odd-sizes', jsonb_build_object('size', $n, 's', repeat('a', $n)))"
 done
 wait_drained 30
-wait_sub odd "$ODD_PID"
-wait_sub long "$LONG_PID"
+finish_sub odd "$ODD_PID"
+finish_sub long "$LONG_PID"
 [[ $(field received "$WORK/odd.out") == 9 ]] || fail "want 9 odd-* events on run:*, got $(field received "$WORK/odd.out")"
 [[ $(field received "$WORK/long.out") == 1 ]] || fail "the 1 KB run id did not arrive"
 # Byte-exact: what Redis carried for the 10 MB event equals the stored payload text.

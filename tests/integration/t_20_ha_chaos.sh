@@ -46,7 +46,7 @@ rpid=$(cat "$STACK_DIR/redis.pid")
 kill -STOP "$rpid"; sleep 3; kill -CONT "$rpid"; info "redis stalled for 3 s"
 wait "$LOAD_PID"
 info "$(cat "$WORK/load.out")"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 wait_drained 20
 led=0
 for f in "$WORK"/r*.log; do

@@ -77,11 +77,11 @@ base="http://127.0.0.1:$SSE_PORT"
 
 # Accepted: every algorithm, for the run it names, with all its events.
 for k in hs rs ps es ed star; do
-  code=$(http_code "$base/runs/secret-1/events" --max-time 2 -H "Authorization: Bearer ${TOK[$k]}")
+  code=$(stream_code "$base/runs/secret-1/events" '^id: 3$' --max-time 2 -H "Authorization: Bearer ${TOK[$k]}")
   [[ $code == 200 ]] || fail "$k token refused ($code): $(cat "$WORK/body")"
   [[ $(grep '^id: ' "$WORK/body" | paste -sd,) == "id: 1,id: 2,id: 3" ]] || fail "$k token: events $(cat "$WORK/body")"
 done
-code=$(http_code "$base/runs/tenant-7%2Fa/events" --max-time 2 -H "Authorization: Bearer ${TOK[prefix]}")
+code=$(stream_code "$base/runs/tenant-7%2Fa/events" '^id: 1$' --max-time 2 -H "Authorization: Bearer ${TOK[prefix]}")
 [[ $code == 200 ]] && grep -q '^id: 1' "$WORK/body" || fail "prefix token refused for tenant-7/a ($code)"
 info "HS256, RS256, PS256, ES256, EdDSA (jose), prefix and * tokens accepted"
 
@@ -92,7 +92,7 @@ for k in other none_runs prefix; do
   grep -qi '^www-authenticate: Bearer error="insufficient_scope"' "$WORK/headers" || fail "403 without insufficient_scope"
   grep -q '^id:\|^data:' "$WORK/body" && fail "403 carried event bytes"
 done
-code=$(http_code "$base/runs/secret-10/events" --max-time 2 -H "Authorization: Bearer ${TOK[other]}")
+code=$(stream_code "$base/runs/secret-10/events" '^: stream of run events' --max-time 2 -H "Authorization: Bearer ${TOK[other]}")
 [[ $code == 200 ]] || fail "exact entry secret-10 refused ($code)"
 
 # 401: the hostile corpus, and no token at all. Not one event byte.
@@ -115,16 +115,16 @@ grep -qi '^www-authenticate: Bearer error="invalid_token"' "$WORK/headers" || fa
 info "hostile corpus: 401 (or 403) and no event bytes"
 
 # Where the token comes from: cookie, query (enabled here), Bearer first.
-[[ $(http_code "$base/runs/secret-1/events" --max-time 2 -H "Cookie: a=b; obx_token=${TOK[es]}; c=d") == 200 ]] ||
+[[ $(stream_code "$base/runs/secret-1/events" '^id: 3$' --max-time 2 -H "Cookie: a=b; obx_token=${TOK[es]}; c=d") == 200 ]] ||
   fail "cookie token refused"
-[[ $(http_code "$base/runs/secret-1/events?last_event_id=2&access_token=${TOK[ed]}" --max-time 1) == 200 ]] ||
+[[ $(stream_code "$base/runs/secret-1/events?last_event_id=2&access_token=${TOK[ed]}" '^id: 3$' --max-time 1) == 200 ]] ||
   fail "query token refused"
 [[ $(grep '^id: ' "$WORK/body" | paste -sd,) == "id: 3" ]] || fail "query token with last_event_id: $(cat "$WORK/body")"
 [[ $(http_code "$base/runs/secret-1/events" -H "Authorization: Bearer ${TOK[expired]}" -H "Cookie: obx_token=${TOK[hs]}") == 401 ]] ||
   fail "a bad Bearer token must not fall back to the cookie"
 
 # Public runs need no token.
-[[ $(http_code "$base/runs/pub-1/events" --max-time 1) == 200 ]] && grep -q '^id: 1' "$WORK/body" || fail "public run refused"
+[[ $(stream_code "$base/runs/pub-1/events" '^id: 1$' --max-time 1) == 200 ]] && grep -q '^id: 1' "$WORK/body" || fail "public run refused"
 
 # CORS: listed origins with credentials, others nothing; preflight answered.
 code=$(http_code "$base/runs/secret-1/events" -X OPTIONS -H "Origin: https://app.test" \

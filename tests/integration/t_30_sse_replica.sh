@@ -48,6 +48,7 @@ sq "SELECT pg_wal_replay_resume()" >/dev/null
 info "standby replay resumed"
 wait "$LOAD_PID" || fail "load generator failed"
 info "$(cat "$WORK/load.out")"
+tell_drained 30 "$live" "$late"
 for name in live late; do
   pid=$live; [[ $name == late ]] && pid=$late
   rc=0; wait "$pid" || rc=$?

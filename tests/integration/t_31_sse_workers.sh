@@ -47,6 +47,7 @@ for _ in $(seq 1 50); do (( $(pgrep -P "$SSE_PID" | wc -l) == 3 )) && break; sle
 (( $(pgrep -P "$SSE_PID" | wc -l) == 3 )) || fail "the killed worker was not replaced"
 wait "$LOAD_PID" || fail "load generator failed"
 info "$(cat "$WORK/load.out")"
+tell_drained 30 "$cpid"
 rc=0; wait "$cpid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

@@ -30,6 +30,7 @@ done
 ((alive == 0)) || fail "workers of the killed gateway still run: $workers1"
 wait "$LOAD_PID" || fail "load generator failed"
 info "$(cat "$WORK/load.out")"
+tell_drained 30 "$cpid"
 rc=0; wait "$cpid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

@@ -25,6 +25,7 @@ for _ in $(seq 1 100); do [[ -f "$WORK/a.ready" && -f "$WORK/b.ready" ]] && brea
 [[ -f "$WORK/a.ready" && -f "$WORK/b.ready" ]] || fail "streams did not open"
 "$BUILD/obx_load" --rate 1000 --runs 5 --conns 8 --seconds 4 --prefix co >"$WORK/load.out"
 info "$(cat "$WORK/load.out")"
+tell_drained 30 "$apid" "$bpid"
 for who in a b; do
   rc=0; wait "$([[ $who == a ]] && echo "$apid" || echo "$bpid")" || rc=$?
   info "$who: $(cat "$WORK/$who.out")"
@@ -51,6 +52,7 @@ for _ in $(seq 1 100); do [[ -f "$WORK/z.ready" ]] && break; sleep 0.05; done
 [[ -f "$WORK/z.ready" ]] || fail "streams did not open (coalesce 0)"
 sleep 0.5 # the runs' first reads are done
 "$BUILD/obx_load" --rate 200 --runs 2 --conns 2 --seconds 1 --prefix cz >"$WORK/loadz.out"
+tell_drained 30 "$zpid"
 rc=0; wait "$zpid" || rc=$?
 info "coalesce 0: $(cat "$WORK/z.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed (coalesce 0): $(cat "$WORK/z.out") $(head -3 "$WORK/z.err")"

@@ -44,6 +44,7 @@ info "$(cat "$WORK/load.out"); paused $pauses times"
 # Every hung-up stream is freed; the gateway is alive.
 for _ in $(seq 1 100); do [[ $(streams) == 2 ]] && break; sleep 0.1; done
 [[ $(streams) == 2 ]] || fail "after the hang-ups the gateway still counts $(streams) streams (want 2)"
+tell_drained 30 "$cpid"
 rc=0; wait "$cpid" || rc=$?
 info "checker: $(cat "$WORK/c.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/c.out") $(head -3 "$WORK/c.err")"

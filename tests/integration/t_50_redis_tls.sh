@@ -36,7 +36,8 @@ wait "$LOAD_PID"
 info "$(cat "$WORK/load.out")"
 events=$(field inserted "$WORK/load.out")
 ((events >= 7000)) || fail "the load reached only $events events"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
+tell_drained 30 "$spid"
 rc=0; wait "$spid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

@@ -93,7 +93,8 @@ REDIS_URL="rediss://127.0.0.1:$MTLS_PORT/0" start_sse mtls-sse "${cert[@]}"
 spid=$!; PIDS+=("$spid")
 for _ in $(seq 1 100); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
 "$BUILD/obx_load" --rate 200 --runs 3 --conns 2 --seconds 2 --prefix refused >/dev/null
-wait_sub mtls-sub "$SUB_PID"
+finish_sub mtls-sub "$SUB_PID"
+tell_drained 30 "$spid"
 rc=0; wait "$spid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

@@ -38,7 +38,7 @@ short=$(metric outboxd_redis_wait_short_total)
 info "with the replica stopped: $short batches marked after a short WAIT"
 ((short > 0)) || fail "no short WAIT counted with the replica stopped"
 ! grep -q "WAIT refused" "$WORK/relay.log" || fail "WAIT refused: $(grep -m1 "WAIT refused" "$WORK/relay.log")"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 stop_relay "$RELAY_PID" 5
 
 # A WAIT longer than the command timeout, the replica stopped: each batch waits the

@@ -38,7 +38,8 @@ start_sub sub --port "$P" --tls-ca "$PKI/ca.crt" --prefix stls --idle-ms 3000 --
 spid=$!; PIDS+=("$spid")
 for _ in $(seq 1 100); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
 "$BUILD/obx_load" --rate 300 --runs 5 --conns 2 --seconds 3 --prefix stls >/dev/null
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
+tell_drained 30 "$spid"
 rc=0; wait "$spid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

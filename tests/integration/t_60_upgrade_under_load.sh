@@ -78,7 +78,7 @@ info "$(cat "$WORK/load.out")"
 [[ $(field errors "$WORK/load.out") == 0 ]] || fail "inserts failed across the upgrade: $(cat "$WORK/load.out")"
 awk -v m="$(field max_ms "$WORK/load.out")" 'BEGIN {exit !(m < 1000)}' ||
   fail "an insert waited $(field max_ms "$WORK/load.out") ms across the upgrade (limit 1,000)"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 wait_drained 20
 n=$(q "SELECT count(*) FROM run_outbox")
 [[ $(field received "$WORK/sub.out") == "$n" ]] || fail "subscriber received $(field received "$WORK/sub.out") of $n events"

@@ -44,7 +44,7 @@ inserted=$(field inserted "$WORK/load.out") notified=$(field notifications "$WOR
 info "under 1,000 events/s: $notified notifying commits for $inserted inserts"
 ((notified * 10 < inserted)) || fail "$notified of $inserted commits notified under load"
 
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 max=$(grep -o 'max=[0-9.]*' "$WORK/sub.out" | cut -d= -f2)
 awk -v m="$max" 'BEGIN {exit !(m < 1000)}' || fail "an event waited $max ms: a wake-up was lost (the poll is 10 s)"
 stop_relay "$RELAY_PID" 5

@@ -51,7 +51,7 @@ all_sub=$SUB_PID
 info "load: $(cat "$WORK/gen.out")"
 rolled=$(field rolled_back "$WORK/gen.out")
 ((rolled > 256)) || fail "only $rolled inserts rolled back: too few gaps to test"
-wait_sub lsub "$load_sub"
+finish_sub lsub "$load_sub"
 p99=$(field p99 "$WORK/lsub.out") max=$(field max "$WORK/lsub.out")
 info "gaps after the load: $(grep -o 'gaps=.*' "$WORK/relay.log" | tail -1)"
 awk -v p="$p99" -v m="$max" 'BEGIN {exit !(p < 1000 && m < 3000)}' ||
@@ -121,7 +121,7 @@ info "statements while a writer's transaction was open: $((x1 - x0)) in 4 s"
 ((rate < 50)) || fail "the relay ran $rate statements/s while a writer's transaction was open (want < 50)"
 wait "$open" || fail "the open writer failed: $(cat "$WORK/open.out")"
 
-wait_sub asub "$all_sub"
+finish_sub asub "$all_sub"
 gaps_close 5 "at the end"
 stop_relay "$RELAY_PID" 5
 final=$(grep 'stats (final)' "$WORK/relay.log")

@@ -69,7 +69,7 @@ done
 [[ $published == t ]] || fail "the prepared event was not published within a second of COMMIT PREPARED"
 [[ $(q "SELECT string_agg(seq::text, ',' ORDER BY seq) FROM run_outbox WHERE run_id = 'pw-run'") == 1,2,3 ]] ||
   fail "pw-run's seqs: $(q "SELECT string_agg(seq::text, ',' ORDER BY seq) FROM run_outbox WHERE run_id = 'pw-run'")"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 for _ in $(seq 1 50); do [[ $(metric outboxd_gaps) == 0 ]] && break; sleep 0.2; done
 [[ $(metric outboxd_gaps) == 0 ]] || fail "gaps still open after the prepared writer committed: $(metric outboxd_gaps)"
 stop_relay "$RELAY_PID" 5

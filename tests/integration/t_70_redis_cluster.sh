@@ -49,7 +49,8 @@ for _ in $(seq 1 100); do [[ -f "$WORK/sseg.ready" ]] && break; sleep 0.05; done
 start_load --rate 1000 --runs 500 --conns 8 --seconds 5 --prefix gl
 wait "$LOAD_PID"
 info "$(cat "$WORK/load.out")"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
+tell_drained 30 "$gpid"
 rc=0; wait "$gpid" || rc=$?
 info "sse (global): $(cat "$WORK/sseg.out")"
 [[ $rc -eq 0 ]] || fail "SSE check (global) failed: $(cat "$WORK/sseg.out") $(head -3 "$WORK/sseg.err")"

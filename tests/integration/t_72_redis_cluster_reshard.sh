@@ -34,6 +34,7 @@ gslot=$(redis-cli -p "${CLUSTER_PORTS[0]}" cluster keyslot run:gm-7)
 gsrc=$(cluster_primary_of "$gslot") || fail "no primary serves slot $gslot"
 cluster_move_slot "$gslot" "$gsrc"
 wait "$LOAD_PID" || fail "load generator (global) failed"
+tell_drained 30 "$gpid"
 rc=0
 wait "$gpid" || rc=$?
 info "sse (global): $(cat "$WORK/sseg.out")"

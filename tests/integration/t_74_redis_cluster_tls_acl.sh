@@ -55,6 +55,7 @@ for _ in $(seq 1 100); do [[ -f "$WORK/sse.ready" ]] && break; sleep 0.05; done
 start_load --rate 1000 --runs 100 --conns 8 --seconds 6 --prefix tc
 wait "$LOAD_PID" || fail "load generator failed"
 info "$(cat "$WORK/load.out")"
+tell_drained 30 "$spid"
 rc=0; wait "$spid" || rc=$?
 info "sse: $(cat "$WORK/sse.out")"
 [[ $rc -eq 0 ]] || fail "SSE check failed: $(cat "$WORK/sse.out") $(head -3 "$WORK/sse.err")"

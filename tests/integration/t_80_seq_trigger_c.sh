@@ -137,7 +137,7 @@ for want in plpgsql c plpgsql; do
 done
 wait "$LOAD_PID" || fail "the load failed across the switches: $(cat "$WORK/load.out")"
 info "$(cat "$WORK/load.out")"
-wait_sub sub "$SUB_PID"
+finish_sub sub "$SUB_PID"
 wait_drained 10
 gapless "switches under load"
 [[ $(q "SELECT count(*) FROM run_outbox r JOIN run_outbox_seq f USING (run_id) WHERE f.last_seq < r.seq") == 0 ]] ||

@@ -11,7 +11,10 @@
  * event: auth-expired reconnects at once with --renew-token (and Last-Event-ID), as a
  * browser that fetched a fresh token would. In-band auth-* events are counted, not
  * checked as run events. --cookie sends a Cookie header (forward-auth).
- * SIGTERM ends the wait early (then checks). Prints one summary line; exits 1 if the
+ * SIGTERM ends the wait early (then checks). SIGUSR1 says that every event it waits for
+ * has been published (the test saw the outbox drained): it then ends once every stream
+ * is open and none has had an event for FINISH_QUIET_MS, instead of waiting out
+ * --idle-ms (a stream that stays cut or ended keeps the old wait). Prints one summary line; exits 1 if the
  * check fails. Loopback only.
  *
  * It speaks HTTP on plain sockets (one read into a shared buffer per wake-up, chunks
@@ -448,15 +451,32 @@ static void open_stream(stream *s)
     event_add(s->ev, NULL);
 }
 
-static volatile sig_atomic_t stop;
+#define FINISH_QUIET_MS 1000
+
+static volatile sig_atomic_t stop, finish;
 static void on_signal(int sig) { (void)sig; stop = 1; }
+static void on_finish(int sig) { (void)sig; finish = 1; }
+
+/* Every stream is open and reading events: none is cut, reconnecting or ended. */
+static bool all_streaming(void)
+{
+    for (int i = 0; i < nstreams; i++)
+        if (streams[i].fd < 0 || streams[i].phase != P_BODY)
+            return false;
+    return true;
+}
 
 static void tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
+    static long long finish_at;
     long long now = obx_now_us();
+    if (finish && !finish_at)
+        finish_at = now;
+    long long quiet_since = last_event_us > finish_at ? last_event_us : finish_at;
     if (stop || now - start_us > (long long)(max_seconds * 1e6) ||
-        (last_event_us && now - last_event_us > idle_ms * 1000))
+        (last_event_us && now - last_event_us > idle_ms * 1000) ||
+        (finish_at && now - quiet_since > FINISH_QUIET_MS * 1000 && all_streaming()))
         event_base_loopbreak(base);
 }
 
@@ -467,6 +487,7 @@ int main(int argc, char **argv)
     long long from = 0;
     bool check = false;
     signal(SIGTERM, on_signal);
+    signal(SIGUSR1, on_finish);
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
         if (!strcmp(k, "--check")) { check = true; continue; }

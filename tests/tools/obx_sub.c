@@ -21,6 +21,9 @@
  *           [--tls-ca F [--tls-cert F --tls-key F] [--tls-server-name N]]
  *           [--pattern run:*] [--prefix P] [--expect N] [--idle-ms MS] [--max-seconds S]
  *           [--ready-file F] [--check] [--repeats-ok] [--sharded N]
+ * SIGUSR1 tells it that everything it waits for has been published (the test saw the
+ * outbox drained): it then ends at its first FINISH_QUIET_MS without a message, instead
+ * of waiting out --idle-ms. SIGTERM ends it at once.
  * Exits 0 when the check passes (or was not asked for), 1 when it fails. */
 #include "obx_common.h"
 #include "metrics.h"
@@ -50,8 +53,11 @@ typedef struct rec {
 
 static rec *recs;
 static size_t nrec, caprec;
-static volatile sig_atomic_t stop;
+#define FINISH_QUIET_MS 500
+
+static volatile sig_atomic_t stop, finish;
 static void on_signal(int s) { (void)s; stop = 1; }
+static void on_finish(int s) { (void)s; finish = 1; }
 
 static rconn *subscribe(const redis_addr *a, const redis_tls *tls, const char *user, const char *pw,
                         const char *pattern)
@@ -163,8 +169,9 @@ int main(int argc, char **argv)
     }
     signal(SIGTERM, on_signal);
     signal(SIGINT, on_signal);
+    signal(SIGUSR1, on_finish);
     signal(SIGPIPE, SIG_IGN);
-    long long start = obx_now_us(), last = 0;
+    long long start = obx_now_us(), last = 0, finish_at = 0;
     long reconnects = -1;
     rconn *c[MAX_NODES] = {0};
     bool ever[MAX_NODES] = {0}, said_ready = false;
@@ -174,6 +181,8 @@ int main(int argc, char **argv)
         if (now - start > (long long)(max_seconds * 1e6)) break;
         if (expect && (long)nrec >= expect) break;
         if (idle_ms && last && now - last > idle_ms * 1000) break;
+        if (finish && !finish_at) finish_at = now;
+        if (finish_at && now - (last > finish_at ? last : finish_at) > FINISH_QUIET_MS * 1000) break;
         struct pollfd p[MAX_NODES];
         int np = 0, idx[MAX_NODES];
         bool all = true;
