@@ -14,6 +14,8 @@
 #   HUGE_RUNS (1000)   runs the events are spread over
 #   HUGE_REPEAT (8)    repetitions
 #   HUGE_SECONDS (5)   length of each pgbench run
+#   HUGE_OWN_RUNS (0)  1: each connection writes runs of its own, HUGE_RUNS / HUGE_CONNS
+#                      of them (bench/pgbench-insert-own.sql), instead of any of the runs
 set -Eeuo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
@@ -21,9 +23,16 @@ CONNS=${HUGE_CONNS:-32}
 RUNS=${HUGE_RUNS:-1000}
 REPEAT=${HUGE_REPEAT:-8}
 SECS=${HUGE_SECONDS:-5}
+OWN=${HUGE_OWN_RUNS:-0}
 for v in CONNS RUNS REPEAT SECS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "huge_pages.sh: $v must be a positive integer" >&2; exit 2; }
 done
+case $OWN in
+  0) SCRIPT=bench/pgbench-insert.sql WHOSE="any run from any connection" ;;
+  1) SCRIPT=bench/pgbench-insert-own.sql WHOSE="$((RUNS / CONNS)) runs of its own per connection"
+     ((RUNS >= CONNS)) || { echo "huge_pages.sh: HUGE_OWN_RUNS=1 needs HUGE_RUNS >= HUGE_CONNS" >&2; exit 2; } ;;
+  *) echo "huge_pages.sh: HUGE_OWN_RUNS must be 0 or 1" >&2; exit 2 ;;
+esac
 [[ -x "$BUILD/outboxd" && -f pgext/outboxd.so ]] || { echo "huge_pages.sh: run 'make all pgext' first" >&2; exit 1; }
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/outboxd-huge.XXXXXX")
@@ -49,7 +58,7 @@ done
 [[ $(huge_pages "$WORK/on/pg") == huge* && $(huge_pages "$WORK/off/pg") == 4* ]] ||
   { echo "huge_pages.sh: the servers' shared memory is not mapped as asked" >&2; exit 1; }
 
-echo "huge pages on and off, $CONNS connections over $RUNS runs, ${SECS}s per cell ($(date -u '+%F %H:%M UTC'), load avg $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "huge pages on and off, $CONNS connections over $RUNS runs ($WHOSE), ${SECS}s per cell ($(date -u '+%F %H:%M UTC'), load avg $(cut -d' ' -f1-3 /proc/loadavg))"
 for ((r = 1; r <= REPEAT; r++)); do
   line="  repetition $r:"
   for m in on off; do
@@ -57,7 +66,7 @@ for ((r = 1; r <= REPEAT; r++)); do
       u=${URL[$m]}
       psql -X -q "$u" -c "TRUNCATE run_outbox, plain.run_outbox" -c CHECKPOINT
       [[ $t == plain ]] && u=$(schema_url "$u" plain)
-      v=$(insert_rate "$u" "$CONNS" "$RUNS" "$SECS")
+      v=$(insert_rate "$u" "$CONNS" "$RUNS" "$SECS" "$SCRIPT")
       echo "$r $m $t $v" >>"$WORK/cells"
       line+=" $m/$t $v"
     done

@@ -34,12 +34,14 @@ plain_table() {
 }
 # schema_url URL SCHEMA: URL with SCHEMA first on its search_path.
 schema_url() { echo "$1?options=-csearch_path%3D$2"; }
-# insert_rate URL CONNS RUNS SECONDS: inserts/s of bench/pgbench-insert.sql (one event
-# of one of RUNS runs per transaction) at CONNS connections; fails with pgbench's
-# output when it prints no rate.
+# insert_rate URL CONNS RUNS SECONDS [SCRIPT]: inserts/s of bench/pgbench-insert.sql
+# (one event of one of RUNS runs per transaction), or of another script given the same
+# variables (runs, conns), at CONNS connections; fails with pgbench's output when it
+# prints no rate.
 insert_rate() {
   local out
-  if out=$(pgbench -n -f "$ROOT/bench/pgbench-insert.sql" -D runs="$3" -c "$2" -j "$(($2 < 4 ? $2 : 4))" -T "$4" "$1" 2>&1) &&
+  if out=$(pgbench -n -f "${5:-$ROOT/bench/pgbench-insert.sql}" -D runs="$3" -D conns="$2" -c "$2" -j "$(($2 < 4 ? $2 : 4))" \
+    -T "$4" "$1" 2>&1) &&
     awk '/^tps = / {printf "%.0f\n", $3; found = 1} END {exit !found}' <<<"$out"; then
     return 0
   fi
