@@ -14,8 +14,8 @@
  * SIGTERM ends the wait early (then checks). SIGUSR1 says that every event it waits for
  * has been published (the test saw the outbox drained): it then ends once every stream
  * is open and none has had an event for FINISH_QUIET_MS, instead of waiting out
- * --idle-ms (a stream that stays cut or ended keeps the old wait). Prints one summary line; exits 1 if the
- * check fails. Loopback only.
+ * --idle-ms (while a stream stays cut or ended, the --idle-ms wait holds). Prints one
+ * summary line; exits 1 if the check fails. Loopback only.
  *
  * It speaks HTTP on plain sockets (one read into a shared buffer per wake-up, chunks
  * and lines found with memchr, nothing copied but a line cut by a read) so that a
