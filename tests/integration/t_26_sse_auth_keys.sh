@@ -57,9 +57,21 @@ SSL_CERT_FILE="$WORK/tls/ca.pem" start_sse url --auth jwt --auth-jwks-url "https
 url="http://127.0.0.1:$SSE_PORT/runs/keys-1/events"
 wait_log "$WORK/url.log" "key(s) from https" 5
 stream_ok "$url" "${TOK[c]}" || fail "key c from the URL refused"
+# Each worker fetches the keys on its own, once a second (max-age 1).
+fetches() { grep -o 'outboxd-sse-[0-9]*: auth: [0-9]* key(s) from https' "$WORK/url.log"; }
+workers=$(fetches | cut -d: -f1 | sort -u | wc -l)
+mark=$(fetches | wc -l)
 cp "$WORK/d/jwks.json" "$WORK/served.json"
 for _ in $(seq 1 40); do stream_ok "$url" "${TOK[d]}" && break; sleep 0.25; done
 stream_ok "$url" "${TOK[d]}" || fail "rotated key d not picked up from the URL within its max-age"
+# Before the URL goes away, every worker has fetched twice since the rotation (so once
+# after it): each then holds key d among its last good keys.
+for _ in $(seq 1 50); do
+  rotated=$(fetches | tail -n +$((mark + 1)) | cut -d: -f1 | sort | uniq -c | awk '$1 >= 2' | wc -l)
+  ((rotated == workers)) && break
+  sleep 0.1
+done
+((rotated == workers)) || fail "$rotated of $workers workers fetched the keys twice in 5 s after the rotation"
 [[ $(http_code "$url" -H "Authorization: Bearer ${TOK[c]}") == 401 ]] || fail "key c still accepted after rotation"
 kill -9 "$jwks_pid"
 sleep 3
