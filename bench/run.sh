@@ -31,7 +31,9 @@
 #   BENCH_STEADY_SECONDS (10)  length of each steady-load run
 #   BENCH_PRODUCER_SECONDS (5) length of each pgbench run
 #   BENCH_PRODUCER_REPEAT (3)  repetitions of each producer measurement (median)
-#   BENCH_PRODUCER_WORKLOADS ("1:1000 8:1000 32:1000 32:1")  part 1's CONNS:RUNS
+#   BENCH_PRODUCER_WORKLOADS ("1:1000 8:1000 32:1000 32:1")  part 1's CONNS:RUNS; a
+#                              workload CONNS:RUNS:own has each connection write runs of
+#                              its own (bench/pgbench-insert-own.sql), not any of the runs
 #   BENCH_PRODUCER_TARGETS ("pidx ptrig base base0 cur curc")  part 1's tables besides
 #                              the plain one (always measured: every ratio is to it)
 #   BENCH_PARTS (producer,steady,drain,transports,cluster)  which parts to run
@@ -61,8 +63,16 @@ STEADY_CONNS=8
 PAD=210 # obx_load payload {"t":..,"k":..,"pad":"x..."}: about 250 bytes as stored
 HZ=1000000000 # ticks() counts nanoseconds
 
+# A workload's connections, runs, and the script its connections run.
+wl_conns() { cut -d: -f1 <<<"$1"; }
+wl_runs() { cut -d: -f2 <<<"$1"; }
+wl_script() { if [[ $1 == *:own ]]; then echo bench/pgbench-insert-own.sql; else echo bench/pgbench-insert.sql; fi; }
+wl_label() { echo "$(wl_conns "$1") conns, $(wl_runs "$1")$([[ $1 == *:own ]] && echo " own") run$([[ $(wl_runs "$1") == 1 ]] || echo s)"; }
 for w in "${PROD_WORKLOADS[@]}"; do
-  [[ $w =~ ^[1-9][0-9]*:[1-9][0-9]*$ ]] || { echo "bench: BENCH_PRODUCER_WORKLOADS: \"$w\" is not CONNS:RUNS" >&2; exit 2; }
+  [[ $w =~ ^[1-9][0-9]*:[1-9][0-9]*(:own)?$ ]] ||
+    { echo "bench: BENCH_PRODUCER_WORKLOADS: \"$w\" is not CONNS:RUNS or CONNS:RUNS:own" >&2; exit 2; }
+  [[ $w != *:own ]] || (($(wl_runs "$w") >= $(wl_conns "$w"))) ||
+    { echo "bench: BENCH_PRODUCER_WORKLOADS: \"$w\": each connection needs a run of its own (RUNS >= CONNS)" >&2; exit 2; }
 done
 for t in "${PROD_TARGETS[@]:1}"; do
   [[ " pidx ptrig base base0 cur curc " == *" $t "* ]] ||
@@ -219,7 +229,7 @@ relay_backend() { # pid of the relay's PostgreSQL backend (the newest: an old on
 # ---- 1. producer cost ------------------------------------------------------------------
 
 declare -A PROD PAIR
-producer_once() { # TARGET CONNS RUNS -> inserts/s (base0: the previous release with its NOTIFY trigger off)
+producer_once() { # TARGET CONNS RUNS SCRIPT -> inserts/s (base0: the previous release with its NOTIFY trigger off)
   local t=$1 c=$2 runs=$3 v db=$1
   [[ $t == base0 ]] && db=base
   if [[ $t == plain || $t == pidx || $t == ptrig ]]; then
@@ -230,7 +240,7 @@ producer_once() { # TARGET CONNS RUNS -> inserts/s (base0: the previous release 
     q "${URL[$db]}" -c CHECKPOINT >/dev/null
   fi
   [[ $t == base0 ]] && q "${URL[base]}" -c "ALTER TABLE run_outbox DISABLE TRIGGER run_outbox_notify" >/dev/null
-  v=$(insert_rate "${URL[$db]}" "$c" "$runs" "$PROD_S" 2>"$WORK/pgbench.err") || die "$t: $(cat "$WORK/pgbench.err")"
+  v=$(insert_rate "${URL[$db]}" "$c" "$runs" "$PROD_S" "$4" 2>"$WORK/pgbench.err") || die "$t: $(cat "$WORK/pgbench.err")"
   [[ $t == base0 ]] && q "${URL[base]}" -c "ALTER TABLE run_outbox ENABLE TRIGGER run_outbox_notify" >/dev/null
   echo "$v"
 }
@@ -243,10 +253,10 @@ run_producers() {
   for ((rep = 1; rep <= PROD_REPEAT; rep++)); do
     for w in "${PROD_WORKLOADS[@]}"; do
       for t in "${PROD_TARGETS[@]}"; do
-        v=$(producer_once "$t" "${w%:*}" "${w#*:}")
-        [[ $v =~ ^[0-9]+$ ]] || die "pgbench $t conns=${w%:*} runs=${w#*:} printed no inserts/s"
+        v=$(producer_once "$t" "$(wl_conns "$w")" "$(wl_runs "$w")" "$(wl_script "$w")")
+        [[ $v =~ ^[0-9]+$ ]] || die "pgbench $t $(wl_label "$w") printed no inserts/s"
         echo "$rep $w-$t $v" >>"$WORK/producer.txt"
-        say "producer $rep/$PROD_REPEAT: conns=${w%:*} runs=${w#*:} $t: $v/s"
+        say "producer $rep/$PROD_REPEAT: $(wl_label "$w") $t: $v/s"
       done
     done
   done
@@ -264,12 +274,12 @@ run_producers() {
 # inserts/s, then each KEY's and its ratio to the plain table ("-": not measured).
 producer_table() {
   local w p v kl line
-  line=$(printf '  %-22s %9s' "workload" "plain")
+  line=$(printf '  %-24s %9s' "workload" "plain")
   for kl in "$@"; do line+=$(printf ' %11s %7s' "${kl#*:}" "/plain"); done
   echo "$line"
   for w in "${PROD_WORKLOADS[@]}"; do
     p=${PROD[$w-plain]:-0}
-    line=$(printf '  %-22s %9s' "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)" "$(thousands "$p")")
+    line=$(printf '  %-24s %9s' "$(wl_label "$w")" "$(thousands "$p")")
     for kl in "$@"; do
       v=${PROD[$w-${kl%%:*}]:-}
       if [[ -z $v ]]; then
@@ -286,11 +296,11 @@ producer_table() {
 # (the two cells measured a few seconds apart): median and range over the repetitions.
 pair_table() {
   local w kl line
-  line=$(printf '  %-22s' "workload")
+  line=$(printf '  %-24s' "workload")
   for kl in "$@"; do line+=$(printf ' %17s' "${kl#*:}"); done
   echo "$line"
   for w in "${PROD_WORKLOADS[@]}"; do
-    line=$(printf '  %-22s' "${w%:*} conns, ${w#*:} run$([[ ${w#*:} == 1 ]] || echo s)")
+    line=$(printf '  %-24s' "$(wl_label "$w")")
     for kl in "$@"; do line+=$(printf ' %17s' "${PAIR[$w-${kl%%:*}]:--}"); done
     echo "$line"
   done
